@@ -1,0 +1,69 @@
+"""`landscape` entry point: the command group and the error policy.
+
+Errors a user can cause (:class:`landscape.errors.UserError`, click usage errors) print one line on
+stderr and exit with status 2; ``--debug`` shows the traceback. Internal bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+import landscape
+from landscape.errors import UserError
+
+
+class LandscapeGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "landscape", standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.ClickException as e:  # usage errors, bad option values, missing files
+            if "--debug" in args:
+                raise
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=LandscapeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for user errors too.")
+@click.version_option(landscape.__version__, prog_name="landscape")
+def cli(debug: bool) -> None:
+    """Loss-landscape flatness, curvature and forgetting for Hugging Face causal LMs.
+
+    Every command takes a local checkpoint directory (config.json + safetensors). Start with
+    `landscape demo` (or `make demo`), which builds a tiny model from the embedded data.
+    """
+
+
+def _register() -> None:
+    from landscape.cli import demo, demo_model, info, loss
+
+    for mod in (demo_model, info, loss, demo):
+        cli.add_command(mod.command)
+
+
+_register()
+
+
+def main(argv=None) -> None:
+    cli.main(args=argv)

@@ -1,0 +1,367 @@
+"""Load a local Hugging Face causal-LM checkpoint directory safely, fingerprint it, save one.
+
+Safety rules (see README "Security"):
+- weights are read from ``*.safetensors`` (single file or sharded with ``model.safetensors.index.json``);
+  pickle weights (``pytorch_model*.bin``) are refused unless the caller passes ``trust_pickle=True``,
+  and even then are read with ``torch.load(weights_only=True)`` (transformers' own loader);
+- ``trust_remote_code`` is never set unless the caller asks;
+- nothing is fetched from a hub: ``local_files_only=True`` everywhere.
+
+A checkpoint's *fingerprint* is the SHA-256 of its config.json and weight files (names and bytes),
+so results are keyed by content, not by path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from landscape.errors import CheckpointError, UserError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, whatever the caller passes
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map a dtype string (``float32``, ``bfloat16``, ``float64``, ``float16``) to a torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[str(name).lower()]
+    except KeyError:
+        raise UserError(f"unknown dtype {name!r}; choose one of float32, bfloat16, float64, float16") from None
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; an unavailable device is a user error."""
+    if isinstance(name, torch.device):
+        return name
+    name = str(name).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+@dataclass
+class CheckpointFiles:
+    """What a checkpoint directory holds, validated."""
+
+    path: Path
+    config: Path
+    weights: list[Path]
+    format: str  # "safetensors" | "pickle"
+
+
+def _shards_from_index(index_path: Path) -> list[Path]:
+    try:
+        index = json.loads(index_path.read_text())
+        names = sorted(set(index["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index_path}: malformed shard index ({type(e).__name__}: {e})") from None
+    shards = [index_path.parent / n for n in names]
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+        raise CheckpointError(f"{index_path}: shard(s) listed but missing: {', '.join(missing)}")
+    return shards
+
+
+def _check_safetensors(f: Path) -> None:
+    """Read the header and check that it describes exactly the bytes on disk (catches truncation)."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise ValueError("file shorter than its 8-byte header length")
+            n = int.from_bytes(raw, "little")
+            if n <= 0 or n > min(size - 8, 100_000_000):
+                raise ValueError("header length out of range")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"header describes {8 + n + end} bytes but the file has {size} (truncated?)")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{f}: corrupt safetensors file ({e})") from None
+
+
+def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> CheckpointFiles:
+    """Validate a checkpoint directory without loading it; raise :class:`CheckpointError` on problems."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint directory")
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a directory (a checkpoint is a directory with config.json and weights)")
+    config = p / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{p}: not a Hugging Face checkpoint (no config.json)")
+    try:
+        cfg = json.loads(config.read_text())
+        if not isinstance(cfg, dict) or "model_type" not in cfg:
+            raise ValueError("no model_type")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{config}: malformed config.json ({e})") from None
+    if (p / SAFE_INDEX).is_file():
+        weights, fmt = _shards_from_index(p / SAFE_INDEX), "safetensors"
+    elif (p / SAFE_SINGLE).is_file():
+        weights, fmt = [p / SAFE_SINGLE], "safetensors"
+    elif (p / PICKLE_INDEX).is_file() or (p / PICKLE_SINGLE).is_file():
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{p}: weights are pickle (.bin), which can run code when loaded; "
+                "convert them to safetensors or pass --trust-pickle (loaded with weights_only=True)"
+            )
+        weights = _shards_from_index(p / PICKLE_INDEX) if (p / PICKLE_INDEX).is_file() else [p / PICKLE_SINGLE]
+        fmt = "pickle"
+    else:
+        raise CheckpointError(f"{p}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX})")
+    if fmt == "safetensors":
+        for w in weights:
+            _check_safetensors(w)
+    return CheckpointFiles(path=p, config=config, weights=weights, format=fmt)
+
+
+def fingerprint_files(files: list[Path], chunk: int = 1 << 22) -> str:
+    """SHA-256 over (file name, size, bytes) of each file, in the given order."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + str(f.stat().st_size).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike, trust_pickle: bool = True) -> str:
+    """Content fingerprint of a checkpoint: SHA-256 of config.json and every weight file."""
+    files = inspect_checkpoint(path, trust_pickle=trust_pickle)
+    return fingerprint_files([files.config, *files.weights])
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (in eval mode), its tokenizer (or None) and its identity."""
+
+    path: Path
+    model: torch.nn.Module
+    tokenizer: object | None
+    fingerprint: str
+    dtype: torch.dtype
+    device: torch.device
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().num_embeddings
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer, or ``None`` when the directory has none."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{p}: tokenizer files present but unreadable ({type(e).__name__}: {e})") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    trust_pickle: bool = False,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = "sdpa",
+) -> Checkpoint:
+    """Load a local HF causal-LM directory on ``device`` in ``dtype``, in eval mode.
+
+    Every parameter keeps ``requires_grad=True`` (curvature code needs gradients); dropout is off.
+    Missing weights are an error, not a silent random initialisation.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our commands own the terminal
+    files = inspect_checkpoint(path, trust_pickle=trust_pickle)
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    try:
+        config = AutoConfig.from_pretrained(files.path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{files.config}: cannot build a config ({msg})") from None
+    kwargs = dict(
+        config=config,
+        dtype=torch_dtype,
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=files.format == "safetensors",
+        weights_only=True,
+        output_loading_info=True,
+    )
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(files.path, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{files.path}: cannot load weights ({msg})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"{files.path}: weights missing for {', '.join(missing[:3])}{more}")
+    model.to(dev)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    tokenizer = load_tokenizer(files.path, trust_remote_code=trust_remote_code)
+    rows = model.get_input_embeddings().num_embeddings
+    if tokenizer is not None and len(tokenizer) > rows:
+        raise CheckpointError(
+            f"{files.path}: tokenizer has {len(tokenizer)} tokens but the embedding only {rows} rows"
+        )
+    return Checkpoint(
+        path=files.path,
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint_files([files.config, *files.weights]),
+        dtype=torch_dtype,
+        device=dev,
+        meta={"format": files.format, "model_type": config.model_type, "n_params": count_params(model)},
+    )
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model, tokenizer, out: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
+    """Write an HF checkpoint dir (safetensors + tokenizer) atomically: into a temp dir, then rename.
+
+    An existing ``out`` is replaced only after the new one is complete.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own commands own the terminal
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny models built from a config in code (tests, the demo). Nothing is downloaded.
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+def build_word_tokenizer(texts, min_count: int = 1):
+    """A word-level tokenizer (whitespace split) trained with `tokenizers` on ``texts``.
+
+    Adds ``<s>`` in front of every encoded sequence (like Llama); returns a
+    ``PreTrainedTokenizerFast`` that ``save_pretrained``/``AutoTokenizer`` round-trip.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values())
+    tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=min_count)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+ARCHITECTURES = ("llama", "gpt2", "qwen2")
+
+
+def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 4,
+                intermediate: int | None = None, max_positions: int = 128, tokenizer=None):
+    """A small config of a real architecture (``llama``, ``gpt2``, ``qwen2``)."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    intermediate = intermediate or 2 * hidden
+    ids = {}
+    if tokenizer is not None:
+        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                           max_position_embeddings=max_positions, tie_word_embeddings=False, **ids)
+    if arch == "qwen2":
+        return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                           max_position_embeddings=max_positions, tie_word_embeddings=True, **ids)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
+                          n_inner=intermediate, n_positions=max_positions, resid_pdrop=0.0,
+                          embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+    raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def build_model(config, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A freshly initialised causal LM from ``config``, seeded, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()

@@ -1,0 +1,83 @@
+"""The one loss every measurement shares: token-weighted mean next-token cross-entropy.
+
+    L(w) = (1 / N) · Σ_batches Σ_{(b,t) : labels[b,t] ≠ -100, t ≥ 1}  −log p_w(x[b,t] | x[b,<t])
+
+where N is the number of loss-bearing tokens over *all* batches. Because the sum runs over tokens,
+not batches, the loss of two batches equals the loss of their concatenation (batch-split
+invariance), and gradients/HVPs accumulated batch by batch with :func:`batch_term` are exact.
+
+Cross-entropy is computed in at least float32 (bf16 logits are upcast; float64 stays float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from landscape.data import IGNORE, Batch
+
+
+def param_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def logits_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """(B, T, V) next-token logits."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+
+
+def nll_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Σ of −log p over the loss-bearing tokens of one batch (a 0-d tensor, differentiable)."""
+    logits = logits_of(model, batch)[:, :-1]  # (B, T-1, V): position t predicts token t+1
+    targets = batch.labels[:, 1:]  # (B, T-1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
+def batch_term(model: torch.nn.Module, batch: Batch, total_tokens: int) -> torch.Tensor:
+    """This batch's share of L(w): ``nll_sum / total_tokens``. Summing over batches gives L(w)."""
+    return nll_sum(model, batch) / total_tokens
+
+
+def total_tokens(batches) -> int:
+    n = sum(b.n_tokens for b in batches)
+    if n == 0:
+        raise ValueError("no loss-bearing tokens in the batches")
+    return n
+
+
+@dataclass
+class LossResult:
+    loss: float
+    tokens: int
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches) -> LossResult:
+    """L(w) over all batches (no gradients). Batches are moved to the model's device."""
+    device = param_device(model)
+    n = total_tokens(batches)
+    acc = torch.zeros((), dtype=torch.float64, device=device)
+    for b in batches:
+        acc += nll_sum(model, b.to(device)).double()
+    return LossResult(float(acc) / n, n)
+
+
+def loss_and_grad(model: torch.nn.Module, batches, params: list[torch.nn.Parameter] | None = None):
+    """(L(w), [∂L/∂p for p in params]) accumulated batch by batch; the model's .grad is untouched."""
+    device = param_device(model)
+    params = list(model.parameters()) if params is None else params
+    n = total_tokens(batches)
+    grads = [torch.zeros_like(p) for p in params]
+    loss = 0.0
+    for b in batches:
+        term = batch_term(model, b.to(device), n)
+        gs = torch.autograd.grad(term, params, allow_unused=True)
+        for g, gi in zip(grads, gs):
+            if gi is not None:
+                g.add_(gi)
+        loss += float(term.detach().double())
+    return loss, grads

@@ -1,0 +1,114 @@
+"""The CLI through click's CliRunner: results, and user errors → one line on stderr, exit 2."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from landscape.cli.main import cli
+from tests.conftest import write_jsonl
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_user_error(r, match):
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_loss_json(llama_dir, text_data):
+    r = run("loss", llama_dir, "--data", text_data, "--json", "--batch-size", 2)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["tokens"] > 0 and out["loss"] > 0 and len(out["fingerprint"]) == 64
+    assert out["data"]["batch_size"] == 2
+
+
+def test_info(tiny_ckpts):
+    for arch, d in tiny_ckpts.items():
+        r = run("info", d, "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["model_type"] == arch
+
+
+@pytest.fixture()
+def broken(tmp_path, llama_dir):
+    def make(kind):
+        d = tmp_path / kind
+        shutil.copytree(llama_dir, d)
+        if kind == "no_config":
+            (d / "config.json").unlink()
+        elif kind == "corrupt":
+            (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+        elif kind == "pickle":
+            from landscape.checkpoint import load_checkpoint
+
+            sd = load_checkpoint(d).model.state_dict()
+            (d / "model.safetensors").unlink()
+            torch.save(sd, d / "pytorch_model.bin")
+        return d
+    return make
+
+
+@pytest.mark.parametrize("kind,match", [("no_config", "no config.json"), ("corrupt", "corrupt safetensors"),
+                                        ("pickle", "--trust-pickle")])
+def test_bad_checkpoints_exit_2(broken, text_data, kind, match):
+    assert_user_error(run("loss", broken(kind), "--data", text_data), match)
+
+
+def test_pickle_accepted_with_flag(broken, text_data):
+    r = run("loss", broken("pickle"), "--data", text_data, "--trust-pickle", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_missing_checkpoint_dir(tmp_path, text_data):
+    assert_user_error(run("loss", tmp_path / "nope", "--data", text_data), "no such checkpoint directory")
+
+
+@pytest.mark.parametrize("content,match", [
+    ("", "empty data file"),
+    ('{"text": "the cat"}\n{"text": \n', "bad.jsonl:2: not valid JSON"),
+    ('{"text": "the cat"}\n{"text": "a", "label": 1}\n', "bad.jsonl:2: unknown key(s) 'label'"),
+])
+def test_bad_data_exit_2(llama_dir, tmp_path, content, match):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    assert_user_error(run("loss", llama_dir, "--data", f), match)
+
+
+def test_impossible_options_exit_2(llama_dir, text_data):
+    assert_user_error(run("loss", llama_dir, "--data", text_data, "--batch-size", 0), "batch size")
+    assert_user_error(run("loss", llama_dir, "--data", text_data, "--max-length", 10_000), "positions")
+    assert_user_error(run("loss", llama_dir, "--data", text_data, "--dtype", "int3"), "unknown dtype")
+    assert_user_error(run("loss", llama_dir, "--bogus"), "No such option")
+    assert_user_error(run("nonsense"), "No such command")
+
+
+def test_debug_shows_the_traceback(tmp_path, text_data):
+    r = run("--debug", "loss", tmp_path / "nope", "--data", text_data)
+    assert r.exit_code != 0 and r.exception is not None and not isinstance(r.exception, SystemExit)
+
+
+def test_seed_makes_output_identical(llama_dir, text_data):
+    a = run("loss", llama_dir, "--data", text_data, "--json", "--seed", 5)
+    b = run("loss", llama_dir, "--data", text_data, "--json", "--seed", 5)
+    assert a.stdout == b.stdout
+
+
+def test_module_entry_point(llama_dir, text_data):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "landscape.cli", "loss", str(llama_dir), "--data", str(text_data),
+                        "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["tokens"] > 0
+    p = subprocess.run([sys.executable, "-m", "landscape.cli", "loss", "/nonexistent/x"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
