@@ -5,7 +5,7 @@ from landscape.cli._common import emit, output_options, show_progress
 
 @click.command("demo-model")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--steps", type=int, default=None, help="Pretraining steps (default 1000, about 90 s on 2 cores).")
+@click.option("--steps", type=int, default=None, help="Pretraining steps (default 2000, about 100 s on 2 cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @output_options
 def command(out, steps, seed, as_json, quiet):

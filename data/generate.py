@@ -4,8 +4,8 @@
 A small generated world that a ~1M-parameter model can learn in minutes on a CPU:
 
 - ``pretrain.jsonl``      general corpus ({"text"}) for pretraining the demo base model: facts about
-                          144 made-up entities (colour, home), small-number addition, and short
-                          reading stories that need in-context copying.
+                          144 made-up entities (colour, home), small-number addition, and one-sentence
+                          reading stories whose answer is copied from the context.
 - ``eval.jsonl``          held-out general text ({"text"}) in the same distribution: the default
                           evaluation data for flatness measurements.
 - ``suites/*.jsonl``      "general ability" suites for forgetting, multiple-choice items
@@ -57,13 +57,10 @@ def arithmetic_sentences():
 
 
 def story(rng: random.Random):
-    """A two-object story and the question about one of them (answer copied from context)."""
-    objs = rng.sample(OBJECTS, 2)
-    cols = rng.sample(COLORS, 2)
-    k = rng.randrange(2)
-    context = (f"story : the {objs[0]} is {cols[0]} . the {objs[1]} is {cols[1]} . "
-               f"question : what color is the {objs[k]} ? answer :")
-    return context, cols[k], cols
+    """A one-sentence story and the question about it (the answer is copied from the context)."""
+    obj, color = rng.choice(OBJECTS), rng.choice(COLORS)
+    context = f"story : the {obj} is {color} . question : what color is the {obj} ? answer :"
+    return context, color, [color]
 
 
 def write_jsonl(path: Path, rows) -> int:
@@ -87,8 +84,8 @@ def main() -> None:
     world = {e: (rng.choice(COLORS), rng.choice(PLACES)) for e in names}
 
     # --- general corpus: every fact and sum several times, plus fresh stories -----------------
-    general = list(fact_sentences(world)) * 3 + list(arithmetic_sentences()) * 3
-    general += [f"{c} {a} ." for c, a, _ in (story(rng) for _ in range(3000))]
+    general = list(fact_sentences(world)) * 6 + list(arithmetic_sentences()) * 4
+    general += [f"{c} {a} ." for c, a, _ in (story(rng) for _ in range(2000))]
     rng.shuffle(general)
     counts = {"pretrain.jsonl": write_jsonl(HERE / "pretrain.jsonl", ({"text": t} for t in general))}
 
@@ -111,7 +108,7 @@ def main() -> None:
     }
     for _ in range(120):
         c, a, cols = story(rng)
-        others = rng.sample([x for x in COLORS if x not in cols], 2)
+        others = rng.sample([x for x in COLORS if x not in cols], 3)
         suites["reading"].append(mc_item(c, a, cols + others, rng))
     for name, items in suites.items():
         counts[f"suites/{name}.jsonl"] = write_jsonl(HERE / "suites" / f"{name}.jsonl", items)

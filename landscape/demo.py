@@ -19,7 +19,7 @@ from landscape import checkpoint, data, finetune, loss
 from landscape.errors import UserError
 
 DEMO_ARCH = dict(arch="llama", hidden=128, layers=4, heads=4, intermediate=256, max_positions=128)
-DEMO_TRAIN = dict(steps=1000, lr=3e-3, batch_size=32, max_length=64, warmup=50, weight_decay=0.0)
+DEMO_TRAIN = dict(steps=2000, lr=3e-3, batch_size=32, max_length=64, warmup=50, weight_decay=0.0)
 
 
 def data_dir() -> Path:
@@ -99,7 +99,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress:
     text and on each fine-tuning task (which it has not seen: these are what a fine-tune teaches).
     """
     out = Path(out)
-    steps = 300 if fast else DEMO_TRAIN["steps"]
+    steps = 800 if fast else DEMO_TRAIN["steps"]
     base = out / "base"
     s = ensure_demo_model(base, steps=steps, progress=progress)
     ck = checkpoint.load_checkpoint(base)
