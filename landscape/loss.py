@@ -66,18 +66,67 @@ def evaluate(model: torch.nn.Module, batches) -> LossResult:
     return LossResult(float(acc) / n, n)
 
 
-def loss_and_grad(model: torch.nn.Module, batches, params: list[torch.nn.Parameter] | None = None):
+def loss_and_grad(model: torch.nn.Module, batches, params=None):
     """(L(w), [∂L/∂p for p in params]) accumulated batch by batch; the model's .grad is untouched."""
-    device = param_device(model)
-    params = list(model.parameters()) if params is None else params
-    n = total_tokens(batches)
-    grads = [torch.zeros_like(p) for p in params]
-    loss = 0.0
-    for b in batches:
-        term = batch_term(model, b.to(device), n)
-        gs = torch.autograd.grad(term, params, allow_unused=True)
+    from collections import OrderedDict
+
+    named = None if params is None else OrderedDict((str(i), p) for i, p in enumerate(params))
+    return gradient(Objective(model, batches, named))
+
+
+class Objective:
+    """L(w) of :func:`evaluate` as a function of a chosen subset of parameters (the rest held fixed).
+
+    ``terms()`` yields differentiable scalars whose sum is L(w) (one per batch), so gradients and
+    Hessian-vector products accumulate batch by batch with the memory of one batch. Any object with
+    ``params`` and ``terms()`` (e.g. :class:`FunctionObjective` over a closed-form loss) works with
+    the curvature and sharpness code.
+    """
+
+    def __init__(self, model: torch.nn.Module, batches, params=None):
+        from landscape.params import select
+
+        self.model = model
+        self.device = param_device(model)
+        self.batches = [b.to(self.device) for b in batches]
+        self.n_tokens = total_tokens(self.batches)
+        named = select(model) if params is None else params
+        self.names = list(named.keys())
+        self.params = list(named.values())
+
+    def terms(self):
+        for b in self.batches:
+            yield batch_term(self.model, b, self.n_tokens)
+
+    @torch.no_grad()
+    def value(self) -> float:
+        return float(sum(t.double() for t in self.terms()))
+
+
+class FunctionObjective:
+    """An objective given by ``fn()`` over explicit tensors ``params`` (tests, closed forms)."""
+
+    def __init__(self, fn, params):
+        self.fn = fn
+        self.params = list(params)
+        self.names = [f"p{i}" for i in range(len(self.params))]
+
+    def terms(self):
+        yield self.fn()
+
+    @torch.no_grad()
+    def value(self) -> float:
+        return float(self.fn())
+
+
+def gradient(obj) -> tuple[float, list[torch.Tensor]]:
+    """(L, ∇L) of an objective, accumulated term by term."""
+    grads = [torch.zeros_like(p) for p in obj.params]
+    total = 0.0
+    for term in obj.terms():
+        gs = torch.autograd.grad(term, obj.params, allow_unused=True)
         for g, gi in zip(grads, gs):
             if gi is not None:
                 g.add_(gi)
-        loss += float(term.detach().double())
-    return loss, grads
+        total += float(term.detach().double())
+    return total, grads

@@ -1,0 +1,110 @@
+"""Parameter subsets and vectors over them, and the context that perturbs weights and restores them.
+
+A "vector" here is a list of tensors shaped like the selected parameters (a pytree), so a vector over
+a 7B model never needs one flat 7B buffer. Reductions accumulate in float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import OrderedDict
+
+import torch
+
+from landscape.errors import UserError
+
+Vector = list  # list[torch.Tensor], one per selected parameter
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
+
+
+def select(model: torch.nn.Module, regex: str | None = None) -> "OrderedDict[str, torch.nn.Parameter]":
+    """Trainable parameters whose name matches ``regex`` (``re.search``); all when ``regex`` is None.
+
+    Tied parameters appear once (``named_parameters`` de-duplicates them).
+    """
+    try:
+        pat = re.compile(regex) if regex else None
+    except re.error as e:
+        raise UserError(f"--params {regex!r} is not a valid regular expression ({e})") from None
+    out = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad and (pat is None or pat.search(n)))
+    if not out:
+        raise UserError(f"--params {regex!r} matches no trainable parameter")
+    return out
+
+
+def layer_groups(model: torch.nn.Module) -> "OrderedDict[str, str]":
+    """``{"layer.0": regex, ..., "other": regex}``: one regex per transformer block, plus the rest
+    (embeddings, final norm, head), for per-layer spectra."""
+    layers = sorted({int(m.group(1)) for n, _ in model.named_parameters() if (m := _LAYER.search(n))})
+    groups = OrderedDict((f"layer.{i}", rf"(?:^|\.)(?:layers|h|layer|blocks)\.{i}\.") for i in layers)
+    if any(not _LAYER.search(n) for n, _ in model.named_parameters()):
+        groups["other"] = r"^(?!.*(?:^|\.)(?:layers|h|layer|blocks)\.\d+\.)"
+    return groups
+
+
+def dot(a: Vector, b: Vector) -> torch.Tensor:
+    """Σ_i ⟨a_i, b_i⟩ as a float64 0-d tensor."""
+    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
+
+
+def norm(a: Vector) -> torch.Tensor:
+    return dot(a, a).sqrt()
+
+
+def scale(a: Vector, s) -> Vector:
+    return [x * s for x in a]
+
+
+def axpy(alpha, x: Vector, y: Vector) -> Vector:
+    """α·x + y (new tensors)."""
+    return [yi + alpha * xi for xi, yi in zip(x, y)]
+
+
+def numel(a: Vector) -> int:
+    return sum(x.numel() for x in a)
+
+
+def zeros_like(params) -> Vector:
+    return [torch.zeros_like(p) for p in params]
+
+
+def randn_like(params, generator: torch.Generator, dtype=None) -> Vector:
+    """Gaussian vector, drawn on the CPU from ``generator`` (so any device gives the same numbers)."""
+    return [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, dtype or p.dtype)
+            for p in params]
+
+
+def rademacher_like(params, generator: torch.Generator, dtype=None) -> Vector:
+    return [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.device, dtype or p.dtype)
+            for p in params]
+
+
+@contextlib.contextmanager
+def perturbed(params, delta: Vector | None = None):
+    """Inside the block each parameter holds ``w + delta`` (or whatever the caller sets with
+    :func:`set_offset`); on exit the original bits are copied back, whatever happened inside.
+
+    Setting a point is always ``w0 + offset`` computed from a saved copy of the origin, never a walk
+    of ``add_``/``sub_`` steps, so no rounding error accumulates and the weights afterwards are
+    bit-identical to the weights before. Costs one copy of the selected parameters.
+    """
+    params = list(params)
+    origin = [p.detach().clone() for p in params]
+    try:
+        if delta is not None:
+            set_offset(params, origin, delta)
+        yield origin
+    finally:
+        with torch.no_grad():
+            for p, o in zip(params, origin):
+                p.copy_(o)
+
+
+@torch.no_grad()
+def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
+    """p ← origin + α·delta, computed in the wider of float32 and the parameter dtype."""
+    for p, o, d in zip(params, origin, delta):
+        wide = torch.promote_types(p.dtype, torch.float32)
+        p.copy_((o.to(wide) + alpha * d.to(wide)).to(p.dtype))
