@@ -56,9 +56,9 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
-    from landscape.cli import demo, demo_model, info, loss
+    from landscape.cli import demo, demo_model, info, loss, sharpness
 
-    for mod in (demo_model, info, loss, demo):
+    for mod in (demo_model, info, loss, sharpness, demo):
         cli.add_command(mod.command)
 
 
