@@ -95,8 +95,9 @@ def ensure_demo_model(out: str | os.PathLike, steps: int, seed: int = 0, progres
 def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress: bool = False) -> dict:
     """The main job on the embedded default (grows with the toolkit).
 
-    Today: build or reuse the demo base model, then measure its loss on the general evaluation
-    text and on each fine-tuning task (which it has not seen: these are what a fine-tune teaches).
+    Today: build or reuse the demo base model, measure its loss on the general evaluation text and
+    on each fine-tuning task (which it has not seen: these are what a fine-tune teaches), and its
+    curvature (λ_max, λ_min, Hessian trace).
     """
     out = Path(out)
     steps = 800 if fast else DEMO_TRAIN["steps"]
@@ -108,9 +109,17 @@ def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress:
     for task in sorted(p.name for p in (root / "tasks").iterdir()):
         bs = data.batches_for(ck, root / "tasks" / task / "eval.jsonl", batch_size=32)
         losses[f"task:{task}"] = loss.evaluate(ck.model, bs).loss
+    from landscape.sharpness import measure
+
+    sharp = measure(ck.model, data.batches_for(ck, root / "eval.jsonl", batch_size=8, num_batches=4),
+                    metrics="lambda_max,lambda_min,trace", trace_samples=10, progress=progress)
     rows = "\n".join(f"  {k:<16} {v:8.4f}" for k, v in losses.items())
+    m = sharp["metrics"]
+    rows += (f"\ncurvature of the base model (4 eval batches): λ_max {m['lambda_max']:.4g}, "
+             f"λ_min {m['lambda_min']:.4g}, trace {m['hessian_trace']:.4g} ± {m['hessian_trace_stderr']:.2g} "
+             f"({sharp['cost']['hvps']} HVPs)")
     how = "reused" if s["reused"] else f"built in {s['seconds']} s"
     summary = (f"demo base model: {base} ({s['n_params']:,} parameters, {s['steps']} steps, {how})\n"
                f"loss of the base model:\n{rows}")
     return {"out": str(out), "base": str(base), "fingerprint": ck.fingerprint, "losses": losses,
-            "model": s, "summary": summary}
+            "curvature": {k: v for k, v in m.items() if k != "details"}, "model": s, "summary": summary}
