@@ -1,0 +1,215 @@
+"""Loss along 1-D lines and 2-D planes in weight space, written to a resumable h5 file.
+
+Point (x_i, y_j) is evaluated with the weights set to w₀ + x_i·d_x + y_j·d_y, computed from a saved
+copy of the origin w₀ (never a walk of add_/sub_), so the centre equals the checkpoint's loss
+exactly and the weights are bit-identical afterwards.
+
+h5 layout: ``xcoordinates`` (nx), ``ycoordinates`` (ny, 2-D only), ``loss`` (nx[, ny]) with
+``loss[i, j]`` the loss at (x_i, y_j), ``done`` (same shape, 1 where computed: a NaN/inf loss at a far
+point is a computed value, not a hole), attributes with seed, normalisation, ignore rule,
+checkpoint/data fingerprints and library version; optional ``directions/x/<name>``, ``directions/y/<name>``.
+
+Progress is saved to ``OUT.partial`` (rewritten atomically after each point, without directions);
+the same command resumes from it and the final file is identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import landscape
+from landscape import directions as D
+from landscape import params as P
+from landscape.errors import UserError
+from landscape.loss import evaluate
+
+
+def parse_grid(spec: str, name: str = "x") -> np.ndarray:
+    """``"MIN:MAX:N"`` → N evenly spaced coordinates (N = 1 means the single point MIN, MIN = MAX)."""
+    try:
+        lo, hi, n = spec.split(":")
+        lo, hi, n = float(lo), float(hi), int(n)
+    except (ValueError, AttributeError):
+        raise UserError(f"--{name} {spec!r}: expected MIN:MAX:COUNT, e.g. -1:1:51") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise UserError(f"--{name} {spec!r}: bounds must be finite")
+    if n < 1 or n > 100_000:
+        raise UserError(f"--{name} {spec!r}: COUNT must be between 1 and 100000")
+    if n == 1 and lo != hi:
+        raise UserError(f"--{name} {spec!r}: one point needs MIN = MAX")
+    if n > 1 and not lo < hi:
+        raise UserError(f"--{name} {spec!r}: MIN must be below MAX")
+    return np.linspace(lo, hi, n)
+
+
+def _write_h5(path: Path, arrays: dict, attrs: dict, dirs: dict | None = None) -> None:
+    """Write a complete h5 file atomically (temp file, fsync, rename). No timestamps: same bytes."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w", track_order=True) as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v, track_times=False)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        for axis, named in (dirs or {}).items():
+            for n, t in named.items():
+                f.create_dataset(f"directions/{axis}/{n}", data=t.detach().cpu().float().numpy(), track_times=False)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_partial(path: Path, attrs: dict, shape) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            old = {k: f.attrs[k] for k in f.attrs}
+            loss, done = f["loss"][()], f["done"][()]
+    except (OSError, KeyError) as e:
+        raise UserError(f"{path}: unreadable progress file ({e}); delete it to start over") from None
+    if old.get("config_hash") != attrs["config_hash"] or loss.shape != tuple(shape):
+        raise UserError(f"{path}: written by another configuration (different checkpoint, data, grid or "
+                        "directions); refusing to resume into it — delete it or choose another --out")
+    return loss, done
+
+
+def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray | None = None,
+            norm: str = "filter", ignore: str = "biasbn", seed: int = 0, orthogonal: bool = False,
+            to: dict | None = None, to_y: dict | None = None, param_regex: str | None = None,
+            save_directions: bool = False, meta: dict | None = None, progress: bool = False,
+            max_points: int | None = None) -> dict:
+    """Evaluate the loss on the grid and write ``out`` (h5). Resumes from ``out.partial``.
+
+    ``to`` / ``to_y``: named parameters of target checkpoints; the x (y) direction becomes
+    w_target − w (a line between two checkpoints, or the plane through base, A and B).
+    ``max_points`` stops after that many new points (leaving the partial file), for tests and
+    time-boxed runs. Returns a summary dict.
+    """
+    out = Path(out)
+    named = P.select(model, param_regex)
+    ps = list(named.values())
+    dx = D.target_direction(named, to) if to is not None else D.random_direction(named, seed, "x", norm, ignore)
+    dy = None
+    if y is not None:
+        dy = D.target_direction(named, to_y) if to_y is not None else D.random_direction(named, seed, "y", norm, ignore)
+        if orthogonal:
+            dy = D.orthogonalize(dy, dx)
+    shape = (len(x),) if y is None else (len(x), len(y))
+    config = {"seed": seed, "norm": "target" if to is not None else norm, "ignore": ignore if to is None else "none",
+              "orthogonal": orthogonal, "params": param_regex or "", "x": x.tolist(),
+              "y": None if y is None else y.tolist(), "y_norm": None if y is None else ("target" if to_y is not None else norm),
+              **(meta or {})}
+    attrs = {**{k: (json.dumps(v) if isinstance(v, (list, dict)) or v is None else v) for k, v in config.items()},
+             "version": landscape.__version__, "dims": len(shape)}
+    attrs["config_hash"] = __import__("hashlib").sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    partial = out.with_name(out.name + ".partial")
+    if out.exists() and not partial.exists():
+        with h5py.File(out, "r") as f:
+            if f.attrs.get("config_hash") == attrs["config_hash"]:
+                return {"out": str(out), "points": int(np.prod(shape)), "computed": 0, "complete": True}
+        raise UserError(f"{out}: exists and was written by another configuration; choose another --out")
+    state = _read_partial(partial, attrs, shape)
+    loss_grid, done = state if state is not None else (np.full(shape, np.nan), np.zeros(shape, np.uint8))
+    arrays = lambda: {"xcoordinates": x, **({"ycoordinates": y} if y is not None else {}),  # noqa: E731
+                      "loss": loss_grid, "done": done}
+    todo = [idx for idx in np.ndindex(*shape) if not done[idx]]
+    computed = 0
+    t0 = time.perf_counter()
+    with P.perturbed(ps) as origin:
+        for idx in tqdm(todo, desc="surface", disable=not progress, leave=False):
+            if max_points is not None and computed >= max_points:
+                break
+            a = float(x[idx[0]])
+            b = float(y[idx[1]]) if y is not None else 0.0
+            with torch.no_grad():
+                for p, o, ex, ey in zip(ps, origin, dx, dy if dy is not None else [None] * len(ps)):
+                    wide = o.to(torch.promote_types(o.dtype, torch.float32))
+                    v = wide + a * ex if a != 0.0 else wide.clone()
+                    if ey is not None and b != 0.0:
+                        v = v + b * ey
+                    p.copy_(v.to(p.dtype))
+            loss_grid[idx] = evaluate(model, batches).loss
+            done[idx] = 1
+            computed += 1
+            _write_h5(partial, arrays(), attrs)
+    complete = bool(done.all())
+    if complete:
+        dirs = None
+        if save_directions:
+            dirs = {"x": dict(zip(named.keys(), dx))}
+            if dy is not None:
+                dirs["y"] = dict(zip(named.keys(), dy))
+        _write_h5(out, arrays(), attrs, dirs)
+        partial.unlink(missing_ok=True)
+    return {"out": str(out) if complete else str(partial), "points": int(np.prod(shape)), "computed": computed,
+            "complete": complete, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def read_surface(path: str | os.PathLike) -> dict:
+    """The arrays and attributes of a surface h5 file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such surface file")
+    try:
+        with h5py.File(p, "r") as f:
+            r = {"x": f["xcoordinates"][()], "y": f["ycoordinates"][()] if "ycoordinates" in f else None,
+                 "loss": f["loss"][()], "done": f["done"][()].astype(bool),
+                 "attrs": {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}}
+    except (OSError, KeyError) as e:
+        raise UserError(f"{p}: not a landscape surface file ({e})") from None
+    r["loss"] = np.where(r["done"], r["loss"], np.nan)
+    return r
+
+
+def surface_metrics(path: str | os.PathLike) -> dict:
+    """Flatness metrics of a stored surface, by finite differences on the grid.
+
+    With L_ij the loss at (x_i, y_j) and steps h_x, h_y, over interior points (central differences):
+      ∂xL ≈ (L_{i+1,j} − L_{i−1,j}) / 2h_x,   ∂yL likewise,
+      ∂xxL ≈ (L_{i+1,j} − 2L_ij + L_{i−1,j}) / h_x²,   ∂yyL likewise;
+    - ``average_gradient``       = mean √((∂xL)² + (∂yL)²)          (mean gradient magnitude)
+    - ``mean_absolute_gradient`` = mean (|∂xL| + |∂yL|) / 2
+    - ``surface_curvature``      = mean |∂xxL + ∂yyL|                (mean absolute Laplacian)
+    plus ``center_curvature`` = ∂xxL (1-D) or ∂xxL + ∂yyL (2-D) at the grid point nearest the origin,
+    ``center_loss`` and ``max_increase`` = max L − L(centre). Larger = sharper. Points with a
+    non-finite loss are left out of the means. Grids need ≥ 3 points per axis.
+    """
+    s = read_surface(path)
+    L, x, y = s["loss"], s["x"], s["y"]
+    if len(x) < 3 or (y is not None and len(y) < 3):
+        raise UserError(f"{path}: surface metrics need at least 3 points per axis")
+    hx = float(x[1] - x[0])
+    i0 = int(np.argmin(np.abs(x)))
+    out = {"dims": 1 if y is None else 2, "points": int(L.size), "finite": int(np.isfinite(L).sum())}
+    if y is None:
+        gx = (L[2:] - L[:-2]) / (2 * hx)
+        cxx = (L[2:] - 2 * L[1:-1] + L[:-2]) / hx**2
+        out.update(average_gradient=float(np.nanmean(np.abs(gx))), mean_absolute_gradient=float(np.nanmean(np.abs(gx))),
+                   surface_curvature=float(np.nanmean(np.abs(cxx))))
+        ic = min(max(i0, 1), len(x) - 2)
+        out["center_curvature"] = float(cxx[ic - 1])
+        out["center_loss"] = float(L[i0])
+    else:
+        hy = float(y[1] - y[0])
+        j0 = int(np.argmin(np.abs(y)))
+        c = L[1:-1, 1:-1]
+        gx = (L[2:, 1:-1] - L[:-2, 1:-1]) / (2 * hx)
+        gy = (L[1:-1, 2:] - L[1:-1, :-2]) / (2 * hy)
+        lap = (L[2:, 1:-1] - 2 * c + L[:-2, 1:-1]) / hx**2 + (L[1:-1, 2:] - 2 * c + L[1:-1, :-2]) / hy**2
+        with np.errstate(invalid="ignore"):
+            out.update(average_gradient=float(np.nanmean(np.sqrt(gx**2 + gy**2))),
+                       mean_absolute_gradient=float(np.nanmean((np.abs(gx) + np.abs(gy)) / 2)),
+                       surface_curvature=float(np.nanmean(np.abs(lap))))
+        ic, jc = min(max(i0, 1), len(x) - 2), min(max(j0, 1), len(y) - 2)
+        out["center_curvature"] = float(lap[ic - 1, jc - 1])
+        out["center_loss"] = float(L[i0, j0])
+    out["max_increase"] = float(np.nanmax(np.where(np.isfinite(L), L, np.nan)) - out["center_loss"])
+    return out

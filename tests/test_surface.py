@@ -1,0 +1,224 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from landscape import checkpoint, data, directions as D, params as P, surface as S
+from landscape.cli.main import cli
+from landscape.errors import UserError
+from landscape.loss import evaluate
+
+
+@pytest.fixture()
+def ck(tiny_ckpts):
+    return checkpoint.load_checkpoint(tiny_ckpts["llama"])
+
+
+def test_filter_norms_equal_weight_row_norms_and_biasbn_zeroes_1d(ck):
+    named = P.select(ck.model)
+    d = D.random_direction(named, seed=3, norm="filter", ignore="biasbn")
+    for (n, w), di in zip(named.items(), d):
+        if w.dim() <= 1:
+            assert torch.count_nonzero(di) == 0, n
+        else:
+            torch.testing.assert_close(di.reshape(di.shape[0], -1).norm(dim=1),
+                                       w.detach().reshape(w.shape[0], -1).norm(dim=1), rtol=1e-5, atol=1e-7)
+    lay = D.random_direction(named, seed=3, norm="layer", ignore="none")
+    for (n, w), di in zip(named.items(), lay):
+        assert float(di.norm()) == pytest.approx(float(w.detach().norm()), rel=1e-5), n
+
+
+def test_directions_regenerate_from_seed_and_name(ck):
+    named = P.select(ck.model)
+    a = D.random_direction(named, seed=7)
+    b = D.random_direction(named, seed=7)
+    sub = D.random_direction(P.select(ck.model, r"mlp"), seed=7)  # a subset gets the same tensors
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    mlp = [x for n, x in zip(named, a) if "mlp" in n]
+    assert all(torch.equal(x, y) for x, y in zip(mlp, sub))
+    c = D.random_direction(named, seed=8)
+    assert not torch.equal(a[0], c[0])
+
+
+def test_orthogonalize(ck):
+    named = P.select(ck.model)
+    x = D.random_direction(named, 0, "x")
+    y = D.orthogonalize(D.random_direction(named, 0, "y"), x)
+    assert abs(float(P.dot(x, y))) < 1e-6 * float(P.norm(x) * P.norm(y))
+
+
+def test_center_is_the_loss_and_weights_bit_identical(ck, text_data, tmp_path):
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
+    before = {n: p.detach().clone() for n, p in ck.model.named_parameters()}
+    L0 = evaluate(ck.model, bs).loss
+    S.surface(ck.model, bs, tmp_path / "s.h5", np.linspace(-1, 1, 5), np.linspace(-1, 1, 3))
+    s = S.read_surface(tmp_path / "s.h5")
+    assert s["loss"][2, 1] == L0  # exactly
+    assert s["done"].all() and s["loss"].shape == (5, 3)
+    for n, p in ck.model.named_parameters():
+        assert torch.equal(before[n], p), n
+
+
+def test_line_to_another_checkpoint_hits_its_loss(tiny_ckpts, text_data, tmp_path, tokenizer):
+    from tests.conftest import make_checkpoint
+
+    other = checkpoint.load_checkpoint(make_checkpoint(tmp_path, "llama", tokenizer, seed=9))
+    ck = checkpoint.load_checkpoint(tiny_ckpts["llama"])
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
+    S.surface(ck.model, bs, tmp_path / "line.h5", np.array([0.0, 0.5, 1.0]), to=dict(other.model.named_parameters()))
+    s = S.read_surface(tmp_path / "line.h5")
+    assert s["loss"][0] == evaluate(ck.model, bs).loss
+    assert s["loss"][2] == pytest.approx(evaluate(other.model, bs).loss, rel=1e-6)
+
+
+def test_points_equal_direct_evaluation_of_perturbed_weights(tmp_path, text_data, ck):
+    """A grid point's loss equals the loss of w + x·d evaluated directly."""
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
+    named = P.select(ck.model)
+    d = D.random_direction(named, seed=1, norm="none", ignore="none")
+    S.surface(ck.model, bs, tmp_path / "l.h5", np.array([-0.01, 0.0, 0.02]), norm="none", ignore="none", seed=1)
+    s = S.read_surface(tmp_path / "l.h5")
+    with P.perturbed(list(named.values()), [0.02 * x for x in d]):
+        direct = evaluate(ck.model, bs).loss
+    assert s["loss"][2] == pytest.approx(direct, rel=1e-7)
+
+
+def test_resume_gives_an_identical_file(ck, text_data, tmp_path):
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
+    x, y = np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)
+    S.surface(ck.model, bs, tmp_path / "full.h5", x, y)
+    r = S.surface(ck.model, bs, tmp_path / "part.h5", x, y, max_points=5)
+    assert not r["complete"] and (tmp_path / "part.h5.partial").exists() and not (tmp_path / "part.h5").exists()
+    r = S.surface(ck.model, bs, tmp_path / "part.h5", x, y)
+    assert r["complete"] and r["computed"] == 7
+    assert (tmp_path / "part.h5").read_bytes() == (tmp_path / "full.h5").read_bytes()
+    assert not (tmp_path / "part.h5.partial").exists()
+
+
+def test_refuses_to_resume_into_another_configuration(ck, text_data, tmp_path):
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
+    S.surface(ck.model, bs, tmp_path / "p.h5", np.linspace(-1, 1, 4), max_points=2)
+    with pytest.raises(UserError, match="another configuration"):
+        S.surface(ck.model, bs, tmp_path / "p.h5", np.linspace(-1, 1, 4), seed=5)
+
+
+def test_nan_points_are_stored_as_computed_and_plotted_as_gaps(tmp_path):
+    x, y = np.linspace(-1, 1, 3), np.linspace(-1, 1, 3)
+    L = np.arange(9.0).reshape(3, 3)
+    L[0, 0] = np.nan
+    L[2, 2] = np.inf
+    S._write_h5(tmp_path / "n.h5", {"xcoordinates": x, "ycoordinates": y, "loss": L, "done": np.ones((3, 3), np.uint8)},
+                {"config_hash": "x"})
+    s = S.read_surface(tmp_path / "n.h5")
+    assert s["done"].all() and np.isnan(s["loss"][0, 0]) and np.isinf(s["loss"][2, 2])
+    from landscape.report import _none_for_nan, _prepare
+
+    z = _none_for_nan(_prepare(s["loss"], log=False, clip=None))
+    assert z[0][0] is None and z[2][2] is None and z[1][1] == 4.0
+
+
+def test_surface_metrics_on_a_paraboloid(tmp_path):
+    """L = a x² + b y²: gradients and curvature have closed forms (exact for central differences)."""
+    a, b = 2.0, 0.5
+    x = y = np.linspace(-1, 1, 21)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    L = a * X**2 + b * Y**2
+    S._write_h5(tmp_path / "q.h5", {"xcoordinates": x, "ycoordinates": y, "loss": L, "done": np.ones_like(L, np.uint8)},
+                {"config_hash": "q"})
+    m = S.surface_metrics(tmp_path / "q.h5")
+    Xi, Yi = X[1:-1, 1:-1], Y[1:-1, 1:-1]
+    assert m["surface_curvature"] == pytest.approx(2 * a + 2 * b, rel=1e-9)
+    assert m["center_curvature"] == pytest.approx(2 * a + 2 * b, rel=1e-9)
+    assert m["average_gradient"] == pytest.approx(np.mean(np.sqrt((2 * a * Xi) ** 2 + (2 * b * Yi) ** 2)), rel=1e-9)
+    assert m["mean_absolute_gradient"] == pytest.approx(np.mean((np.abs(2 * a * Xi) + np.abs(2 * b * Yi)) / 2), rel=1e-9)
+    assert m["center_loss"] == 0.0
+
+
+@pytest.mark.parametrize("spec,match", [("1:-1:5", "MIN must be below MAX"), ("a:b:c", "expected MIN:MAX:COUNT"),
+                                        ("-1:1:0", "COUNT"), ("0:1:1", "MIN = MAX"), ("-1:1", "expected")])
+def test_bad_grids(spec, match):
+    with pytest.raises(UserError, match=match):
+        S.parse_grid(spec)
+
+
+def test_cli_surface_metrics_plot(llama_dir, text_data, tmp_path):
+    run = CliRunner().invoke
+    out = tmp_path / "s.h5"
+    r = run(cli, ["surface", str(llama_dir), "--data", str(text_data), "--x", "-1:1:3", "--y", "-1:1:3",
+                  "--save-directions", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(out) as f:
+        assert f["loss"].shape == (3, 3) and "directions/x/model.embed_tokens.weight" in f
+        assert f.attrs["norm"] == "filter" and len(f.attrs["checkpoint_fingerprint"]) == 64
+    r = run(cli, ["surface-metrics", str(out), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["dims"] == 2
+    r = run(cli, ["plot", str(out), "--out", str(tmp_path / "p.html")])
+    assert r.exit_code == 0 and (tmp_path / "p.html").stat().st_size > 1_000_000  # plotly.js inlined
+    r = run(cli, ["surface", str(llama_dir), "--data", str(text_data), "--x", "1:-1:3", "--out", str(out)])
+    assert r.exit_code == 2 and "MIN must be below MAX" in r.stderr
+
+
+def test_kill_and_resume_through_the_cli(llama_dir, text_data, tmp_path):
+    """SIGKILL mid-run, then the same command: the file equals an uninterrupted run's."""
+    args = [sys.executable, "-m", "landscape.cli", "surface", str(llama_dir), "--data", str(text_data),
+            "--x", "-1:1:9", "--y", "-1:1:9", "--quiet"]
+    ref = subprocess.run(args + ["--out", str(tmp_path / "ref.h5")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "k.h5"
+    p = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "k.h5.partial"
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        if partial.exists():
+            try:
+                with h5py.File(partial, "r") as f:
+                    if f["done"][()].sum() >= 10:
+                        break
+            except OSError:
+                pass
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    if out.exists():
+        pytest.skip("the run finished before it could be killed")
+    r = subprocess.run(args + ["--out", str(out), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["computed"] < 81
+    assert out.read_bytes() == (tmp_path / "ref.h5").read_bytes()
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not chromium(), reason="chromium not installed (.ci/run installs Debian's chromium)")
+def test_plot_renders_in_headless_chromium(tmp_path):
+    x = y = np.linspace(-1, 1, 7)
+    X, Y = np.meshgrid(x, y, indexing="ij")
+    L = X**2 + Y**2
+    L[0, 0] = np.nan
+    for name, arrays in (("<img src=x onerror=alert(1)>.h5", {"xcoordinates": x, "ycoordinates": y, "loss": L}),
+                         ("line.h5", {"xcoordinates": x, "loss": x**2})):
+        S._write_h5(tmp_path / name, {**arrays, "done": np.ones_like(arrays["loss"], np.uint8)}, {"config_hash": name})
+    from landscape.report import plot_surfaces
+
+    page = plot_surfaces([tmp_path / "<img src=x onerror=alert(1)>.h5", tmp_path / "line.h5"], tmp_path / "p.html")
+    html = page.read_text()
+    assert "<img src=x onerror" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000", "--dump-dom",
+                          page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'class="main-svg"' in dom  # plotly.js ran and drew
+    assert 'class="contour' in dom and 'class="scatterlayer' in dom
+    assert "gl-container" in dom  # the 3-D surface scene
