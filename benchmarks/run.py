@@ -112,6 +112,55 @@ def bench_memory(base: Path, nb: int) -> dict:
             "param_bytes": out["grad"]["param_bytes"]}
 
 
+def bench_surface(ck, bs, tmp: Path, repeat: int) -> dict:
+    """Surface time per point vs a bare forward pass over the same batches (``loss.evaluate``)."""
+    import numpy as np
+
+    from landscape import surface
+
+    n = 5
+    t_fwd = timed(lambda: loss.evaluate(ck.model, bs), repeat)
+    times = []
+    for r in range(2):
+        out = tmp / f"bench_surface_{r}.h5"
+        out.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        surface.surface(ck.model, bs, out, np.linspace(-1, 1, n), np.linspace(-1, 1, n))
+        times.append((time.perf_counter() - t0) / (n * n))
+        out.unlink(missing_ok=True)
+    per_point = min(times)
+    return {"forward_s": t_fwd, "surface_point_s": per_point, "surface_over_forward": per_point / t_fwd}
+
+
+SURF_MEM_CHILD = r"""
+import sys, json, numpy as np
+sys.path.insert(0, {root!r})
+from landscape import checkpoint, data, demo, loss, surface
+def rss(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+ck = checkpoint.load_checkpoint({base!r})
+bs = data.batches_for(ck, demo.default_eval_data(), batch_size=8, num_batches={nb})
+loss.evaluate(ck.model, bs)
+before = rss('VmHWM')
+surface.surface(ck.model, bs, {out!r}, np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))
+print(json.dumps({{'extra': rss('VmHWM') - before,
+                  'param_bytes': sum(p.numel() * p.element_size() for p in ck.model.parameters())}}))
+"""
+
+
+def bench_surface_memory(base: Path, nb: int, tmp: Path) -> dict:
+    out = tmp / "bench_mem.h5"
+    out.unlink(missing_ok=True)
+    code = SURF_MEM_CHILD.format(root=str(ROOT), base=str(base), nb=nb, out=str(out))
+    r = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                   .stdout.strip().splitlines()[-1])
+    out.unlink(missing_ok=True)
+    return {"surface_extra_bytes": r["extra"], "param_bytes": r["param_bytes"],
+            "surface_extra_over_params": r["extra"] / r["param_bytes"]}
+
+
 def table(res: dict) -> str:
     h, lam, mem = res["hvp"], res["lambda"], res["memory"]
     cmd = "`make bench`"
@@ -124,6 +173,14 @@ def table(res: dict) -> str:
         ("HVPs to 1e-3 relative λ_max, power iteration", str(lam["power_hvps_to_1e-3"]), "(comparison)", ""),
         ("peak extra memory, HVP / gradient (CPU RSS)", f"{mem['hvp_over_grad_memory']:.2f}", "(report)", ""),
     ]
+    if "surface" in res:
+        su = res["surface"]
+        rows += [
+            ("surface time per point / bare forward pass", f"{su['surface_over_forward']:.3f}", "≤ 1.05",
+             ok(su["surface_over_forward"], 1.05)),
+            ("surface peak extra memory / parameter bytes (CPU RSS)", f"{su['surface_extra_over_params']:.2f}", "≤ 1",
+             ok(su["surface_extra_over_params"], 1.0)),
+        ]
     lines = [f"Measured {res['date']} on {res['machine']} (torch {res['torch']}), demo model "
              f"({res['n_params']:,} parameters, float32), {res['batches']} batches × 8 sequences of data/eval.jsonl.",
              "", "| figure | value | target | status |", "|---|---|---|---|"]
@@ -159,6 +216,11 @@ def main() -> None:
     res["lambda"] = bench_lambda(ck, bs)
     print("memory ...", flush=True)
     res["memory"] = bench_memory(base, nb)
+    print("surface ...", flush=True)
+    tmp = ROOT / "runs" / "bench"
+    tmp.mkdir(parents=True, exist_ok=True)
+    res["surface"] = {**bench_surface(ck, bs, tmp, repeat=3 if args.quick else 7),
+                      **bench_surface_memory(base, nb, tmp)}
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     t = table(res)
     print(t)

@@ -9,7 +9,7 @@ h5 layout: ``xcoordinates`` (nx), ``ycoordinates`` (ny, 2-D only), ``loss`` (nx[
 point is a computed value, not a hole), attributes with seed, normalisation, ignore rule,
 checkpoint/data fingerprints and library version; optional ``directions/x/<name>``, ``directions/y/<name>``.
 
-Progress is saved to ``OUT.partial`` (rewritten atomically after each point, without directions);
+Progress is saved to ``OUT.partial`` (rewritten atomically about once a second, without directions);
 the same command resumes from it and the final file is identical to an uninterrupted run's.
 """
 
@@ -85,13 +85,14 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
             norm: str = "filter", ignore: str = "biasbn", seed: int = 0, orthogonal: bool = False,
             to: dict | None = None, to_y: dict | None = None, param_regex: str | None = None,
             save_directions: bool = False, meta: dict | None = None, progress: bool = False,
-            max_points: int | None = None) -> dict:
+            max_points: int | None = None, save_every: float = 1.0) -> dict:
     """Evaluate the loss on the grid and write ``out`` (h5). Resumes from ``out.partial``.
 
     ``to`` / ``to_y``: named parameters of target checkpoints; the x (y) direction becomes
     w_target − w (a line between two checkpoints, or the plane through base, A and B).
     ``max_points`` stops after that many new points (leaving the partial file), for tests and
-    time-boxed runs. Returns a summary dict.
+    time-boxed runs. Progress is saved at most every ``save_every`` seconds (and when stopping),
+    so a kill loses at most that much work. Returns a summary dict.
     """
     out = Path(out)
     named = P.select(model, param_regex)
@@ -122,24 +123,32 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
                       "loss": loss_grid, "done": done}
     todo = [idx for idx in np.ndindex(*shape) if not done[idx]]
     computed = 0
-    t0 = time.perf_counter()
+    t0 = last_save = time.perf_counter()
     with P.perturbed(ps) as origin:
         for idx in tqdm(todo, desc="surface", disable=not progress, leave=False):
             if max_points is not None and computed >= max_points:
                 break
             a = float(x[idx[0]])
             b = float(y[idx[1]]) if y is not None else 0.0
-            with torch.no_grad():
+            with torch.no_grad():  # w = w0 + a·dx + b·dy, from the saved origin every time
                 for p, o, ex, ey in zip(ps, origin, dx, dy if dy is not None else [None] * len(ps)):
-                    wide = o.to(torch.promote_types(o.dtype, torch.float32))
-                    v = wide + a * ex if a != 0.0 else wide.clone()
-                    if ey is not None and b != 0.0:
-                        v = v + b * ey
-                    p.copy_(v.to(p.dtype))
+                    if p.dtype == ex.dtype:  # float32: in place, no temporaries
+                        torch.add(o, ex, alpha=a, out=p.data)
+                        if ey is not None and b != 0.0:
+                            p.data.add_(ey, alpha=b)
+                    else:  # bf16/fp16/fp64: combine in the wider dtype, round once
+                        v = o.to(torch.promote_types(o.dtype, torch.float32)) + a * ex
+                        if ey is not None and b != 0.0:
+                            v = v + b * ey
+                        p.copy_(v.to(p.dtype))
             loss_grid[idx] = evaluate(model, batches).loss
             done[idx] = 1
             computed += 1
-            _write_h5(partial, arrays(), attrs)
+            if time.perf_counter() - last_save >= save_every:  # bounded loss on a kill, no fsync per point
+                _write_h5(partial, arrays(), attrs)
+                last_save = time.perf_counter()
+    if computed and not done.all():
+        _write_h5(partial, arrays(), attrs)
     complete = bool(done.all())
     if complete:
         dirs = None
