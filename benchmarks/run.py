@@ -80,17 +80,28 @@ def bench_lambda(ck, bs) -> dict:
             "power_hvps_to_1e-3": hvps_to_accuracy(pw.history[:300], truth.lambda_max)}
 
 
-MEM_CHILD = r"""
-import sys, json, torch
+# Shared start of every memory child process: load the demo model and batches, define rss().
+CHILD_PREAMBLE = r"""
+import sys, json, torch, numpy as np
 sys.path.insert(0, {root!r})
-from landscape import checkpoint, data, demo, hessian, loss, params as P
+from landscape import checkpoint, data, demo, hessian, loss, surface, params as P
 def rss(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 ck = checkpoint.load_checkpoint({base!r})
 bs = data.batches_for(ck, demo.default_eval_data(), batch_size=8, num_batches={nb})
-obj = loss.Objective(ck.model, bs)
+"""
+
+
+def run_child(body: str, **kw) -> dict:
+    """Run CHILD_PREAMBLE + body in a fresh Python; return the JSON of its last stdout line."""
+    code = (CHILD_PREAMBLE + body).format(root=str(ROOT), **kw)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+MEM_CHILD = r"""obj = loss.Objective(ck.model, bs)
 v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
 h = hessian.HVP(obj)
 loss.evaluate(ck.model, bs)
@@ -104,9 +115,7 @@ def bench_memory(base: Path, nb: int) -> dict:
     """Peak extra resident memory of one gradient vs one HVP, each in a fresh process (CPU)."""
     out = {}
     for what in ("grad", "hvp"):
-        code = MEM_CHILD.format(root=str(ROOT), base=str(base), nb=nb, what=what)
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        out[what] = json.loads(r.stdout.strip().splitlines()[-1])
+        out[what] = run_child(MEM_CHILD, base=str(base), nb=nb, what=what)
     return {"grad_extra_bytes": out["grad"]["extra"], "hvp_extra_bytes": out["hvp"]["extra"],
             "hvp_over_grad_memory": out["hvp"]["extra"] / max(1, out["grad"]["extra"]),
             "param_bytes": out["grad"]["param_bytes"]}
@@ -132,17 +141,7 @@ def bench_surface(ck, bs, tmp: Path, repeat: int) -> dict:
     return {"forward_s": t_fwd, "surface_point_s": per_point, "surface_over_forward": per_point / t_fwd}
 
 
-SURF_MEM_CHILD = r"""
-import sys, json, numpy as np
-sys.path.insert(0, {root!r})
-from landscape import checkpoint, data, demo, loss, surface
-def rss(field):
-    for line in open('/proc/self/status'):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-ck = checkpoint.load_checkpoint({base!r})
-bs = data.batches_for(ck, demo.default_eval_data(), batch_size=8, num_batches={nb})
-loss.evaluate(ck.model, bs)
+SURF_MEM_CHILD = r"""loss.evaluate(ck.model, bs)
 before = rss('VmHWM')
 surface.surface(ck.model, bs, {out!r}, np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))
 print(json.dumps({{'extra': rss('VmHWM') - before,
@@ -153,9 +152,7 @@ print(json.dumps({{'extra': rss('VmHWM') - before,
 def bench_surface_memory(base: Path, nb: int, tmp: Path) -> dict:
     out = tmp / "bench_mem.h5"
     out.unlink(missing_ok=True)
-    code = SURF_MEM_CHILD.format(root=str(ROOT), base=str(base), nb=nb, out=str(out))
-    r = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-                   .stdout.strip().splitlines()[-1])
+    r = run_child(SURF_MEM_CHILD, base=str(base), nb=nb, out=str(out))
     out.unlink(missing_ok=True)
     return {"surface_extra_bytes": r["extra"], "param_bytes": r["param_bytes"],
             "surface_extra_over_params": r["extra"] / r["param_bytes"]}

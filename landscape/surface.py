@@ -85,14 +85,15 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
             norm: str = "filter", ignore: str = "biasbn", seed: int = 0, orthogonal: bool = False,
             to: dict | None = None, to_y: dict | None = None, param_regex: str | None = None,
             save_directions: bool = False, meta: dict | None = None, progress: bool = False,
-            max_points: int | None = None, save_every: float = 1.0) -> dict:
+            max_points: int | None = None, save_every: float = 1.0, loss_fn=None) -> dict:
     """Evaluate the loss on the grid and write ``out`` (h5). Resumes from ``out.partial``.
 
     ``to`` / ``to_y``: named parameters of target checkpoints; the x (y) direction becomes
     w_target − w (a line between two checkpoints, or the plane through base, A and B).
     ``max_points`` stops after that many new points (leaving the partial file), for tests and
     time-boxed runs. Progress is saved at most every ``save_every`` seconds (and when stopping),
-    so a kill loses at most that much work. Returns a summary dict.
+    so a kill loses at most that much work. ``loss_fn()`` replaces ``evaluate(model, batches)``
+    (closed-form objectives in tests). Returns a summary dict.
     """
     out = Path(out)
     named = P.select(model, param_regex)
@@ -141,7 +142,7 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
                         if ey is not None and b != 0.0:
                             v = v + b * ey
                         p.copy_(v.to(p.dtype))
-            loss_grid[idx] = evaluate(model, batches).loss
+            loss_grid[idx] = loss_fn() if loss_fn is not None else evaluate(model, batches).loss
             done[idx] = 1
             computed += 1
             if time.perf_counter() - last_save >= save_every:  # bounded loss on a kill, no fsync per point

@@ -92,6 +92,28 @@ def test_points_equal_direct_evaluation_of_perturbed_weights(tmp_path, text_data
     assert s["loss"][2] == pytest.approx(direct, rel=1e-7)
 
 
+def test_quadratic_surface_equals_its_closed_form(tmp_path):
+    """L(W) = ½‖A·vec(W) − c‖²: every grid point equals the formula at W0 + x·dx + y·dy."""
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Module()
+    model.W = torch.nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
+    A = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    c = torch.randn(5, generator=g, dtype=torch.float64)
+    fn = lambda: float(0.5 * ((A @ model.W.reshape(-1) - c) ** 2).sum())  # noqa: E731
+    x, y = np.linspace(-1, 1, 5), np.linspace(-2, 2, 4)
+    W0 = model.W.detach().clone()
+    S.surface(model, None, tmp_path / "q.h5", x, y, norm="filter", seed=4, loss_fn=fn)
+    named = P.select(model)
+    dx = D.random_direction(named, 4, "x", "filter", "biasbn")[0].double()
+    dy = D.random_direction(named, 4, "y", "filter", "biasbn")[0].double()
+    L = S.read_surface(tmp_path / "q.h5")["loss"]
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            W = W0 + a * dx + b * dy
+            assert L[i, j] == pytest.approx(float(0.5 * ((A @ W.reshape(-1) - c) ** 2).sum()), rel=1e-6)
+    assert torch.equal(model.W.detach(), W0)
+
+
 def test_resume_gives_an_identical_file(ck, text_data, tmp_path):
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
     x, y = np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)
