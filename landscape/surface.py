@@ -15,6 +15,7 @@ the same command resumes from it and the final file is identical to an uninterru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -111,7 +112,7 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
               **(meta or {})}
     attrs = {**{k: (json.dumps(v) if isinstance(v, (list, dict)) or v is None else v) for k, v in config.items()},
              "version": landscape.__version__, "dims": len(shape)}
-    attrs["config_hash"] = __import__("hashlib").sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    attrs["config_hash"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     partial = out.with_name(out.name + ".partial")
     if out.exists() and not partial.exists():
         with h5py.File(out, "r") as f:
