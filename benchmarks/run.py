@@ -158,6 +158,47 @@ def bench_surface_memory(base: Path, nb: int, tmp: Path) -> dict:
             "surface_extra_over_params": r["extra"] / r["param_bytes"]}
 
 
+def bench_sam(ck, bs, repeat: int) -> dict:
+    """One optimizer step on one batch: SAM (and ASAM) vs AdamW, timed alternately on one model."""
+    from landscape import finetune
+
+    model = ck.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    out = {}
+    for name in ("adamw", "sam", "asam"):
+        cfg = finetune.TrainConfig(optimizer=name, lr=1e-6, rho=0.05)
+        opt = finetune.make_optimizer(params, cfg)
+        model.train()
+        out[f"{name}_step_s"] = timed(lambda: finetune.train_step(model, opt, bs.batches[:1], cfg, 1e-6), repeat)
+        model.eval()
+        with torch.no_grad():
+            for p, w in zip(params, saved):
+                p.copy_(w)
+    out["sam_over_adamw"] = out["sam_step_s"] / out["adamw_step_s"]
+    out["asam_over_adamw"] = out["asam_step_s"] / out["adamw_step_s"]
+    return out
+
+
+SAM_MEM_CHILD = r"""from landscape import finetune
+cfg = finetune.TrainConfig(optimizer={name!r}, lr=1e-6)
+params = list(ck.model.parameters())
+opt = finetune.make_optimizer(params, cfg)
+loss.evaluate(ck.model, bs)
+before = rss('VmRSS')
+for _ in range(2):
+    finetune.train_step(ck.model, opt, bs.batches[:1], cfg, 1e-6)
+print(json.dumps({{'extra': rss('VmHWM') - before}}))
+"""
+
+
+def bench_sam_memory(base: Path, nb: int) -> dict:
+    """Peak extra resident memory of training steps (optimizer state included), fresh process each."""
+    r = {name: run_child(SAM_MEM_CHILD, base=str(base), nb=nb, name=name)["extra"] for name in ("adamw", "sam")}
+    return {"adamw_extra_bytes": r["adamw"], "sam_extra_bytes": r["sam"],
+            "sam_over_adamw_memory": r["sam"] / max(1, r["adamw"])}
+
+
 def table(res: dict) -> str:
     h, lam, mem = res["hvp"], res["lambda"], res["memory"]
     cmd = "`make bench`"
@@ -177,6 +218,14 @@ def table(res: dict) -> str:
              ok(su["surface_over_forward"], 1.05)),
             ("surface peak extra memory / parameter bytes (CPU RSS)", f"{su['surface_extra_over_params']:.2f}", "≤ 1",
              ok(su["surface_extra_over_params"], 1.0)),
+        ]
+    if "sam" in res:
+        sa = res["sam"]
+        rows += [
+            ("SAM step / AdamW step time (1 batch)", f"{sa['sam_over_adamw']:.2f}", "≤ 2.05", ok(sa["sam_over_adamw"], 2.05)),
+            ("ASAM step / AdamW step time (1 batch)", f"{sa['asam_over_adamw']:.2f}", "(report)", ""),
+            ("SAM / AdamW peak extra memory (CPU RSS, optimizer state incl.)", f"{sa['sam_over_adamw_memory']:.2f}",
+             "(report)", ""),
         ]
     lines = [f"Measured {res['date']} on {res['machine']} (torch {res['torch']}), demo model "
              f"({res['n_params']:,} parameters, float32), {res['batches']} batches × 8 sequences of data/eval.jsonl.",
@@ -218,6 +267,8 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     res["surface"] = {**bench_surface(ck, bs, tmp, repeat=3 if args.quick else 7),
                       **bench_surface_memory(base, nb, tmp)}
+    print("SAM vs AdamW ...", flush=True)
+    res["sam"] = {**bench_sam(ck, bs, repeat=5 if args.quick else 11), **bench_sam_memory(base, nb)}
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     t = table(res)
     print(t)

@@ -153,8 +153,12 @@ def load_batches(
     num_batches: int | None = None,
     vocab_size: int | None = None,
     pad_id: int | None = None,
+    records: list[dict] | None = None,
 ) -> Batches:
     """Read ``path`` and build fixed batches.
+
+    ``records`` (already validated, e.g. one side of a train/eval split of ``path``) are used instead
+    of the file's lines; the fingerprint then covers those records, not the whole file.
 
     Sequences longer than ``max_length`` are cut (their tail dropped); a record left with no
     loss-bearing token (e.g. a prompt that fills ``max_length``) is dropped and counted.
@@ -166,7 +170,9 @@ def load_batches(
         raise DataError(f"max length must be >= 2 (one token in, one predicted), got {max_length}")
     if num_batches is not None and num_batches < 1:
         raise DataError(f"number of batches must be >= 1, got {num_batches}")
-    records = read_jsonl(path)
+    subset = records is not None
+    if records is None:
+        records = read_jsonl(path)
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
@@ -191,7 +197,7 @@ def load_batches(
         raise DataError(f"{path}: no record has a token to predict within max length {max_length}")
     batches = [collate(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
     config = {"batch_size": batch_size, "max_length": max_length, "num_batches": num_batches}
-    h = hashlib.sha256(Path(path).read_bytes())
+    h = hashlib.sha256(json.dumps(records, sort_keys=True).encode() if subset else Path(path).read_bytes())
     h.update(json.dumps(config, sort_keys=True).encode())
     for b in batches:  # the tokenization is part of the identity (a different tokenizer → other ids)
         h.update(b.input_ids.numpy().tobytes())

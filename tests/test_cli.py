@@ -112,3 +112,25 @@ def test_module_entry_point(llama_dir, text_data):
     assert json.loads(p.stdout)["tokens"] > 0
     p = subprocess.run([sys.executable, "-m", "landscape.cli", "loss", "/nonexistent/x"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
+
+
+def test_finetune_cli_and_its_errors(llama_dir, tmp_path):
+    rows = [{"prompt": f"task : reverse input : {a} output :", "completion": a} for a in ("red", "blue", "cat", "dog")]
+    train = write_jsonl(tmp_path / "train.jsonl", rows * 3)
+    out = tmp_path / "ft"
+    r = run("finetune", llama_dir, "--data", train, "--out", out, "--optimizer", "asam", "--rho", 0.5,
+            "--max-steps", 3, "--batch-size", 4, "--json", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["steps"] == 3 and res["optimizer"] == "asam" and (out / "training_log.json").is_file()
+    assert_user_error(run("finetune", llama_dir, "--data", train, "--out", out), "already exists")
+    assert_user_error(run("finetune", llama_dir, "--data", train, "--out", tmp_path / "x", "--resume"),
+                      "no interrupted run")
+    assert_user_error(run("finetune", llama_dir, "--data", train, "--out", tmp_path / "x", "--optimizer", "sgd"),
+                      "sgd")
+    assert_user_error(run("finetune", llama_dir, "--data", train, "--out", tmp_path / "x", "--lr", -1), "--lr")
+    assert_user_error(run("finetune", llama_dir, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "x"),
+                      "no such data file")
+    assert_user_error(run("finetune", llama_dir, "--data", train, "--out", tmp_path / "x", "--grad-accum", 0),
+                      "--grad-accum")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()

@@ -1,0 +1,230 @@
+"""Sharpness-aware minimisation: SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021).
+
+SAM minimises the worst loss in a ρ-ball around the weights, ``min_w max_{‖ε‖≤ρ} L(w + ε)``, with the
+first-order solution of the inner problem:
+
+    SAM:   ε = ρ · g / ‖g‖₂
+    ASAM:  ε = ρ · T²g / ‖T g‖₂,   T = diag(|w| + η)   (η = 0 gives ε = ρ·w²⊙g / ‖|w|⊙g‖₂)
+
+and then a base-optimizer step from the *original* weights w with the gradient taken at w + ε.
+That is exactly two forward/backward passes per step: one for g at w, one at w + ε.
+
+Conventions this module keeps:
+
+- The weights are restored bit-exactly between the passes (a saved copy, not ``w + ε − ε``).
+- ‖g‖ is global over all parameters of the optimizer. Under DDP each rank holds the whole
+  gradient, so the local norm *is* the global one; when parameters are sharded (FSDP, or any set-up
+  where each rank holds a slice) pass ``shard_group`` and the squared norms are all-reduced. On one
+  process nothing distributed is touched.
+- Gradient accumulation: the perturbation is taken **per micro-batch** (the m-sharpness reading of
+  SAM, Foret et al. §4.1; it is also what data-parallel SAM computes when the first pass runs under
+  ``no_sync``): each micro-batch k gets its own ε_k from its own gradient, the second-pass gradients
+  ∇L_k(w + ε_k) are accumulated (weighted by the micro-batch's share of the loss tokens), and one
+  base step follows. So k micro-batches on one process equal k data-parallel ranks with one
+  micro-batch each. ``perturb`` / ``restore`` are the pieces a training loop needs for that.
+- Weight decay, the learning-rate schedule and gradient clipping belong to the base step only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+
+class Perturbation:
+    """The ascent half of SAM, independent of any optimizer: ``perturb(grads)`` then ``restore()``."""
+
+    def __init__(self, params: Iterable[torch.Tensor], rho: float = 0.05, adaptive: bool = False,
+                 eta: float = 0.0, shard_group=None):
+        if rho <= 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.params = [p for p in params if p.requires_grad]
+        self.rho, self.adaptive, self.eta, self.shard_group = float(rho), bool(adaptive), float(eta), shard_group
+        self._saved: list[torch.Tensor] | None = None
+        self.last_norm: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
+    def _global_norm(self, vecs: list[torch.Tensor]) -> torch.Tensor:
+        # sum of squares in float32 at least, so bf16 gradients do not overflow or lose the norm
+        sq = torch.stack([v.detach().float().pow(2).sum() for v in vecs]).sum()
+        if self.shard_group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.shard_group)
+        return sq.sqrt()
+
+    @torch.no_grad()
+    def perturb(self, grads: list[torch.Tensor | None] | None = None) -> float:
+        """Save the weights, then move them to w + ε. ``grads`` default to each ``p.grad``.
+
+        Returns ‖g‖₂ (‖T g‖₂ for ASAM). Parameters without a gradient are not moved.
+        """
+        if self._saved is not None:
+            raise RuntimeError("perturb() called twice without restore()")
+        if grads is None:
+            grads = [p.grad for p in self.params]
+        pairs = [(p, g) for p, g in zip(self.params, grads) if g is not None]
+        if self.adaptive:
+            scaled = [(p.detach().abs() + self.eta) * g for p, g in pairs]  # T g
+        else:
+            scaled = [g for _, g in pairs]
+        norm = self._global_norm(scaled) if scaled else torch.zeros(())
+        self.last_norm = float(norm)
+        self._saved = [p.detach().clone() for p in self.params]
+        scale = self.rho / (norm + 1e-12)
+        for (p, _), tg in zip(pairs, scaled):
+            e = tg * (p.detach().abs() + self.eta) if self.adaptive else tg  # T² g, or g
+            p.add_((e.float() * scale.to(e.device)).to(p.dtype))
+        return self.last_norm
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back the weights saved by :meth:`perturb` (bit-exact)."""
+        if self._saved is None:
+            raise RuntimeError("restore() called without perturb()")
+        for p, w in zip(self.params, self._saved):
+            p.copy_(w)
+        self._saved = None
+
+
+class SAM(torch.optim.Optimizer):
+    """SAM / ASAM around any base optimizer (``torch.optim.AdamW`` by default).
+
+    ``first_step()`` perturbs the weights by ε computed from the current ``.grad``;
+    ``second_step()`` restores the saved weights and takes the base step with the ``.grad`` now
+    present (the gradient at w + ε); ``step(closure)`` does both, calling ``closure`` twice (it must
+    zero the gradients, run forward and backward, and return the loss).
+
+    The parameter groups are the base optimizer's, so LR schedulers attached to this optimizer drive
+    the base step. ``state_dict()`` is the base optimizer's state plus SAM's settings.
+    """
+
+    def __init__(self, params, base_optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                 rho: float = 0.05, adaptive: bool = False, eta: float = 0.0, shard_group=None,
+                 **base_kwargs):
+        params = list(params)
+        self.base_optimizer = base_optimizer(params, **base_kwargs)
+        super().__init__(self.base_optimizer.param_groups, dict(self.base_optimizer.defaults))
+        self.param_groups = self.base_optimizer.param_groups  # one list, shared
+        self.state = self.base_optimizer.state
+        flat = [p for g in self.param_groups for p in g["params"]]
+        self.perturbation = Perturbation(flat, rho=rho, adaptive=adaptive, eta=eta, shard_group=shard_group)
+
+    @property
+    def rho(self) -> float:
+        return self.perturbation.rho
+
+    @property
+    def adaptive(self) -> bool:
+        return self.perturbation.adaptive
+
+    def first_step(self, zero_grad: bool = True) -> float:
+        """w ← w + ε(∇L(w)); returns the gradient norm used."""
+        norm = self.perturbation.perturb()
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+        return norm
+
+    def second_step(self, zero_grad: bool = True) -> None:
+        """w ← saved w, then the base step with the gradient taken at w + ε."""
+        self.perturbation.restore()
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        if closure is None:
+            raise RuntimeError("SAM.step needs a closure (zero_grad, forward, backward, return loss); "
+                               "or call first_step()/second_step() yourself")
+        with torch.enable_grad():
+            loss = closure()
+        self.first_step(zero_grad=True)
+        try:
+            with torch.enable_grad():
+                closure()
+        except BaseException:
+            self.perturbation.restore()  # never leave the model perturbed
+            raise
+        self.second_step(zero_grad=False)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"base": self.base_optimizer.state_dict(),
+                "sam": {"rho": self.rho, "adaptive": self.adaptive, "eta": self.perturbation.eta}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.base_optimizer.load_state_dict(state_dict["base"])
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        s = state_dict.get("sam", {})
+        self.perturbation.rho = float(s.get("rho", self.rho))
+        self.perturbation.adaptive = bool(s.get("adaptive", self.adaptive))
+        self.perturbation.eta = float(s.get("eta", self.perturbation.eta))
+
+
+def _make_sam_trainer():
+    from transformers import Trainer
+
+    class SAMTrainer(Trainer):
+        """A ``transformers.Trainer`` whose every micro-batch is a SAM (or ASAM) micro-step.
+
+        Drop-in: ``SAMTrainer(model=..., args=..., train_dataset=..., sam_rho=0.05,
+        sam_adaptive=False)``. The Trainer's own optimizer, scheduler, clipping, mixed precision,
+        gradient accumulation and accelerate/torchrun set-up are untouched: each ``training_step``
+        takes the first-pass gradient (under ``no_sync`` when distributed, forward included),
+        perturbs the weights, lets the stock ``training_step`` do the second pass (its backward
+        accumulates into ``.grad`` exactly as usual) and restores the weights. The optimizer step
+        the Trainer takes afterwards is therefore the base step of SAM, with per-micro-batch
+        perturbations (see the module docstring).
+        """
+
+        def __init__(self, *args, sam_rho: float = 0.05, sam_adaptive: bool = False, sam_eta: float = 0.0,
+                     **kwargs):
+            super().__init__(*args, **kwargs)
+            self.sam_rho, self.sam_adaptive, self.sam_eta = sam_rho, sam_adaptive, sam_eta
+            self._sam = None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            params = [p for p in model.parameters() if p.requires_grad]
+            if self._sam is None or self._sam.params != params:
+                self._sam = Perturbation(params, rho=self.sam_rho, adaptive=self.sam_adaptive, eta=self.sam_eta)
+            model.train()
+            first = self._prepare_inputs(dict(inputs))
+            sync = self.accelerator.no_sync(model) if self.accelerator.num_processes > 1 else _null()
+            with sync:
+                with self.compute_loss_context_manager():
+                    loss1 = self.compute_loss(model, first, num_items_in_batch=num_items_in_batch)
+                grads = torch.autograd.grad(loss1, params, allow_unused=True)
+            del first, loss1
+            self._sam.perturb(list(grads))
+            del grads
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                self._sam.restore()
+
+    return SAMTrainer
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def __getattr__(name):
+    # SAMTrainer needs transformers' Trainer (and accelerate); import it only when asked for.
+    if name == "SAMTrainer":
+        return _make_sam_trainer()
+    raise AttributeError(name)
