@@ -1,0 +1,387 @@
+"""Forgetting: how much a fine-tuned checkpoint lost against its base, on held-out task suites.
+
+A suite is one jsonl file (its name is the file's stem); every line is one item, all of one kind:
+
+- multiple choice ``{"context": str, "choices": [str, ...], "answer": int}`` — each choice is scored
+  by the log-likelihood of ``" " + choice`` after the context, as the common harnesses do:
+  ``acc`` = argmax of Σ log p(choice tokens), ``acc_norm`` = argmax of that sum divided by the
+  choice's length in characters (lm-evaluation-harness's length normalisation);
+- generation ``{"prompt": str, "completion": str}`` — ``exact_match`` of the greedy continuation
+  (up to EOS, whitespace-normalised) with the completion;
+- text ``{"text": str}`` — the shared token-weighted ``loss`` (and its ``perplexity``).
+
+An optional ``"id"`` is allowed on any line. Suites are grouped into categories by a
+``categories.json`` next to them (``{"knowledge": ["facts_color", ...], ...}``); a suite in no
+category goes to ``"other"``. The paper (Li et al. 2024) averages four categories: domain
+knowledge, reasoning, understanding, exams; ``data/suites`` has the same structure at toy scale.
+
+Forgetting of a suite, signed so that **positive = forgotten**:
+``delta = base − tuned`` for accuracies (higher is better), ``delta = tuned − base`` for losses;
+``relative = 100 · delta / base`` (Luo et al. 2023's FG). Categories average their accuracy suites;
+``average`` is the mean over categories (loss suites are reported, not averaged with accuracies).
+
+Scores are cached in a :class:`landscape.store.Store` under (checkpoint fingerprint, "suite",
+suite fingerprint + scorer settings + library version), so a batch never re-scores a pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import landscape
+from landscape.errors import DataError, UserError
+
+KINDS = {"mc": {"context", "choices", "answer"}, "generation": {"prompt", "completion"}, "text": {"text"}}
+METRIC = {"mc": "acc", "generation": "exact_match", "text": "loss"}
+LOWER_IS_BETTER = {"loss", "perplexity"}
+
+
+@dataclass
+class Suite:
+    name: str
+    path: str
+    kind: str  # mc | generation | text
+    items: list[dict]
+    fingerprint: str
+    category: str = "other"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        return METRIC[self.kind]
+
+
+def _validate_item(rec, where: str) -> str:
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: each line must be a JSON object")
+    keys = set(rec) - {"id"}
+    kind = next((k for k, ks in KINDS.items() if keys == ks), None)
+    if kind is None:
+        missing = [f"{k!r}" for k in ("answer", "choices") if "context" in keys and k not in keys]
+        hint = f"missing {', '.join(missing)}; " if missing else ""
+        raise DataError(f"{where}: {hint}keys {sorted(keys)}; expected {{context, choices, answer}} (multiple "
+                        "choice), {prompt, completion} (generation) or {text}")
+    if kind == "mc":
+        ch, ans = rec["choices"], rec["answer"]
+        if not isinstance(rec["context"], str):
+            raise DataError(f"{where}: 'context' must be a string")
+        if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c.strip() for c in ch):
+            raise DataError(f"{where}: 'choices' must be a list of at least two non-empty strings")
+        if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(ch):
+            raise DataError(f"{where}: 'answer' must be an index into choices (0..{len(ch) - 1}), got {ans!r}")
+    else:
+        for k in KINDS[kind]:
+            if not isinstance(rec[k], str) or not rec[k].strip():
+                raise DataError(f"{where}: {k!r} must be a non-empty string")
+    return kind
+
+
+def load_suite(path: str | os.PathLike, category: str = "other") -> Suite:
+    """Read and validate one suite file; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such suite file")
+    try:
+        raw = p.read_bytes()
+        lines = raw.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: unreadable suite ({e})") from None
+    items, kinds = [], set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+        kinds.add(_validate_item(rec, f"{p}:{lineno}"))
+        if len(kinds) > 1:
+            raise DataError(f"{p}:{lineno}: a suite must hold one kind of item, found {sorted(kinds)}")
+        items.append(rec)
+    if not items:
+        raise DataError(f"{p}: empty suite")
+    return Suite(p.stem, str(p), kinds.pop(), items, hashlib.sha256(raw).hexdigest(), category)
+
+
+def read_categories(path: str | os.PathLike) -> dict[str, list[str]]:
+    p = Path(path)
+    try:
+        cats = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{p}: unreadable categories file ({e})") from None
+    if not isinstance(cats, dict) or not all(isinstance(v, list) and all(isinstance(s, str) for s in v)
+                                             for v in cats.values()):
+        raise DataError(f"{p}: categories must be {{\"category\": [\"suite\", ...]}}")
+    return cats
+
+
+def load_suites(paths=None, categories: str | os.PathLike | None = None) -> list[Suite]:
+    """The suites at ``paths`` (files or directories of ``*.jsonl``), default ``data/suites``.
+
+    Categories come from ``categories`` or else a ``categories.json`` beside the suites.
+    """
+    if not paths:
+        from landscape.demo import data_dir
+
+        paths = [data_dir() / "suites"]
+    files: list[Path] = []
+    cat_files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.jsonl"))
+            if not found:
+                raise DataError(f"{p}: no *.jsonl suites in this directory")
+            files += found
+            cat_files.append(p / "categories.json")
+        else:
+            files.append(p)
+            cat_files.append(p.parent / "categories.json")
+    names = [f.stem for f in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"two suites share the name {dup[0]!r}; suite names (file stems) must be unique")
+    cats: dict[str, list[str]] = {}
+    for cf in ([Path(categories)] if categories else [c for c in dict.fromkeys(cat_files) if c.is_file()]):
+        if categories and not cf.is_file():
+            raise DataError(f"{cf}: no such categories file")
+        for c, members in read_categories(cf).items():
+            cats.setdefault(c, []).extend(members)
+    of = {s: c for c, members in cats.items() for s in members}
+    return [load_suite(f, of.get(f.stem, "other")) for f in files]
+
+
+# --------------------------------------------------------------------------------------------
+# Scorers. Each takes (model, tokenizer, items) and returns a dict of metrics plus "n".
+
+def _positions_limit(model) -> int:
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+
+
+def _encode_pair(tok, context: str, choice: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) for ``context + " " + choice``, split the way the joint
+    tokenization splits them when it can (BPE merges across the boundary), else encoded apart."""
+    ctx = tok(context, add_special_tokens=True)["input_ids"]
+    whole = tok(context + " " + choice, add_special_tokens=True)["input_ids"]
+    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx):]
+    return ctx, tok(" " + choice, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32) -> list[float]:
+    """Σ log p(continuation | context) for each (context ids, continuation ids) pair.
+
+    Sequences longer than the model's positions keep their last tokens. Pairs are batched by length
+    (right-padded); log-probabilities are taken in float32 at least.
+    """
+    device = next(model.parameters()).device
+    limit = _positions_limit(model)
+    seqs = []
+    for ctx, cont in pairs:
+        ids = (ctx + cont)[-limit:]
+        seqs.append((ids, min(len(cont), len(ids) - 1)))
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))
+    out = [0.0] * len(seqs)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        T = len(seqs[idx[0]][0])
+        ids = torch.zeros((len(idx), T), dtype=torch.long)
+        att = torch.zeros((len(idx), T), dtype=torch.long)
+        for r, i in enumerate(idx):
+            x = seqs[i][0]
+            ids[r, :len(x)] = torch.tensor(x)
+            att[r, :len(x)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).logits
+        for r, i in enumerate(idx):
+            x, n = seqs[i]
+            L = len(x)
+            lg = logits[r, L - 1 - n:L - 1].to(torch.promote_types(logits.dtype, torch.float32))  # (n, V)
+            tgt = torch.tensor(x[L - n:], device=lg.device)
+            out[i] = float((lg.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(lg, -1)).sum())
+    return out
+
+
+def score_mc(model, tok, items: list[dict], batch_size: int = 32) -> dict:
+    """Multiple choice by log-likelihood: ``acc`` and length-normalised ``acc_norm``."""
+    pairs, spans = [], []
+    for it in items:
+        start = len(pairs)
+        pairs += [_encode_pair(tok, it["context"], c) for c in it["choices"]]
+        spans.append((start, len(pairs)))
+    lp = continuation_logprobs(model, pairs, batch_size)
+    acc = acc_norm = 0
+    for it, (a, b) in zip(items, spans):
+        s = lp[a:b]
+        norm = [x / len(c) for x, c in zip(s, it["choices"])]
+        acc += int(max(range(len(s)), key=s.__getitem__) == it["answer"])
+        acc_norm += int(max(range(len(norm)), key=norm.__getitem__) == it["answer"])
+    return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items)}
+
+
+def _norm_text(s: str) -> str:
+    return " ".join(s.split())
+
+
+@torch.no_grad()
+def score_generation(model, tok, items: list[dict], batch_size: int = 32, max_new_tokens: int | None = None) -> dict:
+    """Exact match of the greedy continuation (stopped at EOS) with the completion."""
+    device = next(model.parameters()).device
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+    hits = 0
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        prompts = [tok(it["prompt"], add_special_tokens=True)["input_ids"] for it in chunk]
+        need = max(len(tok(" " + it["completion"], add_special_tokens=False)["input_ids"]) for it in chunk) + 1
+        n_new = max_new_tokens or need
+        T = max(len(p) for p in prompts)
+        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+        att = torch.zeros((len(chunk), T), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every row ends where generation starts
+            ids[r, T - len(p):] = torch.tensor(p)
+            att[r, T - len(p):] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=n_new,
+                             do_sample=False, pad_token_id=pad, eos_token_id=eos)[:, T:]
+        for it, row in zip(chunk, gen.tolist()):
+            if eos is not None and eos in row:
+                row = row[:row.index(eos)]
+            hits += int(_norm_text(tok.decode(row, skip_special_tokens=True)) == _norm_text(it["completion"]))
+    return {"exact_match": hits / len(items), "n": len(items)}
+
+
+def score_text(model, tok, items: list[dict], batch_size: int = 16) -> dict:
+    """The shared token-weighted loss over the texts, and its perplexity."""
+    import math
+
+    from landscape import data, loss
+
+    recs = [{"text": it["text"]} for it in items]
+    bs = data.load_batches("suite", tok, batch_size=batch_size, max_length=_positions_limit(model),
+                           records=recs, vocab_size=model.get_input_embeddings().num_embeddings)
+    r = loss.evaluate(model, bs)
+    return {"loss": r.loss, "perplexity": math.exp(min(r.loss, 700)), "tokens": r.tokens, "n": len(items)}
+
+
+def score_suite(model, tok, suite: Suite, batch_size: int = 32) -> dict:
+    if tok is None:
+        raise UserError(f"suite {suite.name}: the checkpoint has no tokenizer")
+    was_training = model.training
+    model.eval()
+    try:
+        if suite.kind == "mc":
+            r = score_mc(model, tok, suite.items, batch_size)
+        elif suite.kind == "generation":
+            r = score_generation(model, tok, suite.items, batch_size)
+        else:
+            r = score_text(model, tok, suite.items, max(1, batch_size // 2))
+    finally:
+        model.train(was_training)
+    return {"metric": suite.metric, "score": r[suite.metric], **r}
+
+
+def scorer_config(suite: Suite, batch_size: int) -> dict:
+    """What a cached score depends on (the batch size only changes float rounding, not the result)."""
+    return {"suite": suite.name, "suite_fingerprint": suite.fingerprint, "kind": suite.kind,
+            "version": landscape.__version__}
+
+
+def evaluate_checkpoint(ck, suites: list[Suite], store=None, batch_size: int = 32, progress: bool = False) -> dict:
+    """{suite name: score dict} for a loaded checkpoint, through the store's cache."""
+    from tqdm.auto import tqdm
+
+    from landscape.store import Store
+
+    store = store or Store(None)
+    out = {}
+    for s in tqdm(suites, desc=f"suites {Path(ck.path).name}", disable=not progress, leave=False):
+        out[s.name] = store.cached(ck.fingerprint, "suite", scorer_config(s, batch_size),
+                                   lambda s=s: score_suite(ck.model, ck.tokenizer, s, batch_size))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Deltas
+
+def signed_delta(metric: str, base: float, tuned: float) -> tuple[float, float | None]:
+    """(delta, relative %): positive = forgotten, whichever direction the metric improves in."""
+    d = (tuned - base) if metric in LOWER_IS_BETTER else (base - tuned)
+    return d, (100.0 * d / base if base else None)
+
+
+def _row(metric, base, tuned) -> dict:
+    d, rel = signed_delta(metric, base, tuned)
+    return {"metric": metric, "base": base, "tuned": tuned, "delta": d, "relative": rel}
+
+
+def compare(base_scores: dict, tuned_scores: dict, suites: list[Suite]) -> dict:
+    """Per-suite, per-category and average forgetting from two score dicts."""
+    rows, cats = {}, {}
+    for s in suites:
+        b, t = base_scores[s.name], tuned_scores[s.name]
+        rows[s.name] = {**_row(b["metric"], b["score"], t["score"]), "category": s.category}
+        if "acc_norm" in b:
+            rows[s.name]["acc_norm"] = _row("acc_norm", b["acc_norm"], t["acc_norm"])
+        if b["metric"] not in LOWER_IS_BETTER:
+            cats.setdefault(s.category, []).append(s.name)
+    categories = {}
+    for c, names in cats.items():
+        b = sum(rows[n]["base"] for n in names) / len(names)
+        t = sum(rows[n]["tuned"] for n in names) / len(names)
+        categories[c] = {**_row("accuracy", b, t), "suites": names}
+    average = None
+    if categories:
+        b = sum(c["base"] for c in categories.values()) / len(categories)
+        t = sum(c["tuned"] for c in categories.values()) / len(categories)
+        average = _row("accuracy", b, t)
+    return {"suites": rows, "categories": categories, "average": average}
+
+
+def forgetting(base, tuned, suites=None, categories=None, store=None, device: str = "auto", dtype: str = "float32",
+               batch_size: int = 32, trust_pickle: bool = False, trust_remote_code: bool = False,
+               lm_eval_tasks=(), lm_eval_include=None, lm_eval_limit=None, progress: bool = False) -> list[dict]:
+    """Forgetting of each checkpoint in ``tuned`` against ``base`` (paths); the base is scored once.
+
+    Returns one dict per tuned checkpoint: ``{"base", "tuned", "base_fingerprint",
+    "tuned_fingerprint", "suites", "categories", "average"}``.
+    """
+    from landscape import checkpoint
+    from landscape.store import Store
+
+    tuned = [tuned] if isinstance(tuned, (str, os.PathLike)) else list(tuned)
+    if not tuned:
+        raise UserError("give at least one tuned checkpoint")
+    suite_list = load_suites(suites, categories) if (suites or not lm_eval_tasks) else []
+    store = store if store is not None else Store(None)
+    kw = dict(device=device, dtype=dtype, trust_pickle=trust_pickle, trust_remote_code=trust_remote_code)
+    for p in [base, *tuned]:  # every path checked before anything is scored
+        checkpoint.inspect_checkpoint(p, trust_pickle=trust_pickle)
+
+    def scores_of(path):
+        ck = checkpoint.load_checkpoint(path, **kw)
+        sc = evaluate_checkpoint(ck, suite_list, store, batch_size, progress)
+        if lm_eval_tasks:
+            from landscape.lmeval import score_lm_eval
+
+            sc.update(score_lm_eval(ck, lm_eval_tasks, lm_eval_include, store, limit=lm_eval_limit,
+                                    batch_size=batch_size))
+        fp = ck.fingerprint
+        del ck
+        return fp, sc
+
+    all_suites = suite_list + [Suite(t, "lm_eval", "mc", [], "", "lm_eval") for t in lm_eval_tasks]
+    base_fp, base_scores = scores_of(base)
+    results = []
+    for t in tuned:
+        fp, sc = scores_of(t)
+        results.append({"base": str(base), "tuned": str(t), "base_fingerprint": base_fp, "tuned_fingerprint": fp,
+                        **compare(base_scores, sc, all_suites),
+                        "scores": {"base": base_scores, "tuned": sc}})
+    return results

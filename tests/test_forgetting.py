@@ -1,0 +1,208 @@
+"""Forgetting: scorers against hand computation, signs of the deltas, caching, suite errors, lm-eval."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from landscape import checkpoint, data, finetune, forgetting as FG, loss
+from landscape.cli.main import cli
+from landscape.store import Store
+from tests.conftest import write_jsonl
+
+ENTITIES = ("cat", "dog", "mat", "forest", "city")
+COLORS = ("red", "blue", "green")
+
+
+def facts(shift=0):
+    return {e: COLORS[(i + shift) % 3] for i, e in enumerate(ENTITIES)}
+
+
+@pytest.fixture()
+def suite_dir(tmp_path):
+    d = tmp_path / "suites"
+    d.mkdir()
+    write_jsonl(d / "colors.jsonl", [{"context": f"the color of {e} is", "choices": list(COLORS),
+                                      "answer": COLORS.index(c)} for e, c in facts().items()])
+    write_jsonl(d / "say.jsonl", [{"prompt": f"the color of {e} is", "completion": c} for e, c in facts().items()])
+    write_jsonl(d / "text.jsonl", [{"text": f"the color of {e} is {c} ."} for e, c in facts().items()])
+    (d / "categories.json").write_text(json.dumps({"knowledge": ["colors"], "generation": ["say"]}))
+    return d
+
+
+def hand_logprob(model, tok, context, choice):
+    """log p(" choice" | context) with one unbatched, unpadded forward pass."""
+    ctx = tok(context)["input_ids"]
+    cont = tok(" " + choice, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    return sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+
+def test_hand_scored_five_item_suite(llama_dir, suite_dir):
+    ck = checkpoint.load_checkpoint(llama_dir)
+    suite = FG.load_suite(suite_dir / "colors.jsonl")
+    assert suite.kind == "mc" and len(suite.items) == 5
+    right = 0
+    for it in suite.items:
+        s = [hand_logprob(ck.model, ck.tokenizer, it["context"], c) for c in it["choices"]]
+        right += int(max(range(3), key=s.__getitem__) == it["answer"])
+    r = FG.score_suite(ck.model, ck.tokenizer, suite, batch_size=4)  # batched, padded
+    assert r["acc"] == right / 5 and r["n"] == 5
+    pairs = [FG._encode_pair(ck.tokenizer, it["context"], c) for it in suite.items for c in it["choices"]]
+    batched = FG.continuation_logprobs(ck.model, pairs, batch_size=4)
+    by_hand = [hand_logprob(ck.model, ck.tokenizer, it["context"], c) for it in suite.items for c in it["choices"]]
+    assert batched == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_length_normalisation_changes_the_pick_where_it_should(monkeypatch):
+    items = [{"context": "x", "choices": ["a", "bbbbbbbb"], "answer": 1},  # Σ favours "a", per-char "bbbbbbbb"
+             {"context": "x", "choices": ["cc", "dd"], "answer": 0}]  # equal lengths: both agree
+    monkeypatch.setattr(FG, "_encode_pair", lambda tok, c, ch: ([0], [1]))
+    monkeypatch.setattr(FG, "continuation_logprobs", lambda m, pairs, bs=32: [-2.0, -3.0, -1.0, -4.0])
+    r = FG.score_mc(None, None, items)
+    assert r["acc"] == 0.5 and r["acc_norm"] == 1.0
+
+
+def test_generation_exact_match_against_a_manual_greedy_decode(llama_dir, tmp_path):
+    """Greedy by hand: g1 g2 g3 g4. With g4 declared the EOS token, the model "says" g1 g2 g3 and stops:
+    that completion matches; the same plus one word does not; g1 g2 alone does not (no stop there)."""
+    import copy
+
+    ck = checkpoint.load_checkpoint(llama_dir)
+    tok = copy.deepcopy(ck.tokenizer)
+    for prompt in ("the color of cat is", "the dog lives in", "one plus two is", "a red mat", "the city"):
+        ids = tok(prompt)["input_ids"]
+        n0 = len(ids)
+        for _ in range(4):
+            with torch.no_grad():
+                ids.append(int(ck.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+        g = ids[n0:]
+        if g[3] not in g[:3] and not set(tok.convert_ids_to_tokens(g)) & set(tok.all_special_tokens):
+            break
+    else:
+        pytest.skip("no prompt gives four distinct ordinary greedy tokens on this random model")
+    tok.eos_token = tok.convert_ids_to_tokens(g[3])
+    said = tok.decode(g[:3], skip_special_tokens=True)
+    suite = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": prompt, "completion": said},
+                                                 {"prompt": prompt, "completion": said + " extra"},
+                                                 {"prompt": prompt, "completion": tok.decode(g[:2])},
+                                                 {"prompt": prompt, "completion": "  " + said.replace(" ", "   ")}])
+    r = FG.score_suite(ck.model, tok, FG.load_suite(suite), batch_size=3)
+    assert r["exact_match"] == 0.5 and r["n"] == 4  # items 1 and 4 (whitespace-normalised)
+
+
+def test_text_suite_is_the_shared_loss(llama_dir, suite_dir):
+    ck = checkpoint.load_checkpoint(llama_dir)
+    r = FG.score_suite(ck.model, ck.tokenizer, FG.load_suite(suite_dir / "text.jsonl"))
+    ref = loss.evaluate(ck.model, data.batches_for(ck, suite_dir / "text.jsonl", batch_size=2))
+    assert r["metric"] == "loss" and r["score"] == pytest.approx(ref.loss, rel=1e-6)
+
+
+def test_base_vs_base_is_exactly_zero(llama_dir, suite_dir):
+    (r,) = FG.forgetting(llama_dir, [llama_dir], suites=[suite_dir], device="cpu")
+    assert set(r["suites"]) == {"colors", "say", "text"}
+    assert all(row["delta"] == 0.0 for row in r["suites"].values())
+    assert all(c["delta"] == 0.0 for c in r["categories"].values())
+    assert r["average"]["delta"] == 0.0
+    assert r["suites"]["colors"]["category"] == "knowledge" and r["suites"]["text"]["category"] == "other"
+    assert "other" not in r["categories"]  # the loss suite is not averaged with accuracies
+
+
+def train_on(model, tok, records, steps, seed=0):
+    bs = data.load_batches("mem", tok, batch_size=5, max_length=16, records=records)
+    finetune.train(model, bs, steps=steps, lr=1e-2, seed=seed, grad_clip=None)
+
+
+def test_destroying_fine_tune_shows_positive_forgetting(tokenizer, suite_dir, tmp_path):
+    cfg = checkpoint.tiny_config("llama", vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
+    model = checkpoint.build_model(cfg, seed=0)
+    train_on(model, tokenizer, [{"text": f"the color of {e} is {c} ."} for e, c in facts().items()], 150)
+    checkpoint.save_checkpoint(model, tokenizer, tmp_path / "base")
+    train_on(model, tokenizer, [{"text": f"the color of {e} is {c} ."} for e, c in facts(shift=1).items()], 150)
+    checkpoint.save_checkpoint(model, tokenizer, tmp_path / "tuned")
+    (r,) = FG.forgetting(tmp_path / "base", [tmp_path / "tuned"], suites=[suite_dir], device="cpu")
+    colors = r["suites"]["colors"]
+    assert colors["base"] == 1.0 and colors["tuned"] <= 0.2
+    assert colors["delta"] == pytest.approx(colors["base"] - colors["tuned"]) and colors["delta"] >= 0.8
+    assert colors["relative"] == pytest.approx(100 * colors["delta"])
+    assert r["suites"]["text"]["delta"] > 0  # loss went up: positive = forgotten for losses too
+    assert r["average"]["delta"] > 0
+
+
+def test_scores_are_cached_and_the_base_is_scored_once(llama_dir, suite_dir, tmp_path, monkeypatch):
+    calls = []
+    real = FG.score_suite
+    monkeypatch.setattr(FG, "score_suite", lambda *a, **k: calls.append(a[2].name) or real(*a, **k))
+    store = Store(tmp_path / "r.sqlite")
+    res = FG.forgetting(llama_dir, [llama_dir, llama_dir], suites=[suite_dir / "colors.jsonl"], store=store,
+                        device="cpu")
+    assert len(res) == 2 and calls == ["colors"]  # same fingerprint: one scoring for all three
+    calls.clear()
+    again = FG.forgetting(llama_dir, [llama_dir], suites=[suite_dir / "colors.jsonl"],
+                          store=Store(tmp_path / "r.sqlite"), device="cpu")
+    assert calls == [] and again[0]["scores"]["base"]["colors"]["cached"]
+    write_jsonl(suite_dir / "colors.jsonl", [{"context": "the color of cat is", "choices": ["red", "blue"],
+                                              "answer": 1}])
+    FG.forgetting(llama_dir, [llama_dir], suites=[suite_dir / "colors.jsonl"], store=Store(tmp_path / "r.sqlite"))
+    assert calls == ["colors"]  # a changed suite is a new question
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"context": "a", "choices": ["x", "y"]}, "missing 'answer'"),
+    ({"context": "a", "choices": ["x", "y"], "answer": 2}, "answer"),
+    ({"context": "a", "choices": ["x", "y"], "answer": True}, "answer"),
+    ({"context": "a", "choices": [], "answer": 0}, "choices"),
+    ({"context": "a", "choices": ["x", ""], "answer": 0}, "choices"),
+    ({"prompt": "a", "target": "b"}, "expected"),
+    ({"text": ""}, "non-empty"),
+])
+def test_malformed_suites_exit_2_with_one_line(llama_dir, tmp_path, row, match):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"context": "ok", "choices": ["x", "y"], "answer": 0}, row]
+                      if "context" in row else [row])
+    r = CliRunner().invoke(cli, ["forgetting", str(llama_dir), str(llama_dir), "--suite", str(bad)])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+    assert "bad.jsonl:" in lines[0]
+
+
+def test_other_suite_errors(llama_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"text": "a"}, {"prompt": "a", "completion": "b"}])
+    for args, match in (([str(empty)], "empty suite"), ([str(mixed)], "one kind"),
+                        ([str(tmp_path / "nope.jsonl")], "no such suite")):
+        r = CliRunner().invoke(cli, ["forgetting", str(llama_dir), str(llama_dir), "--suite", *args])
+        assert r.exit_code == 2 and match in r.stderr, r.output
+    r = CliRunner().invoke(cli, ["forgetting", str(llama_dir), str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "missing" in r.stderr
+
+
+def test_cli_json_shape(llama_dir, suite_dir):
+    r = CliRunner().invoke(cli, ["forgetting", str(llama_dir), str(llama_dir), "--suite", str(suite_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert {"base", "tuned", "suites", "categories", "average"} <= set(out)
+    assert set(out["suites"]["colors"]) >= {"metric", "base", "tuned", "delta", "relative"}
+    assert set(out["average"]) == {"metric", "base", "tuned", "delta", "relative"}
+
+
+def test_lm_eval_adapter_agrees_with_our_scorer(llama_dir, suite_dir, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (optional extra [lmeval])")
+    pytest.importorskip("accelerate", reason="lm-eval's HFLM needs accelerate")
+    from landscape import lmeval
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    lmeval.write_task_yaml(suite_dir / "colors.jsonl", tmp_path / "tasks", name="toy_colors")
+    ck = checkpoint.load_checkpoint(llama_dir)
+    theirs = lmeval.score_lm_eval(ck, ["toy_colors"], include=tmp_path / "tasks")["toy_colors"]
+    ours = FG.score_suite(ck.model, ck.tokenizer, FG.load_suite(suite_dir / "colors.jsonl"))
+    assert theirs["metric"] == "acc" and theirs["n"] == 5
+    assert theirs["acc"] == ours["acc"] and theirs["acc_norm"] == ours["acc_norm"]
+    (r,) = FG.forgetting(llama_dir, [llama_dir], lm_eval_tasks=["toy_colors"], lm_eval_include=tmp_path / "tasks")
+    assert r["suites"]["toy_colors"]["delta"] == 0.0
