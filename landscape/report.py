@@ -6,6 +6,7 @@ Every user-provided string (file names, titles) is HTML-escaped before it reache
 from __future__ import annotations
 
 import html
+import math
 import os
 from pathlib import Path
 
@@ -81,3 +82,137 @@ def plot_surfaces(paths: list, out: str | os.PathLike, log: bool = False, clip: 
     """`landscape plot`: surfaces side by side in one offline HTML page."""
     return write_html(surface_figure(paths, log=log, clip=clip), out,
                       title="loss surfaces: " + ", ".join(Path(p).name for p in paths))
+
+
+# --------------------------------------------------------------------------------------------
+# The correlation report: one page, several figures, plotly.js inlined once.
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return "–"
+        return f"{v:.{digits}g}"
+    return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='{cls}'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _ci(c: dict) -> str:
+    lo, hi = c.get("ci", [None, None])
+    return f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]" if lo is not None else "–"
+
+
+def scatter_figure(result: dict):
+    """One panel per flatness metric: metric (x) against average forgetting (y), coloured by optimizer."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = result["metrics"]
+    cols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[html.escape(m) for m in metrics],
+                        horizontal_spacing=0.08, vertical_spacing=0.12)
+    rows = result["checkpoints"]
+    groups = sorted({str(r.get("optimizer") or "?") for r in rows})
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    for i, m in enumerate(metrics):
+        r_, c_ = i // cols + 1, i % cols + 1
+        for gi, g in enumerate(groups):
+            sel = [r for r in rows if str(r.get("optimizer") or "?") == g]
+            xs = [r["flatness"].get(m) for r in sel]
+            ys = [r["forgetting"]["average"]["delta"] if r["forgetting"]["average"] else None for r in sel]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=html.escape(g), legendgroup=g,
+                                     showlegend=i == 0, marker=dict(size=10, color=palette[gi % len(palette)]),
+                                     text=[html.escape(r["label"]) for r in sel],
+                                     hovertemplate="%{text}<br>%{x:.4g}, forgetting %{y:.4f}<extra></extra>"),
+                          row=r_, col=c_)
+        fig.update_xaxes(title_text=html.escape(m), row=r_, col=c_)
+        fig.update_yaxes(title_text="forgetting (avg Δacc)" if c_ == 1 else None, row=r_, col=c_)
+    fig.update_layout(height=330 * nrows + 80, width=1150, title_text="flatness vs forgetting")
+    return fig
+
+
+def spectra_figure(result: dict):
+    """Top Hessian eigenvalues of every checkpoint (base first)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    entries = [("base", result.get("base_flatness", {}))] + [(r["label"], r["flatness"]) for r in result["checkpoints"]]
+    for label, fl in entries:
+        ev = fl.get("eigenvalues") or []
+        if ev:
+            fig.add_trace(go.Scatter(x=list(range(1, len(ev) + 1)), y=ev, mode="lines+markers",
+                                     name=html.escape(label)))
+    fig.update_layout(height=420, width=1150, title_text="top Hessian eigenvalues (Lanczos)",
+                      xaxis_title="k", yaxis_title="λ_k", yaxis_type="log")
+    return fig
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;
+margin:8px 0 24px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}
+th{background:#f3f3f3}td:first-child{text-align:left}.note{color:#555;font-size:13px}"""
+
+
+def correlation_report(result: dict, out: str | os.PathLike) -> Path:
+    """The batch report: ranking, scatter plots, every correlation, every checkpoint, surfaces, spectra."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metrics, targets = result["metrics"], result["targets"]
+    rank_rows = [[html.escape(r["metric"]), _fmt(r["spearman"]),
+                  _ci(result["correlations"][r["metric"]]["average"]["spearman"]), _fmt(r["p"]),
+                  _fmt(r["kendall"]), _fmt(r["pearson"]), _fmt(r["n"])] for r in result["ranking"]]
+    corr_rows = []
+    for m in metrics:
+        for t in targets:
+            c = result["correlations"][m][t]
+            corr_rows.append([html.escape(m), html.escape(t), _fmt(c["n"])] + [
+                f"{_fmt(c[k]['r'])} {_ci(c[k])} p={_fmt(c[k]['p'], 2)}" for k in ("pearson", "spearman", "kendall")])
+    cats = [t.split(":", 1)[1] for t in targets if t.startswith("category:")]
+    ck_rows = []
+    for r in result["checkpoints"]:
+        fg = r["forgetting"]
+        ck_rows.append([html.escape(r["label"])] + [_fmt(r.get(k)) for k in ("optimizer", "rho", "lr", "epochs", "dataset")]
+                       + [_fmt(r["flatness"].get(m)) for m in metrics]
+                       + [_fmt(fg["average"]["delta"] if fg["average"] else None)]
+                       + [_fmt(fg["categories"].get(c, {}).get("delta")) for c in cats])
+    figs = [("Flatness against forgetting", scatter_figure(result))]
+    surf = [(r["label"], r["flatness"].get("surface_file")) for r in result["checkpoints"]]
+    base_surf = result.get("base_flatness", {}).get("surface_file")
+    surf = ([("base", base_surf)] if base_surf else []) + [s for s in surf if s[1]]
+    if surf:
+        figs.append(("Loss surfaces (filter-normalised random directions, same seed)",
+                     surface_figure([p for _, p in surf], titles=[lab for lab, _ in surf])))
+    if any(r["flatness"].get("eigenvalues") for r in result["checkpoints"]):
+        figs.append(("Hessian spectra", spectra_figure(result)))
+    parts = []
+    for i, (h, fig) in enumerate(figs):
+        parts.append(f"<h2>{html.escape(h)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=i == 0,
+                                                                 div_id=f"fig{i}"))
+    title = html.escape(result["title"])
+    page = [
+        "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{title}</title>",
+        f"<style>{CSS}</style></head><body>", f"<h1>{title}</h1>",
+        f"<p class='note'>base {html.escape(result['base'])} · {len(result['checkpoints'])} checkpoints · "
+        f"forgetting Δ &gt; 0 = forgotten (base − tuned accuracy) · bootstrap 95% intervals · landscape "
+        f"{html.escape(result['version'])}</p>",
+        "<h2>Which flatness metric tracks forgetting (ranked by |Spearman ρ| vs average forgetting)</h2>",
+        _table(["metric", "Spearman ρ", "95% CI", "p", "Kendall τ", "Pearson r", "n"], rank_rows, "ranking"),
+        parts[0],
+        "<h2>Checkpoints</h2>",
+        _table(["label", "optimizer", "ρ", "lr", "epochs", "dataset", *metrics, "forgetting avg",
+                *[f"forgetting {c}" for c in cats]], ck_rows, "checkpoints"),
+        "<h2>All correlations</h2>",
+        _table(["metric", "forgetting", "n", "Pearson r [CI] p", "Spearman ρ [CI] p", "Kendall τ [CI] p"],
+               corr_rows, "correlations"),
+        *parts[1:], "</body></html>",
+    ]
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join(page), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
