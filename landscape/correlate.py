@@ -199,9 +199,12 @@ def load_manifest(path: str | os.PathLike) -> dict:
 
         if not isinstance(surf, dict) or "x" not in surf or set(surf) - {"x", "y"}:
             raise UserError(f"{p}: flatness.surface must be {{x: MIN:MAX:N[, y: MIN:MAX:N]}}")
-        parse_grid(str(surf["x"]), "x")
-        if surf.get("y"):
-            parse_grid(str(surf["y"]), "y")
+        try:
+            for ax in ("x", "y"):
+                if surf.get(ax):
+                    parse_grid(str(surf[ax]), ax)
+        except UserError as e:
+            raise UserError(f"{p}: flatness.surface grid: {e}") from None
     suites = m.get("suites")
     if suites is not None:
         suites = [rel(s, "suite") for s in (suites if isinstance(suites, list) else [suites])]

@@ -132,9 +132,45 @@ def scatter_figure(result: dict):
                                      text=[html.escape(r["label"]) for r in sel],
                                      hovertemplate="%{text}<br>%{x:.4g}, forgetting %{y:.4f}<extra></extra>"),
                           row=r_, col=c_)
-        fig.update_xaxes(title_text=html.escape(m), row=r_, col=c_)
+        vals = [r["flatness"].get(m) for r in rows]
+        vals = [v for v in vals if isinstance(v, (int, float)) and np.isfinite(v)]
+        wide = bool(vals) and min(vals) > 0 and max(vals) / min(vals) > 100  # spans decades: log axis
+        fig.update_xaxes(title_text=html.escape(m) + (" (log)" if wide else ""), type="log" if wide else None,
+                         row=r_, col=c_)
         fig.update_yaxes(title_text="forgetting (avg Δacc)" if c_ == 1 else None, row=r_, col=c_)
     fig.update_layout(height=330 * nrows + 80, width=1150, title_text="flatness vs forgetting")
+    return fig
+
+
+def surfaces_grid_figure(paths: list, titles: list, cols: int = 4):
+    """Many surfaces at once: 1-D curves overlaid in one panel; 2-D surfaces as a grid of contour maps
+    (one colour scale, so equal colours are equal losses). `landscape plot` gives the 3-D views."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    surfs = [read_surface(p) for p in paths]
+    titles = [html.escape(str(t)) for t in titles]
+    if all(s["y"] is None for s in surfs):
+        fig = go.Figure()
+        for s, t in zip(surfs, titles):
+            fig.add_trace(go.Scatter(x=s["x"].tolist(), y=_none_for_nan(_prepare(s["loss"], False, None)),
+                                     mode="lines+markers", name=t))
+        fig.update_layout(height=480, width=1150, xaxis_title="distance along the filter-normalised direction",
+                          yaxis_title="loss", yaxis_type="log", title_text="1-D loss curves (log scale)")
+        return fig
+    two = [(s, t) for s, t in zip(surfs, titles) if s["y"] is not None]
+    rows = math.ceil(len(two) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in two], horizontal_spacing=0.05,
+                        vertical_spacing=0.08)
+    zs = [np.log10(np.where(_prepare(s["loss"], False, None) > 0, _prepare(s["loss"], False, None), np.nan))
+          for s, _ in two]
+    lo = float(np.nanmin([np.nanmin(z) for z in zs]))
+    hi = float(np.nanmax([np.nanmax(z) for z in zs]))
+    for i, ((s, t), z) in enumerate(zip(two, zs)):
+        fig.add_trace(go.Contour(x=s["x"].tolist(), y=s["y"].tolist(), z=_none_for_nan(z.T), zmin=lo, zmax=hi,
+                                 colorscale="Viridis", showscale=i == 0, ncontours=25, name=t,
+                                 colorbar=dict(title="log10 loss")), row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(height=280 * rows + 80, width=1150, title_text="2-D loss surfaces (log10 loss, shared scale)")
     return fig
 
 
@@ -187,7 +223,7 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
     surf = ([("base", base_surf)] if base_surf else []) + [s for s in surf if s[1]]
     if surf:
         figs.append(("Loss surfaces (filter-normalised random directions, same seed)",
-                     surface_figure([p for _, p in surf], titles=[lab for lab, _ in surf])))
+                     surfaces_grid_figure([p for _, p in surf], [lab for lab, _ in surf])))
     if any(r["flatness"].get("eigenvalues") for r in result["checkpoints"]):
         figs.append(("Hessian spectra", spectra_figure(result)))
     parts = []

@@ -1,0 +1,34 @@
+import click
+
+from landscape.cli._common import emit, output_options, show_progress
+
+
+@click.command("correlate")
+@click.argument("manifest", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The HTML report (JSON beside it).")
+@click.option("--store", type=click.Path(dir_okay=False), default=None,
+              help="SQLite results store (default: OUT with .sqlite). Finished measurements are never redone.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@output_options
+def command(manifest, out, store, device, dtype, as_json, quiet):
+    """Flatness metrics against forgetting over the checkpoints of MANIFEST (YAML): report + statistics.
+
+    For each metric and each forgetting target (average, per category): Pearson, Spearman and
+    Kendall with p-values, n and bootstrap 95% intervals; metrics ranked by |Spearman ρ|. A killed
+    run resumes from the store; a re-run recomputes nothing.
+
+    \b
+    Example:
+      landscape correlate runs/demo/manifest.yaml --out runs/demo/report.html
+    """
+    from landscape.correlate import run_manifest
+
+    r = run_manifest(manifest, out, store_path=store, device=device, dtype=dtype, progress=show_progress(quiet))
+    lines = [f"{r['report']}: {len(r['checkpoints'])} checkpoints, {len(r['metrics'])} metrics ({r['seconds']} s)",
+             "metric vs average forgetting (Spearman ρ, p):"]
+    for row in r["ranking"]:
+        rho = "-" if row["spearman"] is None else f"{row['spearman']:+.3f}"
+        p = "-" if row["p"] is None else f"{row['p']:.3g}"
+        lines.append(f"  {row['metric']:<22} ρ {rho:>7}  p {p}")
+    emit(r, as_json, "\n".join(lines))

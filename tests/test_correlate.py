@@ -1,0 +1,195 @@
+"""Correlation statistics against scipy, the manifest's errors, the store under a kill, the report."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from scipy import stats
+
+from landscape import correlate as C
+from landscape.cli.main import cli
+from landscape.store import Store
+from tests.conftest import make_checkpoint, write_jsonl
+from tests.test_surface import chromium
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_statistics_match_scipy_on_known_data():
+    g = np.random.default_rng(0)
+    x = g.normal(size=12)
+    y = 0.7 * x + g.normal(scale=0.5, size=12)
+    c = C.correlation(x, y, n_boot=500, seed=1)
+    for k, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
+        r, p = fn(x, y)
+        assert c[k]["r"] == pytest.approx(r, abs=1e-12) and c[k]["p"] == pytest.approx(p, abs=1e-12)
+        lo, hi = c[k]["ci"]
+        assert lo <= c[k]["r"] <= hi and -1 <= lo < hi <= 1
+    assert c["n"] == 12
+
+
+def test_monotone_pair_gives_rank_correlation_one_and_noise_gives_large_p():
+    x = np.arange(10.0)
+    c = C.correlation(x, np.exp(x), n_boot=200)
+    assert c["spearman"]["r"] == pytest.approx(1.0) and c["kendall"]["r"] == pytest.approx(1.0)
+    assert c["pearson"]["r"] < 0.9  # not linear
+    g = np.random.default_rng(3)
+    noise = C.correlation(g.normal(size=200), g.normal(size=200), n_boot=200)
+    assert all(noise[k]["p"] > 0.2 for k in ("pearson", "spearman", "kendall"))
+    assert noise["spearman"]["ci"][0] < 0 < noise["spearman"]["ci"][1]
+
+
+def test_vectorised_bootstrap_statistics_equal_scipy_row_by_row():
+    g = np.random.default_rng(5)
+    x = g.integers(0, 4, size=(30, 9)).astype(float)  # many ties: τ-b, average ranks
+    y = g.integers(0, 4, size=(30, 9)).astype(float)
+    tau = C._kendall_b(x, y)
+    rho = C._pearson_rows(stats.rankdata(x, axis=1), stats.rankdata(y, axis=1))
+    for i in range(30):
+        if np.ptp(x[i]) and np.ptp(y[i]):
+            assert tau[i] == pytest.approx(stats.kendalltau(x[i], y[i])[0], abs=1e-12)
+            assert rho[i] == pytest.approx(stats.spearmanr(x[i], y[i])[0], abs=1e-12)
+
+
+def test_degenerate_inputs_say_why():
+    assert C.correlation([1, 2], [3, 4])["reason"] == "fewer than 3 finite pairs"
+    c = C.correlation([1, 1, 1, 1], [1, 2, 3, 4])
+    assert c["reason"] == "one side is constant" and c["spearman"]["r"] is None
+    c = C.correlation([1, 2, np.nan, 4, 5], [1, 2, 3, np.inf, 6])
+    assert c["n"] == 3 and c["spearman"]["r"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Four tiny checkpoints (different seeds), a suite, a task file and a manifest over them."""
+    from landscape import checkpoint
+
+    root = tmp_path_factory.mktemp("study")
+    tok = checkpoint.build_word_tokenizer(["the a cat dog sat on mat red blue green is of color lives in forest city"])
+    for i in range(5):
+        d = make_checkpoint(root / f"s{i}", "llama", tok, seed=i)
+        d.rename(root / f"ck{i}")
+    (root / "suites").mkdir()
+    write_jsonl(root / "suites" / "colors.jsonl", [{"context": f"the color of {e} is", "choices": ["red", "blue", "green"],
+                                                   "answer": i % 3} for i, e in enumerate(["cat", "dog", "mat", "city"])])
+    write_jsonl(root / "task.jsonl", [{"text": "the cat sat on the mat ."}, {"text": "the dog is red ."}] * 4)
+    return root
+
+
+def manifest(root: Path, name="m.yaml", labels=None, **flat) -> Path:
+    labels = labels or [f"run {i}" for i in range(1, 5)]
+    m = {"base": "ck0", "suites": ["suites"],
+         "flatness": {"data": "task.jsonl", "batch_size": 4, "num_batches": 2, "top_k": 2, "trace_samples": 4,
+                      "metrics": ["lambda_max", "trace", "sam", "surface_curvature"], "surface": {"x": "-1:1:5"},
+                      **flat},
+         "checkpoints": [{"path": f"ck{i}", "label": lab, "optimizer": "sam" if i % 2 else "adamw", "lr": 1e-3}
+                         for i, lab in zip(range(1, 5), labels)],
+         "bootstrap": 200}
+    p = root / name
+    p.write_text(yaml.safe_dump(m, allow_unicode=True))
+    return p
+
+
+def test_correlate_end_to_end_and_rerun_is_free(study, tmp_path, monkeypatch):
+    out = tmp_path / "r.html"
+    r = CliRunner().invoke(cli, ["correlate", str(manifest(study)), "--out", str(out), "--json", "--quiet"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert len(res["checkpoints"]) == 4 and res["targets"] == ["average", "category:other"]
+    assert {x["metric"] for x in res["ranking"]} == {"lambda_max", "trace", "sam", "surface_curvature"}
+    c = res["correlations"]["lambda_max"]["average"]
+    xs = [row["flatness"]["lambda_max"] for row in res["checkpoints"]]
+    ys = [row["forgetting"]["average"]["delta"] for row in res["checkpoints"]]
+    if c["spearman"]["r"] is not None:
+        assert c["spearman"]["r"] == pytest.approx(stats.spearmanr(xs, ys)[0])
+    assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".sqlite").is_file()
+    from landscape import sharpness
+
+    calls = []
+    monkeypatch.setattr(sharpness, "measure", lambda *a, **k: calls.append(1))
+    again = C.run_manifest(manifest(study), out)
+    assert calls == [] and again["correlations"] == res["correlations"]
+
+
+def test_manifest_errors_exit_2_with_one_line(study, tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("base: [unclosed\n")
+    missing = manifest(study, "missing.yaml")
+    m = yaml.safe_load(missing.read_text())
+    m["checkpoints"][1]["path"] = "nope"
+    missing.write_text(yaml.safe_dump(m))
+    cases = [(manifest(study, "metric.yaml", metrics=["lambda_max", "flatness_vibes"]), "unknown metric(s) flatness_vibes"),
+             (missing, "does not exist"), (bad_yaml, "not valid YAML"), (tmp_path / "none.yaml", "no such manifest"),
+             (manifest(study, "dup.yaml", labels=["a", "a", "b", "c"]), "share the label"),
+             (manifest(study, "grid.yaml", surface={"x": "1:-1:5"}), "grid")]
+    for path, match in cases:
+        r = CliRunner().invoke(cli, ["correlate", str(path), "--out", str(tmp_path / "x.html")])
+        assert r.exit_code == 2, (path, r.output)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], (match, r.stderr)
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_store_survives_a_kill_mid_batch(study, tmp_path):
+    path = manifest(study, "kill.yaml", surface={"x": "-1:1:41", "y": "-1:1:41"}, trace_samples=30)
+    db = tmp_path / "k.sqlite"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from landscape.correlate import run_manifest; "
+            f"run_manifest({str(path)!r}, {str(tmp_path / 'k.html')!r}, store_path={str(db)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done_before_kill = 0
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if db.exists():
+                try:
+                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                        done_before_kill = con.execute("SELECT COUNT(*) FROM results WHERE kind='surface'").fetchone()[0]
+                except sqlite3.OperationalError:
+                    continue
+                if done_before_kill >= 2:  # base + one checkpoint finished
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill landed"
+    store = Store(db)  # not corrupted: opens and reads
+    kept = {(r["fingerprint"], r["kind"]) for r in store.rows()}
+    assert sum(k == "surface" for _, k in kept) >= 2
+    import landscape.surface as S
+
+    real, computed = S.surface, []
+    S.surface = lambda model, *a, **k: computed.append(1) or real(model, *a, **k)
+    try:
+        res = C.run_manifest(path, tmp_path / "k.html", store_path=db)
+    finally:
+        S.surface = real
+    assert len(computed) == 5 - sum(k == "surface" for _, k in kept)  # only what had not finished
+    assert len(res["checkpoints"]) == 4 and not (tmp_path / ".k.html.tmp").exists()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not chromium(), reason="chromium not installed (.ci/run installs Debian's chromium)")
+def test_report_renders_in_chromium_and_escapes_labels(study, tmp_path):
+    evil = "<script>alert(1)</script>"
+    out = tmp_path / "rep.html"
+    C.run_manifest(manifest(study, "evil.yaml", labels=[evil, "b", "c", "d"], surface={"x": "-1:1:5", "y": "-1:1:5"}),
+                   out)
+    page = out.read_text()
+    assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000", "--dump-dom",
+                          out.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("main-svg") >= 3  # scatter, surfaces, spectra drawn
+    assert "scatterlayer" in dom and "contourlayer" in dom
+    assert "<script>alert(1)</script>" not in dom.split("<body", 1)[1].replace("\\u003c", "<")
