@@ -213,7 +213,8 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
     ck_rows = []
     for r in result["checkpoints"]:
         fg = r["forgetting"]
-        ck_rows.append([html.escape(r["label"])] + [_fmt(r.get(k)) for k in ("optimizer", "rho", "lr", "epochs", "dataset")]
+        ck_rows.append([html.escape(r["label"])] + [_fmt(r.get(k)) for k in ("optimizer", "rho", "lr", "steps", "epochs",
+                                                                             "dataset")]
                        + [_fmt(r["flatness"].get(m)) for m in metrics]
                        + [_fmt(fg["average"]["delta"] if fg["average"] else None)]
                        + [_fmt(fg["categories"].get(c, {}).get("delta")) for c in cats])
@@ -241,7 +242,7 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
         _table(["metric", "Spearman ρ", "95% CI", "p", "Kendall τ", "Pearson r", "n"], rank_rows, "ranking"),
         parts[0],
         "<h2>Checkpoints</h2>",
-        _table(["label", "optimizer", "ρ", "lr", "epochs", "dataset", *metrics, "forgetting avg",
+        _table(["label", "optimizer", "ρ", "lr", "steps", "epochs", "dataset", *metrics, "forgetting avg",
                 *[f"forgetting {c}" for c in cats]], ck_rows, "checkpoints"),
         "<h2>All correlations</h2>",
         _table(["metric", "forgetting", "n", "Pearson r [CI] p", "Spearman ρ [CI] p", "Kendall τ [CI] p"],
