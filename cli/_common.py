@@ -60,7 +60,11 @@ def batches(ckpt, data, batch_size, max_length, num_batches):
 
 
 def emit(result: dict, as_json: bool, human: str) -> None:
-    """The result on stdout: JSON for scripts, or the human summary."""
+    """The result on stdout (rank 0 only under torchrun): JSON for scripts, or the human summary."""
+    from landscape import distributed
+
+    if not distributed.is_main():
+        return
     if as_json:
         click.echo(json.dumps(result, sort_keys=False, default=float))
     else:

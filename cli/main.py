@@ -41,6 +41,10 @@ class LandscapeGroup(click.Group):
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(1)
+        finally:
+            from landscape import distributed
+
+            distributed.shutdown()
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -53,6 +57,10 @@ def cli(debug: bool) -> None:
     Every command takes a local checkpoint directory (config.json + safetensors). Start with
     `landscape demo` (or `make demo`), which builds a tiny model from the embedded data.
     """
+    from landscape import distributed
+
+    distributed.init_from_env()  # under torchrun: join the process group; otherwise nothing
+
 
 
 def _register() -> None:

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
+from landscape import distributed as dist
 from landscape.errors import UserError
 from landscape.loss import batch_term, evaluate, param_device
 from landscape.sam import SAM
@@ -73,6 +74,7 @@ class TrainConfig:
     bf16: bool = False  # autocast forward passes to bfloat16
     seed: int = 0
     eval_every: int | None = None  # steps; None: only at the end
+    world: int = 1  # processes (torchrun): the global batch is grad_accum × world micro-batches
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -120,11 +122,18 @@ class TrainState:
     evals: list = field(default_factory=list)
 
 
-def train_step(model, opt, micro, cfg: TrainConfig, lr: float) -> dict:
-    """One optimizer step over the micro-batches ``micro`` (a list of Batch). Returns the log row."""
+def train_step(model, opt, micro, cfg: TrainConfig, lr: float, n_tok: int | None = None, scale: int = 1) -> dict:
+    """One optimizer step over the micro-batches ``micro`` (a list of Batch). Returns the log row.
+
+    ``n_tok``: loss tokens of the whole (global) step, default those of ``micro``. ``scale``: the
+    number of DDP processes, whose gradient averaging the loss is multiplied back from (so the
+    all-reduced gradient is the gradient of the global step's token-weighted loss).
+    """
+    from landscape import distributed as dist
+
     device = param_device(model)
     params = [p for g in opt.param_groups for p in g["params"]]
-    n_tok = sum(b.n_tokens for b in micro)
+    n_tok = n_tok or sum(b.n_tokens for b in micro)
     for group in opt.param_groups:
         group["lr"] = lr
     opt.zero_grad(set_to_none=True)
@@ -135,10 +144,10 @@ def train_step(model, opt, micro, cfg: TrainConfig, lr: float) -> dict:
         last = k == len(micro) - 1
         if sam is None:
             with _no_sync(model, not last), _autocast(device, cfg.bf16):
-                loss = batch_term(model, b, n_tok)
+                loss = batch_term(model, b, n_tok) * scale
             with _no_sync(model, not last):
                 loss.backward()
-            loss_sum += float(loss.detach())
+            loss_sum += float(loss.detach()) / scale
             continue
         with _no_sync(model, True):  # pass 1: the local gradient at w, forward included
             with _autocast(device, cfg.bf16):
@@ -150,7 +159,7 @@ def train_step(model, opt, micro, cfg: TrainConfig, lr: float) -> dict:
         try:  # pass 2: the gradient at w + ε_k, accumulated into .grad
             with _no_sync(model, not last):
                 with _autocast(device, cfg.bf16):
-                    loss2 = batch_term(model, b, n_tok)
+                    loss2 = batch_term(model, b, n_tok) * scale
                 loss2.backward()
         finally:
             sam.restore()
@@ -159,9 +168,10 @@ def train_step(model, opt, micro, cfg: TrainConfig, lr: float) -> dict:
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     (opt.base_optimizer if sam is not None else opt).step()
     opt.zero_grad(set_to_none=True)
-    row = {"loss": loss_sum, "lr": lr, "grad_norm": gnorm, "tokens": n_tok}
+    row = {"loss": dist.all_reduce_scalar(loss_sum) if scale > 1 else loss_sum, "lr": lr, "grad_norm": gnorm,
+           "tokens": n_tok}
     if sam is not None:
-        row["sam_grad_norm"] = sum(norms) / len(norms)
+        row["sam_grad_norm"] = sum(norms) / len(norms) if norms else None
     return row
 
 
@@ -178,18 +188,29 @@ def train(model: torch.nn.Module, batches, steps: int | None = None, lr: float |
     if cfg is None:
         cfg = TrainConfig(lr=lr, steps=steps, seed=seed, weight_decay=weight_decay, warmup=warmup,
                           grad_clip=grad_clip)
+    from landscape import distributed as dist
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = opt or make_optimizer(params, cfg)
     state = state or TrainState()
-    order = batch_order(len(batches), cfg.steps * cfg.grad_accum, cfg.seed)
+    W, R = dist.world(), dist.rank()
+    G = cfg.grad_accum * W  # micro-batches per global step, dealt out across ranks
+    order = batch_order(len(batches), cfg.steps * G, cfg.seed)
+    net = model
+    if W > 1:  # DDP: the second pass all-reduces gradients; the SAM first pass runs under no_sync
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dev = param_device(model)
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     model.train()
     t0 = time.perf_counter() - (state.log[-1]["seconds"] if state.log else 0.0)
     try:
-        bar = tqdm(range(state.step, cfg.steps), desc=desc, disable=not progress, leave=False,
+        bar = tqdm(range(state.step, cfg.steps), desc=desc, disable=not progress or R != 0, leave=False,
                    initial=state.step, total=cfg.steps)
         for step in bar:
-            micro = [batches.batches[i] for i in order[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]]
-            row = train_step(model, opt, micro, cfg, lr_at(step, cfg.steps, cfg.lr, cfg.warmup))
+            glob = [batches.batches[i] for i in order[step * G:(step + 1) * G]]
+            row = train_step(net, opt, glob[R::W], cfg, lr_at(step, cfg.steps, cfg.lr, cfg.warmup),
+                             n_tok=sum(b.n_tokens for b in glob), scale=W)
             row = {"step": step + 1, **row, "seconds": round(time.perf_counter() - t0, 3)}
             state.log.append(row)
             state.step = step + 1
@@ -289,8 +310,9 @@ def finetune(base, data, out, *, optimizer: str = "adamw", lr: float = 1e-4, rho
     train_b = data_mod.load_batches(data, batch_size=batch_size, records=train_recs, **mk)
     eval_b = (data_mod.load_batches(eval_data or data, batch_size=max(8, batch_size), records=eval_recs, **mk)
               .to(ck.device) if eval_recs else None)
-    steps = max_steps if max_steps is not None else max(1, math.ceil(epochs * len(train_b) / grad_accum))
-    cfg = dataclasses.replace(cfg, steps=steps)
+    W = dist.world()
+    steps = max_steps if max_steps is not None else max(1, math.ceil(epochs * len(train_b) / (grad_accum * W)))
+    cfg = dataclasses.replace(cfg, steps=steps, world=W)
     meta = {"config": asdict(cfg), "config_hash": cfg.hash(), "base": str(ck.path),
             "base_fingerprint": ck.fingerprint, "data": str(data), "data_fingerprint": train_b.fingerprint,
             "eval_fingerprint": eval_b.fingerprint if eval_b else None}
@@ -312,7 +334,8 @@ def finetune(base, data, out, *, optimizer: str = "adamw", lr: float = 1e-4, rho
 
     def save_and_callback(st: TrainState, o) -> None:
         if st.step % save_every == 0 and st.step < cfg.steps:
-            _save_state(partial, ck.model, o, st, meta)
+            if dist.is_main():
+                _save_state(partial, ck.model, o, st, meta)
         if on_step is not None:
             on_step(st, o)
 
@@ -321,7 +344,8 @@ def finetune(base, data, out, *, optimizer: str = "adamw", lr: float = 1e-4, rho
         train(ck.model, train_b, cfg=cfg, eval_batches=eval_b, opt=opt, state=state, on_step=save_and_callback,
               progress=progress, desc=f"finetune ({optimizer})")
     except KeyboardInterrupt:
-        _save_state(partial, ck.model, opt, state, meta)  # a Ctrl-C loses nothing that finished
+        if dist.is_main():
+            _save_state(partial, ck.model, opt, state, meta)  # a Ctrl-C loses nothing that finished
         raise
     summary = {
         "out": str(out), "base": str(ck.path), "base_fingerprint": ck.fingerprint, "optimizer": optimizer,
@@ -335,9 +359,11 @@ def finetune(base, data, out, *, optimizer: str = "adamw", lr: float = 1e-4, rho
               "max_length": max_length, "eval_data": str(eval_data) if eval_data else None,
               "eval_fraction": eval_fraction if eval_data is None else None, "dtype": dtype,
               "version": landscape.__version__}
-    checkpoint.save_checkpoint(ck.model, ck.tokenizer, out, extra_files={
-        "training_log.json": json.dumps({"summary": summary, "log": state.log, "evals": state.evals}, indent=1),
-        "finetune_config.json": json.dumps(config, indent=1)})
-    shutil.rmtree(partial, ignore_errors=True)
+    if dist.is_main():
+        checkpoint.save_checkpoint(ck.model, ck.tokenizer, out, extra_files={
+            "training_log.json": json.dumps({"summary": summary, "log": state.log, "evals": state.evals}, indent=1),
+            "finetune_config.json": json.dumps(config, indent=1)})
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
     summary["fingerprint"] = checkpoint.fingerprint(out)
     return summary

@@ -57,6 +57,8 @@ class HVP:
     def __call__(self, v: P.Vector) -> P.Vector:
         t0 = time.perf_counter()
         out = self._reverse(v) if self.method == "reverse" else self._forward(v)
+        if hasattr(self.obj, "reduce"):  # torch.distributed: each rank did its batches
+            self.obj.reduce(out)
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return [o.to(self.vector_dtype) for o in out]
@@ -91,7 +93,7 @@ class HVP:
         from landscape.loss import batch_term
 
         with math_attention():
-            for b in obj.batches:
+            for b in getattr(obj, "local_batches", obj.batches):
                 def f(pdict, b=b):
                     class _M:  # batch_term calls model(...); route it through functional_call
                         def __call__(_, **kw):

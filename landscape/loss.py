@@ -56,14 +56,21 @@ class LossResult:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches) -> LossResult:
-    """L(w) over all batches (no gradients). Batches are moved to the model's device."""
+def evaluate(model: torch.nn.Module, batches, reduce: bool = True) -> LossResult:
+    """L(w) over all batches (no gradients). Batches are moved to the model's device.
+
+    Under torch.distributed (``reduce=True``) each rank evaluates its share of the batches and the
+    sums are all-reduced; ``reduce=False`` evaluates every batch locally (no communication).
+    """
+    from landscape import distributed as dist
+
     device = param_device(model)
     n = total_tokens(batches)
     acc = torch.zeros((), dtype=torch.float64, device=device)
-    for b in batches:
+    for b in (dist.shard(list(batches)) if reduce else batches):
         acc += nll_sum(model, b.to(device)).double()
-    return LossResult(float(acc) / n, n)
+    total = dist.all_reduce_scalar(float(acc)) if reduce else float(acc)
+    return LossResult(total / n, n)
 
 
 def loss_and_grad(model: torch.nn.Module, batches, params=None):
@@ -95,12 +102,27 @@ class Objective:
         self.params = list(named.values())
 
     def terms(self):
-        for b in self.batches:
+        """This rank's terms (all of them on one process); :func:`reduce` sums across ranks."""
+        for b in self.local_batches:
             yield batch_term(self.model, b, self.n_tokens)
+
+    @property
+    def local_batches(self):
+        from landscape import distributed as dist
+
+        return dist.shard(self.batches)
+
+    def reduce(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Sum per-rank partial results (gradients, HVPs) over ranks, in place."""
+        from landscape import distributed as dist
+
+        return dist.all_reduce_(tensors)
 
     @torch.no_grad()
     def value(self) -> float:
-        return float(sum(t.double() for t in self.terms()))
+        from landscape import distributed as dist
+
+        return dist.all_reduce_scalar(float(sum(t.double() for t in self.terms())))
 
 
 class FunctionObjective:
@@ -129,4 +151,9 @@ def gradient(obj) -> tuple[float, list[torch.Tensor]]:
             if gi is not None:
                 g.add_(gi)
         total += float(term.detach().double())
+    if hasattr(obj, "reduce"):  # under torch.distributed: sum the ranks' shares
+        from landscape import distributed as dist
+
+        obj.reduce(grads)
+        total = dist.all_reduce_scalar(total)
     return total, grads

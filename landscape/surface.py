@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
+from landscape import distributed as dist
 from landscape import directions as D
 from landscape import params as P
 from landscape.errors import UserError
@@ -119,40 +120,39 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
             if f.attrs.get("config_hash") == attrs["config_hash"]:
                 return {"out": str(out), "points": int(np.prod(shape)), "computed": 0, "complete": True}
         raise UserError(f"{out}: exists and was written by another configuration; choose another --out")
-    state = _read_partial(partial, attrs, shape)
+    state = dist.broadcast_object(_read_partial(partial, attrs, shape) if dist.is_main() else None)
     loss_grid, done = state if state is not None else (np.full(shape, np.nan), np.zeros(shape, np.uint8))
     arrays = lambda: {"xcoordinates": x, **({"ycoordinates": y} if y is not None else {}),  # noqa: E731
                       "loss": loss_grid, "done": done}
     todo = [idx for idx in np.ndindex(*shape) if not done[idx]]
+    if max_points is not None:
+        todo = todo[:max_points]
+    # Rounds of `world` points: rank r takes the r-th point of each round (on all batches), then
+    # every rank learns every result, and rank 0 alone writes. One process: rounds of one point.
+    W, R = dist.world(), dist.rank()
+    rounds = [todo[i:i + W] for i in range(0, len(todo), W)]
     computed = 0
     t0 = last_save = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="surface", disable=not progress or not dist.is_main(), leave=False)
     with P.perturbed(ps) as origin:
-        for idx in tqdm(todo, desc="surface", disable=not progress, leave=False):
-            if max_points is not None and computed >= max_points:
-                break
-            a = float(x[idx[0]])
-            b = float(y[idx[1]]) if y is not None else 0.0
-            with torch.no_grad():  # w = w0 + a·dx + b·dy, from the saved origin every time
-                for p, o, ex, ey in zip(ps, origin, dx, dy if dy is not None else [None] * len(ps)):
-                    if p.dtype == ex.dtype:  # float32: in place, no temporaries
-                        torch.add(o, ex, alpha=a, out=p.data)
-                        if ey is not None and b != 0.0:
-                            p.data.add_(ey, alpha=b)
-                    else:  # bf16/fp16/fp64: combine in the wider dtype, round once
-                        v = o.to(torch.promote_types(o.dtype, torch.float32)) + a * ex
-                        if ey is not None and b != 0.0:
-                            v = v + b * ey
-                        p.copy_(v.to(p.dtype))
-            loss_grid[idx] = loss_fn() if loss_fn is not None else evaluate(model, batches).loss
-            done[idx] = 1
-            computed += 1
-            if time.perf_counter() - last_save >= save_every:  # bounded loss on a kill, no fsync per point
-                _write_h5(partial, arrays(), attrs)
+        for chunk in rounds:
+            mine = chunk[R] if R < len(chunk) else None
+            result = None if mine is None else (mine, _point_loss(model, batches, ps, origin, dx, dy, x, y, mine,
+                                                                  loss_fn))
+            for got in dist.all_gather_object(result):
+                if got is not None:
+                    loss_grid[got[0]] = got[1]
+                    done[got[0]] = 1
+                    computed += 1
+            bar.update(len(chunk))
+            if dist.is_main() and time.perf_counter() - last_save >= save_every:
+                _write_h5(partial, arrays(), attrs)  # bounded loss on a kill, no fsync per point
                 last_save = time.perf_counter()
-    if computed and not done.all():
+    bar.close()
+    if computed and not done.all() and dist.is_main():
         _write_h5(partial, arrays(), attrs)
     complete = bool(done.all())
-    if complete:
+    if complete and dist.is_main():
         dirs = None
         if save_directions:
             dirs = {"x": dict(zip(named.keys(), dx))}
@@ -160,8 +160,27 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
                 dirs["y"] = dict(zip(named.keys(), dy))
         _write_h5(out, arrays(), attrs, dirs)
         partial.unlink(missing_ok=True)
+    dist.barrier()
     return {"out": str(out) if complete else str(partial), "points": int(np.prod(shape)), "computed": computed,
             "complete": complete, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _point_loss(model, batches, ps, origin, dx, dy, x, y, idx, loss_fn) -> float:
+    """Set w = w0 + a·dx + b·dy (from the saved origin, never by accumulation) and evaluate."""
+    a = float(x[idx[0]])
+    b = float(y[idx[1]]) if y is not None else 0.0
+    with torch.no_grad():
+        for p, o, ex, ey in zip(ps, origin, dx, dy if dy is not None else [None] * len(ps)):
+            if p.dtype == ex.dtype:  # float32: in place, no temporaries
+                torch.add(o, ex, alpha=a, out=p.data)
+                if ey is not None and b != 0.0:
+                    p.data.add_(ey, alpha=b)
+            else:  # bf16/fp16/fp64: combine in the wider dtype, round once
+                v = o.to(torch.promote_types(o.dtype, torch.float32)) + a * ex
+                if ey is not None and b != 0.0:
+                    v = v + b * ey
+                p.copy_(v.to(p.dtype))
+    return loss_fn() if loss_fn is not None else evaluate(model, batches, reduce=False).loss
 
 
 def read_surface(path: str | os.PathLike) -> dict:

@@ -1,0 +1,109 @@
+"""torch.distributed helpers: rank, world, sharding, reductions. No-ops on one process.
+
+Under ``torchrun --nproc-per-node N -m landscape.cli ...`` every process holds the whole model and
+all batches are built identically on every rank; the work is split, never the model:
+
+- losses, gradients and HVPs: each rank takes the batches ``i ≡ rank (mod N)`` and the per-batch
+  terms (already divided by the *global* token count) are summed with one all-reduce, so the result
+  is the one-process result up to floating-point summation order;
+- surfaces: the grid points are split across ranks (each rank evaluates its points on all batches);
+  rank 0 gathers them after every round and alone writes the h5 and its resumable partial file;
+- SAM/AdamW fine-tuning: DDP; each step's micro-batches are dealt out across ranks (global batch =
+  ``grad_accum × N`` micro-batches), the SAM first pass runs under ``no_sync``.
+
+Without ``torchrun`` (no ``WORLD_SIZE``) nothing here touches ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def available() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if available() else 0
+
+
+def world() -> int:
+    return torch.distributed.get_world_size() if available() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); gloo on CPU, NCCL on CUDA."""
+    if available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        torch.distributed.init_process_group("nccl")
+    else:
+        torch.distributed.init_process_group("gloo")
+    return True
+
+
+def shutdown() -> None:
+    if available():
+        torch.distributed.destroy_process_group()
+
+
+def shard(items: list) -> list:
+    """This rank's share: items i with i ≡ rank (mod world)."""
+    return list(items)[rank()::world()] if available() else list(items)
+
+
+def all_reduce_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum each tensor over ranks, in place (one flat buffer per dtype and device)."""
+    if not available() or not tensors:
+        return tensors
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for ts in groups.values():
+        flat = torch.cat([t.reshape(-1) for t in ts])
+        torch.distributed.all_reduce(flat)
+        i = 0
+        for t in ts:
+            t.copy_(flat[i:i + t.numel()].view_as(t))
+            i += t.numel()
+    return tensors
+
+
+def all_reduce_scalar(x: float) -> float:
+    if not available():
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t)
+    return float(t[0])
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not available():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(obj) -> list:
+    if not available():
+        return [obj]
+    out = [None] * world()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if available():
+        torch.distributed.barrier()

@@ -1,0 +1,84 @@
+"""Two gloo processes under torchrun give the one-process results: surfaces, curvature, SAM training."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from landscape import checkpoint
+from tests.conftest import write_jsonl
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or TORCHRUN is None,
+                                reason="torch.distributed / torchrun not available")
+
+
+def run(args, n=1, tmp=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    if n == 1:
+        cmd = [sys.executable, "-m", "landscape.cli", *map(str, args)]
+    else:
+        cmd = [TORCHRUN, "--standalone", f"--nproc-per-node={n}", "-m", "landscape.cli", *map(str, args)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    texts = ["the cat sat on the mat .", "the dog is red .", "one plus two is three .", "the a cat .",
+             "the color of the cat is blue .", "red blue green .", "the dog lives in the forest .", "two ."]
+    evald = write_jsonl(root / "eval.jsonl", [{"text": t} for t in texts])
+    train = write_jsonl(root / "train.jsonl", [{"prompt": f"task : reverse input : {a} {b} output :",
+                                                "completion": f"{b} {a}"}
+                                               for a in ("red", "blue", "cat") for b in ("one", "two", "mat", "dog")])
+    return root, evald, train
+
+
+def test_two_process_surface_equals_one_process(llama_dir, data, tmp_path):
+    _, evald, _ = data
+    common = ["surface", llama_dir, "--data", evald, "--batch-size", 2, "--x", "-1:1:5", "--y", "-1:1:4",
+              "--device", "cpu", "--quiet"]
+    run([*common, "--out", tmp_path / "one.h5"])
+    r = run([*common, "--out", tmp_path / "two.h5", "--json"], n=2)
+    assert len([ln for ln in r.stdout.splitlines() if ln.strip()]) == 1  # rank 0 alone prints
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "two.h5") as b:
+        np.testing.assert_allclose(b["loss"][()], a["loss"][()], rtol=1e-6)
+        assert b["done"][()].all()
+    assert not (tmp_path / "two.h5.partial").exists()
+
+
+def test_two_process_curvature_equals_one_process(llama_dir, data):
+    _, evald, _ = data
+    common = ["sharpness", llama_dir, "--data", evald, "--batch-size", 2, "--metrics", "lambda_max,trace,sam",
+              "--trace-samples", 5, "--tol", 1e-6, "--device", "cpu", "--json", "--quiet"]
+    one = json.loads(run(common).stdout)
+    two = json.loads(run(common, n=2).stdout)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    for k in ("lambda_max", "hessian_trace", "sam_sharpness"):
+        assert two["metrics"][k] == pytest.approx(one["metrics"][k], rel=1e-4), k
+
+
+def test_two_process_sam_training_equals_one_process_with_the_same_global_batch(llama_dir, data, tmp_path):
+    _, _, train = data
+    common = ["finetune", llama_dir, "--data", train, "--optimizer", "sam", "--rho", 0.05, "--lr", 3e-3,
+              "--max-steps", 3, "--batch-size", 2, "--eval-fraction", 0, "--device", "cpu", "--quiet"]
+    run([*common, "--grad-accum", 2, "--out", tmp_path / "one"])  # 2 micro-batches, per-micro-batch ε
+    run([*common, "--grad-accum", 1, "--out", tmp_path / "two"], n=2)  # 2 ranks × 1 micro-batch
+    a = checkpoint.load_checkpoint(tmp_path / "one").model.state_dict()
+    b = checkpoint.load_checkpoint(tmp_path / "two").model.state_dict()
+    base = checkpoint.load_checkpoint(llama_dir).model.state_dict()
+    assert any(not torch.equal(a[k], base[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5, msg=k)
+    log = json.loads((tmp_path / "two" / "training_log.json").read_text())
+    log1 = json.loads((tmp_path / "one" / "training_log.json").read_text())
+    assert [r["loss"] for r in log["log"]] == pytest.approx([r["loss"] for r in log1["log"]], rel=1e-5)
