@@ -317,7 +317,9 @@ def run_manifest(manifest: str | os.PathLike | dict, out_html: str | os.PathLike
                   k: (str(v) if isinstance(v, Path) else v) for k, v in m["flatness"].items()},
               "seconds": round(time.perf_counter() - t0, 2), "version": landscape.__version__,
               "store": str(store.path), "report": str(out_html)}
-    if write:
+    from landscape import distributed as dist
+
+    if write and dist.is_main():  # under torchrun every rank took part; rank 0 writes
         from landscape.report import correlation_report
 
         correlation_report(result, out_html)

@@ -182,6 +182,18 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
     Sequences longer than the model's positions keep their last tokens. Pairs are batched by length
     (right-padded); log-probabilities are taken in float32 at least.
     """
+    from landscape import distributed as dist
+
+    if dist.world() > 1:  # torchrun: each rank scores its share, all get every score
+        mine = dist.shard(list(range(len(pairs))))
+        part = _continuation_logprobs_local(model, [pairs[i] for i in mine], batch_size)
+        merged = {k: v for got in dist.all_gather_object(dict(zip(mine, part))) for k, v in got.items()}
+        return [merged[i] for i in range(len(pairs))]
+    return _continuation_logprobs_local(model, pairs, batch_size)
+
+
+@torch.no_grad()
+def _continuation_logprobs_local(model, pairs, batch_size):
     device = next(model.parameters()).device
     limit = _positions_limit(model)
     seqs = []

@@ -82,3 +82,15 @@ def test_two_process_sam_training_equals_one_process_with_the_same_global_batch(
     log = json.loads((tmp_path / "two" / "training_log.json").read_text())
     log1 = json.loads((tmp_path / "one" / "training_log.json").read_text())
     assert [r["loss"] for r in log["log"]] == pytest.approx([r["loss"] for r in log1["log"]], rel=1e-5)
+
+
+def test_two_process_forgetting_equals_one_process(llama_dir, tiny_ckpts, tmp_path):
+    suite = write_jsonl(tmp_path / "colors.jsonl", [{"context": f"the color of {e} is", "choices": ["red", "blue", "green"],
+                                                     "answer": i % 3} for i, e in enumerate(["cat", "dog", "mat"])])
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": "the cat sat on the mat ."}, {"text": "the dog is red ."}])
+    args = ["forgetting", llama_dir, tiny_ckpts["qwen2"], "--suite", suite, "--suite", text, "--json", "--quiet",
+            "--device", "cpu"]
+    one, two = json.loads(run(args).stdout), json.loads(run(args, n=2).stdout)
+    for name in ("colors", "text"):
+        assert two["suites"][name]["tuned"] == pytest.approx(one["suites"][name]["tuned"], rel=1e-6)
+        assert two["suites"][name]["delta"] == pytest.approx(one["suites"][name]["delta"], rel=1e-6, abs=1e-9)
