@@ -22,6 +22,11 @@ def command(checkpoint, data, batch_size, max_length, num_batches, device, dtype
     ck = load(checkpoint, device, dtype, trust_pickle, trust_remote_code)
     bs = batches(ck, data, batch_size, max_length, num_batches)
     r = evaluate(ck.model, bs)
+    if r.loss != r.loss or r.loss in (float("inf"), float("-inf")):
+        from landscape.errors import UserError
+
+        raise UserError(f"{checkpoint}: the loss is {r.loss} (NaN/inf weights, or an overflowing dtype: "
+                        "try --dtype float32)")
     out = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint, "loss": r.loss, "tokens": r.tokens,
            "data": {"path": bs.source, "fingerprint": bs.fingerprint, "examples": bs.n_examples,
                     "truncated": bs.n_truncated, "dropped": bs.n_dropped, **bs.config}}

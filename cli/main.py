@@ -23,6 +23,13 @@ class LandscapeGroup(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except OSError as e:  # unreadable input, full disk, read-only or missing output folder
+            if ctx.params.get("debug"):
+                raise
+            what = e.strerror or str(e).splitlines()[0] if str(e) else type(e).__name__
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            click.echo(f"error: {where}{what}", err=True)
+            ctx.exit(2)
 
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)

@@ -211,6 +211,10 @@ def train(model: torch.nn.Module, batches, steps: int | None = None, lr: float |
             glob = [batches.batches[i] for i in order[step * G:(step + 1) * G]]
             row = train_step(net, opt, glob[R::W], cfg, lr_at(step, cfg.steps, cfg.lr, cfg.warmup),
                              n_tok=sum(b.n_tokens for b in glob), scale=W)
+            if not math.isfinite(row["loss"]):
+                raise UserError(f"the training loss became {row['loss']} at step {step + 1} (the weights are now "
+                                "unusable; lower --lr, keep --grad-clip, or train in float32); the last saved "
+                                "state is kept for --resume")
             row = {"step": step + 1, **row, "seconds": round(time.perf_counter() - t0, 3)}
             state.log.append(row)
             state.step = step + 1

@@ -161,6 +161,9 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
     out: dict = {}
     details: dict = {}
     L0 = obj.value()
+    if not math.isfinite(L0):
+        raise UserError(f"the loss at the checkpoint is {L0}: curvature is undefined (NaN/inf weights, or "
+                        "an overflowing dtype: try --dtype float32)")
     eig_fn = hessian.lanczos if method == "lanczos" else hessian.power_iteration
     if "lambda_max" in names or "lambda_min" in names:
         sp = eig_fn(hvp, k=top_k, max_iter=max_iter, tol=tol, seed=seed, want_min="lambda_min" in names,

@@ -55,17 +55,25 @@ def parse_grid(spec: str, name: str = "x") -> np.ndarray:
 def _write_h5(path: Path, arrays: dict, attrs: dict, dirs: dict | None = None) -> None:
     """Write a complete h5 file atomically (temp file, fsync, rename). No timestamps: same bytes."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w", track_order=True) as f:
-        for k, v in arrays.items():
-            f.create_dataset(k, data=v, track_times=False)
-        for k, v in attrs.items():
-            f.attrs[k] = v
-        for axis, named in (dirs or {}).items():
-            for n, t in named.items():
-                f.create_dataset(f"directions/{axis}/{n}", data=t.detach().cpu().float().numpy(), track_times=False)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            for k, v in arrays.items():
+                f.create_dataset(k, data=v, track_times=False)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            for axis, named in (dirs or {}).items():
+                for n, t in named.items():
+                    f.create_dataset(f"directions/{axis}/{n}", data=t.detach().cpu().float().numpy(),
+                                     track_times=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # full disk, read-only or missing folder: no half-written file stays behind
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise UserError(f"{path}: cannot write ({getattr(e, 'strerror', None) or str(e).splitlines()[0]})") from None
 
 
 def _read_partial(path: Path, attrs: dict, shape) -> tuple[np.ndarray, np.ndarray] | None:

@@ -89,6 +89,8 @@ def test_impossible_options_exit_2(llama_dir, text_data):
     assert_user_error(run("loss", llama_dir, "--data", text_data, "--dtype", "int3"), "unknown dtype")
     assert_user_error(run("loss", llama_dir, "--bogus"), "No such option")
     assert_user_error(run("nonsense"), "No such command")
+    assert_user_error(run("sharpness", llama_dir, "--data", text_data, "--metrics", "lambda_max,vibes"),
+                      "unknown metric(s) vibes")
 
 
 def test_debug_shows_the_traceback(tmp_path, text_data):
