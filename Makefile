@@ -28,6 +28,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
+	-$(PY) -m pip install -q pyhessian  # optional comparison column; the bench runs without it
 	$(PY) benchmarks/run.py
 
 clean:

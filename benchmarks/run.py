@@ -199,6 +199,117 @@ def bench_sam_memory(base: Path, nb: int) -> dict:
             "sam_over_adamw_memory": r["sam"] / max(1, r["adamw"])}
 
 
+def bench_pyhessian(ck, bs) -> dict | None:
+    """λ_max on one batch: our Lanczos vs PyHessian's power iteration (if `pyhessian` is installed),
+    each to its 1e-3 tolerance, against a tight Lanczos reference; time, HVPs and relative error."""
+    try:
+        import importlib
+
+        importlib.import_module("pyhessian")
+        PH = sys.modules["pyhessian.hessian"]  # the module (the package re-exports a class of that name)
+    except ImportError:
+        return None
+    b = bs.batches[0]
+    model = ck.model
+    obj = loss.Objective(model, [b])
+    truth = hessian.lanczos(hessian.HVP(obj), k=1, max_iter=150, tol=1e-9, want_min=False).lambda_max
+    t0 = time.perf_counter()
+    ours = hessian.lanczos(hessian.HVP(obj), k=1, tol=1e-3, want_min=False, seed=1)
+    t_ours = time.perf_counter() - t0
+
+    class Logits(torch.nn.Module):  # PyHessian wants criterion(model(x), y)
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            lg = self.m(input_ids=x, attention_mask=b.attention_mask, use_cache=False).logits[:, :-1]
+            return lg.reshape(-1, lg.shape[-1])
+
+    crit = torch.nn.CrossEntropyLoss(ignore_index=data.IGNORE)
+    calls = [0]
+    real = PH.hessian_vector_product
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    PH.hessian_vector_product = counted
+    torch.manual_seed(1)
+    try:
+        with hessian.math_attention():
+            t0 = time.perf_counter()
+            h = PH.hessian(Logits(model), crit, data=(b.input_ids, b.labels[:, 1:].reshape(-1)), cuda=False)
+            eig, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=1)
+            t_pyh = time.perf_counter() - t0
+    finally:
+        PH.hessian_vector_product = real
+        model.zero_grad(set_to_none=True)
+    return {"lambda_max": truth, "ours_s": t_ours, "ours_hvps": ours.hvps,
+            "ours_rel_err": abs(ours.lambda_max - truth) / abs(truth), "pyhessian_s": t_pyh,
+            "pyhessian_hvps": calls[0], "pyhessian_rel_err": abs(eig[0] - truth) / abs(truth)}
+
+
+SIZES = {"small (h64, L2)": dict(hidden=64, layers=2, heads=4, intermediate=128),
+         "demo (h128, L4)": dict(hidden=128, layers=4, heads=4, intermediate=256),
+         "large (h256, L6)": dict(hidden=256, layers=6, heads=8, intermediate=512)}
+
+
+def bench_scaling(ck, quick: bool) -> dict:
+    """HVP/grad, SAM/AdamW and surface-point/forward ratios over three model sizes (random weights of
+    the demo architecture, demo tokenizer) and three sequence lengths (demo size)."""
+    import numpy as np
+
+    from landscape import finetune, surface
+
+    tok = ck.tokenizer
+    rows = []
+
+    def ratios(model, bs):
+        obj = loss.Objective(model, bs)
+        v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
+        t_grad = timed(lambda: loss.gradient(obj), 3)
+        h = hessian.HVP(obj)
+        t_hvp = timed(lambda: h(v), 3)
+        params = [p for p in model.parameters()]
+        saved = [p.detach().clone() for p in params]
+        t = {}
+        for name in ("adamw", "sam"):
+            cfg = finetune.TrainConfig(optimizer=name, lr=1e-6)
+            opt = finetune.make_optimizer(params, cfg)
+            t[name] = timed(lambda: finetune.train_step(model, opt, bs.batches[:1], cfg, 1e-6), 3 if quick else 5)
+        model.eval()
+        with torch.no_grad():
+            for p, w in zip(params, saved):
+                p.copy_(w)
+        t_fwd = timed(lambda: loss.evaluate(model, bs), 3)
+        out = ROOT / "runs" / "bench" / "scaling.h5"
+        out.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        surface.surface(model, bs, out, np.linspace(-1, 1, 9))
+        t_pt = (time.perf_counter() - t0) / 9
+        out.unlink(missing_ok=True)
+        return {"n_params": sum(p.numel() for p in params), "hvp_over_grad": t_hvp / t_grad,
+                "sam_over_adamw": t["sam"] / t["adamw"], "surface_over_forward": t_pt / t_fwd,
+                "grad_s": t_grad}
+
+    for name, arch in SIZES.items():
+        cfg = checkpoint.tiny_config("llama", vocab_size=len(tok), tokenizer=tok, max_positions=128, **arch)
+        model = checkpoint.build_model(cfg, seed=0)
+        bs = data.load_batches(demo.default_eval_data(), tok, batch_size=8, max_length=64, num_batches=4)
+        rows.append({"model": name, "seq_len": 64, **ratios(model, bs)})
+    for T in (32, 128):
+        bs = data.load_batches(demo.data_dir() / "pretrain.jsonl", tok, batch_size=64, max_length=T, num_batches=8)
+        # pack short texts so that the length is really T: concatenate ids across records
+        ids = torch.cat([b.input_ids[b.attention_mask.bool()] for b in bs.batches])
+        n = (len(ids) // T) * T
+        x = ids[:n].view(-1, T)[:32]
+        batches = [data.Batch(x[i:i + 8], torch.ones_like(x[i:i + 8]), x[i:i + 8].clone()) for i in range(0, 32, 8)]
+        packed = data.Batches(batches, "packed", "pretrain", 32)
+        rows.append({"model": "demo (h128, L4)", "seq_len": T, **ratios(ck.model, packed)})
+    return {"rows": rows}
+
+
 def table(res: dict) -> str:
     h, lam, mem = res["hvp"], res["lambda"], res["memory"]
     cmd = "`make bench`"
@@ -227,10 +338,27 @@ def table(res: dict) -> str:
             ("SAM / AdamW peak extra memory (CPU RSS, optimizer state incl.)", f"{sa['sam_over_adamw_memory']:.2f}",
              "(report)", ""),
         ]
+    scaling = ""
+    if "scaling" in res:
+        sc = ["", "Scaling (same run; random weights for the small/large sizes; batches of 8):", "",
+              "| model | parameters | tokens/seq | HVP/grad | SAM/AdamW | surface point/forward |", "|---|---|---|---|---|---|"]
+        for r in res["scaling"]["rows"]:
+            sc.append(f"| {r['model']} | {r['n_params']:,} | {r['seq_len']} | {r['hvp_over_grad']:.2f} | "
+                      f"{r['sam_over_adamw']:.2f} | {r['surface_over_forward']:.3f} |")
+        scaling = "\n".join(sc)
     lines = [f"Measured {res['date']} on {res['machine']} (torch {res['torch']}), demo model "
              f"({res['n_params']:,} parameters, float32), {res['batches']} batches × 8 sequences of data/eval.jsonl.",
              "", "| figure | value | target | status |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    if scaling:
+        lines.append(scaling)
+    ph = res.get("pyhessian")
+    if ph:
+        lines += ["", "λ_max on one batch of 8, each tool at its own 1e-3 stopping tolerance (same run):", "",
+                  "| tool | time (s) | HVPs | relative error vs tight Lanczos |", "|---|---|---|---|",
+                  f"| landscape (Lanczos, residual test) | {ph['ours_s']:.2f} | {ph['ours_hvps']} | {ph['ours_rel_err']:.1e} |",
+                  f"| PyHessian 0.1 (power iteration, relative-change test) | {ph['pyhessian_s']:.2f} | "
+                  f"{ph['pyhessian_hvps']} | {ph['pyhessian_rel_err']:.1e} |"]
     lines += ["", f"Produced by {cmd} (`python benchmarks/run.py`); raw numbers in `benchmarks/results.json`."]
     return "\n".join(lines)
 
@@ -269,6 +397,10 @@ def main() -> None:
                       **bench_surface_memory(base, nb, tmp)}
     print("SAM vs AdamW ...", flush=True)
     res["sam"] = {**bench_sam(ck, bs, repeat=5 if args.quick else 11), **bench_sam_memory(base, nb)}
+    print("PyHessian comparison (if installed) ...", flush=True)
+    res["pyhessian"] = bench_pyhessian(ck, bs)
+    print("scaling with model size and sequence length ...", flush=True)
+    res["scaling"] = bench_scaling(ck, args.quick)
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     t = table(res)
     print(t)
