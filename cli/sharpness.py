@@ -16,6 +16,8 @@ from landscape.cli._common import batches, data_options, emit, load, model_optio
 @click.option("--max-iter", type=int, default=100, show_default=True, help="Lanczos steps / power iterations.")
 @click.option("--tol", type=float, default=1e-3, show_default=True, help="Relative residual ‖Hv−λv‖/|λ| to stop.")
 @click.option("--trace-samples", type=int, default=30, show_default=True)
+@click.option("--cache-graph", is_flag=True,
+              help="Keep the gradient's graph for all batches: each HVP costs one backward (faster, more memory).")
 @click.option("--eps", type=float, default=1e-3, show_default=True, help="Box size of ε-sharpness.")
 @click.option("--rho", type=float, default=0.05, show_default=True, help="Ball radius of SAM sharpness.")
 @click.option("--sigma", type=float, default=0.01, show_default=True, help="Noise scale of average sharpness.")
@@ -23,7 +25,7 @@ from landscape.cli._common import batches, data_options, emit, load, model_optio
 @output_options
 @with_seed
 def command(checkpoint, data, batch_size, max_length, num_batches, metrics, top_k, param_regex, per_layer, method,
-            max_iter, tol, trace_samples, eps, rho, sigma, device, dtype, seed, trust_pickle, trust_remote_code,
+            max_iter, tol, trace_samples, cache_graph, eps, rho, sigma, device, dtype, seed, trust_pickle, trust_remote_code,
             as_json, quiet):
     """Curvature and sharpness of CHECKPOINT: λ_max/λ_min (Lanczos), Hessian trace, ε-, SAM- and average sharpness.
 
@@ -41,7 +43,7 @@ def command(checkpoint, data, batch_size, max_length, num_batches, metrics, top_
     bs = batches(ck, data, batch_size, max_length, num_batches)
     r = measure(ck.model, bs, metrics=metrics, top_k=top_k, params=param_regex, per_layer=per_layer,
                 method=method, max_iter=max_iter, tol=tol, trace_samples=trace_samples, eps=eps, rho=rho,
-                sigma=sigma, seed=seed, progress=show_progress(quiet))
+                sigma=sigma, seed=seed, progress=show_progress(quiet), cache_graph=cache_graph)
     r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint, **r}
     r["config"]["data"] = {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}
     m = r["metrics"]

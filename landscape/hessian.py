@@ -44,11 +44,16 @@ class HVP:
     (float32 for bf16/fp32 models so that Lanczos keeps its orthogonality; float64 stays float64).
     """
 
-    def __init__(self, objective, method: str = "reverse"):
+    def __init__(self, objective, method: str = "reverse", cache_graph: bool = False):
         if method not in ("reverse", "forward"):
             raise ValueError(f"unknown HVP method {method!r}")
         self.obj = objective
         self.method = method
+        # cache_graph: build ∇L (create_graph) once and keep its graph, so each HVP is one backward
+        # instead of forward + two backwards. Memory: every batch's double-backward graph at once.
+        # Valid while the weights do not change (an in-place change makes autograd raise).
+        self.cache_graph = cache_graph
+        self._grads = None
         self.calls = 0
         self.seconds = 0.0
         pdtype = objective.params[0].dtype
@@ -63,17 +68,27 @@ class HVP:
         self.seconds += time.perf_counter() - t0
         return [o.to(self.vector_dtype) for o in out]
 
+    def _first_order(self):
+        """Per-term gradients with their graphs: rebuilt every call, or once with ``cache_graph``."""
+        ps = self.obj.params
+        if self._grads is not None:
+            return self._grads
+        grads = (torch.autograd.grad(term, ps, create_graph=True, allow_unused=True) for term in self.obj.terms())
+        if self.cache_graph:
+            self._grads = list(grads)
+            return self._grads
+        return grads
+
     def _reverse(self, v):
         ps = self.obj.params
         vv = [x.to(p.dtype) for x, p in zip(v, ps)]
         out = [torch.zeros_like(p, dtype=self.vector_dtype) for p in ps]
         with math_attention():
-            for term in self.obj.terms():
-                g = torch.autograd.grad(term, ps, create_graph=True, allow_unused=True)
+            for g in self._first_order():
                 gv = sum((gi * vi).sum() for gi, vi in zip(g, vv) if gi is not None)
                 if not torch.is_tensor(gv) or not gv.requires_grad:
                     continue  # this term does not depend on the parameters twice (e.g. linear)
-                hv = torch.autograd.grad(gv, ps, allow_unused=True)
+                hv = torch.autograd.grad(gv, ps, allow_unused=True, retain_graph=self.cache_graph)
                 for o, h in zip(out, hv):
                     if h is not None:
                         o.add_(h.to(o.dtype))

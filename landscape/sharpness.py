@@ -143,7 +143,7 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
             method: str = "lanczos", max_iter: int = 100, tol: float = 1e-3, trace_samples: int = 30,
             eps: float = 1e-3, eps_steps: int = 10, subspace: int = 10, rho: float = 0.05, sam_steps: int = 1,
             sigma: float = 0.01, avg_samples: int = 16, hvp_method: str = "reverse", seed: int = 0,
-            progress: bool = False) -> dict:
+            progress: bool = False, cache_graph: bool = False) -> dict:
     """Loss and the requested curvature/sharpness metrics of ``model`` on ``batches``.
 
     ``params`` restricts everything to parameters whose names match the regex; ``per_layer`` adds
@@ -157,7 +157,7 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
         raise UserError(f"unknown eigenvalue method {method!r}; choose lanczos or power")
     t0 = time.perf_counter()
     obj = Objective(model, batches, P.select(model, params))
-    hvp = hessian.HVP(obj, hvp_method)
+    hvp = hessian.HVP(obj, hvp_method, cache_graph=cache_graph)
     out: dict = {}
     details: dict = {}
     L0 = obj.value()
@@ -215,7 +215,7 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
     config = {"metrics": names, "top_k": top_k, "params": params, "per_layer": per_layer, "method": method,
               "max_iter": max_iter, "tol": tol, "trace_samples": trace_samples, "eps": eps, "eps_steps": eps_steps,
               "subspace": subspace, "rho": rho, "sam_steps": sam_steps, "sigma": sigma, "avg_samples": avg_samples,
-              "hvp_method": hvp_method, "seed": seed, "n_params": P.numel(obj.params),
+              "hvp_method": hvp_method, "cache_graph": cache_graph, "seed": seed, "n_params": P.numel(obj.params),
               "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
     return {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "config": config,
             "cost": {"hvps": hvp.calls, "seconds": round(time.perf_counter() - t0, 3)}}

@@ -171,3 +171,18 @@ def test_all_dtypes_run(tiny_ckpts, text_data, dtype):
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
     sp = hessian.lanczos(hessian.HVP(Objective(ck.model, bs)), k=1, max_iter=8)
     assert np.isfinite(sp.lambda_max) and sp.iterations == 8 or sp.converged
+
+
+def test_cached_graph_hvp_is_identical_and_refuses_changed_weights(llama_dir, text_data):
+    ck = checkpoint.load_checkpoint(llama_dir)
+    bs = data.batches_for(ck, text_data, batch_size=2)
+    obj = Objective(ck.model, bs)
+    v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
+    plain, cached = hessian.HVP(obj), hessian.HVP(obj, cache_graph=True)
+    for _ in range(2):  # the second cached call reuses the graph
+        for a, b in zip(plain(v), cached(v)):
+            assert torch.equal(a, b)
+    with torch.no_grad():
+        obj.params[next(i for i, n in enumerate(obj.names) if "mlp" in n)].add_(1.0)  # weights moved: the cached graph is stale, and autograd says so
+    with pytest.raises(RuntimeError):
+        cached(v)
