@@ -73,28 +73,38 @@ class Batches:
                        self.n_examples, self.n_truncated, self.n_dropped, dict(self.config))
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Parse and validate a jsonl file; errors name the file and the line number."""
+def read_json_lines(path: str | os.PathLike, what: str = "data file") -> tuple[bytes, list[tuple[int, object]]]:
+    """The raw bytes of a jsonl file and its parsed lines as (line number, value); blank lines skipped.
+
+    Errors name the file (and the line): missing, a directory, unreadable, invalid JSON.
+    """
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{p}: no such data file")
+        raise DataError(f"{p}: no such {what}")
     if p.is_dir():
         raise DataError(f"{p}: is a directory, expected a .jsonl file")
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: cannot read ({e})") from None
-    records = []
+    lines = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            lines.append((lineno, json.loads(line)))
         except json.JSONDecodeError as e:
             raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
-        records.append(validate_record(rec, f"{p}:{lineno}"))
+    return raw, lines
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Parse and validate a jsonl file; errors name the file and the line number."""
+    _, lines = read_json_lines(path)
+    records = [validate_record(rec, f"{path}:{lineno}") for lineno, rec in lines]
     if not records:
-        raise DataError(f"{p}: empty data file (no JSON lines)")
+        raise DataError(f"{path}: empty data file (no JSON lines)")
     return records
 
 

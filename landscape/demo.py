@@ -114,7 +114,8 @@ DEMO_FAST_RUNS = ("adamw-lr3e-4", "adamw-lr1e-3", "adamw-lr1e-3-s300", "adamw-lr
 FT = dict(batch_size=16, warmup=10, seed=0)
 
 
-def _finetuned(base: Path, out: Path, data: Path, eval_data: Path, optimizer, lr, steps, rho, progress) -> str:
+def _finetuned(base: Path, base_fp: str, out: Path, data: Path, eval_data: Path, optimizer, lr, steps, rho,
+               progress) -> str:
     """Fine-tune unless ``out`` already holds this exact run (same base, data and config)."""
     from landscape.finetune import finetune
 
@@ -124,7 +125,7 @@ def _finetuned(base: Path, out: Path, data: Path, eval_data: Path, optimizer, lr
             have = json.loads(cfg_file.read_text())
             want = dict(optimizer=optimizer, lr=lr, steps=steps, rho=rho or 0.05)
             c = have["config"]
-            if all(c[k] == v for k, v in want.items()) and have["base_fingerprint"] == checkpoint.fingerprint(base) \
+            if all(c[k] == v for k, v in want.items()) and have["base_fingerprint"] == base_fp \
                     and c["warmup"] == FT["warmup"] and have["batch_size"] == FT["batch_size"]:
                 return "reused"
         except (ValueError, KeyError, OSError):
@@ -177,8 +178,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress:
     runs = [r for r in DEMO_RUNS if not fast or r[0] in DEMO_FAST_RUNS]
     t_ft = time.perf_counter()
     how = {}
+    base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
     for label, opt, lr, n, rho in runs:
-        how[label] = _finetuned(base, out / "ft" / label, root / "tasks" / DEMO_TASK / "train.jsonl",
+        how[label] = _finetuned(base, base_fp, out / "ft" / label, root / "tasks" / DEMO_TASK / "train.jsonl",
                                 root / "tasks" / DEMO_TASK / "eval.jsonl", opt, lr, n, rho, progress)
     t_ft = time.perf_counter() - t_ft
     manifest = demo_manifest(out, runs, fast)

@@ -85,22 +85,12 @@ def _validate_item(rec, where: str) -> str:
 
 def load_suite(path: str | os.PathLike, category: str = "other") -> Suite:
     """Read and validate one suite file; errors name the file and line."""
+    from landscape.data import read_json_lines
+
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such suite file")
-    try:
-        raw = p.read_bytes()
-        lines = raw.decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: unreadable suite ({e})") from None
+    raw, lines = read_json_lines(p, "suite file")
     items, kinds = [], set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, rec in lines:
         kinds.add(_validate_item(rec, f"{p}:{lineno}"))
         if len(kinds) > 1:
             raise DataError(f"{p}:{lineno}: a suite must hold one kind of item, found {sorted(kinds)}")
@@ -299,8 +289,8 @@ def score_suite(model, tok, suite: Suite, batch_size: int = 32) -> dict:
     return {"metric": suite.metric, "score": r[suite.metric], **r}
 
 
-def scorer_config(suite: Suite, batch_size: int) -> dict:
-    """What a cached score depends on (the batch size only changes float rounding, not the result)."""
+def scorer_config(suite: Suite) -> dict:
+    """What a cached score depends on (not the batch size: it only changes float rounding)."""
     return {"suite": suite.name, "suite_fingerprint": suite.fingerprint, "kind": suite.kind,
             "version": landscape.__version__}
 
@@ -314,7 +304,7 @@ def evaluate_checkpoint(ck, suites: list[Suite], store=None, batch_size: int = 3
     store = store or Store(None)
     out = {}
     for s in tqdm(suites, desc=f"suites {Path(ck.path).name}", disable=not progress, leave=False):
-        out[s.name] = store.cached(ck.fingerprint, "suite", scorer_config(s, batch_size),
+        out[s.name] = store.cached(ck.fingerprint, "suite", scorer_config(s),
                                    lambda s=s: score_suite(ck.model, ck.tokenizer, s, batch_size))
     return out
 
