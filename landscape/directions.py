@@ -25,27 +25,40 @@ NORMS = ("filter", "layer", "none")
 IGNORES = ("biasbn", "none")
 
 
-def _generator(seed: int, axis: str, name: str) -> torch.Generator:
+def _generator(seed: int, axis: str, name: str, device="cpu") -> torch.Generator:
     h = hashlib.sha256(f"{seed}/{axis}/{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
 
 
-def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ignore: str = "biasbn") -> list:
-    """A normalised Gaussian direction, regenerable from (seed, axis, parameter name)."""
+def _check(norm: str, ignore: str) -> None:
     if norm not in NORMS:
         raise UserError(f"unknown normalisation {norm!r}; choose filter, layer or none")
     if ignore not in IGNORES:
         raise UserError(f"unknown ignore rule {ignore!r}; choose biasbn or none")
-    out = []
-    for name, w in named.items():
-        d = torch.randn(w.shape, generator=_generator(seed, axis, name), dtype=torch.float32)
-        out.append(normalize(d.to(w.device), w.detach(), norm, ignore))
-    return out
+
+
+def random_tensor(name: str, w: torch.Tensor, seed: int, axis: str, norm: str, ignore: str,
+                  on_device: bool = False) -> torch.Tensor:
+    """One parameter's normalised direction (float32, on w's device).
+
+    Drawn on the CPU (the same numbers whatever the device), or with ``on_device`` by a generator on
+    w's own device: the same numbers on the CPU, a device-specific but reproducible stream on CUDA.
+    """
+    dev = w.device if on_device else torch.device("cpu")
+    d = torch.randn(w.shape, generator=_generator(seed, axis, name, dev), dtype=torch.float32, device=dev)
+    return normalize(d.to(w.device), w.detach(), norm, ignore)
+
+
+def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ignore: str = "biasbn") -> list:
+    """A normalised Gaussian direction, regenerable from (seed, axis, parameter name)."""
+    _check(norm, ignore)
+    return [random_tensor(name, w, seed, axis, norm, ignore) for name, w in named.items()]
 
 
 @torch.no_grad()
 def normalize(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> torch.Tensor:
-    """Filter/layer normalisation of one parameter's direction (see module docstring); float32 result."""
+    """Filter/layer normalisation of one parameter's direction (see module docstring); float32 result.
+    ``d`` is rescaled in place (callers pass a freshly drawn tensor)."""
     w = w.to(torch.float32)
     if w.dim() <= 1:
         if ignore == "biasbn":
@@ -55,9 +68,9 @@ def normalize(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> torch
         dn = d.reshape(d.shape[0], -1).norm(dim=1)
         wn = w.reshape(w.shape[0], -1).norm(dim=1)
         scale = wn / (dn + 1e-10)
-        return d * scale.reshape(-1, *([1] * (d.dim() - 1)))
+        return d.mul_(scale.reshape(-1, *([1] * (d.dim() - 1))))
     if norm == "layer":
-        return d * (w.norm() / (d.norm() + 1e-10))
+        return d.mul_(w.norm() / (d.norm() + 1e-10))
     return d
 
 
@@ -69,13 +82,64 @@ def orthogonalize(y: list, x: list) -> list:
 
 def target_direction(named, other_named) -> list:
     """w_other − w, per parameter name (the line/plane through checkpoints); names must match."""
+    _check_target(named, other_named)
+    out = []
+    for n, w in named.items():
+        o = other_named[n]
+        out.append((o.detach().to(w.device, torch.float32) - w.detach().to(torch.float32)))
+    return out
+
+
+class Lazy:
+    """A direction that is never held whole: parameter i's tensor is rebuilt on demand.
+
+    Random axes are redrawn from (seed, axis, name) by the generator of the parameter's device and
+    normalised against the origin; checkpoint axes are ``target − origin``; an orthogonalised y axis
+    is ``y_i − c·x_i`` with c computed once, in one pass, as for stored directions. On the CPU every
+    tensor equals the stored direction's bit for bit. Holds nothing but the target weights (if any).
+    """
+
+    def __init__(self, names: list, origin: list, seed: int, axis: str, norm: str, ignore: str,
+                 target: dict | None = None, against: "Lazy | None" = None):
+        if target is None:
+            _check(norm, ignore)
+        else:
+            _check_target(dict(zip(names, origin)), target)
+        self.names, self.origin, self.seed, self.axis = names, origin, seed, axis
+        self.norm, self.ignore, self.target = norm, ignore, target
+        self.against, self.c = None, 0.0
+        if against is not None:  # orthogonalise: c = <y, x> / <x, x>, float64 sums as in P.dot
+            yx = xx = 0
+            for i in range(len(names)):
+                xi, yi = against[i], self[i]
+                yx = yx + (yi.double() * xi.double()).sum()
+                xx = xx + (xi.double() * xi.double()).sum()
+            self.against, self.c = against, float(yx / xx)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        o = self.origin[i]
+        if self.target is not None:
+            d = self.target[self.names[i]].detach().to(o.device, torch.float32) - o.to(torch.float32)
+        else:
+            d = random_tensor(self.names[i], o, self.seed, self.axis, self.norm, self.ignore, on_device=True)
+        if self.against is not None:
+            d = d - self.c * self.against[i]
+        return d
+
+    def items(self):
+        """(name, tensor) pairs, one tensor alive at a time (for writing to h5)."""
+        for i, n in enumerate(self.names):
+            yield n, self[i]
+
+
+def _check_target(named, other_named) -> None:
     missing = [n for n in named if n not in other_named]
     if missing:
         raise UserError(f"target checkpoint lacks parameter(s) {', '.join(missing[:3])}: not the same architecture")
-    out = []
     for n, w in named.items():
         o = other_named[n]
         if o.shape != w.shape:
             raise UserError(f"parameter {n} has shape {tuple(o.shape)} in the target, {tuple(w.shape)} here")
-        out.append((o.detach().to(w.device, torch.float32) - w.detach().to(torch.float32)))
-    return out

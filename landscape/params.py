@@ -7,6 +7,7 @@ a 7B model never needs one flat 7B buffer. Reductions accumulate in float64.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections import OrderedDict
 
@@ -108,3 +109,24 @@ def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
     for p, o, d in zip(params, origin, delta):
         wide = torch.promote_types(p.dtype, torch.float32)
         p.copy_((o.to(wide) + alpha * d.to(wide)).to(p.dtype))
+
+
+def free_memory(device) -> int | None:
+    """Bytes this process may still allocate on ``device``: free CUDA memory, or MemAvailable of the
+    host (divided among the processes of this node under torchrun); None when unknown."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return None
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

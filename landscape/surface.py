@@ -2,7 +2,8 @@
 
 Point (x_i, y_j) is evaluated with the weights set to w₀ + x_i·d_x + y_j·d_y, computed from a saved
 copy of the origin w₀ (never a walk of add_/sub_), so the centre equals the checkpoint's loss
-exactly and the weights are bit-identical afterwards.
+exactly and the weights are bit-identical afterwards. The directions are held in memory or rebuilt
+tensor by tensor at every point (``directions="regenerated"``: the origin is the only extra copy).
 
 h5 layout: ``xcoordinates`` (nx), ``ycoordinates`` (ny, 2-D only), ``loss`` (nx[, ny]) with
 ``loss[i, j]`` the loss at (x_i, y_j), ``done`` (same shape, 1 where computed: a NaN/inf loss at a far
@@ -95,7 +96,7 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
             norm: str = "filter", ignore: str = "biasbn", seed: int = 0, orthogonal: bool = False,
             to: dict | None = None, to_y: dict | None = None, param_regex: str | None = None,
             save_directions: bool = False, meta: dict | None = None, progress: bool = False,
-            max_points: int | None = None, save_every: float = 1.0, loss_fn=None) -> dict:
+            max_points: int | None = None, save_every: float = 1.0, loss_fn=None, directions: str = "auto") -> dict:
     """Evaluate the loss on the grid and write ``out`` (h5). Resumes from ``out.partial``.
 
     ``to`` / ``to_y``: named parameters of target checkpoints; the x (y) direction becomes
@@ -104,21 +105,31 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
     time-boxed runs. Progress is saved at most every ``save_every`` seconds (and when stopping),
     so a kill loses at most that much work. ``loss_fn()`` replaces ``evaluate(model, batches)``
     (closed-form objectives in tests). Returns a summary dict.
+
+    ``directions``: ``"held"`` keeps the normalised directions in memory (float32, two copies of the
+    selected weights for a plane; drawn on the CPU, so any device gives the same directions);
+    ``"regenerated"`` holds none and rebuilds each parameter's direction tensor by tensor at every
+    point (the only extra copy is the origin w₀ — what a 7B model on one GPU needs; on CUDA the draws
+    come from the GPU's generator, recorded in the file); ``"auto"`` holds them when they take less
+    than half of the free memory of the model's device.
     """
     out = Path(out)
     named = P.select(model, param_regex)
     ps = list(named.values())
-    dx = D.target_direction(named, to) if to is not None else D.random_direction(named, seed, "x", norm, ignore)
-    dy = None
-    if y is not None:
-        dy = D.target_direction(named, to_y) if to_y is not None else D.random_direction(named, seed, "y", norm, ignore)
-        if orthogonal:
-            dy = D.orthogonalize(dy, dx)
+    if directions not in ("auto", "held", "regenerated"):
+        raise UserError(f"unknown directions mode {directions!r}; choose auto, held or regenerated")
+    if directions == "auto":
+        axes = 1 if y is None else 2
+        free = P.free_memory(ps[0].device)
+        directions = "held" if free is None or axes * 4 * P.numel(ps) <= free // 2 else "regenerated"
     shape = (len(x),) if y is None else (len(x), len(y))
     config = {"seed": seed, "norm": "target" if to is not None else norm, "ignore": ignore if to is None else "none",
               "orthogonal": orthogonal, "params": param_regex or "", "x": x.tolist(),
               "y": None if y is None else y.tolist(), "y_norm": None if y is None else ("target" if to_y is not None else norm),
               **(meta or {})}
+    rng = ps[0].device.type if directions == "regenerated" else "cpu"
+    if rng != "cpu" and (to is None or (y is not None and to_y is None)):
+        config["direction_rng"] = rng  # other random numbers than the CPU's: never mix them in one file
     attrs = {**{k: (json.dumps(v) if isinstance(v, (list, dict)) or v is None else v) for k, v in config.items()},
              "version": landscape.__version__, "dims": len(shape)}
     attrs["config_hash"] = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
@@ -143,6 +154,7 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
     t0 = last_save = time.perf_counter()
     bar = tqdm(total=len(todo), desc="surface", disable=not progress or not dist.is_main(), leave=False)
     with P.perturbed(ps) as origin:
+        dx, dy = _directions(named, origin, directions, y is not None, seed, norm, ignore, orthogonal, to, to_y)
         for chunk in rounds:
             mine = chunk[R] if R < len(chunk) else None
             result = None if mine is None else (mine, _point_loss(model, batches, ps, origin, dx, dy, x, y, mine,
@@ -163,30 +175,55 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
     if complete and dist.is_main():
         dirs = None
         if save_directions:
-            dirs = {"x": dict(zip(named.keys(), dx))}
+            lazy = directions == "regenerated"
+            dirs = {"x": dx if lazy else dict(zip(named.keys(), dx))}
             if dy is not None:
-                dirs["y"] = dict(zip(named.keys(), dy))
+                dirs["y"] = dy if lazy else dict(zip(named.keys(), dy))
         _write_h5(out, arrays(), attrs, dirs)
         partial.unlink(missing_ok=True)
     dist.barrier()
     return {"out": str(out) if complete else str(partial), "points": int(np.prod(shape)), "computed": computed,
-            "complete": complete, "seconds": round(time.perf_counter() - t0, 3)}
+            "complete": complete, "directions": directions, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _directions(named, origin, mode, plane, seed, norm, ignore, orthogonal, to, to_y):
+    """(dx, dy): lists of float32 tensors (held) or :class:`directions.Lazy` (regenerated)."""
+    if mode == "regenerated":
+        names = list(named.keys())
+        dx = D.Lazy(names, origin, seed, "x", norm, ignore, target=to)
+        dy = None
+        if plane:
+            dy = D.Lazy(names, origin, seed, "y", norm, ignore, target=to_y, against=dx if orthogonal else None)
+        return dx, dy
+    dx = D.target_direction(named, to) if to is not None else D.random_direction(named, seed, "x", norm, ignore)
+    dy = None
+    if plane:
+        dy = D.target_direction(named, to_y) if to_y is not None else D.random_direction(named, seed, "y", norm, ignore)
+        if orthogonal:
+            dy = D.orthogonalize(dy, dx)
+    return dx, dy
 
 
 def _point_loss(model, batches, ps, origin, dx, dy, x, y, idx, loss_fn) -> float:
-    """Set w = w0 + a·dx + b·dy (from the saved origin, never by accumulation) and evaluate."""
+    """Set w = w0 + a·dx + b·dy (from the saved origin, never by accumulation) and evaluate.
+    With regenerated directions, each parameter's tensors are built just before use (skipped at 0)."""
     a = float(x[idx[0]])
     b = float(y[idx[1]]) if y is not None else 0.0
     with torch.no_grad():
-        for p, o, ex, ey in zip(ps, origin, dx, dy if dy is not None else [None] * len(ps)):
-            if p.dtype == ex.dtype:  # float32: in place, no temporaries
-                torch.add(o, ex, alpha=a, out=p.data)
-                if ey is not None and b != 0.0:
-                    p.data.add_(ey, alpha=b)
+        for i, (p, o) in enumerate(zip(ps, origin)):
+            if a == 0.0 and (dy is None or b == 0.0):
+                p.copy_(o)
+                continue
+            terms = [(c, d[i]) for c, d in ((a, dx), (b, dy)) if d is not None and c != 0.0]
+            (c1, e1), rest = terms[0], terms[1:]
+            if p.dtype == e1.dtype:  # float32: in place, no temporaries
+                torch.add(o, e1, alpha=c1, out=p.data)
+                for c, e in rest:
+                    p.data.add_(e, alpha=c)
             else:  # bf16/fp16/fp64: combine in the wider dtype, round once
-                v = o.to(torch.promote_types(o.dtype, torch.float32)) + a * ex
-                if ey is not None and b != 0.0:
-                    v = v + b * ey
+                v = o.to(torch.promote_types(o.dtype, torch.float32)) + c1 * e1
+                for c, e in rest:
+                    v = v + c * e
                 p.copy_(v.to(p.dtype))
     return loss_fn() if loss_fn is not None else evaluate(model, batches, reduce=False).loss
 

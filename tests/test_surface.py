@@ -247,3 +247,64 @@ def test_plot_renders_in_headless_chromium(tmp_path):
     assert 'class="main-svg"' in dom  # plotly.js ran and drew
     assert 'class="contour' in dom and 'class="scatterlayer' in dom
     assert "gl-container" in dom  # the 3-D surface scene
+
+
+@pytest.mark.parametrize("plane", ["random", "orthogonal", "targets"])
+def test_regenerated_directions_give_the_held_file_bit_for_bit(tiny_ckpts, tokenizer, text_data, tmp_path, plane):
+    """On the CPU, rebuilding each direction tensor per point reproduces the held directions exactly:
+    same losses, same saved directions, same bytes; and a partial file of one mode resumes in the other."""
+    from tests.conftest import make_checkpoint
+
+    ck = checkpoint.load_checkpoint(tiny_ckpts["llama"])
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
+    kw = {"save_directions": True, "orthogonal": plane == "orthogonal"}
+    if plane == "targets":
+        kw["to"] = dict(checkpoint.load_checkpoint(make_checkpoint(tmp_path, "llama", tokenizer, seed=9)).model.named_parameters())
+        kw["to_y"] = dict(checkpoint.load_checkpoint(make_checkpoint(tmp_path / "b", "llama", tokenizer, seed=5)).model.named_parameters())
+    before = [p.detach().clone() for p in ck.model.parameters()]
+    x, y = np.linspace(-1, 1, 3), np.linspace(-0.5, 1.0, 4)
+    r = S.surface(ck.model, bs, tmp_path / "held.h5", x, y, directions="held", **kw)
+    assert r["directions"] == "held"
+    S.surface(ck.model, bs, tmp_path / "regen.h5", x, y, directions="regenerated", **kw)
+    assert (tmp_path / "regen.h5").read_bytes() == (tmp_path / "held.h5").read_bytes()
+    S.surface(ck.model, bs, tmp_path / "mixed.h5", x, y, directions="held", max_points=5, **kw)
+    S.surface(ck.model, bs, tmp_path / "mixed.h5", x, y, directions="regenerated", **kw)
+    assert (tmp_path / "mixed.h5").read_bytes() == (tmp_path / "held.h5").read_bytes()
+    assert all(torch.equal(a, b) for a, b in zip(before, ck.model.parameters()))
+
+
+def test_regenerated_directions_hold_only_the_origin(ck, text_data, tmp_path):
+    """While a point is evaluated, count live tensors shaped like the largest weight: the parameter
+    itself + the origin copy when regenerating; + one tensor per held direction otherwise."""
+    import gc
+
+    big = max(ck.model.parameters(), key=lambda p: p.numel())
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
+    seen = {}
+
+    def count(mode):
+        def fn():
+            gc.collect()
+            n = sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and o.shape == big.shape
+                    and o.dtype == torch.float32)
+            seen[mode] = max(seen.get(mode, 0), n)
+            return evaluate(ck.model, bs).loss
+        return fn
+
+    for mode in ("held", "regenerated"):
+        S.surface(ck.model, None, tmp_path / f"{mode}.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3),
+                  directions=mode, loss_fn=count(mode))
+    shaped = sum(1 for p in ck.model.parameters() if p.shape == big.shape)
+    assert seen["regenerated"] == shaped  # one origin copy per such weight, no direction
+    assert seen["held"] == 3 * shaped  # origin + x + y
+
+
+def test_auto_holds_directions_only_when_they_fit(ck, text_data, tmp_path, monkeypatch):
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
+    need = 2 * 4 * P.numel(list(P.select(ck.model).values()))
+    monkeypatch.setattr(P, "free_memory", lambda device: 2 * need)
+    assert S.surface(ck.model, bs, tmp_path / "a.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "held"
+    monkeypatch.setattr(P, "free_memory", lambda device: 2 * need - 1)
+    assert S.surface(ck.model, bs, tmp_path / "b.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "regenerated"
+    with pytest.raises(UserError, match="directions mode"):
+        S.surface(ck.model, bs, tmp_path / "c.h5", np.linspace(-1, 1, 3), directions="lazy")
