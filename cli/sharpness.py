@@ -16,8 +16,10 @@ from landscape.cli._common import batches, data_options, emit, load, model_optio
 @click.option("--max-iter", type=int, default=100, show_default=True, help="Lanczos steps / power iterations.")
 @click.option("--tol", type=float, default=1e-3, show_default=True, help="Relative residual ‖Hv−λv‖/|λ| to stop.")
 @click.option("--trace-samples", type=int, default=30, show_default=True)
-@click.option("--cache-graph", is_flag=True,
-              help="Keep the gradient's graph for all batches: each HVP costs one backward (faster, more memory).")
+@click.option("--cache-graph", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              is_flag=False, flag_value="on",
+              help="Keep the gradient's graph for all batches, so each HVP costs one backward (faster, more "
+                   "memory); auto: when one batch's measured graph × batches fits in half the free memory.")
 @click.option("--eps", type=float, default=1e-3, show_default=True, help="Box size of ε-sharpness.")
 @click.option("--rho", type=float, default=0.05, show_default=True, help="Ball radius of SAM sharpness.")
 @click.option("--sigma", type=float, default=0.01, show_default=True, help="Noise scale of average sharpness.")
@@ -43,7 +45,8 @@ def command(checkpoint, data, batch_size, max_length, num_batches, metrics, top_
     bs = batches(ck, data, batch_size, max_length, num_batches)
     r = measure(ck.model, bs, metrics=metrics, top_k=top_k, params=param_regex, per_layer=per_layer,
                 method=method, max_iter=max_iter, tol=tol, trace_samples=trace_samples, eps=eps, rho=rho,
-                sigma=sigma, seed=seed, progress=show_progress(quiet), cache_graph=cache_graph)
+                sigma=sigma, seed=seed, progress=show_progress(quiet),
+                cache_graph={"auto": "auto", "on": True, "off": False}[cache_graph])
     r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint, **r}
     r["config"]["data"] = {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}
     m = r["metrics"]

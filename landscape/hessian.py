@@ -14,6 +14,7 @@ PyTorch, so every HVP runs under the math SDPA backend.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,26 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape import params as P
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes of distinct storages autograd saves inside the block (the graph's memory),
+    leaving out the parameters' own storages."""
+
+    def __init__(self, params):
+        self.bytes = 0
+        skip = {p.untyped_storage().data_ptr() for p in params}
+        seen = set()
+
+        def pack(t):
+            st = t.untyped_storage()
+            key = st.data_ptr()
+            if key not in skip and key not in seen:
+                seen.add(key)
+                self.bytes += st.nbytes()
+            return t
+
+        super().__init__(pack, lambda t: t)
 
 
 def math_attention():
@@ -44,16 +65,22 @@ class HVP:
     (float32 for bf16/fp32 models so that Lanczos keeps its orthogonality; float64 stays float64).
     """
 
-    def __init__(self, objective, method: str = "reverse", cache_graph: bool = False):
+    def __init__(self, objective, method: str = "reverse", cache_graph: bool | str = "auto"):
         if method not in ("reverse", "forward"):
             raise ValueError(f"unknown HVP method {method!r}")
+        if cache_graph not in (True, False, "auto"):
+            raise ValueError(f"cache_graph must be True, False or 'auto', not {cache_graph!r}")
         self.obj = objective
         self.method = method
         # cache_graph: build ∇L (create_graph) once and keep its graph, so each HVP is one backward
         # instead of forward + two backwards. Memory: every batch's double-backward graph at once.
-        # Valid while the weights do not change (an in-place change makes autograd raise).
+        # "auto": measure the first batch's graph and keep them all only if they fit in half of
+        # the free memory. A cached graph is rebuilt when a parameter's version changes.
         self.cache_graph = cache_graph
+        self.cached = None if cache_graph == "auto" else bool(cache_graph) and method == "reverse"
+        self.graph_bytes = None  # measured size of one term's saved graph ("auto")
         self._grads = None
+        self._versions = None
         self.calls = 0
         self.seconds = 0.0
         pdtype = objective.params[0].dtype
@@ -68,16 +95,49 @@ class HVP:
         self.seconds += time.perf_counter() - t0
         return [o.to(self.vector_dtype) for o in out]
 
+    def release(self) -> None:
+        """Drop the cached graphs (e.g. before the weights are moved for ε/SAM sharpness)."""
+        self._grads = self._versions = None
+
+    def _versions_now(self):
+        model = getattr(self.obj, "model", None)  # the fixed parameters are in the graph too
+        return [p._version for p in (model.parameters() if model is not None else self.obj.params)]
+
     def _first_order(self):
-        """Per-term gradients with their graphs: rebuilt every call, or once with ``cache_graph``."""
+        """Per-term gradients with their graphs: rebuilt every call, or kept (see ``cache_graph``)."""
         ps = self.obj.params
         if self._grads is not None:
-            return self._grads
-        grads = (torch.autograd.grad(term, ps, create_graph=True, allow_unused=True) for term in self.obj.terms())
-        if self.cache_graph:
-            self._grads = list(grads)
-            return self._grads
-        return grads
+            if self._versions == self._versions_now():
+                return self._grads
+            self.release()  # the weights moved (in place): the kept graph is stale
+        grad = lambda term: torch.autograd.grad(term, ps, create_graph=True, allow_unused=True)  # noqa: E731
+        terms = iter(self.obj.terms())
+        if self.cached is None:  # "auto": decide from the first term's graph
+            first = None
+            dev = ps[0].device
+            cuda0 = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+            sb = _SavedBytes(ps)
+            with sb:
+                for term in terms:
+                    first = grad(term)
+                    break
+            if first is None:
+                return []
+            self.graph_bytes = sb.bytes
+            if dev.type == "cuda":  # the allocator's count is exact there (gradients included)
+                self.graph_bytes = max(sb.bytes, torch.cuda.memory_allocated(dev) - cuda0)
+            n_terms = len(getattr(self.obj, "local_batches", None) or [None])
+            free = P.free_memory(ps[0].device)
+            self.cached = free is not None and self.graph_bytes * n_terms <= free // 2
+            if not self.cached:
+                return itertools.chain([first], (grad(t) for t in terms))
+            self._grads = [first] + [grad(t) for t in terms]
+        elif self.cached:
+            self._grads = [grad(t) for t in terms]
+        else:
+            return (grad(t) for t in terms)
+        self._versions = self._versions_now()
+        return self._grads
 
     def _reverse(self, v):
         ps = self.obj.params
@@ -88,7 +148,7 @@ class HVP:
                 gv = sum((gi * vi).sum() for gi, vi in zip(g, vv) if gi is not None)
                 if not torch.is_tensor(gv) or not gv.requires_grad:
                     continue  # this term does not depend on the parameters twice (e.g. linear)
-                hv = torch.autograd.grad(gv, ps, allow_unused=True, retain_graph=self.cache_graph)
+                hv = torch.autograd.grad(gv, ps, allow_unused=True, retain_graph=bool(self.cached))
                 for o, h in zip(out, hv):
                     if h is not None:
                         o.add_(h.to(o.dtype))

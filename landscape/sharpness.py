@@ -143,12 +143,14 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
             method: str = "lanczos", max_iter: int = 100, tol: float = 1e-3, trace_samples: int = 30,
             eps: float = 1e-3, eps_steps: int = 10, subspace: int = 10, rho: float = 0.05, sam_steps: int = 1,
             sigma: float = 0.01, avg_samples: int = 16, hvp_method: str = "reverse", seed: int = 0,
-            progress: bool = False, cache_graph: bool = False) -> dict:
+            progress: bool = False, cache_graph: bool | str = "auto") -> dict:
     """Loss and the requested curvature/sharpness metrics of ``model`` on ``batches``.
 
     ``params`` restricts everything to parameters whose names match the regex; ``per_layer`` adds
     λ_max (and the trace, when asked) of each transformer block's own Hessian. The model's weights are
-    bit-identical afterwards. Returns the JSON-ready dict of `landscape sharpness --json`.
+    bit-identical afterwards. ``cache_graph`` (True/False/"auto"): keep the gradient's graph across
+    HVPs (see :class:`landscape.hessian.HVP`); it changes speed and memory, never the numbers.
+    Returns the JSON-ready dict of `landscape sharpness --json`.
     """
     names = parse_metrics(metrics)
     if top_k < 1:
@@ -179,6 +181,8 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
         out["hessian_trace"], out["hessian_trace_stderr"] = tr.trace, tr.stderr
     if "density" in names:
         out["density"] = hessian.spectral_density(hvp, seed=seed, progress=progress)
+    graph_cached = hvp.cached
+    hvp.release()  # the measures below move the weights; free the kept graph first
     if "eps" in names:
         r = eps_sharpness(obj, eps=eps, steps=eps_steps, seed=seed, progress=progress)
         out["eps_sharpness"] = r["eps_sharpness"]
@@ -202,13 +206,14 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
             sel = {n: p for n, p in P.select(model, regex).items() if base_pat is None or base_pat.search(n)}
             if not sel:
                 continue
-            h = hessian.HVP(Objective(model, batches, sel), hvp_method)
+            h = hessian.HVP(Objective(model, batches, sel), hvp_method, cache_graph=cache_graph)
             sp = eig_fn(h, k=1, max_iter=max_iter, tol=tol, seed=seed, want_min=False, progress=progress)
             row = {"lambda_max": sp.lambda_max, "converged": sp.converged, "n_params": P.numel(h.obj.params)}
             if "trace" in names:
                 tr = hessian.hutchinson_trace(h, samples=trace_samples, seed=seed, progress=progress)
                 row.update(hessian_trace=tr.trace, hessian_trace_stderr=tr.stderr)
             hvp.calls += h.calls
+            h.release()
             layers[group] = row
         out["per_layer"] = layers
     out["details"] = details
@@ -218,4 +223,5 @@ def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = N
               "hvp_method": hvp_method, "cache_graph": cache_graph, "seed": seed, "n_params": P.numel(obj.params),
               "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
     return {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "config": config,
-            "cost": {"hvps": hvp.calls, "seconds": round(time.perf_counter() - t0, 3)}}
+            "cost": {"hvps": hvp.calls, "seconds": round(time.perf_counter() - t0, 3),
+                     "graph_cached": graph_cached}}

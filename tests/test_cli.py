@@ -136,3 +136,18 @@ def test_finetune_cli_and_its_errors(llama_dir, tmp_path):
     assert_user_error(run("finetune", llama_dir, "--data", train, "--out", tmp_path / "x", "--grad-accum", 0),
                       "--grad-accum")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_sharpness_cache_graph_modes_agree(llama_dir, text_data):
+    """--cache-graph changes how HVPs are computed, never the numbers (auto, bare flag = on, off)."""
+    outs = {}
+    for extra in ([], ["--cache-graph"], ["--cache-graph", "off"]):
+        r = run("sharpness", llama_dir, "--data", text_data, "--metrics", "lambda_max,trace", "--trace-samples", 3,
+                "--json", *extra)
+        assert r.exit_code == 0, r.output
+        outs[" ".join(extra)] = json.loads(r.stdout)
+    assert outs["--cache-graph"]["cost"]["graph_cached"] is True
+    assert outs["--cache-graph off"]["cost"]["graph_cached"] is False
+    assert outs[""]["cost"]["graph_cached"] is True  # a tiny model's graphs fit
+    vals = {k: (o["metrics"]["lambda_max"], o["metrics"]["hessian_trace"]) for k, o in outs.items()}
+    assert len(set(vals.values())) == 1, vals

@@ -173,16 +173,42 @@ def test_all_dtypes_run(tiny_ckpts, text_data, dtype):
     assert np.isfinite(sp.lambda_max) and sp.iterations == 8 or sp.converged
 
 
-def test_cached_graph_hvp_is_identical_and_refuses_changed_weights(llama_dir, text_data):
+def test_cached_graph_hvp_is_identical_and_rebuilt_when_weights_move(llama_dir, text_data):
     ck = checkpoint.load_checkpoint(llama_dir)
     bs = data.batches_for(ck, text_data, batch_size=2)
     obj = Objective(ck.model, bs)
     v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
-    plain, cached = hessian.HVP(obj), hessian.HVP(obj, cache_graph=True)
+    plain, cached = hessian.HVP(obj, cache_graph=False), hessian.HVP(obj, cache_graph=True)
     for _ in range(2):  # the second cached call reuses the graph
         for a, b in zip(plain(v), cached(v)):
             assert torch.equal(a, b)
-    with torch.no_grad():
-        obj.params[next(i for i, n in enumerate(obj.names) if "mlp" in n)].add_(1.0)  # weights moved: the cached graph is stale, and autograd says so
-    with pytest.raises(RuntimeError):
-        cached(v)
+    kept = cached._grads
+    with torch.no_grad():  # weights moved in place: the kept graph is stale and must be rebuilt
+        obj.params[next(i for i, n in enumerate(obj.names) if "mlp" in n)].add_(1.0)
+    moved = cached(v)
+    assert cached._grads is not kept
+    for a, b in zip(plain(v), moved):
+        assert torch.equal(a, b)
+
+
+def test_auto_cache_keeps_the_graph_only_when_it_fits(llama_dir, text_data, monkeypatch):
+    """auto measures one batch's saved graph, multiplies by the number of batches and keeps the
+    graphs only within half the free memory; either way the HVP is bit-identical to the plain one."""
+    ck = checkpoint.load_checkpoint(llama_dir)
+    bs = data.batches_for(ck, text_data, batch_size=2)
+    obj = Objective(ck.model, bs)
+    v = P.randn_like(obj.params, torch.Generator().manual_seed(1))
+    ref = hessian.HVP(obj, cache_graph=False)(v)
+    probe = hessian.HVP(obj)
+    probe(v)
+    need = probe.graph_bytes * len(bs.batches)
+    assert probe.graph_bytes > P.nbytes(obj.params) // 100  # activations of a real graph were counted
+    for free, keep in ((2 * need, True), (2 * need - 2, False), (None, False)):
+        monkeypatch.setattr(P, "free_memory", lambda device, free=free: free)
+        h = hessian.HVP(obj)
+        for _ in range(2):
+            out = h(v)
+            assert all(torch.equal(a, b) for a, b in zip(ref, out))
+        assert h.cached is keep and h.graph_bytes == probe.graph_bytes
+        assert (h._grads is not None) is keep
+
