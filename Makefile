@@ -28,7 +28,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install
-	-$(PY) -m pip install -q pyhessian  # optional comparison column; the bench runs without it
+	-$(PY) -m pip install -q pyhessian loss-landscapes  # optional comparison columns; the bench runs without them
 	$(PY) benchmarks/run.py
 
 clean:

@@ -38,14 +38,20 @@ def _check(norm: str, ignore: str) -> None:
 
 
 def random_tensor(name: str, w: torch.Tensor, seed: int, axis: str, norm: str, ignore: str,
-                  on_device: bool = False) -> torch.Tensor:
+                  on_device: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """One parameter's normalised direction (float32, on w's device).
 
     Drawn on the CPU (the same numbers whatever the device), or with ``on_device`` by a generator on
     w's own device: the same numbers on the CPU, a device-specific but reproducible stream on CUDA.
+    ``out``: a float32 buffer on w's device to draw into (``on_device`` only), so that rebuilding
+    directions point after point allocates nothing.
     """
     dev = w.device if on_device else torch.device("cpu")
-    d = torch.randn(w.shape, generator=_generator(seed, axis, name, dev), dtype=torch.float32, device=dev)
+    g = _generator(seed, axis, name, dev)
+    if out is not None and on_device:
+        d = torch.randn(w.shape, generator=g, dtype=torch.float32, device=dev, out=out)
+    else:
+        d = torch.randn(w.shape, generator=g, dtype=torch.float32, device=dev)
     return normalize(d.to(w.device), w.detach(), norm, ignore)
 
 
@@ -108,6 +114,7 @@ class Lazy:
         self.names, self.origin, self.seed, self.axis = names, origin, seed, axis
         self.norm, self.ignore, self.target = norm, ignore, target
         self.against, self.c = None, 0.0
+        self._buf = None  # one float32 scratch tensor of the largest parameter's size
         if against is not None:  # orthogonalise: c = <y, x> / <x, x>, float64 sums as in P.dot
             yx = xx = 0
             for i in range(len(names)):
@@ -120,17 +127,21 @@ class Lazy:
         return len(self.names)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        """Parameter i's direction; valid until the next call (it lives in a reused buffer)."""
         o = self.origin[i]
+        if self._buf is None:
+            self._buf = torch.empty(max(t.numel() for t in self.origin), dtype=torch.float32, device=o.device)
+        buf = self._buf[: o.numel()].view(o.shape)
         if self.target is not None:
-            d = self.target[self.names[i]].detach().to(o.device, torch.float32) - o.to(torch.float32)
+            d = torch.sub(self.target[self.names[i]].detach().to(o.device, torch.float32), o.to(torch.float32), out=buf)
         else:
-            d = random_tensor(self.names[i], o, self.seed, self.axis, self.norm, self.ignore, on_device=True)
+            d = random_tensor(self.names[i], o, self.seed, self.axis, self.norm, self.ignore, on_device=True, out=buf)
         if self.against is not None:
             d = d - self.c * self.against[i]
         return d
 
     def items(self):
-        """(name, tensor) pairs, one tensor alive at a time (for writing to h5)."""
+        """(name, tensor) pairs, one tensor at a time, each valid until the next (for writing to h5)."""
         for i, n in enumerate(self.names):
             yield n, self[i]
 
