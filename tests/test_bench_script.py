@@ -1,0 +1,28 @@
+"""benchmarks/gpu.py is run by hand on GPU machines; CI runs it on the CPU with a tiny config so that
+it cannot rot between GPU sessions."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_gpu_bench_script_runs_on_cpu_with_a_tiny_config(tmp_path):
+    out = tmp_path / "g.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--config", "tiny", "--big", "tiny",
+                        "--device", "cpu", "--dtype", "float32", "--seq", "32", "--batch-size", "2", "--batches", "2",
+                        "--repeat", "1", "--no-readme", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    m = res["model"]
+    for k in ("surface_over_forward", "surface_regenerated_over_forward", "hvp_over_fwd_bwd", "sam_over_adamw"):
+        assert math.isfinite(m[k]) and m[k] > 0, k
+    assert m["hvp_graph_kept"] is True  # a tiny model's graphs fit
+    assert res["big"]["directions"] == "regenerated"
+    assert "| surface time per point / bare forward (directions held) |" in r.stdout
