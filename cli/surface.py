@@ -19,12 +19,15 @@ from landscape.cli._common import batches, data_options, emit, load, model_optio
 @click.option("--directions", "dir_mode", type=click.Choice(["auto", "held", "regenerated"]), default="auto",
               show_default=True, help="Hold the directions in memory, or rebuild them per point so that the "
                                       "only extra copy is the origin (auto: held when they fit in half the free memory).")
+@click.option("--points-per-pass", type=int, default=1, show_default=True,
+              help="Evaluate this many grid points per vectorised forward (torch.func.vmap): K copies of the "
+                   "weights; faster for small models on the CPU.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True)
 @model_options
 @output_options
 @with_seed
 def command(checkpoint, data, batch_size, max_length, num_batches, xspec, yspec, norm, ignore, orthogonal, to_ckpt,
-            to_y_ckpt, param_regex, save_directions, dir_mode, out, device, dtype, seed, trust_pickle, trust_remote_code,
+            to_y_ckpt, param_regex, save_directions, dir_mode, points_per_pass, out, device, dtype, seed, trust_pickle, trust_remote_code,
             as_json, quiet):
     """Loss on a 1-D line or 2-D plane around CHECKPOINT (filter-normalised random or checkpoint directions).
 
@@ -54,5 +57,6 @@ def command(checkpoint, data, batch_size, max_length, num_batches, xspec, yspec,
             "to_y_fingerprint": targets.get("to_y_fp"), "dtype": str(dtype)}
     r = surface(ck.model, bs, out, x, y, norm=norm, ignore=ignore, seed=seed, orthogonal=orthogonal,
                 to=targets.get("to"), to_y=targets.get("to_y"), param_regex=param_regex,
-                save_directions=save_directions, meta=meta, progress=show_progress(quiet), directions=dir_mode)
+                save_directions=save_directions, meta=meta, progress=show_progress(quiet), directions=dir_mode,
+                points_per_pass=points_per_pass)
     emit(r, as_json, f"{r['out']}: {r['points']} points ({r['computed']} computed now)")

@@ -155,7 +155,7 @@ class HVP:
         return out
 
     def _forward(self, v):
-        from torch.func import functional_call, grad, jvp
+        from torch.func import grad, jvp
 
         obj = self.obj
         model = getattr(obj, "model", None)
@@ -165,16 +165,12 @@ class HVP:
         base = dict(zip(names, [p.detach() for p in obj.params]))
         tangent = dict(zip(names, [x.to(p.dtype) for x, p in zip(v, obj.params)]))
         out = [torch.zeros_like(p, dtype=self.vector_dtype) for p in obj.params]
-        from landscape.loss import batch_term
+        from landscape.loss import batch_term, functional
 
         with math_attention():
             for b in getattr(obj, "local_batches", obj.batches):
                 def f(pdict, b=b):
-                    class _M:  # batch_term calls model(...); route it through functional_call
-                        def __call__(_, **kw):
-                            return functional_call(model, pdict, (), kw, strict=False)
-
-                    return batch_term(_M(), b, obj.n_tokens)
+                    return batch_term(functional(model, pdict), b, obj.n_tokens)
 
                 _, hv = jvp(grad(f), (base,), (tangent,))
                 for o, n in zip(out, names):

@@ -23,6 +23,20 @@ def param_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+class functional:
+    """``model`` run with ``weights`` (parameter name → tensor) in place of its own parameters
+    (``torch.func.functional_call``), callable like the model, so :func:`nll_sum` and
+    :func:`batch_term` work under ``torch.func`` transforms (vmap over weight sets, jvp)."""
+
+    def __init__(self, model: torch.nn.Module, weights: dict):
+        self.model, self.weights = model, weights
+
+    def __call__(self, **kwargs):
+        from torch.func import functional_call
+
+        return functional_call(self.model, self.weights, (), kwargs, strict=False)
+
+
 def logits_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """(B, T, V) next-token logits."""
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
