@@ -18,7 +18,8 @@ and the data they are measured on, and the suites that measure forgetting::
       num_batches: 4
       metrics: [lambda_max, trace, eps, sam, avg, surface_curvature]
       top_k: 3
-      surface: {x: "-1:1:11", y: "-1:1:11"}   # optional; needed by surface_* metrics
+      surface: {x: "-1:1:11", y: "-1:1:11"}   # optional; needed by surface_* metrics; also
+                                              # directions: auto|held|regenerated, points_per_pass: K
     checkpoints:
       - {path: ft/adamw-lr1e-3, label: adamw lr 1e-3, optimizer: adamw, lr: 1e-3, epochs: 1, dataset: reverse}
       - {path: ft/sam-rho0.05, label: sam ρ 0.05, optimizer: sam, rho: 0.05, lr: 1e-3, epochs: 1}
@@ -197,8 +198,14 @@ def load_manifest(path: str | os.PathLike) -> dict:
     if surf is not None:
         from landscape.surface import parse_grid
 
-        if not isinstance(surf, dict) or "x" not in surf or set(surf) - {"x", "y"}:
-            raise UserError(f"{p}: flatness.surface must be {{x: MIN:MAX:N[, y: MIN:MAX:N]}}")
+        if not isinstance(surf, dict) or "x" not in surf or set(surf) - {"x", "y", "directions", "points_per_pass"}:
+            raise UserError(f"{p}: flatness.surface must be {{x: MIN:MAX:N[, y: MIN:MAX:N][, directions: "
+                            "auto|held|regenerated][, points_per_pass: K]}}")
+        if surf.get("directions", "auto") not in ("auto", "held", "regenerated"):
+            raise UserError(f"{p}: flatness.surface.directions must be auto, held or regenerated")
+        ppp = surf.get("points_per_pass", 1)
+        if isinstance(ppp, bool) or not isinstance(ppp, int) or not 1 <= ppp <= 4096:
+            raise UserError(f"{p}: flatness.surface.points_per_pass must be an integer from 1 to 4096")
         try:
             for ax in ("x", "y"):
                 if surf.get(ax):
@@ -252,9 +259,14 @@ def measure_flatness(ck, fl: dict, store, surface_dir: Path, label: str, progres
         h5 = surface_dir / f"{_slug(label)}.h5"
         cfg = {"x": str(surf["x"]), "y": str(surf.get("y")), "seed": fl["seed"], "data": bs.fingerprint,
                "version": landscape.__version__}
+        kw = {"directions": surf.get("directions", "auto"), "points_per_pass": surf.get("points_per_pass", 1)}
+        if kw["points_per_pass"] != 1:  # other float rounding: another stored result
+            cfg["points_per_pass"] = kw["points_per_pass"]
+        if ck.device.type != "cpu" and kw["directions"] != "held":  # may draw on the device: other numbers
+            cfg["directions"] = kw["directions"]
 
         def compute():
-            S.surface(ck.model, bs, h5, x, y, seed=fl["seed"], progress=progress,
+            S.surface(ck.model, bs, h5, x, y, seed=fl["seed"], progress=progress, **kw,
                       meta={"checkpoint": str(ck.path), "label": label, "fingerprint": ck.fingerprint})
             return S.surface_metrics(h5)
 

@@ -99,7 +99,8 @@ class Objective:
     """L(w) of :func:`evaluate` as a function of a chosen subset of parameters (the rest held fixed).
 
     ``terms()`` yields differentiable scalars whose sum is L(w) (one per batch), so gradients and
-    Hessian-vector products accumulate batch by batch with the memory of one batch. Any object with
+    Hessian-vector products accumulate batch by batch (with the memory of one batch unless the HVP
+    keeps the graphs, see :class:`landscape.hessian.HVP`). Any object with
     ``params`` and ``terms()`` (e.g. :class:`FunctionObjective` over a closed-form loss) works with
     the curvature and sharpness code.
     """

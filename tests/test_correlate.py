@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -130,7 +131,9 @@ def test_manifest_errors_exit_2_with_one_line(study, tmp_path):
     cases = [(manifest(study, "metric.yaml", metrics=["lambda_max", "flatness_vibes"]), "unknown metric(s) flatness_vibes"),
              (missing, "does not exist"), (bad_yaml, "not valid YAML"), (tmp_path / "none.yaml", "no such manifest"),
              (manifest(study, "dup.yaml", labels=["a", "a", "b", "c"]), "share the label"),
-             (manifest(study, "grid.yaml", surface={"x": "1:-1:5"}), "grid")]
+             (manifest(study, "grid.yaml", surface={"x": "1:-1:5"}), "grid"),
+             (manifest(study, "dirs.yaml", surface={"x": "-1:1:5", "directions": "lazy"}), "surface.directions"),
+             (manifest(study, "ppp.yaml", surface={"x": "-1:1:5", "points_per_pass": 0}), "points_per_pass")]
     for path, match in cases:
         r = CliRunner().invoke(cli, ["correlate", str(path), "--out", str(tmp_path / "x.html")])
         assert r.exit_code == 2, (path, r.output)
@@ -182,8 +185,10 @@ def test_store_survives_a_kill_mid_batch(study, tmp_path):
 def test_report_renders_in_chromium_and_escapes_labels(study, tmp_path):
     evil = "<script>alert(1)</script>"
     out = tmp_path / "rep.html"
-    C.run_manifest(manifest(study, "evil.yaml", labels=[evil, "b", "c", "d"], surface={"x": "-1:1:5", "y": "-1:1:5"}),
-                   out)
+    C.run_manifest(manifest(study, "evil.yaml", labels=[evil, "b", "c", "d"],
+                            surface={"x": "-1:1:5", "y": "-1:1:5", "points_per_pass": 4}), out)
+    h5s = sorted((tmp_path / "rep_surfaces").glob("*.h5"))
+    assert h5s and all(h5py.File(f, "r").attrs["points_per_pass"] == 4 for f in h5s)  # passed through
     page = out.read_text()
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     dom = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
