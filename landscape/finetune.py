@@ -25,6 +25,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -336,21 +338,42 @@ def finetune(base, data, out, *, optimizer: str = "adamw", lr: float = 1e-4, rho
         opt.load_state_dict(saved["optimizer"])
         state = TrainState(step=saved["step"], log=saved["log"], evals=saved["evals"])
 
+    # Ctrl-C is taken at the next step boundary: a step interrupted half-way (weights or AdamW moments
+    # half-updated, a SAM perturbation not yet undone) must never be saved as a resumable state.
+    # A second Ctrl-C stops at once; the last periodic state is then what --resume continues from.
+    interrupt = {"asked": False, "at_boundary": False}
+
+    def on_sigint(signum, frame):
+        if interrupt["asked"]:
+            raise KeyboardInterrupt
+        interrupt["asked"] = True
+
     def save_and_callback(st: TrainState, o) -> None:
+        interrupt["at_boundary"] = True  # a KeyboardInterrupt from here on leaves a consistent state
         if st.step % save_every == 0 and st.step < cfg.steps:
             if dist.is_main():
                 _save_state(partial, ck.model, o, st, meta)
         if on_step is not None:
             on_step(st, o)
+        if dist.world() > 1:  # every rank stops after the same step (none left waiting in an all-reduce)
+            interrupt["asked"] = dist.all_reduce_scalar(float(interrupt["asked"])) > 0
+        if interrupt["asked"]:
+            raise KeyboardInterrupt
+        interrupt["at_boundary"] = False
 
     t0, start = time.perf_counter(), state.step
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         train(ck.model, train_b, cfg=cfg, eval_batches=eval_b, opt=opt, state=state, on_step=save_and_callback,
               progress=progress, desc=f"finetune ({optimizer})")
     except KeyboardInterrupt:
-        if dist.is_main():
+        if dist.is_main() and interrupt["at_boundary"]:
             _save_state(partial, ck.model, opt, state, meta)  # a Ctrl-C loses nothing that finished
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     summary = {
         "out": str(out), "base": str(ck.path), "base_fingerprint": ck.fingerprint, "optimizer": optimizer,
         "steps": cfg.steps, "resumed_from": start if resume else None,

@@ -117,6 +117,35 @@ def test_sigint_during_finetune_keeps_the_state_and_resume_matches(llama_dir, tm
     assert json.loads(res.stdout)["fingerprint"] == json.loads(full.stdout)["fingerprint"]
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sam"])
+def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir, tmp_path, monkeypatch, optimizer):
+    """SIGINT delivered inside a step (between SAM's passes / inside the optimizer update) must not
+    save a half-updated state: the step finishes, its state is saved, and the resumed run ends with
+    the uninterrupted run's weights, bit for bit."""
+    from landscape import finetune as F
+
+    train = write_jsonl(tmp_path / "t.jsonl", [{"prompt": f"task : reverse input : {a} output :", "completion": a}
+                                               for a in ("red", "blue", "cat", "dog")] * 3)
+    kw = dict(max_steps=6, batch_size=4, optimizer=optimizer, eval_fraction=0, device="cpu", save_every=100)
+    full = F.finetune(llama_dir, train, tmp_path / "full", **kw)
+    real, calls = F.train_step, [0]
+
+    def step_with_a_signal_inside(model, opt, micro, cfg, lr, **k):
+        calls[0] += 1
+        if calls[0] == 3:  # the signal lands mid-step, before the update is applied
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(model, opt, micro, cfg, lr, **k)
+
+    monkeypatch.setattr(F, "train_step", step_with_a_signal_inside)
+    with pytest.raises(KeyboardInterrupt):
+        F.finetune(llama_dir, train, tmp_path / "cut", **kw)
+    monkeypatch.setattr(F, "train_step", real)
+    assert torch.load(tmp_path / "cut.partial" / F.STATE_FILE, weights_only=True)["step"] == 3  # step 3 finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+    res = F.finetune(llama_dir, train, tmp_path / "cut", resume=True, **kw)
+    assert res["fingerprint"] == full["fingerprint"]
+
+
 # -------------------------------------------------------------------------------------------
 # Properties and fuzzing of the parsers: they return or raise our one-line error, nothing else.
 
