@@ -16,6 +16,7 @@ from landscape.cli._common import batches, data_options, emit, load, model_optio
               help="y direction = OTHER − CHECKPOINT (with --to: the plane through three checkpoints).")
 @click.option("--params", "param_regex", default=None, help="Perturb only parameters matching this regex.")
 @click.option("--save-directions", is_flag=True, help="Store the directions in the h5 (directions/x/<name>).")
+# surface.DIRECTION_MODES, spelled out: importing landscape.surface here would load torch at CLI start
 @click.option("--directions", "dir_mode", type=click.Choice(["auto", "held", "regenerated"]), default="auto",
               show_default=True, help="Hold the directions in memory, or rebuild them per point so that the "
                                       "only extra copy is the origin (auto: held when they fit in half the free memory).")

@@ -196,12 +196,12 @@ def load_manifest(path: str | os.PathLike) -> dict:
     if any(x in SURFACE_KEYS for x in metrics) and not surf:
         surf = {"x": "-1:1:11"}
     if surf is not None:
-        from landscape.surface import parse_grid
+        from landscape.surface import DIRECTION_MODES, parse_grid
 
         if not isinstance(surf, dict) or "x" not in surf or set(surf) - {"x", "y", "directions", "points_per_pass"}:
             raise UserError(f"{p}: flatness.surface must be {{x: MIN:MAX:N[, y: MIN:MAX:N][, directions: "
                             "auto|held|regenerated][, points_per_pass: K]}}")
-        if surf.get("directions", "auto") not in ("auto", "held", "regenerated"):
+        if surf.get("directions", "auto") not in DIRECTION_MODES:
             raise UserError(f"{p}: flatness.surface.directions must be auto, held or regenerated")
         ppp = surf.get("points_per_pass", 1)
         if isinstance(ppp, bool) or not isinstance(ppp, int) or not 1 <= ppp <= 4096:

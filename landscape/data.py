@@ -99,13 +99,18 @@ def read_json_lines(path: str | os.PathLike, what: str = "data file") -> tuple[b
     return raw, lines
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Parse and validate a jsonl file; errors name the file and the line number."""
-    _, lines = read_json_lines(path)
+def _read_records(path: str | os.PathLike) -> tuple[bytes, list[dict]]:
+    """The file's bytes (its fingerprint) and its validated records, from one read."""
+    raw, lines = read_json_lines(path)
     records = [validate_record(rec, f"{path}:{lineno}") for lineno, rec in lines]
     if not records:
         raise DataError(f"{path}: empty data file (no JSON lines)")
-    return records
+    return raw, records
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Parse and validate a jsonl file; errors name the file and the line number."""
+    return _read_records(path)[1]
 
 
 def validate_record(rec, where: str) -> dict:
@@ -182,7 +187,7 @@ def load_batches(
         raise DataError(f"number of batches must be >= 1, got {num_batches}")
     subset = records is not None
     if records is None:
-        records = read_jsonl(path)
+        raw, records = _read_records(path)
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
@@ -207,7 +212,7 @@ def load_batches(
         raise DataError(f"{path}: no record has a token to predict within max length {max_length}")
     batches = [collate(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
     config = {"batch_size": batch_size, "max_length": max_length, "num_batches": num_batches}
-    h = hashlib.sha256(json.dumps(records, sort_keys=True).encode() if subset else Path(path).read_bytes())
+    h = hashlib.sha256(json.dumps(records, sort_keys=True).encode() if subset else raw)
     h.update(json.dumps(config, sort_keys=True).encode())
     for b in batches:  # the tokenization is part of the identity (a different tokenizer → other ids)
         h.update(b.input_ids.numpy().tobytes())

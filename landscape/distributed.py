@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from landscape import params as P
+
 
 def available() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -68,12 +70,10 @@ def all_reduce_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)
     for ts in groups.values():
-        flat = torch.cat([t.reshape(-1) for t in ts])
+        flat = P.flatten(ts)
         torch.distributed.all_reduce(flat)
-        i = 0
-        for t in ts:
-            t.copy_(flat[i:i + t.numel()].view_as(t))
-            i += t.numel()
+        for t, summed in zip(ts, P.unflatten(flat, ts)):
+            t.copy_(summed)
     return tensors
 
 

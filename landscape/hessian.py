@@ -76,7 +76,6 @@ class HVP:
         # instead of forward + two backwards. Memory: every batch's double-backward graph at once.
         # "auto": measure the first batch's graph and keep them all only if they fit in half of
         # the free memory. A cached graph is rebuilt when a parameter's version changes.
-        self.cache_graph = cache_graph
         self.cached = None if cache_graph == "auto" else bool(cache_graph) and method == "reverse"
         self.graph_bytes = None  # measured size of one term's saved graph ("auto")
         self._grads = None
@@ -127,7 +126,7 @@ class HVP:
             if dev.type == "cuda":  # the allocator's count is exact there (gradients included)
                 self.graph_bytes = max(sb.bytes, torch.cuda.memory_allocated(dev) - cuda0)
             n_terms = len(getattr(self.obj, "local_batches", None) or [None])
-            free = P.free_memory(ps[0].device)
+            free = P.free_memory(dev)
             self.cached = free is not None and self.graph_bytes * n_terms <= free // 2
             if not self.cached:
                 return itertools.chain([first], (grad(t) for t in terms))
@@ -220,13 +219,13 @@ def _lanczos_steps(hvp: HVP, seed: int, max_steps: int):
     # Lanczos on small models). Dots run in the vector dtype (float64 models: float64; float32 and
     # bf16 models: float32, relative error ~1e-7 on 1e6 terms, far below any stopping tolerance;
     # converting whole vectors to float64 for each dot cost more than the HVPs on small models).
-    q = _flatten(_random_unit(hvp, g))
+    q = P.flatten(_random_unit(hvp, g))
     Q: list[torch.Tensor] = []
     alphas: list[float] = []
     betas: list[float] = []
     for _ in range(max_steps):
         Q.append(q)
-        w = _flatten(hvp(_unflatten(q, like)))
+        w = P.flatten(hvp(P.unflatten(q, like)))
         alphas.append(float(torch.dot(w, q)))
         for _ in range(2):  # reorthogonalise twice ("twice is enough", Parlett)
             for qi in Q:
@@ -237,18 +236,6 @@ def _lanczos_steps(hvp: HVP, seed: int, max_steps: int):
             return
         betas.append(beta)
         q = w / beta
-
-
-def _flatten(v: P.Vector) -> torch.Tensor:
-    return torch.cat([x.reshape(-1) for x in v])
-
-
-def _unflatten(flat: torch.Tensor, like) -> P.Vector:
-    out, i = [], 0
-    for p in like:
-        out.append(flat[i:i + p.numel()].view(p.shape))
-        i += p.numel()
-    return out
 
 
 def _ritz(alphas, betas):

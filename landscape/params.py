@@ -63,6 +63,20 @@ def axpy(alpha, x: Vector, y: Vector) -> Vector:
     return [yi + alpha * xi for xi, yi in zip(x, y)]
 
 
+def flatten(a: Vector) -> torch.Tensor:
+    """The tensors of a vector concatenated into one flat tensor (a copy)."""
+    return torch.cat([x.reshape(-1) for x in a])
+
+
+def unflatten(flat: torch.Tensor, like) -> Vector:
+    """Views of ``flat`` shaped like the tensors of ``like`` (inverse of :func:`flatten`)."""
+    out, i = [], 0
+    for p in like:
+        out.append(flat[i:i + p.numel()].view(p.shape))
+        i += p.numel()
+    return out
+
+
 def numel(a: Vector) -> int:
     return sum(x.numel() for x in a)
 

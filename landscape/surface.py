@@ -36,6 +36,9 @@ from landscape.errors import UserError
 from landscape.loss import evaluate
 
 
+DIRECTION_MODES = ("auto", "held", "regenerated")
+
+
 def parse_grid(spec: str, name: str = "x") -> np.ndarray:
     """``"MIN:MAX:N"`` → N evenly spaced coordinates (N = 1 means the single point MIN, MIN = MAX)."""
     try:
@@ -125,7 +128,7 @@ def surface(model, batches, out: str | os.PathLike, x: np.ndarray, y: np.ndarray
     out = Path(out)
     named = P.select(model, param_regex)
     ps = list(named.values())
-    if directions not in ("auto", "held", "regenerated"):
+    if directions not in DIRECTION_MODES:
         raise UserError(f"unknown directions mode {directions!r}; choose auto, held or regenerated")
     if not 1 <= int(points_per_pass) <= 4096:
         raise UserError(f"--points-per-pass must be between 1 and 4096, got {points_per_pass}")
