@@ -30,8 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from landscape import data, finetune, hessian, loss, surface  # noqa: E402
-from landscape import params as P  # noqa: E402
+from landscape.foundation import data, loss
+from landscape.training import finetune
+from landscape.measures import hessian, surface  # noqa: E402
+from landscape.foundation import params as P  # noqa: E402
 
 CONFIGS = {  # Llama shapes; vocab 32000 as in TinyLlama / Llama-2
     "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,

@@ -24,8 +24,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from landscape import checkpoint, data, demo, hessian, loss  # noqa: E402
-from landscape import params as P  # noqa: E402
+from landscape.foundation import checkpoint, data, loss, toy
+from landscape.study import demo
+from landscape.measures import hessian  # noqa: E402
+from landscape.foundation import params as P  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -112,7 +114,9 @@ def bench_lambda(ck, bs) -> dict:
 CHILD_PREAMBLE = r"""
 import sys, json, torch, numpy as np
 sys.path.insert(0, {root!r})
-from landscape import checkpoint, data, demo, hessian, loss, surface, params as P
+from landscape.foundation import checkpoint, data, loss, params as P
+from landscape.study import demo
+from landscape.measures import hessian, surface
 def rss(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
@@ -158,7 +162,7 @@ def bench_surface(ck, bs, tmp: Path, repeat: int) -> dict:
     directions and for 8 points per vmapped pass; the median of the per-round ratios is kept."""
     import numpy as np
 
-    from landscape import surface
+    from landscape.measures import surface
 
     def run(n, mode):
         out = tmp / f"bench_surface_{mode}.h5"
@@ -206,8 +210,8 @@ def bench_surface(ck, bs, tmp: Path, repeat: int) -> dict:
 
 SURF_MEM_CHILD = r"""import os
 tok = ck.tokenizer
-cfg = checkpoint.tiny_config("llama", vocab_size=len(tok), tokenizer=tok, max_positions=128, **{arch!r})
-model = checkpoint.build_model(cfg, seed=0)
+cfg = toy.tiny_config("llama", vocab_size=len(tok), tokenizer=tok, max_positions=128, **{arch!r})
+model = toy.build_model(cfg, seed=0)
 del ck
 bs = data.load_batches(demo.default_eval_data(), tok, batch_size=8, max_length=64, num_batches=2)
 loss.evaluate(model, bs)
@@ -240,7 +244,7 @@ def bench_surface_memory(base: Path, nb: int, tmp: Path) -> dict:
 
 def bench_sam(ck, bs, repeat: int) -> dict:
     """One optimizer step on one batch: SAM (and ASAM) vs AdamW, in interleaved pairs on one model."""
-    from landscape import finetune
+    from landscape.training import finetune
 
     model = ck.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -377,7 +381,8 @@ def bench_scaling(ck, quick: bool) -> dict:
     the demo architecture, demo tokenizer) and three sequence lengths (demo size)."""
     import numpy as np
 
-    from landscape import finetune, surface
+    from landscape.training import finetune
+    from landscape.measures import surface
 
     tok = ck.tokenizer
     rows = []
@@ -420,8 +425,8 @@ def bench_scaling(ck, quick: bool) -> dict:
                 "surface_vmap8_over_forward": q_v8, "grad_s": t_grad}
 
     for name, arch in SIZES.items():
-        cfg = checkpoint.tiny_config("llama", vocab_size=len(tok), tokenizer=tok, max_positions=128, **arch)
-        model = checkpoint.build_model(cfg, seed=0)
+        cfg = toy.tiny_config("llama", vocab_size=len(tok), tokenizer=tok, max_positions=128, **arch)
+        model = toy.build_model(cfg, seed=0)
         bs = data.load_batches(demo.default_eval_data(), tok, batch_size=8, max_length=64, num_batches=4)
         rows.append({"model": name, "seq_len": 64, **ratios(model, bs)})
     for T in (32, 128):

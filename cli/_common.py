@@ -1,12 +1,20 @@
-"""Options and output shared by every command: --json, --quiet, --device, --dtype, --seed, data options."""
+"""Options and output shared by every command.
+
+Measurement options are not written here: :func:`config_options` makes one ``--field-name`` option
+per field of a config class in :mod:`landscape.foundation.configs` (its type, default, choices and
+help come from the field), and :func:`config_from` builds the config back from the parsed values.
+This module imports no torch: ``landscape --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import sys
 
 import click
+
+from landscape.foundation import configs as C
 
 
 def show_progress(quiet: bool) -> bool:
@@ -20,55 +28,76 @@ def output_options(f):
     return f
 
 
-def model_options(f):
-    """--device, --dtype, --seed, --trust-pickle, --trust-remote-code."""
-    f = click.option("--trust-remote-code", is_flag=True,
-                     help="Allow the checkpoint's own Python code (off by default: it runs arbitrary code).")(f)
-    f = click.option("--trust-pickle", is_flag=True,
-                     help="Allow pickle (.bin) weights, still read with torch.load(weights_only=True).")(f)
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Random seed (recorded in outputs).")(f)
-    f = click.option("--dtype", default="float32", show_default=True,
-                     help="float32 | bfloat16 | float64 | float16")(f)
-    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")(f)
-    return f
+def _click_option(fld: dataclasses.Field):
+    m = fld.metadata
+    flag = C.flag_for(fld.name)
+    kw: dict = {"help": m["help"], "show_default": fld.default not in (None, ())}
+    kind, default = m["kind"], fld.default
+    if kind == "bool":
+        return click.option(flag, fld.name, is_flag=True, **{**kw, "show_default": False})
+    if kind == "list" and m.get("choices") is None:  # a repeatable option: --suite A --suite B
+        return click.option(flag, fld.name, multiple=True, **{**kw, "show_default": False})
+    if kind == "list":
+        kw["default"] = ",".join(default)
+    else:
+        kw["default"] = default
+    if m.get("flag_value") is not None:  # also usable as a bare flag
+        kw.update(is_flag=False, flag_value=m["flag_value"])
+    if m.get("choices") is not None and kind != "list":
+        kw["type"] = click.Choice(list(m["choices"]))
+    elif kind in ("int", "float"):
+        kw["type"] = {"int": int, "float": float}[kind]
+    return click.option(flag, fld.name, **kw)
 
 
-def data_options(f):
-    """--data, --batch-size, --max-length, --num-batches."""
-    f = click.option("--num-batches", type=int, default=None, help="Use only the first N batches.")(f)
-    f = click.option("--max-length", type=int, default=None,
-                     help="Tokens per sequence (longer ones are cut). Default: min(128, model positions).")(f)
-    f = click.option("--batch-size", type=int, default=8, show_default=True)(f)
-    f = click.option("--data", type=click.Path(dir_okay=False), default=None,
-                     help="jsonl of {text} | {prompt, completion} | {input_ids}. Default: embedded eval data.")(f)
-    return f
+def config_options(cls, exclude: tuple = ()):
+    """One click option per field of the config class ``cls`` (except ``exclude``)."""
+    def decorate(f):
+        for fld in reversed(dataclasses.fields(cls)):
+            if fld.name not in exclude:
+                f = _click_option(fld)(f)
+        return f
+    return decorate
 
 
-def load(ckpt_path, device, dtype, trust_pickle, trust_remote_code, **kw):
-    from landscape.checkpoint import load_checkpoint
-
-    return load_checkpoint(ckpt_path, device=device, dtype=dtype, trust_pickle=trust_pickle,
-                           trust_remote_code=trust_remote_code, **kw)
-
-
-def batches(ckpt, data, batch_size, max_length, num_batches):
-    from landscape.data import batches_for
-    from landscape.demo import default_eval_data
-
-    return batches_for(ckpt, data or default_eval_data(), batch_size=batch_size, max_length=max_length,
-                       num_batches=num_batches).to(ckpt.device)
+def config_from(cls, kwargs: dict, **fixed):
+    """Pop ``cls``'s fields out of the command's ``kwargs`` and build the config (validated)."""
+    values = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls) if f.name in kwargs}
+    return cls(**{**values, **fixed})
 
 
-def emit(result: dict, as_json: bool, human: str) -> None:
-    """The result on stdout (rank 0 only under torchrun): JSON for scripts, or the human summary."""
-    from landscape import distributed
+def load_options(f):
+    """--device, --dtype, --trust-pickle, --trust-remote-code (from LoadConfig)."""
+    return config_options(C.LoadConfig)(f)
+
+
+def seed_option(f):
+    return click.option("--seed", type=int, default=0, show_default=True, help="Random seed (recorded in outputs).")(f)
+
+
+def load(ckpt_path, kwargs: dict):
+    """Load CHECKPOINT with the LoadConfig options popped from ``kwargs``."""
+    from landscape.foundation.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt_path, config_from(C.LoadConfig, kwargs))
+
+
+def batches(ckpt, kwargs: dict):
+    """The checkpoint's batches with the DataConfig options popped from ``kwargs``."""
+    from landscape.foundation.data import batches_for
+
+    return batches_for(ckpt, config_from(C.DataConfig, kwargs))
+
+
+def emit(result, as_json: bool, human: str) -> None:
+    """The result on stdout (rank 0 only under torchrun): JSON for scripts, or the human summary.
+    JSON is always valid: a NaN/inf becomes null, with its reason under ``null_reasons``."""
+    from landscape.foundation import distributed
+    from landscape.foundation.io import dumps
 
     if not distributed.is_main():
         return
-    if as_json:
-        click.echo(json.dumps(result, sort_keys=False, default=float))
-    else:
-        click.echo(human)
+    click.echo(dumps(result) if as_json else human)
 
 
 def with_seed(f):

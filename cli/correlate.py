@@ -1,6 +1,7 @@
 import click
 
-from landscape.cli._common import emit, output_options, show_progress
+from landscape.cli._common import config_from, emit, load_options, output_options, show_progress
+from landscape.foundation.configs import LoadConfig
 
 
 @click.command("correlate")
@@ -8,10 +9,9 @@ from landscape.cli._common import emit, output_options, show_progress
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The HTML report (JSON beside it).")
 @click.option("--store", type=click.Path(dir_okay=False), default=None,
               help="SQLite results store (default: OUT with .sqlite). Finished measurements are never redone.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="float32", show_default=True)
+@load_options
 @output_options
-def command(manifest, out, store, device, dtype, as_json, quiet):
+def command(manifest, out, store, as_json, quiet, **kw):
     """Flatness metrics against forgetting over the checkpoints of MANIFEST (YAML): report + statistics.
 
     For each metric and each forgetting target (average, per category): Pearson, Spearman and
@@ -22,9 +22,9 @@ def command(manifest, out, store, device, dtype, as_json, quiet):
     Example:
       landscape correlate runs/demo/manifest.yaml --out runs/demo/report.html
     """
-    from landscape.correlate import run_manifest
+    from landscape.study.runner import run_manifest
 
-    r = run_manifest(manifest, out, store_path=store, device=device, dtype=dtype, progress=show_progress(quiet))
+    r = run_manifest(manifest, out, store_path=store, load=config_from(LoadConfig, kw), progress=show_progress(quiet))
     lines = [f"{r['report']}: {len(r['checkpoints'])} checkpoints, {len(r['metrics'])} metrics ({r['seconds']} s)",
              "metric vs average forgetting (Spearman ρ, p):"]
     for row in r["ranking"]:

@@ -15,7 +15,7 @@ def command(out, steps, seed, as_json, quiet):
     Example:
       landscape demo-model runs/base && landscape loss runs/base
     """
-    from landscape.demo import DEMO_TRAIN, build_demo_model
+    from landscape.study.demo import DEMO_TRAIN, build_demo_model
 
     s = build_demo_model(out, steps=steps or DEMO_TRAIN["steps"], seed=seed, progress=show_progress(quiet))
     emit(s, as_json, f"{out}: {s['n_params']:,} parameters, {s['steps']} steps in {s['seconds']} s, "

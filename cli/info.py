@@ -14,7 +14,7 @@ def command(checkpoint, trust_pickle, as_json, quiet):
     Example:
       landscape info runs/demo/base --json
     """
-    from landscape.checkpoint import load_checkpoint
+    from landscape.foundation.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint, device="cpu", trust_pickle=trust_pickle)
     r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint, **ck.meta,

@@ -1,30 +1,33 @@
 import click
 
-from landscape.cli._common import batches, data_options, emit, load, model_options, output_options, with_seed
+from landscape.cli._common import (batches, config_options, emit, load, load_options, output_options, seed_option,
+                                   with_seed)
+from landscape.foundation.configs import DataConfig
 
 
 @click.command("loss")
 @click.argument("checkpoint", type=click.Path())
-@data_options
-@model_options
+@config_options(DataConfig)
+@load_options
+@seed_option
 @output_options
 @with_seed
-def command(checkpoint, data, batch_size, max_length, num_batches, device, dtype, seed,
-            trust_pickle, trust_remote_code, as_json, quiet):
+def command(checkpoint, seed, as_json, quiet, **kw):
     """Token-weighted mean next-token loss of CHECKPOINT on the data (the loss every measurement uses).
 
     \b
     Example:
       landscape loss runs/demo/base --data data/eval.jsonl --json
     """
-    from landscape.loss import evaluate
+    import math
 
-    ck = load(checkpoint, device, dtype, trust_pickle, trust_remote_code)
-    bs = batches(ck, data, batch_size, max_length, num_batches)
+    from landscape.foundation.errors import UserError
+    from landscape.foundation.loss import evaluate
+
+    ck = load(checkpoint, kw)
+    bs = batches(ck, kw)
     r = evaluate(ck.model, bs)
-    if r.loss != r.loss or r.loss in (float("inf"), float("-inf")):
-        from landscape.errors import UserError
-
+    if not math.isfinite(r.loss):
         raise UserError(f"{checkpoint}: the loss is {r.loss} (NaN/inf weights, or an overflowing dtype: "
                         "try --dtype float32)")
     out = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint, "loss": r.loss, "tokens": r.tokens,

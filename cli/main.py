@@ -1,6 +1,6 @@
 """`landscape` entry point: the command group and the error policy.
 
-Errors a user can cause (:class:`landscape.errors.UserError`, click usage errors) print one line on
+Errors a user can cause (:class:`landscape.foundation.errors.UserError`, click usage errors) print one line on
 stderr and exit with status 2; ``--debug`` shows the traceback. Internal bugs keep their traceback.
 """
 
@@ -11,7 +11,16 @@ import sys
 import click
 
 import landscape
-from landscape.errors import UserError
+from landscape.foundation.errors import UserError
+
+
+def _in_cli_terms(e: UserError) -> str:
+    """The library names settings by field (``points_per_pass: must be ...``); the CLI by flag."""
+    from landscape.foundation.configs import ConfigError, flag_for
+
+    if isinstance(e, ConfigError):
+        return f"{flag_for(e.field)}: {e.detail}"
+    return str(e)
 
 
 class LandscapeGroup(click.Group):
@@ -21,7 +30,7 @@ class LandscapeGroup(click.Group):
         except UserError as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_in_cli_terms(e)}", err=True)
             ctx.exit(2)
         except OSError as e:  # unreadable input, full disk, read-only or missing output folder
             if ctx.params.get("debug"):
@@ -49,7 +58,7 @@ class LandscapeGroup(click.Group):
         except BrokenPipeError:
             sys.exit(1)
         finally:
-            from landscape import distributed
+            from landscape.foundation import distributed
 
             distributed.shutdown()
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -64,7 +73,7 @@ def cli(debug: bool) -> None:
     Every command takes a local checkpoint directory (config.json + safetensors). Start with
     `landscape demo` (or `make demo`), which builds a tiny model from the embedded data.
     """
-    from landscape import distributed
+    from landscape.foundation import distributed
 
     distributed.init_from_env()  # under torchrun: join the process group; otherwise nothing
 

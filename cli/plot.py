@@ -16,7 +16,7 @@ def command(surface_files, out, log, clip, as_json, quiet):
     Example:
       landscape plot adamw.h5 sam.h5 --out compare.html
     """
-    from landscape.report import plot_surfaces
+    from landscape.study.report import plot_surfaces
 
     p = plot_surfaces(list(surface_files), out, log=log, clip=clip)
     emit({"out": str(p)}, as_json, str(p))

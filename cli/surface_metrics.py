@@ -13,7 +13,7 @@ def command(surface_file, as_json, quiet):
     Example:
       landscape surface-metrics base.h5 --json
     """
-    from landscape.surface import surface_metrics
+    from landscape.measures.surface import surface_metrics
 
     m = surface_metrics(surface_file)
     emit({"surface": str(surface_file), **m}, as_json,

@@ -10,7 +10,9 @@ import argparse
 
 import numpy as np
 
-from landscape import checkpoint, data, demo, forgetting, sharpness, surface
+from landscape.foundation import checkpoint, data
+from landscape.study import demo
+from landscape.measures import forgetting, sharpness, surface
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model")

@@ -8,7 +8,9 @@ Uses the embedded data and the demo base model (built on first use, ~100 s on 2 
 import argparse
 from pathlib import Path
 
-from landscape import correlate, demo, finetune, forgetting
+from landscape.study import correlate, demo
+from landscape.training import finetune
+from landscape.measures import forgetting
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="runs/example")

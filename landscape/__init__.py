@@ -6,4 +6,4 @@ is a thin layer over it. See README.md.
 
 __version__ = "0.1.0"
 
-from landscape.errors import UserError  # noqa: E402,F401
+from landscape.foundation.errors import UserError  # noqa: E402,F401

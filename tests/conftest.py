@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from landscape import checkpoint
+from landscape.foundation import toy
 
 WORDS = ("the a cat dog sat on mat red blue green is of color lives in forest city one two three "
          "plus task reverse input output : . ?").split()
@@ -16,12 +16,12 @@ WORDS = ("the a cat dog sat on mat red blue green is of color lives in forest ci
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return checkpoint.build_word_tokenizer([" ".join(WORDS)])
+    return toy.build_word_tokenizer([" ".join(WORDS)])
 
 
 def make_checkpoint(root: Path, arch: str, tokenizer, dtype=torch.float32, seed: int = 0, **save_kw) -> Path:
-    cfg = checkpoint.tiny_config(arch, vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
-    model = checkpoint.build_model(cfg, seed=seed, dtype=dtype)
+    cfg = toy.tiny_config(arch, vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
+    model = toy.build_model(cfg, seed=seed, dtype=dtype)
     out = root / arch
     model.save_pretrained(out, **save_kw)
     tokenizer.save_pretrained(out)
@@ -32,7 +32,7 @@ def make_checkpoint(root: Path, arch: str, tokenizer, dtype=torch.float32, seed:
 def tiny_ckpts(tmp_path_factory, tokenizer) -> dict[str, Path]:
     """One tiny checkpoint directory per supported architecture (llama, gpt2, qwen2)."""
     root = tmp_path_factory.mktemp("ckpts")
-    return {a: make_checkpoint(root, a, tokenizer) for a in checkpoint.ARCHITECTURES}
+    return {a: make_checkpoint(root, a, tokenizer) for a in toy.ARCHITECTURES}
 
 
 @pytest.fixture()

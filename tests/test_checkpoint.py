@@ -4,15 +4,15 @@ import shutil
 import pytest
 import torch
 
-from landscape import checkpoint
-from landscape.errors import CheckpointError, UserError
+from landscape.foundation import checkpoint, toy
+from landscape.foundation.errors import CheckpointError, UserError
 from tests.conftest import make_checkpoint
 
 
-@pytest.mark.parametrize("arch", checkpoint.ARCHITECTURES)
+@pytest.mark.parametrize("arch", toy.ARCHITECTURES)
 def test_loads_each_architecture_with_identical_logits(tmp_path, tokenizer, arch):
     d = make_checkpoint(tmp_path, arch, tokenizer, seed=3)
-    ref = checkpoint.build_model(checkpoint.tiny_config(arch, len(tokenizer), tokenizer=tokenizer, hidden=32,
+    ref = toy.build_model(toy.tiny_config(arch, len(tokenizer), tokenizer=tokenizer, hidden=32,
                                                         layers=2, heads=4), seed=3)
     ck = checkpoint.load_checkpoint(d)
     assert ck.meta["model_type"] == arch and ck.tokenizer is not None
@@ -141,7 +141,7 @@ def test_bad_checkpoints_raise_one_clear_error(tmp_path, llama_dir, tokenizer, d
         st.unlink()
         (d / checkpoint.SAFE_INDEX).write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
     elif damage == "vocab":
-        big = checkpoint.build_word_tokenizer([" ".join(f"w{i}" for i in range(200))])
+        big = toy.build_word_tokenizer([" ".join(f"w{i}" for i in range(200))])
         big.save_pretrained(d)
     with pytest.raises(CheckpointError, match=match) as e:
         checkpoint.load_checkpoint(d)

@@ -48,7 +48,7 @@ def broken(tmp_path, llama_dir):
         elif kind == "corrupt":
             (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
         elif kind == "pickle":
-            from landscape.checkpoint import load_checkpoint
+            from landscape.foundation.checkpoint import load_checkpoint
 
             sd = load_checkpoint(d).model.state_dict()
             (d / "model.safetensors").unlink()
@@ -84,7 +84,7 @@ def test_bad_data_exit_2(llama_dir, tmp_path, content, match):
 
 
 def test_impossible_options_exit_2(llama_dir, text_data):
-    assert_user_error(run("loss", llama_dir, "--data", text_data, "--batch-size", 0), "batch size")
+    assert_user_error(run("loss", llama_dir, "--data", text_data, "--batch-size", 0), "--batch-size")
     assert_user_error(run("loss", llama_dir, "--data", text_data, "--max-length", 10_000), "positions")
     assert_user_error(run("loss", llama_dir, "--data", text_data, "--dtype", "int3"), "unknown dtype")
     assert_user_error(run("loss", llama_dir, "--bogus"), "No such option")

@@ -16,9 +16,9 @@ import yaml
 from click.testing import CliRunner
 from scipy import stats
 
-from landscape import correlate as C
+from landscape.study import correlate as C, runner
 from landscape.cli.main import cli
-from landscape.store import Store
+from landscape.foundation.store import Store
 from tests.conftest import make_checkpoint, write_jsonl
 from tests.test_surface import chromium
 
@@ -72,10 +72,10 @@ def test_degenerate_inputs_say_why():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Four tiny checkpoints (different seeds), a suite, a task file and a manifest over them."""
-    from landscape import checkpoint
+    from landscape.foundation import toy
 
     root = tmp_path_factory.mktemp("study")
-    tok = checkpoint.build_word_tokenizer(["the a cat dog sat on mat red blue green is of color lives in forest city"])
+    tok = toy.build_word_tokenizer(["the a cat dog sat on mat red blue green is of color lives in forest city"])
     for i in range(5):
         d = make_checkpoint(root / f"s{i}", "llama", tok, seed=i)
         d.rename(root / f"ck{i}")
@@ -113,11 +113,11 @@ def test_correlate_end_to_end_and_rerun_is_free(study, tmp_path, monkeypatch):
     if c["spearman"]["r"] is not None:
         assert c["spearman"]["r"] == pytest.approx(stats.spearmanr(xs, ys)[0])
     assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".sqlite").is_file()
-    from landscape import sharpness
+    from landscape.measures import sharpness
 
     calls = []
     monkeypatch.setattr(sharpness, "measure", lambda *a, **k: calls.append(1))
-    again = C.run_manifest(manifest(study), out)
+    again = runner.run_manifest(manifest(study), out)
     assert calls == [] and again["correlations"] == res["correlations"]
 
 
@@ -145,7 +145,7 @@ def test_manifest_errors_exit_2_with_one_line(study, tmp_path):
 def test_store_survives_a_kill_mid_batch(study, tmp_path):
     path = manifest(study, "kill.yaml", surface={"x": "-1:1:41", "y": "-1:1:41"}, trace_samples=30)
     db = tmp_path / "k.sqlite"
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from landscape.correlate import run_manifest; "
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from landscape.study.runner import run_manifest; "
             f"run_manifest({str(path)!r}, {str(tmp_path / 'k.html')!r}, store_path={str(db)!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_before_kill = 0
@@ -168,12 +168,12 @@ def test_store_survives_a_kill_mid_batch(study, tmp_path):
     store = Store(db)  # not corrupted: opens and reads
     kept = {(r["fingerprint"], r["kind"]) for r in store.rows()}
     assert sum(k == "surface" for _, k in kept) >= 2
-    import landscape.surface as S
+    import landscape.measures.surface as S
 
     real, computed = S.surface, []
     S.surface = lambda model, *a, **k: computed.append(1) or real(model, *a, **k)
     try:
-        res = C.run_manifest(path, tmp_path / "k.html", store_path=db)
+        res = runner.run_manifest(path, tmp_path / "k.html", store_path=db)
     finally:
         S.surface = real
     assert len(computed) == 5 - sum(k == "surface" for _, k in kept)  # only what had not finished
@@ -185,7 +185,7 @@ def test_store_survives_a_kill_mid_batch(study, tmp_path):
 def test_report_renders_in_chromium_and_escapes_labels(study, tmp_path):
     evil = "<script>alert(1)</script>"
     out = tmp_path / "rep.html"
-    C.run_manifest(manifest(study, "evil.yaml", labels=[evil, "b", "c", "d"],
+    runner.run_manifest(manifest(study, "evil.yaml", labels=[evil, "b", "c", "d"],
                             surface={"x": "-1:1:5", "y": "-1:1:5", "points_per_pass": 4}), out)
     h5s = sorted((tmp_path / "rep_surfaces").glob("*.h5"))
     assert h5s and all(h5py.File(f, "r").attrs["points_per_pass"] == 4 for f in h5s)  # passed through

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from landscape import data
-from landscape.errors import DataError
+from landscape.foundation import data
+from landscape.foundation.errors import DataError
 from tests.conftest import write_jsonl
 
 

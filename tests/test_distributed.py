@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import checkpoint
+from landscape.foundation import checkpoint
 from tests.conftest import write_jsonl
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")

@@ -6,9 +6,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from landscape import checkpoint, data, finetune, forgetting as FG, loss
+from landscape.foundation import checkpoint, data, loss, toy
+from landscape.foundation.configs import DataConfig, FinetuneConfig, ForgettingConfig, LoadConfig
+from landscape.training import finetune
+from landscape.measures import forgetting as FG
 from landscape.cli.main import cli
-from landscape.store import Store
+from landscape.foundation.store import Store
 from tests.conftest import write_jsonl
 
 ENTITIES = ("cat", "dog", "mat", "forest", "city")
@@ -97,12 +100,12 @@ def test_generation_exact_match_against_a_manual_greedy_decode(llama_dir, tmp_pa
 def test_text_suite_is_the_shared_loss(llama_dir, suite_dir):
     ck = checkpoint.load_checkpoint(llama_dir)
     r = FG.score_suite(ck.model, ck.tokenizer, FG.load_suite(suite_dir / "text.jsonl"))
-    ref = loss.evaluate(ck.model, data.batches_for(ck, suite_dir / "text.jsonl", batch_size=2))
+    ref = loss.evaluate(ck.model, data.batches_for(ck, DataConfig(data=str(suite_dir / "text.jsonl"), batch_size=2)))
     assert r["metric"] == "loss" and r["score"] == pytest.approx(ref.loss, rel=1e-6)
 
 
 def test_base_vs_base_is_exactly_zero(llama_dir, suite_dir):
-    (r,) = FG.forgetting(llama_dir, [llama_dir], suites=[suite_dir], device="cpu")
+    (r,) = FG.forgetting(llama_dir, [llama_dir], ForgettingConfig(suites=[suite_dir]), load=LoadConfig(device="cpu"))
     assert set(r["suites"]) == {"colors", "say", "text"}
     assert all(row["delta"] == 0.0 for row in r["suites"].values())
     assert all(c["delta"] == 0.0 for c in r["categories"].values())
@@ -113,17 +116,17 @@ def test_base_vs_base_is_exactly_zero(llama_dir, suite_dir):
 
 def train_on(model, tok, records, steps, seed=0):
     bs = data.load_batches("mem", tok, batch_size=5, max_length=16, records=records)
-    finetune.train(model, bs, steps=steps, lr=1e-2, seed=seed, grad_clip=None)
+    finetune.train(model, bs, FinetuneConfig(max_steps=steps, lr=1e-2, seed=seed, grad_clip=None))
 
 
 def test_destroying_fine_tune_shows_positive_forgetting(tokenizer, suite_dir, tmp_path):
-    cfg = checkpoint.tiny_config("llama", vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
-    model = checkpoint.build_model(cfg, seed=0)
+    cfg = toy.tiny_config("llama", vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
+    model = toy.build_model(cfg, seed=0)
     train_on(model, tokenizer, [{"text": f"the color of {e} is {c} ."} for e, c in facts().items()], 150)
     checkpoint.save_checkpoint(model, tokenizer, tmp_path / "base")
     train_on(model, tokenizer, [{"text": f"the color of {e} is {c} ."} for e, c in facts(shift=1).items()], 150)
     checkpoint.save_checkpoint(model, tokenizer, tmp_path / "tuned")
-    (r,) = FG.forgetting(tmp_path / "base", [tmp_path / "tuned"], suites=[suite_dir], device="cpu")
+    (r,) = FG.forgetting(tmp_path / "base", [tmp_path / "tuned"], ForgettingConfig(suites=[suite_dir]), load=LoadConfig(device="cpu"))
     colors = r["suites"]["colors"]
     assert colors["base"] == 1.0 and colors["tuned"] <= 0.2
     assert colors["delta"] == pytest.approx(colors["base"] - colors["tuned"]) and colors["delta"] >= 0.8
@@ -137,16 +140,17 @@ def test_scores_are_cached_and_the_base_is_scored_once(llama_dir, suite_dir, tmp
     real = FG.score_suite
     monkeypatch.setattr(FG, "score_suite", lambda *a, **k: calls.append(a[2].name) or real(*a, **k))
     store = Store(tmp_path / "r.sqlite")
-    res = FG.forgetting(llama_dir, [llama_dir, llama_dir], suites=[suite_dir / "colors.jsonl"], store=store,
-                        device="cpu")
+    res = FG.forgetting(llama_dir, [llama_dir, llama_dir], ForgettingConfig(suites=[suite_dir / "colors.jsonl"]),
+                        store=store, load=LoadConfig(device="cpu"))
     assert len(res) == 2 and calls == ["colors"]  # same fingerprint: one scoring for all three
     calls.clear()
-    again = FG.forgetting(llama_dir, [llama_dir], suites=[suite_dir / "colors.jsonl"],
-                          store=Store(tmp_path / "r.sqlite"), device="cpu")
+    again = FG.forgetting(llama_dir, [llama_dir], ForgettingConfig(suites=[suite_dir / "colors.jsonl"]),
+                          store=Store(tmp_path / "r.sqlite"), load=LoadConfig(device="cpu"))
     assert calls == [] and again[0]["scores"]["base"]["colors"]["cached"]
     write_jsonl(suite_dir / "colors.jsonl", [{"context": "the color of cat is", "choices": ["red", "blue"],
                                               "answer": 1}])
-    FG.forgetting(llama_dir, [llama_dir], suites=[suite_dir / "colors.jsonl"], store=Store(tmp_path / "r.sqlite"))
+    FG.forgetting(llama_dir, [llama_dir], ForgettingConfig(suites=[suite_dir / "colors.jsonl"]),
+                  store=Store(tmp_path / "r.sqlite"))
     assert calls == ["colors"]  # a changed suite is a new question
 
 
@@ -193,7 +197,7 @@ def test_cli_json_shape(llama_dir, suite_dir):
 def test_lm_eval_adapter_agrees_with_our_scorer(llama_dir, suite_dir, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (optional extra [lmeval])")
     pytest.importorskip("accelerate", reason="lm-eval's HFLM needs accelerate")
-    from landscape import lmeval
+    from landscape.measures import lmeval
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -204,5 +208,6 @@ def test_lm_eval_adapter_agrees_with_our_scorer(llama_dir, suite_dir, tmp_path, 
     ours = FG.score_suite(ck.model, ck.tokenizer, FG.load_suite(suite_dir / "colors.jsonl"))
     assert theirs["metric"] == "acc" and theirs["n"] == 5
     assert theirs["acc"] == ours["acc"] and theirs["acc_norm"] == ours["acc_norm"]
-    (r,) = FG.forgetting(llama_dir, [llama_dir], lm_eval_tasks=["toy_colors"], lm_eval_include=tmp_path / "tasks")
+    (r,) = FG.forgetting(llama_dir, [llama_dir], ForgettingConfig(lm_eval_tasks=["toy_colors"],
+                                                                  lm_eval_include=tmp_path / "tasks"))
     assert r["suites"]["toy_colors"]["delta"] == 0.0

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from landscape import checkpoint, data, hessian, params as P
-from landscape.loss import FunctionObjective, Objective
+from landscape.foundation import checkpoint, data, params as P, toy
+from landscape.measures import hessian
+from landscape.foundation.configs import DataConfig
+from landscape.foundation.objective import FunctionObjective, ModelObjective as Objective
 from tests.conftest import write_jsonl
 
 
@@ -21,7 +23,7 @@ def quadratic(eigs, seed=0, dtype=torch.float64):
 def test_hvp_is_exact_on_a_quadratic():
     obj, A = quadratic(np.linspace(-2, 7, 20))
     v = [torch.randn(20, dtype=torch.float64)]
-    torch.testing.assert_close(hessian.HVP(obj)(v)[0], A @ v[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(hessian.HessianOperator(obj).hvp(v)[0], A @ v[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["lanczos", "power"])
@@ -29,7 +31,7 @@ def test_top_eigenvalues_and_lambda_min_on_a_quadratic(method):
     eigs = [10.0, 7.0, 4.0, -3.0] + list(np.linspace(-1.0, 2.0, 26))
     obj, _ = quadratic(eigs)
     fn = hessian.lanczos if method == "lanczos" else hessian.power_iteration
-    sp = fn(hessian.HVP(obj), k=3, tol=1e-8, max_iter=500)
+    sp = fn(hessian.HessianOperator(obj), k=3, tol=1e-8, max_iter=500)
     assert sp.converged
     np.testing.assert_allclose(sp.eigenvalues, [10.0, 7.0, 4.0], rtol=1e-6)
     assert sp.lambda_min == pytest.approx(-3.0, rel=1e-6)
@@ -41,7 +43,7 @@ def test_indefinite_largest_magnitude_is_negative_but_lambda_max_is_right(method
     eigs = [-9.0, 3.0, 2.5, 1.0, 0.5, -0.5, 0.1, -2.0]
     obj, _ = quadratic(eigs, seed=1)
     fn = hessian.lanczos if method == "lanczos" else hessian.power_iteration
-    sp = fn(hessian.HVP(obj), k=2, tol=1e-9, max_iter=2000)
+    sp = fn(hessian.HessianOperator(obj), k=2, tol=1e-9, max_iter=2000)
     assert sp.lambda_max == pytest.approx(3.0, rel=1e-6)
     assert sp.eigenvalues[1] == pytest.approx(2.5, rel=1e-6)
     assert sp.lambda_min == pytest.approx(-9.0, rel=1e-6)
@@ -51,7 +53,7 @@ def test_residual_is_the_stopping_rule():
     """Close eigenvalues: θ stalls long before the vector converges; the residual test keeps going."""
     eigs = [5.0, 4.999] + [1.0] * 30
     obj, A = quadratic(eigs, seed=2)
-    sp = hessian.power_iteration(hessian.HVP(obj), k=1, tol=1e-6, max_iter=20, want_min=False)
+    sp = hessian.power_iteration(hessian.HessianOperator(obj), k=1, tol=1e-6, max_iter=20, want_min=False)
     assert not sp.converged  # 20 steps cannot separate 5 from 4.999 in the vector
     assert sp.residuals[0] > 1e-6 * 5
 
@@ -59,7 +61,7 @@ def test_residual_is_the_stopping_rule():
 def test_trace_exact_in_expectation_and_stderr_small():
     eigs = list(np.linspace(-1, 4, 40))
     obj, A = quadratic(eigs)
-    tr = hessian.hutchinson_trace(hessian.HVP(obj), samples=400, seed=3)
+    tr = hessian.hutchinson_trace(hessian.HessianOperator(obj), samples=400, seed=3)
     true = float(sum(eigs))
     assert abs(tr.trace - true) < 4 * tr.stderr
     assert tr.stderr < 0.1 * abs(true)
@@ -69,7 +71,7 @@ def test_trace_exact_in_expectation_and_stderr_small():
 def test_density_weights_sum_to_one_and_nodes_bracket_spectrum():
     eigs = list(np.linspace(0, 5, 25))
     obj, _ = quadratic(eigs)
-    d = hessian.spectral_density(hessian.HVP(obj), n_vectors=3, steps=25, seed=0)
+    d = hessian.spectral_density(hessian.HessianOperator(obj), n_vectors=3, steps=25, seed=0)
     assert sum(d["weights"]) == pytest.approx(1.0, rel=1e-9)
     assert min(d["nodes"]) == pytest.approx(0.0, abs=1e-6) and max(d["nodes"]) == pytest.approx(5.0, rel=1e-6)
     assert np.trapezoid(d["density"], d["grid"]) == pytest.approx(1.0, rel=2e-2)
@@ -78,9 +80,9 @@ def test_density_weights_sum_to_one_and_nodes_bracket_spectrum():
 @pytest.fixture(scope="module")
 def tiny64(tmp_path_factory, tokenizer):
     """A ~1k-parameter Llama in float64 and two batches, small enough for the dense Hessian."""
-    cfg = checkpoint.tiny_config("llama", len(tokenizer), tokenizer=tokenizer, hidden=8, layers=1, heads=2,
+    cfg = toy.tiny_config("llama", len(tokenizer), tokenizer=tokenizer, hidden=8, layers=1, heads=2,
                                  intermediate=12)
-    model = checkpoint.build_model(cfg, seed=1, dtype=torch.float64)
+    model = toy.build_model(cfg, seed=1, dtype=torch.float64)
     f = write_jsonl(tmp_path_factory.mktemp("d") / "d.jsonl",
                     [{"text": "the cat sat on the mat ."}, {"text": "one plus two is three"},
                      {"prompt": "the dog is", "completion": "red ."}])
@@ -94,7 +96,7 @@ def dense_hessian(model, bs):
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
     flat0 = torch.cat([p.detach().reshape(-1) for _, p in model.named_parameters()])
-    from landscape.loss import batch_term, total_tokens
+    from landscape.foundation.loss import batch_term, total_tokens
 
     n = total_tokens(bs)
 
@@ -121,12 +123,12 @@ def test_against_dense_hessian_on_a_tiny_transformer(tiny64):
     H = dense_hessian(model, bs)
     truth = torch.linalg.eigvalsh(H).numpy()
     obj = Objective(model, bs)
-    sp = hessian.lanczos(hessian.HVP(obj), k=3, tol=1e-9, max_iter=300)
+    sp = hessian.lanczos(hessian.HessianOperator(obj), k=3, tol=1e-9, max_iter=300)
     np.testing.assert_allclose(sp.eigenvalues, truth[::-1][:3], rtol=1e-4)
     assert sp.lambda_min == pytest.approx(truth[0], rel=1e-4)
     assert truth[0] < 0  # a random init is a saddle: lambda_min must be negative here
     tr = float(torch.trace(H))
-    est = hessian.hutchinson_trace(hessian.HVP(obj), samples=200, seed=0)
+    est = hessian.hutchinson_trace(hessian.HessianOperator(obj), samples=200, seed=0)
     assert abs(est.trace - tr) < 5 * est.stderr
     for a, b in zip(before, model.parameters()):
         assert torch.equal(a, b)  # measurement leaves the weights bit-identical
@@ -137,8 +139,8 @@ def test_forward_over_reverse_equals_double_backward(tiny64):
     model, bs = tiny64
     obj = Objective(model, bs)
     v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
-    a = hessian.HVP(obj, "reverse")(v)
-    b = hessian.HVP(obj, "forward")(v)
+    a = hessian.HessianOperator(obj, "reverse").hvp(v)
+    b = hessian.HessianOperator(obj, "forward").hvp(v)
     # HF's RMSNorm computes in float32 even in a float64 model, so float64 HVPs agree to ~1e-7
     # relative, not 1e-15 (both methods differ from the dense Hessian by that much).
     num = sum(float((x - y).norm() ** 2) for x, y in zip(a, b)) ** 0.5
@@ -158,7 +160,7 @@ def test_parameter_subsets_give_the_sub_hessian(tiny64):
             idx += list(range(i, i + k))
         i += k
     truth = torch.linalg.eigvalsh(H[idx][:, idx]).numpy()
-    sp = hessian.lanczos(hessian.HVP(Objective(model, bs, sel)), k=1, tol=1e-10, max_iter=200)
+    sp = hessian.lanczos(hessian.HessianOperator(Objective(model, bs, sel)), k=1, tol=1e-10, max_iter=200)
     assert sp.lambda_max == pytest.approx(truth[-1], rel=1e-6)
     groups = P.layer_groups(model)
     assert list(groups) == ["layer.0", "other"]
@@ -169,25 +171,25 @@ def test_parameter_subsets_give_the_sub_hessian(tiny64):
 def test_all_dtypes_run(tiny_ckpts, text_data, dtype):
     ck = checkpoint.load_checkpoint(tiny_ckpts["llama"], dtype=dtype)
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
-    sp = hessian.lanczos(hessian.HVP(Objective(ck.model, bs)), k=1, max_iter=8)
+    sp = hessian.lanczos(hessian.HessianOperator(Objective(ck.model, bs)), k=1, max_iter=8)
     assert np.isfinite(sp.lambda_max) and sp.iterations == 8 or sp.converged
 
 
 def test_cached_graph_hvp_is_identical_and_rebuilt_when_weights_move(llama_dir, text_data):
     ck = checkpoint.load_checkpoint(llama_dir)
-    bs = data.batches_for(ck, text_data, batch_size=2)
+    bs = data.batches_for(ck, DataConfig(data=str(text_data), batch_size=2))
     obj = Objective(ck.model, bs)
     v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
-    plain, cached = hessian.HVP(obj, cache_graph=False), hessian.HVP(obj, cache_graph=True)
+    plain, cached = hessian.HessianOperator(obj, cache_graph="off"), hessian.HessianOperator(obj, cache_graph="on")
     for _ in range(2):  # the second cached call reuses the graph
-        for a, b in zip(plain(v), cached(v)):
+        for a, b in zip(plain.hvp(v), cached.hvp(v)):
             assert torch.equal(a, b)
     kept = cached._grads
     with torch.no_grad():  # weights moved in place: the kept graph is stale and must be rebuilt
         obj.params[next(i for i, n in enumerate(obj.names) if "mlp" in n)].add_(1.0)
-    moved = cached(v)
+    moved = cached.hvp(v)
     assert cached._grads is not kept
-    for a, b in zip(plain(v), moved):
+    for a, b in zip(plain.hvp(v), moved):
         assert torch.equal(a, b)
 
 
@@ -195,19 +197,19 @@ def test_auto_cache_keeps_the_graph_only_when_it_fits(llama_dir, text_data, monk
     """auto measures one batch's saved graph, multiplies by the number of batches and keeps the
     graphs only within half the free memory; either way the HVP is bit-identical to the plain one."""
     ck = checkpoint.load_checkpoint(llama_dir)
-    bs = data.batches_for(ck, text_data, batch_size=2)
+    bs = data.batches_for(ck, DataConfig(data=str(text_data), batch_size=2))
     obj = Objective(ck.model, bs)
     v = P.randn_like(obj.params, torch.Generator().manual_seed(1))
-    ref = hessian.HVP(obj, cache_graph=False)(v)
-    probe = hessian.HVP(obj)
-    probe(v)
+    ref = hessian.HessianOperator(obj, cache_graph="off").hvp(v)
+    probe = hessian.HessianOperator(obj)
+    probe.hvp(v)
     need = probe.graph_bytes * len(bs.batches)
     assert probe.graph_bytes > P.nbytes(obj.params) // 100  # activations of a real graph were counted
     for free, keep in ((2 * need, True), (2 * need - 2, False), (None, False)):
         monkeypatch.setattr(P, "free_memory", lambda device, free=free: free)
-        h = hessian.HVP(obj)
+        h = hessian.HessianOperator(obj)
         for _ in range(2):
-            out = h(v)
+            out = h.hvp(v)
             assert all(torch.equal(a, b) for a, b in zip(ref, out))
         assert h.cached is keep and h.graph_bytes == probe.graph_bytes
         assert (h._grads is not None) is keep

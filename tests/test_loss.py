@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landscape import checkpoint, data, loss
+from landscape.foundation import checkpoint, data, loss, objective
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_matches_transformers_own_loss_on_unpadded_text(model64, tmp_path):
 
 def test_loss_and_grad_accumulates_exactly(model64, text_data):
     m, tok = model64.model, model64.tokenizer
-    l1, g1 = loss.loss_and_grad(m, data.load_batches(text_data, tok, batch_size=6))
-    l2, g2 = loss.loss_and_grad(m, data.load_batches(text_data, tok, batch_size=2))
+    l1, g1 = objective.loss_and_grad(m, data.load_batches(text_data, tok, batch_size=6))
+    l2, g2 = objective.loss_and_grad(m, data.load_batches(text_data, tok, batch_size=2))
     assert l1 == pytest.approx(l2, rel=1e-12)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)

@@ -17,10 +17,18 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from landscape import checkpoint
+from landscape.foundation import checkpoint, toy
 from landscape.cli.main import cli
-from landscape.errors import DataError, UserError
+from landscape.foundation.errors import DataError, UserError
 from tests.conftest import write_jsonl
+
+
+def finetune_(base, data, out, *, on_step=None, device="cpu", **settings):
+    """landscape.training.finetune.finetune with its settings given as keywords."""
+    from landscape.foundation.configs import FinetuneConfig, LoadConfig
+    from landscape.training import finetune as F
+
+    return F.finetune(base, data, out, FinetuneConfig(**settings), load=LoadConfig(device=device), on_step=on_step)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +46,8 @@ def one_line_exit_2(r, match):
 
 @pytest.fixture()
 def nan_ckpt(tmp_path, tokenizer):
-    cfg = checkpoint.tiny_config("llama", vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
-    model = checkpoint.build_model(cfg)
+    cfg = toy.tiny_config("llama", vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
+    model = toy.build_model(cfg)
     with torch.no_grad():
         model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     return checkpoint.save_checkpoint(model, tokenizer, tmp_path / "nan")
@@ -122,12 +130,12 @@ def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir,
     """SIGINT delivered inside a step (between SAM's passes / inside the optimizer update) must not
     save a half-updated state: the step finishes, its state is saved, and the resumed run ends with
     the uninterrupted run's weights, bit for bit."""
-    from landscape import finetune as F
+    from landscape.training import finetune as F
 
     train = write_jsonl(tmp_path / "t.jsonl", [{"prompt": f"task : reverse input : {a} output :", "completion": a}
                                                for a in ("red", "blue", "cat", "dog")] * 3)
     kw = dict(max_steps=6, batch_size=4, optimizer=optimizer, eval_fraction=0, device="cpu", save_every=100)
-    full = F.finetune(llama_dir, train, tmp_path / "full", **kw)
+    full = finetune_(llama_dir, train, tmp_path / "full", **kw)
     real, calls = F.train_step, [0]
 
     def step_with_a_signal_inside(model, opt, micro, cfg, lr, **k):
@@ -138,11 +146,11 @@ def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir,
 
     monkeypatch.setattr(F, "train_step", step_with_a_signal_inside)
     with pytest.raises(KeyboardInterrupt):
-        F.finetune(llama_dir, train, tmp_path / "cut", **kw)
+        finetune_(llama_dir, train, tmp_path / "cut", **kw)
     monkeypatch.setattr(F, "train_step", real)
     assert torch.load(tmp_path / "cut.partial" / F.STATE_FILE, weights_only=True)["step"] == 3  # step 3 finished
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
-    res = F.finetune(llama_dir, train, tmp_path / "cut", resume=True, **kw)
+    res = finetune_(llama_dir, train, tmp_path / "cut", resume=True, **kw)
     assert res["fingerprint"] == full["fingerprint"]
 
 
@@ -153,12 +161,12 @@ def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir,
 @given(lo=st.floats(allow_nan=True, allow_infinity=True), hi=st.floats(allow_nan=True, allow_infinity=True),
        n=st.integers(-5, 200_000))
 def test_grid_parser_property(lo, hi, n):
-    from landscape.surface import parse_grid
+    from landscape.measures.surface import parse_grid
 
     try:
         g = parse_grid(f"{lo}:{hi}:{n}")
     except UserError as e:
-        assert str(e).startswith("--x ") and "\n" not in str(e)
+        assert str(e).startswith("x: grid ") and "\n" not in str(e)
         return
     assert len(g) == n and 1 <= n <= 100_000 and g[0] == lo and g[-1] == pytest.approx(hi)
     assert np.all(np.isfinite(g)) and (n == 1 or np.all(np.diff(g) > 0))
@@ -167,7 +175,7 @@ def test_grid_parser_property(lo, hi, n):
 @settings(max_examples=200, deadline=None)
 @given(text=st.text(max_size=40))
 def test_grid_parser_fuzz(text):
-    from landscape.surface import parse_grid
+    from landscape.measures.surface import parse_grid
 
     try:
         parse_grid(text)
@@ -185,7 +193,8 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-3, 10) | st.
                                                            "answer": json_values}), min_size=0, max_size=5),
        junk=st.text(max_size=20))
 def test_suite_and_data_parsers_fuzz(tmp_path, lines, junk):
-    from landscape import data, forgetting
+    from landscape.foundation import data
+    from landscape.measures import forgetting
 
     f = tmp_path / "f.jsonl"
     f.write_text("".join(json.dumps(x) + "\n" for x in lines) + junk)
@@ -200,7 +209,7 @@ def test_suite_and_data_parsers_fuzz(tmp_path, lines, junk):
 @given(doc=st.dictionaries(st.sampled_from(["base", "checkpoints", "flatness", "suites", "title", "bootstrap",
                                             "seed", "bogus"]), json_values, max_size=5))
 def test_manifest_parser_fuzz(tmp_path, doc):
-    from landscape.correlate import load_manifest
+    from landscape.study.manifest import load_manifest
 
     f = tmp_path / "m.yaml"
     f.write_text(yaml.safe_dump(doc))

@@ -7,11 +7,22 @@ import math
 import pytest
 import torch
 
-from landscape import checkpoint, data, finetune as F
-from landscape.hessian import HVP, lanczos
-from landscape.loss import FunctionObjective, batch_term, evaluate
-from landscape.sam import SAM, Perturbation
+from landscape.foundation import checkpoint, data, toy
+from landscape.training import finetune as F
+from landscape.measures.hessian import HessianOperator, lanczos
+from landscape.foundation.configs import DataConfig, FinetuneConfig
+from landscape.foundation.loss import batch_term, evaluate
+from landscape.foundation.objective import FunctionObjective
+from landscape.training.sam import SAM, Perturbation
 from tests.conftest import write_jsonl
+
+
+def finetune_(base, data, out, *, on_step=None, device="cpu", **settings):
+    """landscape.training.finetune.finetune with its settings given as keywords."""
+    from landscape.foundation.configs import FinetuneConfig, LoadConfig
+    from landscape.training import finetune as F
+
+    return F.finetune(base, data, out, FinetuneConfig(**settings), load=LoadConfig(device=device), on_step=on_step)
 
 LR, WD, BETAS, EPS = 1e-2, 0.1, (0.9, 0.999), 1e-8
 
@@ -20,8 +31,8 @@ def tiny_model(tokenizer, dtype=torch.float64, seed=0, arch=None):
     # float64 references use GPT-2: its LayerNorm stays float64, while HF's RMSNorm computes in
     # float32, and AdamW's g/(|g| + eps) amplifies that noise wherever a gradient is near zero.
     arch = arch or ("gpt2" if dtype == torch.float64 else "llama")
-    cfg = checkpoint.tiny_config(arch, vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=16, layers=1, heads=2)
-    return checkpoint.build_model(cfg, seed=seed, dtype=dtype)
+    cfg = toy.tiny_config(arch, vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=16, layers=1, heads=2)
+    return toy.build_model(cfg, seed=seed, dtype=dtype)
 
 
 def tiny_batch(tokenizer, texts=("the cat sat on the mat .", "the dog is red .", "one plus two is three .")):
@@ -158,7 +169,7 @@ def test_sam_ends_in_the_flatter_minimum():
                 return loss
             opt.step(closure) if use_sam else (closure(), opt.step())
         obj = FunctionObjective(lambda: (w[0] * w[1] - 1) ** 2, [w])
-        return obj.value(), lanczos(HVP(obj), k=1, max_iter=2).eigenvalues[0]
+        return obj.value(), lanczos(HessianOperator(obj), k=1, max_iter=2).eigenvalues[0]
 
     loss_gd, lam_gd = run(False)
     loss_sam, lam_sam = run(True)
@@ -177,7 +188,7 @@ def micro_batches(tokenizer):
 def test_accumulation_is_per_micro_batch_sam(tokenizer):
     """4 micro-batches: Σ_k (n_k/N)·∇L_k(w + ε_k), ε_k = ρ·g_k/‖g_k‖, then one AdamW step from w."""
     model, mb = tiny_model(tokenizer), micro_batches(tokenizer)
-    cfg = F.TrainConfig(optimizer="sam", lr=LR, weight_decay=WD, rho=0.05, grad_clip=None, grad_accum=4)
+    cfg = FinetuneConfig(optimizer="sam", lr=LR, weight_decay=WD, rho=0.05, grad_clip=None, grad_accum=4)
     w0 = [p.detach().clone() for p in model.parameters()]
     N = sum(b.n_tokens for b in mb)
     total = [torch.zeros_like(w) for w in w0]
@@ -217,7 +228,7 @@ def test_adamw_accumulation_equals_one_big_batch(tokenizer):
     out = []
     for micro, accum in ((mb.batches, 4), (big, 1)):
         model = tiny_model(tokenizer)
-        cfg = F.TrainConfig(lr=LR, grad_clip=None, grad_accum=accum)
+        cfg = FinetuneConfig(lr=LR, grad_clip=None, grad_accum=accum)
         F.train_step(model, F.make_optimizer(list(model.parameters()), cfg), micro, cfg, LR)
         out.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*out):
@@ -226,7 +237,7 @@ def test_adamw_accumulation_equals_one_big_batch(tokenizer):
 
 def test_bf16_autocast_step_keeps_float32_weights_and_restores(tokenizer):
     model, mb = tiny_model(tokenizer, dtype=torch.float32), micro_batches(tokenizer)
-    cfg = F.TrainConfig(optimizer="asam", lr=1e-3, rho=0.5, bf16=True, grad_accum=2)
+    cfg = FinetuneConfig(optimizer="asam", lr=1e-3, rho=0.5, bf16=True, grad_accum=2)
     opt = F.make_optimizer(list(model.parameters()), cfg)
     before = [p.detach().clone() for p in model.parameters()]
     row = F.train_step(model, opt, mb.batches[:2], cfg, 1e-3)
@@ -271,16 +282,16 @@ def task_data(tmp_path):
 def test_finetune_resume_gives_the_same_weights(llama_dir, task_data, tmp_path, optimizer):
     kw = dict(optimizer=optimizer, lr=3e-3, max_steps=6, batch_size=4, grad_accum=2, save_every=2,
               device="cpu", eval_fraction=0.2)
-    full = F.finetune(llama_dir, task_data, tmp_path / "full", **kw)
+    full = finetune_(llama_dir, task_data, tmp_path / "full", **kw)
 
     def stop_at_3(state, opt):
         if state.step == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        F.finetune(llama_dir, task_data, tmp_path / "cut", on_step=stop_at_3, **kw)
+        finetune_(llama_dir, task_data, tmp_path / "cut", on_step=stop_at_3, **kw)
     assert (tmp_path / "cut.partial" / F.STATE_FILE).is_file() and not (tmp_path / "cut").exists()
-    resumed = F.finetune(llama_dir, task_data, tmp_path / "cut", resume=True, **kw)
+    resumed = finetune_(llama_dir, task_data, tmp_path / "cut", resume=True, **kw)
     assert resumed["resumed_from"] == 3
     assert resumed["fingerprint"] == full["fingerprint"]  # bit-identical weights
     a = checkpoint.load_checkpoint(tmp_path / "full").model.state_dict()
@@ -294,26 +305,26 @@ def test_finetune_resume_gives_the_same_weights(llama_dir, task_data, tmp_path, 
 
 
 def test_finetune_refuses_a_resume_under_another_config(llama_dir, task_data, tmp_path):
-    from landscape.errors import UserError
+    from landscape.foundation.errors import UserError
 
     def stop(state, opt):
         raise KeyboardInterrupt
 
     kw = dict(max_steps=4, batch_size=4, device="cpu")
     with pytest.raises(KeyboardInterrupt):
-        F.finetune(llama_dir, task_data, tmp_path / "o", on_step=stop, **kw)
+        finetune_(llama_dir, task_data, tmp_path / "o", on_step=stop, **kw)
     with pytest.raises(UserError, match="another config_hash"):
-        F.finetune(llama_dir, task_data, tmp_path / "o", resume=True, lr=1.0, **kw)
+        finetune_(llama_dir, task_data, tmp_path / "o", resume=True, lr=1.0, **kw)
     with pytest.raises(UserError, match="interrupted run"):
-        F.finetune(llama_dir, task_data, tmp_path / "o", **kw)
+        finetune_(llama_dir, task_data, tmp_path / "o", **kw)
 
 
 def test_finetune_lowers_the_task_loss(llama_dir, task_data, tmp_path):
-    r = F.finetune(llama_dir, task_data, tmp_path / "t", optimizer="sam", lr=1e-2, max_steps=30, batch_size=8,
+    r = finetune_(llama_dir, task_data, tmp_path / "t", optimizer="sam", lr=1e-2, max_steps=30, batch_size=8,
                    eval_data=task_data, device="cpu")
     ck = checkpoint.load_checkpoint(tmp_path / "t")
     base = checkpoint.load_checkpoint(llama_dir)
-    bs = data.batches_for(ck, task_data)
+    bs = data.batches_for(ck, DataConfig(data=str(task_data)))
     assert evaluate(ck.model, bs).loss < 0.7 * evaluate(base.model, bs).loss
     assert r["eval_loss"] == pytest.approx(evaluate(ck.model, bs).loss, rel=1e-5)
 
@@ -322,7 +333,7 @@ def test_sam_trainer_step_equals_sam(tokenizer, tmp_path):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
     from transformers import TrainingArguments
 
-    from landscape.sam import SAMTrainer
+    from landscape.training.sam import SAMTrainer
 
     torch.manual_seed(0)
     model = tiny_model(tokenizer, dtype=torch.float32)

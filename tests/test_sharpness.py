@@ -5,10 +5,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from landscape import checkpoint, data, sharpness
+from landscape.foundation import checkpoint, data
+from landscape.measures import sharpness
 from landscape.cli.main import cli
-from landscape.errors import UserError
-from landscape.loss import FunctionObjective
+from landscape.foundation.errors import UserError
+from landscape.foundation.configs import SharpnessConfig
+from landscape.foundation.objective import FunctionObjective
 
 
 def diag_quadratic(a, m, w0):
@@ -74,15 +76,16 @@ def test_avg_sharpness_is_half_sigma_squared_trace():
 
 def test_unknown_metric_is_a_user_error():
     with pytest.raises(UserError, match="unknown metric"):
-        sharpness.parse_metrics("lambda_max,flatness")
+        SharpnessConfig(metrics="lambda_max,flatness")
 
 
 def test_measure_leaves_weights_bit_identical(tiny_ckpts, text_data):
     ck = checkpoint.load_checkpoint(tiny_ckpts["gpt2"])
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
     before = {n: p.detach().clone() for n, p in ck.model.named_parameters()}
-    r = sharpness.measure(ck.model, bs, metrics="lambda_max,lambda_min,trace,eps,sam,asam,avg,eps_subspace,density",
-                          max_iter=10, trace_samples=3, avg_samples=3, eps_steps=2, subspace=2, per_layer=True)
+    cfg = SharpnessConfig(metrics="lambda_max,lambda_min,trace,eps,sam,asam,avg,eps_subspace,density", max_iter=10,
+                          trace_samples=3, avg_samples=3, eps_steps=2, subspace=2, per_layer=True)
+    r = sharpness.measure(ck.model, bs, cfg)
     for n, p in ck.model.named_parameters():
         assert torch.equal(before[n], p), n
         assert p.grad is None

@@ -12,10 +12,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from landscape import checkpoint, data, directions as D, params as P, surface as S
+from landscape.foundation import checkpoint, data, params as P
+from landscape.measures import directions as D, surface as S
 from landscape.cli.main import cli
-from landscape.errors import UserError
-from landscape.loss import evaluate
+from landscape.foundation.errors import UserError
+from landscape.foundation.configs import SurfaceConfig
+from landscape.foundation.loss import evaluate
+
+
+def run_surface(model, batches, out, x, y=None, *, to=None, to_y=None, max_points=None, loss_fn=None, **settings):
+    """landscape.measures.surface.surface with the grid and settings given as keywords."""
+    return S.surface(model, batches, out, SurfaceConfig(x=x, y=y, **settings), targets=S.Targets(to, to_y),
+                     control=S.RunControl(max_points=max_points, loss_fn=loss_fn))
 
 
 @pytest.fixture()
@@ -60,7 +68,7 @@ def test_center_is_the_loss_and_weights_bit_identical(ck, text_data, tmp_path):
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
     before = {n: p.detach().clone() for n, p in ck.model.named_parameters()}
     L0 = evaluate(ck.model, bs).loss
-    S.surface(ck.model, bs, tmp_path / "s.h5", np.linspace(-1, 1, 5), np.linspace(-1, 1, 3))
+    run_surface(ck.model, bs, tmp_path / "s.h5", np.linspace(-1, 1, 5), np.linspace(-1, 1, 3))
     s = S.read_surface(tmp_path / "s.h5")
     assert s["loss"][2, 1] == L0  # exactly
     assert s["done"].all() and s["loss"].shape == (5, 3)
@@ -74,7 +82,7 @@ def test_line_to_another_checkpoint_hits_its_loss(tiny_ckpts, text_data, tmp_pat
     other = checkpoint.load_checkpoint(make_checkpoint(tmp_path, "llama", tokenizer, seed=9))
     ck = checkpoint.load_checkpoint(tiny_ckpts["llama"])
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
-    S.surface(ck.model, bs, tmp_path / "line.h5", np.array([0.0, 0.5, 1.0]), to=dict(other.model.named_parameters()))
+    run_surface(ck.model, bs, tmp_path / "line.h5", np.array([0.0, 0.5, 1.0]), to=dict(other.model.named_parameters()))
     s = S.read_surface(tmp_path / "line.h5")
     assert s["loss"][0] == evaluate(ck.model, bs).loss
     assert s["loss"][2] == pytest.approx(evaluate(other.model, bs).loss, rel=1e-6)
@@ -85,7 +93,7 @@ def test_points_equal_direct_evaluation_of_perturbed_weights(tmp_path, text_data
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
     named = P.select(ck.model)
     d = D.random_direction(named, seed=1, norm="none", ignore="none")
-    S.surface(ck.model, bs, tmp_path / "l.h5", np.array([-0.01, 0.0, 0.02]), norm="none", ignore="none", seed=1)
+    run_surface(ck.model, bs, tmp_path / "l.h5", np.array([-0.01, 0.0, 0.02]), norm="none", ignore="none", seed=1)
     s = S.read_surface(tmp_path / "l.h5")
     with P.perturbed(list(named.values()), [0.02 * x for x in d]):
         direct = evaluate(ck.model, bs).loss
@@ -102,7 +110,7 @@ def test_quadratic_surface_equals_its_closed_form(tmp_path):
     fn = lambda: float(0.5 * ((A @ model.W.reshape(-1) - c) ** 2).sum())  # noqa: E731
     x, y = np.linspace(-1, 1, 5), np.linspace(-2, 2, 4)
     W0 = model.W.detach().clone()
-    S.surface(model, None, tmp_path / "q.h5", x, y, norm="filter", seed=4, loss_fn=fn)
+    run_surface(model, None, tmp_path / "q.h5", x, y, norm="filter", seed=4, loss_fn=fn)
     named = P.select(model)
     dx = D.random_direction(named, 4, "x", "filter", "biasbn")[0].double()
     dy = D.random_direction(named, 4, "y", "filter", "biasbn")[0].double()
@@ -117,10 +125,10 @@ def test_quadratic_surface_equals_its_closed_form(tmp_path):
 def test_resume_gives_an_identical_file(ck, text_data, tmp_path):
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
     x, y = np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)
-    S.surface(ck.model, bs, tmp_path / "full.h5", x, y)
-    r = S.surface(ck.model, bs, tmp_path / "part.h5", x, y, max_points=5)
+    run_surface(ck.model, bs, tmp_path / "full.h5", x, y)
+    r = run_surface(ck.model, bs, tmp_path / "part.h5", x, y, max_points=5)
     assert not r["complete"] and (tmp_path / "part.h5.partial").exists() and not (tmp_path / "part.h5").exists()
-    r = S.surface(ck.model, bs, tmp_path / "part.h5", x, y)
+    r = run_surface(ck.model, bs, tmp_path / "part.h5", x, y)
     assert r["complete"] and r["computed"] == 7
     assert (tmp_path / "part.h5").read_bytes() == (tmp_path / "full.h5").read_bytes()
     assert not (tmp_path / "part.h5.partial").exists()
@@ -128,9 +136,9 @@ def test_resume_gives_an_identical_file(ck, text_data, tmp_path):
 
 def test_refuses_to_resume_into_another_configuration(ck, text_data, tmp_path):
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
-    S.surface(ck.model, bs, tmp_path / "p.h5", np.linspace(-1, 1, 4), max_points=2)
+    run_surface(ck.model, bs, tmp_path / "p.h5", np.linspace(-1, 1, 4), max_points=2)
     with pytest.raises(UserError, match="another configuration"):
-        S.surface(ck.model, bs, tmp_path / "p.h5", np.linspace(-1, 1, 4), seed=5)
+        run_surface(ck.model, bs, tmp_path / "p.h5", np.linspace(-1, 1, 4), seed=5)
 
 
 def test_nan_points_are_stored_as_computed_and_plotted_as_gaps(tmp_path):
@@ -142,7 +150,7 @@ def test_nan_points_are_stored_as_computed_and_plotted_as_gaps(tmp_path):
                 {"config_hash": "x"})
     s = S.read_surface(tmp_path / "n.h5")
     assert s["done"].all() and np.isnan(s["loss"][0, 0]) and np.isinf(s["loss"][2, 2])
-    from landscape.report import _none_for_nan, _prepare
+    from landscape.study.report import _none_for_nan, _prepare
 
     z = _none_for_nan(_prepare(s["loss"], log=False, clip=None))
     assert z[0][0] is None and z[2][2] is None and z[1][1] == 4.0
@@ -235,7 +243,7 @@ def test_plot_renders_in_headless_chromium(tmp_path):
     for name, arrays in (("<img src=x onerror=alert(1)>.h5", {"xcoordinates": x, "ycoordinates": y, "loss": L}),
                          ("line.h5", {"xcoordinates": x, "loss": x**2})):
         S._write_h5(tmp_path / name, {**arrays, "done": np.ones_like(arrays["loss"], np.uint8)}, {"config_hash": name})
-    from landscape.report import plot_surfaces
+    from landscape.study.report import plot_surfaces
 
     page = plot_surfaces([tmp_path / "<img src=x onerror=alert(1)>.h5", tmp_path / "line.h5"], tmp_path / "p.html")
     html = page.read_text()
@@ -263,12 +271,12 @@ def test_regenerated_directions_give_the_held_file_bit_for_bit(tiny_ckpts, token
         kw["to_y"] = dict(checkpoint.load_checkpoint(make_checkpoint(tmp_path / "b", "llama", tokenizer, seed=5)).model.named_parameters())
     before = [p.detach().clone() for p in ck.model.parameters()]
     x, y = np.linspace(-1, 1, 3), np.linspace(-0.5, 1.0, 4)
-    r = S.surface(ck.model, bs, tmp_path / "held.h5", x, y, directions="held", **kw)
+    r = run_surface(ck.model, bs, tmp_path / "held.h5", x, y, directions="held", **kw)
     assert r["directions"] == "held"
-    S.surface(ck.model, bs, tmp_path / "regen.h5", x, y, directions="regenerated", **kw)
+    run_surface(ck.model, bs, tmp_path / "regen.h5", x, y, directions="regenerated", **kw)
     assert (tmp_path / "regen.h5").read_bytes() == (tmp_path / "held.h5").read_bytes()
-    S.surface(ck.model, bs, tmp_path / "mixed.h5", x, y, directions="held", max_points=5, **kw)
-    S.surface(ck.model, bs, tmp_path / "mixed.h5", x, y, directions="regenerated", **kw)
+    run_surface(ck.model, bs, tmp_path / "mixed.h5", x, y, directions="held", max_points=5, **kw)
+    run_surface(ck.model, bs, tmp_path / "mixed.h5", x, y, directions="regenerated", **kw)
     assert (tmp_path / "mixed.h5").read_bytes() == (tmp_path / "held.h5").read_bytes()
     assert all(torch.equal(a, b) for a, b in zip(before, ck.model.parameters()))
 
@@ -295,7 +303,7 @@ def test_regenerated_directions_hold_only_the_origin(ck, text_data, tmp_path):
 
     for mode in ("held", "regenerated"):
         base = live()  # tensors other tests left alive do not count
-        S.surface(ck.model, None, tmp_path / f"{mode}.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3),
+        run_surface(ck.model, None, tmp_path / f"{mode}.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3),
                   directions=mode, loss_fn=count(mode))
     shaped = sum(1 for p in ck.model.parameters() if p.shape == big.shape)
     assert seen["regenerated"] == shaped  # one origin copy per such weight, no direction
@@ -306,11 +314,11 @@ def test_auto_holds_directions_only_when_they_fit(ck, text_data, tmp_path, monke
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
     need = 2 * 4 * P.numel(list(P.select(ck.model).values()))
     monkeypatch.setattr(P, "free_memory", lambda device: 2 * need)
-    assert S.surface(ck.model, bs, tmp_path / "a.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "held"
+    assert run_surface(ck.model, bs, tmp_path / "a.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "held"
     monkeypatch.setattr(P, "free_memory", lambda device: 2 * need - 1)
-    assert S.surface(ck.model, bs, tmp_path / "b.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "regenerated"
-    with pytest.raises(UserError, match="directions mode"):
-        S.surface(ck.model, bs, tmp_path / "c.h5", np.linspace(-1, 1, 3), directions="lazy")
+    assert run_surface(ck.model, bs, tmp_path / "b.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "regenerated"
+    with pytest.raises(UserError, match="unknown directions 'lazy'"):
+        run_surface(ck.model, bs, tmp_path / "c.h5", np.linspace(-1, 1, 3), directions="lazy")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
@@ -321,8 +329,8 @@ def test_points_per_pass_vmap_matches_one_point_at_a_time(tiny_ckpts, text_data,
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
     before = [p.detach().clone() for p in ck.model.parameters()]
     x, y = np.linspace(-1, 1, 3), np.linspace(-0.5, 0.5, 3)
-    S.surface(ck.model, bs, tmp_path / "one.h5", x, y, orthogonal=True)
-    S.surface(ck.model, bs, tmp_path / "four.h5", x, y, orthogonal=True, points_per_pass=4)
+    run_surface(ck.model, bs, tmp_path / "one.h5", x, y, orthogonal=True)
+    run_surface(ck.model, bs, tmp_path / "four.h5", x, y, orthogonal=True, points_per_pass=4)
     one, four = S.read_surface(tmp_path / "one.h5"), S.read_surface(tmp_path / "four.h5")
     assert four["done"].all()
     np.testing.assert_allclose(four["loss"], one["loss"], rtol=2e-6)
@@ -333,14 +341,14 @@ def test_points_per_pass_vmap_matches_one_point_at_a_time(tiny_ckpts, text_data,
 def test_points_per_pass_resumes_to_the_same_bytes_and_is_part_of_the_configuration(ck, text_data, tmp_path):
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
     x, y = np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)
-    S.surface(ck.model, bs, tmp_path / "full.h5", x, y, points_per_pass=5)
-    r = S.surface(ck.model, bs, tmp_path / "part.h5", x, y, points_per_pass=5, max_points=5)
+    run_surface(ck.model, bs, tmp_path / "full.h5", x, y, points_per_pass=5)
+    r = run_surface(ck.model, bs, tmp_path / "part.h5", x, y, points_per_pass=5, max_points=5)
     assert r["computed"] == 5 and not r["complete"]
-    r = S.surface(ck.model, bs, tmp_path / "part.h5", x, y, points_per_pass=5)
+    r = run_surface(ck.model, bs, tmp_path / "part.h5", x, y, points_per_pass=5)
     assert r["complete"] and r["computed"] == 7  # blocks of 5, 5 and a last one of 2
     assert (tmp_path / "part.h5").read_bytes() == (tmp_path / "full.h5").read_bytes()
-    S.surface(ck.model, bs, tmp_path / "k1.h5", x, y, max_points=2)
+    run_surface(ck.model, bs, tmp_path / "k1.h5", x, y, max_points=2)
     with pytest.raises(UserError, match="another configuration"):
-        S.surface(ck.model, bs, tmp_path / "k1.h5", x, y, points_per_pass=5)
-    with pytest.raises(UserError, match="points-per-pass"):
-        S.surface(ck.model, bs, tmp_path / "bad.h5", x, y, points_per_pass=0)
+        run_surface(ck.model, bs, tmp_path / "k1.h5", x, y, points_per_pass=5)
+    with pytest.raises(UserError, match="points_per_pass"):
+        run_surface(ck.model, bs, tmp_path / "bad.h5", x, y, points_per_pass=0)

@@ -16,24 +16,13 @@ from pathlib import Path
 import torch
 
 import landscape
-from landscape import checkpoint, data, finetune, loss
-from landscape.errors import UserError
+from landscape.foundation import checkpoint, data, loss, toy
+from landscape.foundation.configs import ConfigError, FinetuneConfig, LoadConfig
+from landscape.foundation.data import data_dir
+from landscape.training import finetune
 
 DEMO_ARCH = dict(arch="llama", hidden=128, layers=4, heads=4, intermediate=256, max_positions=128)
 DEMO_TRAIN = dict(steps=2000, lr=3e-3, batch_size=32, max_length=64, warmup=50, weight_decay=0.0)
-
-
-def data_dir() -> Path:
-    """The project's ``data/`` folder (override with ``LANDSCAPE_DATA``)."""
-    env = os.environ.get("LANDSCAPE_DATA")
-    d = Path(env) if env else Path(landscape.__file__).resolve().parent.parent / "data"
-    if not (d / "pretrain.jsonl").is_file():
-        raise UserError(f"{d}: embedded data not found (run `python data/generate.py` or set LANDSCAPE_DATA)")
-    return d
-
-
-def default_eval_data() -> Path:
-    return data_dir() / "eval.jsonl"
 
 
 def all_texts(root: Path):
@@ -54,19 +43,19 @@ def build_demo_model(out: str | os.PathLike, steps: int = DEMO_TRAIN["steps"], s
     Returns a summary (parameters, steps, final train loss, eval loss, seconds).
     """
     if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
+        raise ConfigError("steps", f"must be >= 1, got {steps}")
     root = data_dir()
     t0 = time.perf_counter()
-    tok = checkpoint.build_word_tokenizer(all_texts(root))
+    tok = toy.build_word_tokenizer(all_texts(root))
     arch = dict(DEMO_ARCH)
-    cfg = checkpoint.tiny_config(arch.pop("arch"), vocab_size=len(tok), tokenizer=tok, **arch)
-    model = checkpoint.build_model(cfg, seed=seed)
+    cfg = toy.tiny_config(arch.pop("arch"), vocab_size=len(tok), tokenizer=tok, **arch)
+    model = toy.build_model(cfg, seed=seed)
     torch.manual_seed(seed)
     train = data.load_batches(root / "pretrain.jsonl", tok, batch_size=DEMO_TRAIN["batch_size"],
                               max_length=DEMO_TRAIN["max_length"])
-    log = finetune.train(model, train, steps=steps, lr=DEMO_TRAIN["lr"], seed=seed,
-                         weight_decay=DEMO_TRAIN["weight_decay"], warmup=min(DEMO_TRAIN["warmup"], steps // 10),
-                         progress=progress, desc="pretrain demo model")
+    run = FinetuneConfig(max_steps=steps, lr=DEMO_TRAIN["lr"], seed=seed, weight_decay=DEMO_TRAIN["weight_decay"],
+                         warmup=min(DEMO_TRAIN["warmup"], steps // 10))
+    log = finetune.train(model, train, run, progress=progress)
     ev = loss.evaluate(model, data.load_batches(root / "eval.jsonl", tok, batch_size=32, max_length=64))
     summary = {
         "out": str(out), "n_params": checkpoint.count_params(model), "vocab_size": len(tok),
@@ -88,7 +77,7 @@ def ensure_demo_model(out: str | os.PathLike, steps: int, seed: int = 0, progres
             if s["steps"] == steps and s["seed"] == seed and s["version"] == landscape.__version__:
                 checkpoint.inspect_checkpoint(out)
                 return {**s, "reused": True}
-        except (ValueError, KeyError, UserError):
+        except (ValueError, KeyError, landscape.UserError):
             pass
     return {**build_demo_model(out, steps=steps, seed=seed, progress=progress), "reused": False}
 
@@ -111,28 +100,24 @@ DEMO_RUNS = [("adamw-lr3e-4",   "adamw", 3e-4, 150, None),
              ("asam-rho1.0",    "asam",  1e-3, 150, 1.0)]
 DEMO_FAST_RUNS = ("adamw-lr3e-4", "adamw-lr1e-3", "adamw-lr1e-3-s300", "adamw-lr3e-3", "sam-rho0.05",
                   "sam-rho0.2", "sam-lr3e-3-rho0.05", "asam-rho1.0")
-FT = dict(batch_size=16, warmup=10, seed=0)
+FT = FinetuneConfig(batch_size=16, warmup=10, seed=0)
 
 
-def _finetuned(base: Path, base_fp: str, out: Path, data: Path, eval_data: Path, optimizer, lr, steps, rho,
-               progress) -> str:
+def _finetuned(base: Path, base_fp: str, out: Path, run: FinetuneConfig, progress: bool) -> str:
     """Fine-tune unless ``out`` already holds this exact run (same base, data and config)."""
-    from landscape.finetune import finetune
+    from landscape.training.finetune import finetune
 
+    root = data_dir() / "tasks" / DEMO_TASK
     cfg_file = out / "finetune_config.json"
     if cfg_file.is_file():
         try:
             have = json.loads(cfg_file.read_text())
-            want = dict(optimizer=optimizer, lr=lr, steps=steps, rho=rho or 0.05)
-            c = have["config"]
-            if all(c[k] == v for k, v in want.items()) and have["base_fingerprint"] == base_fp \
-                    and c["warmup"] == FT["warmup"] and have["batch_size"] == FT["batch_size"]:
+            if have["settings"] == run.as_dict() and have["base_fingerprint"] == base_fp:
                 return "reused"
         except (ValueError, KeyError, OSError):
             pass
     shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
-    finetune(base, data, out, optimizer=optimizer, lr=lr, rho=rho or 0.05, max_steps=steps, eval_data=eval_data,
-             overwrite=True, device="cpu", progress=progress, **FT)
+    finetune(base, root / "train.jsonl", out, run, load=LoadConfig(device="cpu"), progress=progress)
     return "trained"
 
 
@@ -164,38 +149,35 @@ def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress:
        SAM/ASAM at several ρ (12 checkpoints; 8 with ``fast``);
     3. measure flatness (λ_max, trace, ε-/SAM-/average sharpness, surface curvature) on the task's
        held-out data and forgetting on the suites, correlate, write ``report.html``;
-    4. summarise: SAM vs AdamW at equal steps and at equal compute, and how strongly each flatness
-       metric tracks forgetting. The numbers are reported as measured.
+    4. compare SAM with AdamW at equal steps and at equal compute. The numbers are reported as
+       measured; ``landscape demo`` prints them as a table.
     """
-    from landscape import correlate, forgetting as FG
+    from landscape.measures import forgetting as FG
+    from landscape.study.runner import run_manifest
 
     t0 = time.perf_counter()
     out = Path(out)
-    steps = 800 if fast else DEMO_TRAIN["steps"]
     base = out / "base"
-    s = ensure_demo_model(base, steps=steps, progress=progress)
-    root = data_dir()
+    s = ensure_demo_model(base, steps=800 if fast else DEMO_TRAIN["steps"], progress=progress)
     runs = [r for r in DEMO_RUNS if not fast or r[0] in DEMO_FAST_RUNS]
     t_ft = time.perf_counter()
-    how = {}
     base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
-    for label, opt, lr, n, rho in runs:
-        how[label] = _finetuned(base, base_fp, out / "ft" / label, root / "tasks" / DEMO_TASK / "train.jsonl",
-                                root / "tasks" / DEMO_TASK / "eval.jsonl", opt, lr, n, rho, progress)
+    eval_data = str(data_dir() / "tasks" / DEMO_TASK / "eval.jsonl")
+    how = {label: _finetuned(base, base_fp, out / "ft" / label,
+                             FT.replace(optimizer=opt, lr=lr, max_steps=n, rho=rho or 0.05, eval_data=eval_data,
+                                        overwrite=True), progress)
+           for label, opt, lr, n, rho in runs}
     t_ft = time.perf_counter() - t_ft
     manifest = demo_manifest(out, runs, fast)
-    res = correlate.run_manifest(manifest, out / "report.html", progress=progress)
-    # how well each fine-tune learned its task (exact match on held-out items)
-    task_suite = FG.load_suite(root / "tasks" / DEMO_TASK / "eval.jsonl")
-    learned = {}
-    for r in res["checkpoints"]:
+    res = run_manifest(manifest, out / "report.html", progress=progress)
+    task_suite = FG.load_suite(data_dir() / "tasks" / DEMO_TASK / "eval.jsonl")
+    for r in res["checkpoints"]:  # how well each fine-tune learned its task (exact match on held-out items)
         ck = checkpoint.load_checkpoint(r["path"])
-        learned[r["label"]] = FG.score_suite(ck.model, ck.tokenizer, task_suite)["score"]
-        r["task_exact_match"] = learned[r["label"]]
-    summary = demo_summary(res, s, how, t_ft, time.perf_counter() - t0)
+        r["task_exact_match"] = FG.score_suite(ck.model, ck.tokenizer, task_suite)["score"]
     return {"out": str(out), "base": str(base), "report": res["report"], "manifest": str(manifest),
-            "model": s, "finetunes": how, "task": DEMO_TASK, "checkpoints": res["checkpoints"],
-            "ranking": res["ranking"], "comparisons": summary["comparisons"], "summary": summary["text"],
+            "model": s, "finetunes": how, "finetune_seconds": round(t_ft, 1), "task": DEMO_TASK,
+            "metrics": res["metrics"], "checkpoints": res["checkpoints"], "ranking": res["ranking"],
+            "correlations": res["correlations"], "comparisons": comparisons(res),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -203,19 +185,8 @@ def _row(res, label):
     return next(r for r in res["checkpoints"] if r["label"] == label)
 
 
-def demo_summary(res: dict, s: dict, how: dict, t_ft: float, total: float) -> dict:
-    """The printed table and the SAM-vs-AdamW comparisons."""
-    metrics = res["metrics"]
-    lines = [f"demo base model: {res['base']} ({s['n_params']:,} parameters, {s['steps']} steps, "
-             f"{'reused' if s['reused'] else 'built in %s s' % s['seconds']})",
-             f"fine-tunes on '{DEMO_TASK}': {sum(v == 'trained' for v in how.values())} trained, "
-             f"{sum(v == 'reused' for v in how.values())} reused ({t_ft:.0f} s)", ""]
-    head = f"{'checkpoint':<20} {'task EM':>7} {'forget':>7} " + " ".join(f"{m[:12]:>12}" for m in metrics)
-    lines.append(head)
-    for r in res["checkpoints"]:
-        fg = r["forgetting"]["average"]["delta"]
-        lines.append(f"{r['label']:<20} {r.get('task_exact_match', float('nan')):7.2f} {fg:7.3f} "
-                     + " ".join(f"{_g(r['flatness'].get(m)):>12}" for m in metrics))
+def comparisons(res: dict) -> list[dict]:
+    """SAM ρ = 0.05 against AdamW at equal steps and at equal compute (two passes per SAM step)."""
     comps = []
     labels = {r["label"] for r in res["checkpoints"]}
     for sam, adam, kind in (("sam-rho0.05", "adamw-lr1e-3", "equal steps (150)"),
@@ -226,27 +197,4 @@ def demo_summary(res: dict, s: dict, how: dict, t_ft: float, total: float) -> di
                           "lambda_max": [a["flatness"].get("lambda_max"), b["flatness"].get("lambda_max")],
                           "forgetting": [a["forgetting"]["average"]["delta"], b["forgetting"]["average"]["delta"]],
                           "task_exact_match": [a.get("task_exact_match"), b.get("task_exact_match")]})
-    lines.append("")
-    for c in comps:
-        (ls, la), (fs, fa) = c["lambda_max"], c["forgetting"]
-        flatter = "flatter" if ls is not None and la is not None and ls < la else "NOT flatter"
-        less = "less" if fs < fa else "NOT less"
-        lines.append(f"SAM ρ=0.05 vs AdamW at {c['comparison']}: λ_max {_g(ls)} vs {_g(la)} ({flatter}); "
-                     f"forgetting {fs:.3f} vs {fa:.3f} ({less} forgetting); task EM {c['task_exact_match'][0]:.2f} "
-                     f"vs {c['task_exact_match'][1]:.2f}")
-    lines.append("")
-    lines.append("flatness metric vs average forgetting (Spearman ρ [95% bootstrap CI], p; n checkpoints):")
-    for r in res["ranking"]:
-        c = res["correlations"][r["metric"]]["average"]["spearman"]
-        ci = c.get("ci") or [None, None]
-        lines.append(f"  {r['metric']:<20} ρ {_g(r['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  p {_g(r['p'])}  "
-                     f"n {r['n']}")
-    lines.append("")
-    lines.append(f"report: {res['report']}  (json: {Path(res['report']).with_suffix('.json')}); total {total:.0f} s")
-    return {"text": "\n".join(lines), "comparisons": comps}
-
-
-def _g(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return comps

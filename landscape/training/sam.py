@@ -124,17 +124,29 @@ class SAM(torch.optim.Optimizer):
     def adaptive(self) -> bool:
         return self.perturbation.adaptive
 
-    def first_step(self, zero_grad: bool = True) -> float:
-        """w ← w + ε(∇L(w)); returns the gradient norm used."""
-        norm = self.perturbation.perturb()
+    def first_step(self, grads: list | None = None, zero_grad: bool = True) -> float:
+        """w ← w + ε(g), g = ``grads`` or each parameter's ``.grad``; returns the gradient norm used.
+
+        Per-micro-batch SAM (see the module docstring) passes the micro-batch's own gradient and
+        ``zero_grad=False``, so the second-pass gradients already in ``.grad`` keep accumulating.
+        """
+        norm = self.perturbation.perturb(grads)
         if zero_grad:
             self.zero_grad(set_to_none=True)
         return norm
 
+    def restore(self) -> None:
+        """w ← the weights saved by :meth:`first_step` (bit-exact), without a step."""
+        self.perturbation.restore()
+
+    def base_step(self) -> None:
+        """The base optimizer's step from the current (restored) weights with the current ``.grad``."""
+        self.base_optimizer.step()
+
     def second_step(self, zero_grad: bool = True) -> None:
         """w ← saved w, then the base step with the gradient taken at w + ε."""
-        self.perturbation.restore()
-        self.base_optimizer.step()
+        self.restore()
+        self.base_step()
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -224,7 +236,10 @@ class _null:
 
 
 def __getattr__(name):
-    # SAMTrainer needs transformers' Trainer (and accelerate); import it only when asked for.
+    # SAMTrainer needs transformers' Trainer (and accelerate); import it only when asked for, once:
+    # the class is built on first access and kept, so every access gives the same class.
     if name == "SAMTrainer":
-        return _make_sam_trainer()
+        trainer = _make_sam_trainer()
+        globals()["SAMTrainer"] = trainer
+        return trainer
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """Sharpness measures of the shared loss, and ``measure``: the `landscape sharpness` command's one call.
 
-Every measure perturbs the weights inside :func:`landscape.params.perturbed`, which restores the
+Every measure perturbs the weights inside :func:`landscape.foundation.params.perturbed`, which restores the
 original bits on exit: the model is bit-identical after a measurement.
 
 Definitions (w the selected parameters, L the token-weighted mean loss):
@@ -30,10 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
-from landscape import hessian
-from landscape import params as P
-from landscape.errors import UserError
-from landscape.loss import Objective, gradient
+from landscape.foundation import params as P
+from landscape.foundation.configs import SharpnessConfig
+from landscape.foundation.errors import UserError
+from landscape.foundation.objective import ModelObjective, gradient
+from landscape.measures import hessian
 
 
 def eps_sharpness(obj, eps: float = 1e-3, steps: int = 20, subspace: int | None = None, seed: int = 0,
@@ -125,103 +126,107 @@ def avg_sharpness(obj, sigma: float = 0.01, samples: int = 16, adaptive: bool = 
             "sigma": sigma, "samples": samples, "adaptive": adaptive, "loss": L0}
 
 
-METRICS = ("lambda_max", "lambda_min", "trace", "density", "eps", "eps_subspace", "sam", "asam", "avg")
-DEFAULT_METRICS = ("lambda_max", "lambda_min", "trace", "eps", "sam", "avg")
+# `landscape sharpness` metric name → key in the result's "metrics"
+RESULT_KEYS = {"lambda_max": "lambda_max", "lambda_min": "lambda_min", "trace": "hessian_trace",
+               "eps": "eps_sharpness", "eps_subspace": "eps_subspace_sharpness", "sam": "sam_sharpness",
+               "asam": "asam_sharpness", "avg": "avg_sharpness"}
 
 
-def parse_metrics(spec: str | list | tuple | None) -> list[str]:
-    if spec is None:
-        return list(DEFAULT_METRICS)
-    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
-    unknown = [m for m in names if m not in METRICS]
-    if unknown or not names:
-        raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
-    return names
-
-
-def measure(model, batches, metrics=None, top_k: int = 1, params: str | None = None, per_layer: bool = False,
-            method: str = "lanczos", max_iter: int = 100, tol: float = 1e-3, trace_samples: int = 30,
-            eps: float = 1e-3, eps_steps: int = 10, subspace: int = 10, rho: float = 0.05, sam_steps: int = 1,
-            sigma: float = 0.01, avg_samples: int = 16, hvp_method: str = "reverse", seed: int = 0,
-            progress: bool = False, cache_graph: bool | str = "auto") -> dict:
+def measure(model, batches, config: SharpnessConfig | None = None, progress: bool = False) -> dict:
     """Loss and the requested curvature/sharpness metrics of ``model`` on ``batches``.
 
-    ``params`` restricts everything to parameters whose names match the regex; ``per_layer`` adds
-    λ_max (and the trace, when asked) of each transformer block's own Hessian. The model's weights are
-    bit-identical afterwards. ``cache_graph`` (True/False/"auto"): keep the gradient's graph across
-    HVPs (see :class:`landscape.hessian.HVP`); it changes speed and memory, never the numbers.
-    Returns the JSON-ready dict of `landscape sharpness --json`.
+    ``config.params`` restricts everything to parameters whose names match the regex;
+    ``config.per_layer`` adds λ_max (and the trace, when asked) of each transformer block's own
+    Hessian. The model's weights are bit-identical afterwards. ``config.cache_graph`` changes speed
+    and memory, never the numbers. Returns the JSON-ready dict of `landscape sharpness --json`;
+    ``cost.hvps`` counts every Hessian-vector product the estimators spent.
     """
-    names = parse_metrics(metrics)
-    if top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {top_k}")
-    if method not in ("lanczos", "power"):
-        raise UserError(f"unknown eigenvalue method {method!r}; choose lanczos or power")
+    cfg = config or SharpnessConfig()
     t0 = time.perf_counter()
-    obj = Objective(model, batches, P.select(model, params))
-    hvp = hessian.HVP(obj, hvp_method, cache_graph=cache_graph)
-    out: dict = {}
-    details: dict = {}
+    obj = ModelObjective(model, batches, P.select(model, cfg.params))
     L0 = obj.value()
     if not math.isfinite(L0):
         raise UserError(f"the loss at the checkpoint is {L0}: curvature is undefined (NaN/inf weights, or "
-                        "an overflowing dtype: try --dtype float32)")
-    eig_fn = hessian.lanczos if method == "lanczos" else hessian.power_iteration
+                        "an overflowing dtype: try float32)")
+    op = hessian.HessianOperator(obj, cfg.hvp_method, cfg.cache_graph)
+    out: dict = {}
+    details: dict = {}
+    hvps = _curvature(op, cfg, out, details, progress)
+    graph_cached = op.cached
+    op.release()  # the measures below move the weights; free the kept graph first
+    _sharpness(obj, cfg, out, details, progress)
+    if cfg.per_layer:
+        out["per_layer"], layer_hvps = _per_layer(model, batches, cfg, progress)
+        hvps += layer_hvps
+    out["details"] = details
+    config_out = {**cfg.as_dict(), "n_params": P.numel(obj.params),
+                  "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
+    return {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "config": config_out,
+            "cost": {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached}}
+
+
+def _eigen(op, cfg: SharpnessConfig, k: int, want_min: bool, progress: bool):
+    fn = hessian.lanczos if cfg.method == "lanczos" else hessian.power_iteration
+    return fn(op, k=k, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=want_min, progress=progress)
+
+
+def _curvature(op, cfg: SharpnessConfig, out: dict, details: dict, progress: bool) -> int:
+    """λ_max/λ_min, trace and density into ``out``; returns the HVPs spent."""
+    names, hvps = cfg.metrics, 0
     if "lambda_max" in names or "lambda_min" in names:
-        sp = eig_fn(hvp, k=top_k, max_iter=max_iter, tol=tol, seed=seed, want_min="lambda_min" in names,
-                    progress=progress)
+        sp = _eigen(op, cfg, cfg.top_k, "lambda_min" in names, progress)
         if "lambda_max" in names:
-            out["lambda_max"] = sp.lambda_max
-            out["eigenvalues"] = sp.eigenvalues
+            out["lambda_max"], out["eigenvalues"] = sp.lambda_max, sp.eigenvalues
         if "lambda_min" in names:
             out["lambda_min"] = sp.lambda_min
         details["eigen"] = sp.as_dict()
+        hvps += sp.hvps
     if "trace" in names:
-        tr = hessian.hutchinson_trace(hvp, samples=trace_samples, seed=seed, progress=progress)
+        tr = hessian.hutchinson_trace(op, samples=cfg.trace_samples, seed=cfg.seed, progress=progress)
         out["hessian_trace"], out["hessian_trace_stderr"] = tr.trace, tr.stderr
+        hvps += tr.hvps
     if "density" in names:
-        out["density"] = hessian.spectral_density(hvp, seed=seed, progress=progress)
-    graph_cached = hvp.cached
-    hvp.release()  # the measures below move the weights; free the kept graph first
-    if "eps" in names:
-        r = eps_sharpness(obj, eps=eps, steps=eps_steps, seed=seed, progress=progress)
-        out["eps_sharpness"] = r["eps_sharpness"]
-        details["eps"] = r
-    if "eps_subspace" in names:
-        r = eps_sharpness(obj, eps=eps, steps=eps_steps, subspace=subspace, seed=seed, progress=progress)
-        out["eps_subspace_sharpness"] = r["eps_sharpness"]
-        details["eps_subspace"] = r
+        out["density"] = hessian.spectral_density(op, seed=cfg.seed, progress=progress)
+        hvps += out["density"]["hvps"]
+    return hvps
+
+
+def _sharpness(obj, cfg: SharpnessConfig, out: dict, details: dict, progress: bool) -> None:
+    """ε-, SAM-, ASAM- and average sharpness into ``out`` (each moves and restores the weights)."""
+    names = cfg.metrics
+    for key, subspace in (("eps", None), ("eps_subspace", cfg.subspace)):
+        if key in names:
+            r = eps_sharpness(obj, eps=cfg.eps, steps=cfg.eps_steps, subspace=subspace, seed=cfg.seed,
+                              progress=progress)
+            out[RESULT_KEYS[key]] = r["eps_sharpness"]
+            details[key] = r
     for key, adaptive in (("sam", False), ("asam", True)):
         if key in names:
-            r = ball_sharpness(obj, rho=rho, steps=sam_steps, adaptive=adaptive, seed=seed, progress=progress)
-            out[f"{key}_sharpness"] = r["sharpness"]
+            r = ball_sharpness(obj, rho=cfg.rho, steps=cfg.sam_steps, adaptive=adaptive, seed=cfg.seed,
+                               progress=progress)
+            out[RESULT_KEYS[key]] = r["sharpness"]
             details[key] = r
     if "avg" in names:
-        r = avg_sharpness(obj, sigma=sigma, samples=avg_samples, seed=seed, progress=progress)
+        r = avg_sharpness(obj, sigma=cfg.sigma, samples=cfg.avg_samples, seed=cfg.seed, progress=progress)
         out["avg_sharpness"], out["avg_sharpness_stderr"] = r["avg_sharpness"], r["stderr"]
-    if per_layer:
-        layers = {}
-        base_pat = re.compile(params) if params else None
-        for group, regex in P.layer_groups(model).items():
-            sel = {n: p for n, p in P.select(model, regex).items() if base_pat is None or base_pat.search(n)}
-            if not sel:
-                continue
-            h = hessian.HVP(Objective(model, batches, sel), hvp_method, cache_graph=cache_graph)
-            sp = eig_fn(h, k=1, max_iter=max_iter, tol=tol, seed=seed, want_min=False, progress=progress)
-            row = {"lambda_max": sp.lambda_max, "converged": sp.converged, "n_params": P.numel(h.obj.params)}
-            if "trace" in names:
-                tr = hessian.hutchinson_trace(h, samples=trace_samples, seed=seed, progress=progress)
-                row.update(hessian_trace=tr.trace, hessian_trace_stderr=tr.stderr)
-            hvp.calls += h.calls
-            h.release()
-            layers[group] = row
-        out["per_layer"] = layers
-    out["details"] = details
-    config = {"metrics": names, "top_k": top_k, "params": params, "per_layer": per_layer, "method": method,
-              "max_iter": max_iter, "tol": tol, "trace_samples": trace_samples, "eps": eps, "eps_steps": eps_steps,
-              "subspace": subspace, "rho": rho, "sam_steps": sam_steps, "sigma": sigma, "avg_samples": avg_samples,
-              "hvp_method": hvp_method, "cache_graph": cache_graph, "seed": seed, "n_params": P.numel(obj.params),
-              "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
-    return {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "config": config,
-            "cost": {"hvps": hvp.calls, "seconds": round(time.perf_counter() - t0, 3),
-                     "graph_cached": graph_cached}}
+
+
+def _per_layer(model, batches, cfg: SharpnessConfig, progress: bool) -> tuple[dict, int]:
+    """λ_max (and the trace, when asked) of each transformer block's own Hessian."""
+    layers, hvps = {}, 0
+    base_pat = re.compile(cfg.params) if cfg.params else None
+    for group, regex in P.layer_groups(model).items():
+        sel = {n: p for n, p in P.select(model, regex).items() if base_pat is None or base_pat.search(n)}
+        if not sel:
+            continue
+        op = hessian.HessianOperator(ModelObjective(model, batches, sel), cfg.hvp_method, cfg.cache_graph)
+        sp = _eigen(op, cfg, 1, False, progress)
+        row = {"lambda_max": sp.lambda_max, "converged": sp.converged, "n_params": P.numel(op.obj.params)}
+        hvps += sp.hvps
+        if "trace" in cfg.metrics:
+            tr = hessian.hutchinson_trace(op, samples=cfg.trace_samples, seed=cfg.seed, progress=progress)
+            row.update(hessian_trace=tr.trace, hessian_trace_stderr=tr.stderr)
+            hvps += tr.hvps
+        op.release()
+        layers[group] = row
+    return layers, hvps

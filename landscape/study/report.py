@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.surface import read_surface
+from landscape.foundation.io import write_text
+from landscape.measures.surface import read_surface
 
 
 def _prepare(loss: np.ndarray, log: bool, clip: float | None) -> np.ndarray:
@@ -72,10 +73,7 @@ def write_html(fig, out: str | os.PathLike, title: str = "landscape") -> Path:
     body = fig.to_html(full_html=False, include_plotlyjs=True, div_id="landscape-plot")
     page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body>\n<h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, page)
 
 
 def plot_surfaces(paths: list, out: str | os.PathLike, log: bool = False, clip: float | None = None) -> Path:
@@ -249,7 +247,4 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
                corr_rows, "correlations"),
         *parts[1:], "</body></html>",
     ]
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(page), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, "\n".join(page))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from landscape.data import IGNORE, Batch
+from landscape.foundation.data import IGNORE, Batch
 
 
 def param_device(model: torch.nn.Module) -> torch.device:
@@ -76,7 +76,7 @@ def evaluate(model: torch.nn.Module, batches, reduce: bool = True) -> LossResult
     Under torch.distributed (``reduce=True``) each rank evaluates its share of the batches and the
     sums are all-reduced; ``reduce=False`` evaluates every batch locally (no communication).
     """
-    from landscape import distributed as dist
+    from landscape.foundation import distributed as dist
 
     device = param_device(model)
     n = total_tokens(batches)
@@ -85,90 +85,3 @@ def evaluate(model: torch.nn.Module, batches, reduce: bool = True) -> LossResult
         acc += nll_sum(model, b.to(device)).double()
     total = dist.all_reduce_scalar(float(acc)) if reduce else float(acc)
     return LossResult(total / n, n)
-
-
-def loss_and_grad(model: torch.nn.Module, batches, params=None):
-    """(L(w), [∂L/∂p for p in params]) accumulated batch by batch; the model's .grad is untouched."""
-    from collections import OrderedDict
-
-    named = None if params is None else OrderedDict((str(i), p) for i, p in enumerate(params))
-    return gradient(Objective(model, batches, named))
-
-
-class Objective:
-    """L(w) of :func:`evaluate` as a function of a chosen subset of parameters (the rest held fixed).
-
-    ``terms()`` yields differentiable scalars whose sum is L(w) (one per batch), so gradients and
-    Hessian-vector products accumulate batch by batch (with the memory of one batch unless the HVP
-    keeps the graphs, see :class:`landscape.hessian.HVP`). Any object with
-    ``params`` and ``terms()`` (e.g. :class:`FunctionObjective` over a closed-form loss) works with
-    the curvature and sharpness code.
-    """
-
-    def __init__(self, model: torch.nn.Module, batches, params=None):
-        from landscape.params import select
-
-        self.model = model
-        self.device = param_device(model)
-        self.batches = [b.to(self.device) for b in batches]
-        self.n_tokens = total_tokens(self.batches)
-        named = select(model) if params is None else params
-        self.names = list(named.keys())
-        self.params = list(named.values())
-
-    def terms(self):
-        """This rank's terms (all of them on one process); :func:`reduce` sums across ranks."""
-        for b in self.local_batches:
-            yield batch_term(self.model, b, self.n_tokens)
-
-    @property
-    def local_batches(self):
-        from landscape import distributed as dist
-
-        return dist.shard(self.batches)
-
-    def reduce(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Sum per-rank partial results (gradients, HVPs) over ranks, in place."""
-        from landscape import distributed as dist
-
-        return dist.all_reduce_(tensors)
-
-    @torch.no_grad()
-    def value(self) -> float:
-        from landscape import distributed as dist
-
-        return dist.all_reduce_scalar(float(sum(t.double() for t in self.terms())))
-
-
-class FunctionObjective:
-    """An objective given by ``fn()`` over explicit tensors ``params`` (tests, closed forms)."""
-
-    def __init__(self, fn, params):
-        self.fn = fn
-        self.params = list(params)
-        self.names = [f"p{i}" for i in range(len(self.params))]
-
-    def terms(self):
-        yield self.fn()
-
-    @torch.no_grad()
-    def value(self) -> float:
-        return float(self.fn())
-
-
-def gradient(obj) -> tuple[float, list[torch.Tensor]]:
-    """(L, ∇L) of an objective, accumulated term by term."""
-    grads = [torch.zeros_like(p) for p in obj.params]
-    total = 0.0
-    for term in obj.terms():
-        gs = torch.autograd.grad(term, obj.params, allow_unused=True)
-        for g, gi in zip(grads, gs):
-            if gi is not None:
-                g.add_(gi)
-        total += float(term.detach().double())
-    if hasattr(obj, "reduce"):  # under torch.distributed: sum the ranks' shares
-        from landscape import distributed as dist
-
-        obj.reduce(grads)
-        total = dist.all_reduce_scalar(total)
-    return total, grads

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from landscape.errors import CheckpointError, UserError
+from landscape.foundation.configs import ConfigError, LoadConfig
+from landscape.foundation.errors import CheckpointError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, whatever the caller passes
 
@@ -52,7 +53,7 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     try:
         return DTYPES[str(name).lower()]
     except KeyError:
-        raise UserError(f"unknown dtype {name!r}; choose one of float32, bfloat16, float64, float16") from None
+        raise ConfigError("dtype", f"unknown dtype {name!r}; choose one of float32, bfloat16, float64, float16") from None
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -65,9 +66,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError("device", f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but no CUDA device is available")
+        raise ConfigError("device", f"{name!r} asked for, but no CUDA device is available")
     return device
 
 
@@ -196,56 +197,24 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
         raise CheckpointError(f"{p}: tokenizer files present but unreadable ({type(e).__name__}: {e})") from None
 
 
-def load_checkpoint(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype = "float32",
-    trust_pickle: bool = False,
-    trust_remote_code: bool = False,
-    attn_implementation: str | None = "sdpa",
-) -> Checkpoint:
-    """Load a local HF causal-LM directory on ``device`` in ``dtype``, in eval mode.
+def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *,
+                    attn_implementation: str | None = "sdpa", **settings) -> Checkpoint:
+    """Load a local HF causal-LM directory on ``config.device`` in ``config.dtype``, in eval mode.
 
-    Every parameter keeps ``requires_grad=True`` (curvature code needs gradients); dropout is off.
+    ``settings`` override fields of ``config`` (``load_checkpoint(p, dtype="bfloat16")``). Every
+    parameter keeps ``requires_grad=True`` (curvature code needs gradients); dropout is off.
     Missing weights are an error, not a silent random initialisation.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our commands own the terminal
-    files = inspect_checkpoint(path, trust_pickle=trust_pickle)
-    torch_dtype = resolve_dtype(dtype)
-    dev = resolve_device(device)
-    try:
-        config = AutoConfig.from_pretrained(files.path, local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{files.config}: cannot build a config ({msg})") from None
-    kwargs = dict(
-        config=config,
-        dtype=torch_dtype,
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=files.format == "safetensors",
-        weights_only=True,
-        output_loading_info=True,
-    )
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(files.path, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{files.path}: cannot load weights ({msg})") from None
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise CheckpointError(f"{files.path}: weights missing for {', '.join(missing[:3])}{more}")
+    cfg = (config or LoadConfig()).replace(**{k: str(v) if k == "device" else v for k, v in settings.items()})
+    files = inspect_checkpoint(path, trust_pickle=cfg.trust_pickle)
+    torch_dtype = resolve_dtype(cfg.dtype)
+    dev = resolve_device(cfg.device)
+    model, config_ = _from_pretrained(files, torch_dtype, cfg.trust_remote_code, attn_implementation)
     model.to(dev)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    tokenizer = load_tokenizer(files.path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(files.path, trust_remote_code=cfg.trust_remote_code)
     rows = model.get_input_embeddings().num_embeddings
     if tokenizer is not None and len(tokenizer) > rows:
         raise CheckpointError(
@@ -258,8 +227,37 @@ def load_checkpoint(
         fingerprint=fingerprint_files([files.config, *files.weights]),
         dtype=torch_dtype,
         device=dev,
-        meta={"format": files.format, "model_type": config.model_type, "n_params": count_params(model)},
+        meta={"format": files.format, "model_type": config_.model_type, "n_params": count_params(model)},
     )
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _from_pretrained(files: CheckpointFiles, torch_dtype, trust_remote_code: bool, attn_implementation):
+    """(model, config) from a validated directory; any loader failure is one CheckpointError line."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our commands own the terminal
+    try:
+        config = AutoConfig.from_pretrained(files.path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{files.config}: cannot build a config ({_first_line(e)})") from None
+    kwargs = dict(config=config, dtype=torch_dtype, local_files_only=True, trust_remote_code=trust_remote_code,
+                  use_safetensors=files.format == "safetensors", weights_only=True, output_loading_info=True)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(files.path, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{files.path}: cannot load weights ({_first_line(e)})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"{files.path}: weights missing for {', '.join(missing[:3])}{more}")
+    return model, config
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -298,70 +296,3 @@ def save_checkpoint(model, tokenizer, out: str | os.PathLike, extra_files: dict[
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Tiny models built from a config in code (tests, the demo). Nothing is downloaded.
-
-SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-
-
-def build_word_tokenizer(texts, min_count: int = 1):
-    """A word-level tokenizer (whitespace split) trained with `tokenizers` on ``texts``.
-
-    Adds ``<s>`` in front of every encoded sequence (like Llama); returns a
-    ``PreTrainedTokenizerFast`` that ``save_pretrained``/``AutoTokenizer`` round-trip.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = list(SPECIAL_TOKENS.values())
-    tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=specials, min_frequency=min_count)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    bos = SPECIAL_TOKENS["bos_token"]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
-    )
-    from tokenizers import decoders
-
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
-
-
-ARCHITECTURES = ("llama", "gpt2", "qwen2")
-
-
-def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 4,
-                intermediate: int | None = None, max_positions: int = 128, tokenizer=None):
-    """A small config of a real architecture (``llama``, ``gpt2``, ``qwen2``)."""
-    from transformers import GPT2Config, LlamaConfig, Qwen2Config
-
-    intermediate = intermediate or 2 * hidden
-    ids = {}
-    if tokenizer is not None:
-        ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
-    if arch == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                           max_position_embeddings=max_positions, tie_word_embeddings=False, **ids)
-    if arch == "qwen2":
-        return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                           max_position_embeddings=max_positions, tie_word_embeddings=True, **ids)
-    if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
-                          n_inner=intermediate, n_positions=max_positions, resid_pdrop=0.0,
-                          embd_pdrop=0.0, attn_pdrop=0.0, **ids)
-    raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-
-
-def build_model(config, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """A freshly initialised causal LM from ``config``, seeded, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()

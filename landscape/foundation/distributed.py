@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from landscape import params as P
+from landscape.foundation import params as P
 
 
 def available() -> bool:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import torch
 
-from landscape.errors import UserError
+from landscape.foundation.configs import ConfigError
 
 Vector = list  # list[torch.Tensor], one per selected parameter
 
@@ -28,10 +28,10 @@ def select(model: torch.nn.Module, regex: str | None = None) -> "OrderedDict[str
     try:
         pat = re.compile(regex) if regex else None
     except re.error as e:
-        raise UserError(f"--params {regex!r} is not a valid regular expression ({e})") from None
+        raise ConfigError("params", f"{regex!r} is not a valid regular expression ({e})") from None
     out = OrderedDict((n, p) for n, p in model.named_parameters() if p.requires_grad and (pat is None or pat.search(n)))
     if not out:
-        raise UserError(f"--params {regex!r} matches no trainable parameter")
+        raise ConfigError("params", f"{regex!r} matches no trainable parameter")
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from landscape.errors import UserError
+from landscape.foundation.errors import UserError
 
 
 def _require():
@@ -71,13 +71,13 @@ def score_lm_eval(ck, tasks, include=None, store=None, limit=None, batch_size: i
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from landscape.store import Store
+    from landscape.foundation.store import Store
 
     store = store or Store(None)
     manager = TaskManager(include_path=str(include) if include else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise UserError(f"unknown lm-eval task {unknown[0]!r} (see `lm_eval --tasks list`, or --lm-eval-include DIR)")
+        raise UserError(f"unknown lm-eval task {unknown[0]!r} (see `lm_eval --tasks list`, or give lm_eval_include DIR)")
     lm = None
     out = {}
     for task in tasks:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from landscape.errors import DataError
+from landscape.foundation.configs import ConfigError, DataConfig
+from landscape.foundation.errors import DataError
 
 IGNORE = -100
 SHAPES = ({"text"}, {"prompt", "completion"}, {"input_ids"})
@@ -236,13 +237,48 @@ def collate(examples: list[tuple[list[int], list[bool]]], pad_id: int) -> Batch:
     return Batch(input_ids, attention, labels)
 
 
-def batches_for(ckpt, path: str | os.PathLike, batch_size: int = 8, max_length: int | None = None,
-                num_batches: int | None = None) -> Batches:
-    """:func:`load_batches` with the tokenizer, vocabulary and position limit of a loaded checkpoint."""
-    limit = getattr(ckpt.model.config, "max_position_embeddings", None) or getattr(ckpt.model.config, "n_positions", None)
+def data_dir() -> Path:
+    """The project's ``data/`` folder (override with ``LANDSCAPE_DATA``): the embedded default data."""
+    env = os.environ.get("LANDSCAPE_DATA")
+    d = Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    if not (d / "pretrain.jsonl").is_file():
+        raise DataError(f"{d}: embedded data not found (run `python data/generate.py` or set LANDSCAPE_DATA)")
+    return d
+
+
+def default_eval_data() -> Path:
+    """The default ``data`` of every measurement: held-out general text of the embedded world."""
+    return data_dir() / "eval.jsonl"
+
+
+DEFAULT_MAX_LENGTH = 128
+UNKNOWN_POSITIONS = 2048  # models whose config names no position limit (e.g. state-space models)
+
+
+def position_limit(model_config) -> int:
+    """How many positions the model takes (the one place this is read from a config)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        v = getattr(model_config, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return UNKNOWN_POSITIONS
+
+
+def resolve_max_length(model_config, max_length: int | None) -> int:
+    """``max_length``, or min(128, positions) when None; more than the model's positions is an error."""
+    limit = position_limit(model_config)
     if max_length is None:
-        max_length = min(128, limit) if limit else 128
-    elif limit and max_length > limit:
-        raise DataError(f"--max-length {max_length} exceeds the model's {limit} positions")
-    return load_batches(path, ckpt.tokenizer, batch_size=batch_size, max_length=max_length,
-                        num_batches=num_batches, vocab_size=ckpt.vocab_size)
+        return min(DEFAULT_MAX_LENGTH, limit)
+    if max_length > limit:
+        raise ConfigError("max_length", f"{max_length} exceeds the model's {limit} positions")
+    return max_length
+
+
+def batches_for(ckpt, cfg: DataConfig | None = None) -> Batches:
+    """:func:`load_batches` with the tokenizer, vocabulary and position limit of a loaded checkpoint,
+    on the checkpoint's device. ``cfg.data`` None: the embedded eval data."""
+    cfg = cfg or DataConfig()
+    bs = load_batches(cfg.data or default_eval_data(), ckpt.tokenizer, batch_size=cfg.batch_size,
+                      max_length=resolve_max_length(ckpt.model.config, cfg.max_length),
+                      num_batches=cfg.num_batches, vocab_size=ckpt.vocab_size)
+    return bs.to(ckpt.device)

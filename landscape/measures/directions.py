@@ -18,8 +18,8 @@ import hashlib
 
 import torch
 
-from landscape import params as P
-from landscape.errors import UserError
+from landscape.foundation import params as P
+from landscape.foundation.errors import UserError
 
 NORMS = ("filter", "layer", "none")
 IGNORES = ("biasbn", "none")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import landscape
-from landscape.errors import UserError
+from landscape.foundation.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (

@@ -20,7 +20,7 @@ Forgetting of a suite, signed so that **positive = forgotten**:
 ``relative = 100 · delta / base`` (Luo et al. 2023's FG). Categories average their accuracy suites;
 ``average`` is the mean over categories (loss suites are reported, not averaged with accuracies).
 
-Scores are cached in a :class:`landscape.store.Store` under (checkpoint fingerprint, "suite",
+Scores are cached in a :class:`landscape.foundation.store.Store` under (checkpoint fingerprint, "suite",
 suite fingerprint + scorer settings + library version), so a batch never re-scores a pair.
 """
 
@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 
 import landscape
-from landscape.errors import DataError, UserError
+from landscape.foundation.configs import ForgettingConfig, LoadConfig
+from landscape.foundation.data import position_limit
+from landscape.foundation.errors import DataError, UserError
 
 KINDS = {"mc": {"context", "choices", "answer"}, "generation": {"prompt", "completion"}, "text": {"text"}}
 METRIC = {"mc": "acc", "generation": "exact_match", "text": "loss"}
@@ -85,7 +87,7 @@ def _validate_item(rec, where: str) -> str:
 
 def load_suite(path: str | os.PathLike, category: str = "other") -> Suite:
     """Read and validate one suite file; errors name the file and line."""
-    from landscape.data import read_json_lines
+    from landscape.foundation.data import read_json_lines
 
     p = Path(path)
     raw, lines = read_json_lines(p, "suite file")
@@ -118,7 +120,7 @@ def load_suites(paths=None, categories: str | os.PathLike | None = None) -> list
     Categories come from ``categories`` or else a ``categories.json`` beside the suites.
     """
     if not paths:
-        from landscape.demo import data_dir
+        from landscape.foundation.data import data_dir
 
         paths = [data_dir() / "suites"]
     files: list[Path] = []
@@ -150,11 +152,6 @@ def load_suites(paths=None, categories: str | os.PathLike | None = None) -> list
 # --------------------------------------------------------------------------------------------
 # Scorers. Each takes (model, tokenizer, items) and returns a dict of metrics plus "n".
 
-def _positions_limit(model) -> int:
-    cfg = model.config
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
-
-
 def _encode_pair(tok, context: str, choice: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) for ``context + " " + choice``, split the way the joint
     tokenization splits them when it can (BPE merges across the boundary), else encoded apart."""
@@ -172,7 +169,7 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
     Sequences longer than the model's positions keep their last tokens. Pairs are batched by length
     (right-padded); log-probabilities are taken in float32 at least.
     """
-    from landscape import distributed as dist
+    from landscape.foundation import distributed as dist
 
     if dist.world() > 1:  # torchrun: each rank scores its share, all get every score
         mine = dist.shard(list(range(len(pairs))))
@@ -185,7 +182,7 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
 @torch.no_grad()
 def _continuation_logprobs_local(model, pairs, batch_size):
     device = next(model.parameters()).device
-    limit = _positions_limit(model)
+    limit = position_limit(model.config)
     seqs = []
     for ctx, cont in pairs:
         ids = (ctx + cont)[-limit:]
@@ -263,10 +260,10 @@ def score_text(model, tok, items: list[dict], batch_size: int = 16) -> dict:
     """The shared token-weighted loss over the texts, and its perplexity."""
     import math
 
-    from landscape import data, loss
+    from landscape.foundation import data, loss
 
     recs = [{"text": it["text"]} for it in items]
-    bs = data.load_batches("suite", tok, batch_size=batch_size, max_length=_positions_limit(model),
+    bs = data.load_batches("suite", tok, batch_size=batch_size, max_length=position_limit(model.config),
                            records=recs, vocab_size=model.get_input_embeddings().num_embeddings)
     r = loss.evaluate(model, bs)
     return {"loss": r.loss, "perplexity": math.exp(min(r.loss, 700)), "tokens": r.tokens, "n": len(items)}
@@ -299,7 +296,7 @@ def evaluate_checkpoint(ck, suites: list[Suite], store=None, batch_size: int = 3
     """{suite name: score dict} for a loaded checkpoint, through the store's cache."""
     from tqdm.auto import tqdm
 
-    from landscape.store import Store
+    from landscape.foundation.store import Store
 
     store = store or Store(None)
     out = {}
@@ -346,39 +343,38 @@ def compare(base_scores: dict, tuned_scores: dict, suites: list[Suite]) -> dict:
     return {"suites": rows, "categories": categories, "average": average}
 
 
-def forgetting(base, tuned, suites=None, categories=None, store=None, device: str = "auto", dtype: str = "float32",
-               batch_size: int = 32, trust_pickle: bool = False, trust_remote_code: bool = False,
-               lm_eval_tasks=(), lm_eval_include=None, lm_eval_limit=None, progress: bool = False) -> list[dict]:
+def forgetting(base, tuned, config: ForgettingConfig | None = None, *, store=None, load: LoadConfig | None = None,
+               progress: bool = False) -> list[dict]:
     """Forgetting of each checkpoint in ``tuned`` against ``base`` (paths); the base is scored once.
 
     Returns one dict per tuned checkpoint: ``{"base", "tuned", "base_fingerprint",
-    "tuned_fingerprint", "suites", "categories", "average"}``.
+    "tuned_fingerprint", "suites", "categories", "average", "scores"}``.
     """
-    from landscape import checkpoint
-    from landscape.store import Store
+    from landscape.foundation import checkpoint
+    from landscape.foundation.store import Store
 
+    cfg, load = config or ForgettingConfig(), load or LoadConfig()
     tuned = [tuned] if isinstance(tuned, (str, os.PathLike)) else list(tuned)
     if not tuned:
         raise UserError("give at least one tuned checkpoint")
-    suite_list = load_suites(suites, categories) if (suites or not lm_eval_tasks) else []
+    suite_list = load_suites(cfg.suites, cfg.categories) if (cfg.suites or not cfg.lm_eval_tasks) else []
     store = store if store is not None else Store(None)
-    kw = dict(device=device, dtype=dtype, trust_pickle=trust_pickle, trust_remote_code=trust_remote_code)
     for p in [base, *tuned]:  # every path checked before anything is scored
-        checkpoint.inspect_checkpoint(p, trust_pickle=trust_pickle)
+        checkpoint.inspect_checkpoint(p, trust_pickle=load.trust_pickle)
 
     def scores_of(path):
-        ck = checkpoint.load_checkpoint(path, **kw)
-        sc = evaluate_checkpoint(ck, suite_list, store, batch_size, progress)
-        if lm_eval_tasks:
-            from landscape.lmeval import score_lm_eval
+        ck = checkpoint.load_checkpoint(path, load)
+        sc = evaluate_checkpoint(ck, suite_list, store, cfg.batch_size, progress)
+        if cfg.lm_eval_tasks:
+            from landscape.measures.lmeval import score_lm_eval
 
-            sc.update(score_lm_eval(ck, lm_eval_tasks, lm_eval_include, store, limit=lm_eval_limit,
-                                    batch_size=batch_size))
+            sc.update(score_lm_eval(ck, cfg.lm_eval_tasks, cfg.lm_eval_include, store, limit=cfg.lm_eval_limit,
+                                    batch_size=cfg.batch_size))
         fp = ck.fingerprint
         del ck
         return fp, sc
 
-    all_suites = suite_list + [Suite(t, "lm_eval", "mc", [], "", "lm_eval") for t in lm_eval_tasks]
+    all_suites = suite_list + [Suite(t, "lm_eval", "mc", [], "", "lm_eval") for t in cfg.lm_eval_tasks]
     base_fp, base_scores = scores_of(base)
     results = []
     for t in tuned:

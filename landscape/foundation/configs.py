@@ -1,0 +1,359 @@
+"""One frozen, self-validating config per measurement, and the choice lists they use.
+
+Each config's fields are the single source of
+- the CLI options (``landscape.cli._common.config_options`` turns every field into ``--field-name``),
+- the manifest keys (``flatness:`` and ``flatness.surface:`` of a correlate manifest),
+- the results-store keys and h5 attributes (:meth:`Config.numbers`),
+- and the rule "which settings change the numbers": a field declared with ``numbers=False`` (a
+  speed/memory switch such as ``cache_graph``) is left out of every key, so it never splits a cache.
+
+Configs validate themselves on construction and speak the library's terms: a bad value raises
+:class:`ConfigError` naming the *field* (``points_per_pass must be between 1 and 4096``); the CLI
+adds its flag name. This module imports neither torch nor numpy at import time, so the CLI can
+build its options without loading them.
+
+To add a setting: add a field with :func:`option` to the right config; the CLI flag, the manifest
+key and the store key follow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from landscape.foundation.errors import UserError
+
+# ---------------------------------------------------------------------------------------------
+# Choice lists (torch-free: shared by the library and the CLI)
+
+SHARPNESS_METRICS = ("lambda_max", "lambda_min", "trace", "density", "eps", "eps_subspace", "sam", "asam", "avg")
+DEFAULT_SHARPNESS_METRICS = ("lambda_max", "lambda_min", "trace", "eps", "sam", "avg")
+SURFACE_METRICS = ("surface_curvature", "average_gradient", "mean_absolute_gradient", "center_curvature",
+                   "max_increase")
+EIGEN_METHODS = ("lanczos", "power")
+HVP_METHODS = ("reverse", "forward")
+CACHE_GRAPH = ("auto", "on", "off")
+NORMS = ("filter", "layer", "none")
+IGNORES = ("biasbn", "none")
+DIRECTION_MODES = ("auto", "held", "regenerated")
+OPTIMIZERS = ("adamw", "sam", "asam")
+DTYPE_NAMES = ("float32", "bfloat16", "float64", "float16")
+
+
+class ConfigError(UserError):
+    """A setting with an impossible value. ``field`` is the library's name for it."""
+
+    def __init__(self, field_name: str, detail: str):
+        self.field, self.detail = field_name, detail
+        super().__init__(f"{field_name}: {detail}")
+
+
+def option(default, help: str, *, kind: str | None = None, choices: tuple | None = None, numbers: bool = True,
+           low: float | None = None, high: float | None = None, positive: bool = False, flag: str | None = None,
+           optional: bool = False, flag_value: str | None = None):
+    """A config field. ``kind``: int | float | str | bool | list (comma list → tuple of str) | grid |
+    path (default from the default's type). ``numbers=False``: the field never changes a result.
+    ``optional``: None is allowed (always, when the default is None)."""
+    if kind is None:
+        kind = {bool: "bool", int: "int", float: "float", str: "str", tuple: "list"}.get(type(default), "str")
+    meta = dict(help=help, kind=kind, choices=choices, numbers=numbers, low=low, high=high, positive=positive,
+                flag=flag, optional=optional or default is None, flag_value=flag_value)
+    return field(default=default, metadata=meta)
+
+
+def parse_grid(spec: str, name: str = "x"):
+    """``"MIN:MAX:N"`` → N evenly spaced coordinates (N = 1 means the single point MIN, MIN = MAX)."""
+    import numpy as np
+
+    try:
+        lo, hi, n = spec.split(":")
+        lo, hi, n = float(lo), float(hi), int(n)
+    except (ValueError, AttributeError):
+        raise ConfigError(name, f"grid {spec!r}: expected MIN:MAX:COUNT, e.g. -1:1:51") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(name, f"grid {spec!r}: bounds must be finite")
+    if n < 1 or n > 100_000:
+        raise ConfigError(name, f"grid {spec!r}: COUNT must be between 1 and 100000")
+    if n == 1 and lo != hi:
+        raise ConfigError(name, f"grid {spec!r}: one point needs MIN = MAX")
+    if n > 1 and not lo < hi:
+        raise ConfigError(name, f"grid {spec!r}: MIN must be below MAX")
+    return np.linspace(lo, hi, n)
+
+
+def _coerce(name: str, meta: dict, value):
+    """The value in the field's kind, or a :class:`ConfigError`."""
+    kind = meta["kind"]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(name, f"must be an integer, got {value!r}")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(name, f"must be a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(name, f"must be finite, got {value!r}")
+        return float(value)
+    if kind == "list":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(name, f"must be a list or a comma-separated string, got {value!r}")
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    if kind == "grid":
+        if isinstance(value, str):
+            parse_grid(value, name)
+            return value
+        try:
+            coords = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"must be MIN:MAX:COUNT or a list of coordinates, got {value!r}") from None
+        if not coords or not all(math.isfinite(c) for c in coords):
+            raise ConfigError(name, "must hold at least one finite coordinate")
+        return coords
+    if kind in ("str", "path"):
+        if hasattr(value, "__fspath__"):
+            value = str(value)
+        if not isinstance(value, str) or (kind == "path" and not value):
+            raise ConfigError(name, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unknown option kind {kind!r}")
+
+
+def _check_range(name: str, meta: dict, value) -> None:
+    if meta["choices"] is not None:
+        choose = f"choose from {', '.join(meta['choices'])}"
+        if meta["kind"] != "list":
+            if value not in meta["choices"]:
+                raise ConfigError(name, f"unknown {name.replace('_', ' ')} {value!r}; {choose}")
+            return
+        bad = [v for v in value if v not in meta["choices"]]
+        if bad or not value:
+            raise ConfigError(name, f"unknown {name.rstrip('s')}(s) {', '.join(bad) or '(none given)'}; {choose}")
+    if meta["kind"] not in ("int", "float"):
+        return
+    if meta["positive"] and not value > 0:
+        raise ConfigError(name, f"must be > 0, got {value}")
+    lo, hi = meta["low"], meta["high"]
+    if lo is not None and hi is not None and not lo <= value <= hi:
+        raise ConfigError(name, f"must be between {lo:g} and {hi:g}, got {value}")
+    if lo is not None and value < lo:
+        raise ConfigError(name, f"must be >= {lo:g}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(name, f"must be <= {hi:g}, got {value}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of every config: coercion and checks per field, then :meth:`check` across fields."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("optional"):
+                continue  # an optional setting left unset
+            value = _coerce(f.name, f.metadata, value)
+            _check_range(f.name, f.metadata, value)
+            object.__setattr__(self, f.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Checks that involve several fields (subclasses)."""
+
+    def as_dict(self) -> dict:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    def numbers(self) -> dict:
+        """The fields that change a result: the store key, the h5 attributes, the resume check."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self) if f.metadata.get("numbers", True)}
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.numbers(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, mapping: dict | None, where: str = "", **defaults):
+        """Build from a mapping (a manifest section named ``where``); unknown keys and bad values are
+        one error line naming the section and the key (``m.yaml: flatness.surface.points_per_pass ...``)."""
+        if mapping is not None and not isinstance(mapping, dict):
+            raise UserError(f"{where} must be a mapping of {', '.join(cls.keys())}")
+        mapping = dict(mapping or {})
+        unknown = sorted(set(mapping) - set(cls.keys()))
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(cls.keys())}")
+        try:
+            return cls(**{**defaults, **mapping})
+        except ConfigError as e:
+            raise UserError(f"{where}.{e}") from None  # "m.yaml: flatness.surface.x: grid ..."
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and data (shared by every command)
+
+@dataclass(frozen=True)
+class LoadConfig(Config):
+    """How a checkpoint is loaded (never what is measured: no field changes a result's key)."""
+
+    device: str = option("auto", "auto | cpu | cuda | cuda:N", numbers=False)
+    dtype: str = option("float32", "float32 | bfloat16 | float64 | float16", numbers=False)
+    trust_pickle: bool = option(False, "Allow pickle (.bin) weights, still read with torch.load(weights_only=True).",
+                                numbers=False)
+    trust_remote_code: bool = option(False, "Allow the checkpoint's own Python code (off by default: it runs "
+                                            "arbitrary code).", numbers=False)
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    """Which tokens a measurement sees: a jsonl file cut into fixed batches."""
+
+    data: str | None = option(None, "jsonl of {text} | {prompt, completion} | {input_ids}. Default: embedded "
+                                    "eval data.", kind="path")
+    batch_size: int = option(8, "Sequences per batch.", low=1)
+    max_length: int | None = option(None, "Tokens per sequence (longer ones are cut). Default: min(128, model "
+                                          "positions).", kind="int", low=2)
+    num_batches: int | None = option(None, "Use only the first N batches.", kind="int", low=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+@dataclass(frozen=True)
+class SharpnessConfig(Config):
+    """`landscape sharpness`: which curvature/sharpness metrics, and how they are estimated."""
+
+    metrics: tuple = option(DEFAULT_SHARPNESS_METRICS, "Comma list of " + ",".join(SHARPNESS_METRICS) + ".",
+                            choices=SHARPNESS_METRICS)
+    top_k: int = option(1, "How many top eigenvalues.", low=1)
+    params: str | None = option(None, "Only parameters whose name matches this regex.", kind="str")
+    per_layer: bool = option(False, "Also λ_max (and trace) of each transformer block's Hessian.")
+    method: str = option("lanczos", "Eigenvalue method.", choices=EIGEN_METHODS)
+    max_iter: int = option(100, "Lanczos steps / power iterations.", low=1)
+    tol: float = option(1e-3, "Relative residual ‖Hv−λv‖/|λ| to stop.", positive=True)
+    trace_samples: int = option(30, "Hutchinson samples for the trace.", low=1)
+    eps: float = option(1e-3, "Box size of ε-sharpness.", positive=True)
+    eps_steps: int = option(10, "Projected ascent steps of ε-sharpness.", low=1)
+    subspace: int = option(10, "Random directions of eps_subspace.", low=1)
+    rho: float = option(0.05, "Ball radius of SAM/ASAM sharpness.", positive=True)
+    sam_steps: int = option(1, "Ascent steps of SAM/ASAM sharpness (1 = SAM's own perturbation).", low=1)
+    sigma: float = option(0.01, "Noise scale of average sharpness.", positive=True)
+    avg_samples: int = option(16, "Samples of average sharpness.", low=1)
+    hvp_method: str = option("reverse", "HVP by double backward or forward-over-reverse (exact either way).",
+                             choices=HVP_METHODS, numbers=False)
+    cache_graph: str = option("auto", "Keep the gradient's graph for all batches, so each HVP costs one backward "
+                                      "(faster, more memory; a bare flag means on); auto: when one batch's measured "
+                                      "graph × batches fits in half the free memory.", choices=CACHE_GRAPH,
+                              numbers=False, flag_value="on")
+    seed: int = option(0, "Random seed (recorded in outputs).")
+
+
+@dataclass(frozen=True)
+class SurfaceConfig(Config):
+    """`landscape surface`: the grid, the directions and their normalisation."""
+
+    x: Any = option("-1:1:21", "MIN:MAX:COUNT along the first direction.", kind="grid")
+    y: Any = option(None, "MIN:MAX:COUNT along the second direction (2-D surface).", kind="grid")
+    norm: str = option("filter", "Direction normalisation.", choices=NORMS)
+    ignore: str = option("biasbn", "biasbn: zero the directions of 1-D parameters (biases, norm scales).",
+                         choices=IGNORES)
+    orthogonal: bool = option(False, "Make the y direction orthogonal to x (after normalisation).")
+    params: str | None = option(None, "Perturb only parameters matching this regex.", kind="str")
+    seed: int = option(0, "Random seed of the directions (recorded in the file).")
+    # Speed and memory switches. They enter the file's identity only where they change its bytes
+    # (see landscape.measures.surface: points_per_pass != 1, GPU-drawn regenerated directions).
+    directions: str = option("auto", "Hold the directions in memory, or rebuild them per point so that the only "
+                                     "extra copy is the origin (auto: held when they fit in half the free memory).",
+                             choices=DIRECTION_MODES, numbers=False)
+    points_per_pass: int = option(1, "Evaluate this many grid points per vectorised forward (torch.func.vmap): K "
+                                     "copies of the weights; faster for small models on the CPU.", low=1, high=4096,
+                                  numbers=False)
+    save_directions: bool = option(False, "Store the directions in the h5 (directions/x/<name>).", numbers=False)
+
+    def coords(self, axis: str):
+        """The coordinates of axis ``x`` or ``y`` as a numpy array (None for an unset y)."""
+        import numpy as np
+
+        v = getattr(self, axis)
+        if v is None:
+            return None
+        return parse_grid(v, axis) if isinstance(v, str) else np.asarray(v, dtype=float)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Config):
+    """`landscape finetune`: everything that determines a run (hashed: a resume under another
+    config is refused)."""
+
+    optimizer: str = option("adamw", "Base AdamW, or SAM/ASAM around it.", choices=OPTIMIZERS)
+    lr: float = option(1e-4, "Peak learning rate (warm-up, cosine to 10%).", positive=True)
+    rho: float = option(0.05, "SAM/ASAM radius ρ (ASAM radii are larger: ~0.5-2 in Kwon et al.).", positive=True)
+    eta: float = option(0.0, "ASAM: T = |w| + η.", low=0)
+    epochs: float = option(1.0, "Passes over the training data (unless max_steps is given).", positive=True)
+    max_steps: int | None = option(None, "Optimizer steps (overrides epochs).", kind="int", low=1)
+    batch_size: int = option(8, "Sequences per micro-batch.", low=1)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", low=1)
+    max_length: int | None = option(None, "Tokens per sequence (default: min(128, positions)).", kind="int", low=2)
+    weight_decay: float = option(0.0, "AdamW weight decay (base step only).", low=0)
+    warmup: int = option(0, "Linear warm-up steps.", low=0)
+    grad_clip: float | None = option(1.0, "Max gradient norm (0 or None: off).", low=0, optional=True)
+    bf16: bool = option(False, "Autocast forward passes to bfloat16.")
+    seed: int = option(0, "Seed of the batch order and the train/eval split.")
+    eval_data: str | None = option(None, "Held-out jsonl (default: eval_fraction of the data, split by seed).",
+                                   kind="path", numbers=False)
+    eval_fraction: float = option(0.1, "Share of the data held out for evaluation when no eval_data.", low=0,
+                                  numbers=False)
+    eval_every: int | None = option(None, "Evaluate every N steps (always at the end).", kind="int", low=1,
+                                    numbers=False)
+    save_every: int = option(100, "Save the resumable state every N steps.", low=1, numbers=False)
+    resume: bool = option(False, "Continue the interrupted run kept in OUT.partial.", numbers=False)
+    overwrite: bool = option(False, "Replace OUT if it exists.", numbers=False)
+
+    def check(self) -> None:
+        if not self.eval_fraction < 1:
+            raise ConfigError("eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass(frozen=True)
+class ForgettingConfig(Config):
+    """`landscape forgetting`: which suites, and the optional lm-evaluation-harness tasks."""
+
+    suites: tuple = option((), "Suite jsonl file or directory of them (repeatable). Default: the embedded "
+                               "data/suites.", flag="suite")
+    categories: str | None = option(None, "JSON {category: [suite, ...]} (default: categories.json beside the "
+                                          "suites).", kind="path")
+    batch_size: int = option(32, "Sequences per scoring batch (changes float rounding only).", low=1, numbers=False)
+    lm_eval_tasks: tuple = option((), "Also score this lm-evaluation-harness task (repeatable; extra [lmeval]).",
+                                  flag="lm-eval-task")
+    lm_eval_include: str | None = option(None, "Directory of your own lm-eval task YAMLs.", kind="path")
+    lm_eval_limit: int | None = option(None, "Score only the first N documents of each task.", kind="int", low=1)
+
+
+def flag_for(field_name: str) -> str:
+    """The CLI flag of a config field: ``points_per_pass`` → ``--points-per-pass`` (or the field's own
+    ``flag``, e.g. ``suites`` → ``--suite``)."""
+    for cls in Config.__subclasses__():
+        for f in fields(cls):
+            if f.name == field_name and f.metadata.get("flag"):
+                return "--" + f.metadata["flag"]
+    return "--" + field_name.replace("_", "-")

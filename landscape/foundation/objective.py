@@ -1,0 +1,150 @@
+"""Objectives: a scalar function of a list of tensors, in the shape every curvature tool expects.
+
+The protocol (:class:`Objective`), which the Hessian operator, the sharpness measures and SAM's
+references rely on — nothing else about the objective is probed:
+
+- ``params``: the tensors L is differentiated with respect to (the rest of a model is held fixed);
+- ``terms()``: differentiable scalars whose sum over this process, then over processes
+  (:meth:`reduce`), is L — one per batch, so gradients and HVPs accumulate batch by batch;
+- ``reduce(tensors)``: sum per-process partial results in place (identity on one process);
+- ``value()``: L itself, without gradients;
+- ``versions()``: the in-place version counters of every tensor the graph of ``terms()`` reads
+  (a kept graph is stale when one changes);
+- ``n_terms``: how many terms this process yields;
+- ``hvp_forward(v)``: H·v by forward-over-reverse (``torch.func.jvp`` of the gradient), where the
+  objective can express itself functionally; otherwise NotImplementedError.
+
+:class:`ModelObjective` is the shared loss of :mod:`landscape.foundation.loss` over fixed batches;
+:class:`FunctionObjective` wraps a closed form (tests, quadratics).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Protocol
+
+import torch
+
+from landscape.foundation import distributed as dist
+from landscape.foundation.loss import batch_term, functional, param_device, total_tokens
+
+
+class Objective(Protocol):
+    params: list
+
+    def terms(self) -> Iterator[torch.Tensor]: ...
+
+    def reduce(self, tensors: list) -> list: ...
+
+    def value(self) -> float: ...
+
+    def versions(self) -> list: ...
+
+    @property
+    def n_terms(self) -> int: ...
+
+    def hvp_forward(self, v: list) -> list: ...
+
+
+class FunctionObjective:
+    """An objective given by ``fn()`` over explicit tensors ``params`` (tests, closed forms)."""
+
+    def __init__(self, fn, params):
+        self.fn = fn
+        self.params = list(params)
+        self.names = [f"p{i}" for i in range(len(self.params))]
+
+    def terms(self):
+        yield self.fn()
+
+    def reduce(self, tensors: list) -> list:
+        return tensors
+
+    @torch.no_grad()
+    def value(self) -> float:
+        return float(self.fn())
+
+    def versions(self) -> list:
+        return [p._version for p in self.params]
+
+    @property
+    def n_terms(self) -> int:
+        return 1
+
+    def hvp_forward(self, v: list) -> list:
+        raise NotImplementedError("forward-over-reverse HVPs need a model objective")
+
+
+class ModelObjective:
+    """L(w) of :func:`landscape.foundation.loss.evaluate` as a function of a chosen subset of a
+    model's parameters (``params``: name → parameter; default all trainable ones)."""
+
+    def __init__(self, model: torch.nn.Module, batches, params=None):
+        from landscape.foundation.params import select
+
+        self.model = model
+        self.device = param_device(model)
+        self.batches = [b.to(self.device) for b in batches]
+        self.n_tokens = total_tokens(self.batches)
+        named = select(model) if params is None else params
+        self.names = list(named.keys())
+        self.params = list(named.values())
+
+    @property
+    def local_batches(self) -> list:
+        """This process's share of the batches (all of them on one process)."""
+        return dist.shard(self.batches)
+
+    @property
+    def n_terms(self) -> int:
+        return len(self.local_batches)
+
+    def terms(self):
+        for b in self.local_batches:
+            yield batch_term(self.model, b, self.n_tokens)
+
+    def reduce(self, tensors: list) -> list:
+        return dist.all_reduce_(tensors)
+
+    @torch.no_grad()
+    def value(self) -> float:
+        return dist.all_reduce_scalar(float(sum(t.double() for t in self.terms())))
+
+    def versions(self) -> list:
+        return [p._version for p in self.model.parameters()]  # the fixed parameters are in the graph too
+
+    def hvp_forward(self, v: list) -> list:
+        """H·v as the jvp of the gradient (forward-over-reverse), batch by batch; not reduced."""
+        from torch.func import grad, jvp
+
+        base = dict(zip(self.names, [p.detach() for p in self.params]))
+        tangent = dict(zip(self.names, [x.to(p.dtype) for x, p in zip(v, self.params)]))
+        out = [torch.zeros_like(p) for p in self.params]
+        for b in self.local_batches:
+            def f(pdict, b=b):
+                return batch_term(functional(self.model, pdict), b, self.n_tokens)
+
+            _, hv = jvp(grad(f), (base,), (tangent,))
+            for o, n in zip(out, self.names):
+                o.add_(hv[n])
+        return out
+
+
+def gradient(obj: Objective) -> tuple[float, list]:
+    """(L, ∇L) of an objective, accumulated term by term and reduced over processes."""
+    grads = [torch.zeros_like(p) for p in obj.params]
+    total = torch.zeros((), dtype=torch.float64, device=obj.params[0].device)
+    for term in obj.terms():
+        gs = torch.autograd.grad(term, obj.params, allow_unused=True)
+        for g, gi in zip(grads, gs):
+            if gi is not None:
+                g.add_(gi)
+        total += term.detach().double()
+    obj.reduce(grads + [total])  # one all-reduce for the gradient and the loss
+    return float(total), grads
+
+
+def loss_and_grad(model: torch.nn.Module, batches, params=None):
+    """(L(w), [∂L/∂p for p in params]) accumulated batch by batch; the model's .grad is untouched."""
+    named = None if params is None else OrderedDict((str(i), p) for i, p in enumerate(params))
+    return gradient(ModelObjective(model, batches, named))

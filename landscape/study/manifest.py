@@ -1,0 +1,162 @@
+"""The correlate manifest (YAML): which checkpoints, which flatness, which suites.
+
+    base: runs/demo/base
+    suites: [../../data/suites]           # optional; default the embedded suites
+    flatness:
+      data: ../../data/tasks/reverse/eval.jsonl     # DataConfig keys: data, batch_size, num_batches, max_length
+      batch_size: 8
+      num_batches: 4
+      metrics: [lambda_max, trace, eps, sam, avg, surface_curvature]
+      top_k: 3                                      # any SharpnessConfig key: top_k, trace_samples, eps, rho, ...
+      surface: {x: "-1:1:11", y: "-1:1:11"}         # any SurfaceConfig key; needed by surface_* metrics
+    checkpoints:
+      - {path: ft/adamw-lr1e-3, label: adamw lr 1e-3, optimizer: adamw, lr: 1e-3, epochs: 1, dataset: reverse}
+      - {path: ft/sam-rho0.05, label: sam ρ 0.05, optimizer: sam, rho: 0.05, lr: 1e-3, epochs: 1}
+
+The ``flatness`` keys are the fields of :class:`~landscape.foundation.configs.DataConfig`,
+:class:`~landscape.foundation.configs.SharpnessConfig` and (under ``surface``)
+:class:`~landscape.foundation.configs.SurfaceConfig`; a batch differs from the CLI only in a few
+defaults (:data:`FLATNESS_DEFAULTS`). Relative paths are relative to the manifest's directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from landscape.foundation.configs import (SHARPNESS_METRICS, SURFACE_METRICS, DataConfig, SharpnessConfig,
+                                          SurfaceConfig)
+from landscape.foundation.errors import UserError
+
+ALL_METRICS = SHARPNESS_METRICS + SURFACE_METRICS
+DEFAULT_METRICS = ("lambda_max", "trace", "eps", "sam", "avg", "surface_curvature")
+LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset")
+TOP_KEYS = ("base", "checkpoints", "flatness", "suites", "categories", "title", "bootstrap", "seed")
+# Batches over many checkpoints default to a little more of the spectrum and fewer trace samples.
+FLATNESS_DEFAULTS = {"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20}
+DEFAULT_SURFACE = {"x": "-1:1:11"}
+
+
+@dataclass
+class Manifest:
+    path: str
+    title: str
+    base: Path
+    checkpoints: list
+    metrics: list
+    data: DataConfig
+    sharpness: SharpnessConfig | None  # None when no sharpness metric is asked for
+    surface: SurfaceConfig | None  # None when no surface metric is asked for
+    suites: list | None = None
+    categories: Path | None = None
+    bootstrap: int = 2000
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def flatness_config(self) -> dict:
+        """Every setting of the flatness measurements (for the report's JSON)."""
+        return {"metrics": self.metrics, **self.data.as_dict(),
+                "sharpness": self.sharpness.as_dict() if self.sharpness else None,
+                "surface": self.surface.as_dict() if self.surface else None}
+
+
+def _read(p: Path) -> dict:
+    import yaml
+
+    if not p.is_file():
+        raise UserError(f"{p}: no such manifest")
+    try:
+        m = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(m, dict):
+        raise UserError(f"{p}: the manifest must be a mapping with base, checkpoints, flatness")
+    unknown = set(m) - set(TOP_KEYS)
+    if unknown:
+        raise UserError(f"{p}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    if "base" not in m:
+        raise UserError(f"{p}: missing 'base'")
+    return m
+
+
+def _resolver(p: Path):
+    root = p.resolve().parent
+
+    def rel(x, what: str) -> Path:
+        if not isinstance(x, str) or not x:
+            raise UserError(f"{p}: {what} must be a path string")
+        q = Path(x)
+        return q if q.is_absolute() else root / q
+    return rel
+
+
+def _checkpoints(p: Path, cks, rel) -> list[dict]:
+    if not isinstance(cks, list) or not cks:
+        raise UserError(f"{p}: 'checkpoints' must be a non-empty list")
+    out, labels = [], set()
+    for i, c in enumerate(cks, 1):
+        c = {"path": c} if isinstance(c, str) else c
+        if not isinstance(c, dict) or "path" not in c:
+            raise UserError(f"{p}: checkpoint {i} needs a 'path'")
+        bad = set(c) - {"path", "label", *LABEL_KEYS}
+        if bad:
+            raise UserError(f"{p}: checkpoint {i}: unknown key(s) {', '.join(sorted(map(str, bad)))}")
+        path = rel(c["path"], f"checkpoint {i} path")
+        if not path.exists():
+            raise UserError(f"{p}: checkpoint {i}: {path} does not exist")
+        label = str(c.get("label") or Path(c["path"]).name)
+        if label in labels:
+            raise UserError(f"{p}: two checkpoints share the label {label!r}")
+        labels.add(label)
+        out.append({"path": path, "label": label, **{k: c.get(k) for k in LABEL_KEYS}})
+    return out
+
+
+def _flatness(p: Path, fl, rel) -> tuple:
+    """(metrics, DataConfig, SharpnessConfig | None, SurfaceConfig | None) from the flatness section."""
+    if not isinstance(fl, dict):
+        raise UserError(f"{p}: 'flatness' must be a mapping")
+    fl = {**FLATNESS_DEFAULTS, **fl}
+    metrics = fl.pop("metrics", None) or list(DEFAULT_METRICS)
+    if isinstance(metrics, str):
+        metrics = [s.strip() for s in metrics.split(",") if s.strip()]
+    if not isinstance(metrics, list):
+        raise UserError(f"{p}: flatness.metrics must be a list of metric names")
+    unknown = [x for x in metrics if x not in ALL_METRICS]
+    if unknown:
+        raise UserError(f"{p}: unknown metric(s) {', '.join(map(str, unknown))}; choose from {', '.join(ALL_METRICS)}")
+    surf = fl.pop("surface", None)
+    data_keys = {k: fl.pop(k) for k in DataConfig.keys() if k in fl}
+    if data_keys.get("data"):
+        data_keys["data"] = str(rel(data_keys["data"], "flatness.data"))
+    data = DataConfig.from_mapping(data_keys, f"{p}: flatness")
+    sharp_names = sorted(m for m in metrics if m in SHARPNESS_METRICS)
+    if sharp_names and "lambda_max" not in sharp_names and fl.get("top_k", 1) > 1:
+        sharp_names.append("lambda_max")  # the report's spectra need the top eigenvalues
+    sharp = SharpnessConfig.from_mapping({**fl, "metrics": sorted(sharp_names) or ["lambda_max"]}, f"{p}: flatness")
+    if any(m in SURFACE_METRICS for m in metrics) and not surf:
+        surf = dict(DEFAULT_SURFACE)
+    surface = None
+    if surf is not None:
+        if not isinstance(surf, dict) or "x" not in surf:
+            raise UserError(f"{p}: flatness.surface must be a mapping with at least x: MIN:MAX:N")
+        surface = SurfaceConfig.from_mapping({"seed": sharp.seed, **surf}, f"{p}: flatness.surface")
+    return metrics, data, (sharp if sharp_names else None), surface
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    """Parse and validate; relative paths resolved against the manifest's directory."""
+    p = Path(path)
+    m = _read(p)
+    rel = _resolver(p)
+    metrics, data, sharp, surface = _flatness(p, m.get("flatness") or {}, rel)
+    suites = m.get("suites")
+    if suites is not None:
+        suites = [rel(s, "suite") for s in (suites if isinstance(suites, list) else [suites])]
+    return Manifest(path=str(p), title=str(m.get("title") or f"flatness vs forgetting: {p.name}"),
+                    base=rel(m["base"], "base"), checkpoints=_checkpoints(p, m.get("checkpoints"), rel),
+                    metrics=metrics, data=data, sharpness=sharp, surface=surface, suites=suites,
+                    categories=rel(m["categories"], "categories") if m.get("categories") else None,
+                    bootstrap=int(m.get("bootstrap", 2000)), seed=int(m.get("seed", 0)))

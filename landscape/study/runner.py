@@ -1,0 +1,137 @@
+"""The batch run behind `landscape correlate`: every checkpoint of a manifest measured, correlated, reported.
+
+Every measurement goes through the results store, keyed by (checkpoint fingerprint, kind, the
+config's :meth:`~landscape.foundation.configs.Config.numbers` + data fingerprint + library
+version), so a killed batch resumes where it stopped and a re-run recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import landscape
+from landscape.foundation.configs import LoadConfig
+from landscape.foundation.errors import UserError
+from landscape.study.correlate import correlate_table
+from landscape.study.manifest import LABEL_KEYS, Manifest, load_manifest
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "ckpt"
+
+
+def _surface_key(m: Manifest, device_type: str, data_fp: str) -> dict:
+    """What a stored surface depends on: the config's numbers, and the switches that change its
+    bytes (several points per pass; directions drawn on a GPU)."""
+    cfg = m.surface
+    key = {**cfg.numbers(), "data": data_fp, "version": landscape.__version__}
+    if cfg.points_per_pass != 1:  # other float rounding: another stored result
+        key["points_per_pass"] = cfg.points_per_pass
+    if device_type != "cpu" and cfg.directions != "held":  # may draw on the device: other numbers
+        key["directions"] = cfg.directions
+    return key
+
+
+def measure_flatness(ck, m: Manifest, store, surface_dir: Path, label: str, progress: bool = False) -> dict:
+    """Sharpness metrics and surface metrics of one loaded checkpoint, through the store."""
+    from landscape.foundation import data
+    from landscape.measures import sharpness
+
+    bs = data.batches_for(ck, m.data)
+    out: dict = {}
+    if m.sharpness is not None:
+        key = {**m.sharpness.numbers(), "data": bs.fingerprint, "version": landscape.__version__}
+        r = store.cached(ck.fingerprint, "sharpness", key,
+                         lambda: sharpness.measure(ck.model, bs, m.sharpness, progress=progress))
+        out["loss"] = r["loss"]
+        for n in m.sharpness.metrics:
+            out[n] = r["metrics"].get(sharpness.RESULT_KEYS[n])
+        out["eigenvalues"] = r["metrics"].get("eigenvalues")
+        out["cost"] = r["cost"]
+    if m.surface is not None:
+        out.update(_surface_metrics(ck, m, bs, store, surface_dir / f"{_slug(label)}.h5", label, progress))
+    return out
+
+
+def _surface_metrics(ck, m: Manifest, bs, store, h5: Path, label: str, progress: bool) -> dict:
+    from landscape.foundation.configs import SURFACE_METRICS
+    from landscape.measures import surface as S
+
+    key = _surface_key(m, ck.device.type, bs.fingerprint)
+    # the h5 is the report's figure: a stored row counts only while its file is there
+    sm = store.get(ck.fingerprint, "surface", key) if h5.is_file() else None
+    if sm is None:
+        h5.unlink(missing_ok=True)  # ours, in our surfaces folder; stale if the store has no row
+        t = time.perf_counter()
+        S.surface(ck.model, bs, h5, m.surface, progress=progress,
+                  meta={"checkpoint": str(ck.path), "label": label, "fingerprint": ck.fingerprint})
+        sm = S.surface_metrics(h5)
+        store.put(ck.fingerprint, "surface", key, sm, time.perf_counter() - t)
+    return {**{k: sm.get(k) for k in SURFACE_METRICS}, "surface_file": str(h5)}
+
+
+def _targets(rows: list[dict]) -> dict:
+    """Forgetting targets: the average and each category's, one value per checkpoint."""
+    targets = {"average": [r["forgetting"]["average"]["delta"] if r["forgetting"]["average"] else None for r in rows]}
+    for c in sorted({c for r in rows for c in r["forgetting"]["categories"]}):
+        targets[f"category:{c}"] = [r["forgetting"]["categories"].get(c, {}).get("delta") for r in rows]
+    return targets
+
+
+def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.PathLike, store_path=None,
+                 load: LoadConfig | None = None, progress: bool = False, write: bool = True) -> dict:
+    """Measure flatness and forgetting of every checkpoint, correlate, write the report (+ .json)."""
+    from tqdm.auto import tqdm
+
+    from landscape.foundation import checkpoint
+    from landscape.foundation.store import Store
+    from landscape.measures import forgetting as FG
+
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    load, out_html = load or LoadConfig(), Path(out_html)
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"{out_html}: the report is an .html file")
+    for c in [{"path": m.base}, *m.checkpoints]:
+        checkpoint.inspect_checkpoint(c["path"])
+    suites = FG.load_suites(m.suites, m.categories)
+    store = Store(store_path or out_html.with_name(out_html.stem + ".sqlite"))
+    surface_dir = out_html.with_name(out_html.stem + "_surfaces")
+    surface_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    base_ck = checkpoint.load_checkpoint(m.base, load)
+    base_scores = FG.evaluate_checkpoint(base_ck, suites, store)
+    base_fp = base_ck.fingerprint
+    base_flat = measure_flatness(base_ck, m, store, surface_dir, "base", progress)
+    del base_ck
+    rows = []
+    for c in tqdm(m.checkpoints, desc="checkpoints", disable=not progress):
+        ck = checkpoint.load_checkpoint(c["path"], load)
+        fg = FG.compare(base_scores, FG.evaluate_checkpoint(ck, suites, store), suites)
+        flat = measure_flatness(ck, m, store, surface_dir, c["label"], progress)
+        rows.append({**{k: c[k] for k in ("label", *LABEL_KEYS)}, "path": str(c["path"]),
+                     "fingerprint": ck.fingerprint, "flatness": flat, "forgetting": fg})
+        del ck
+    targets = _targets(rows)
+    stats = correlate_table(rows, m.metrics, targets, n_boot=m.bootstrap, seed=m.seed)
+    result = {"title": m.title, "manifest": m.path, "base": str(m.base), "base_fingerprint": base_fp,
+              "base_flatness": base_flat, "base_scores": base_scores, "metrics": m.metrics,
+              "targets": list(targets), "checkpoints": rows, **stats, "flatness_config": m.flatness_config,
+              "seconds": round(time.perf_counter() - t0, 2), "version": landscape.__version__,
+              "store": str(store.path), "report": str(out_html)}
+    if write:
+        _write(result, out_html)
+    return result
+
+
+def _write(result: dict, out_html: Path) -> None:
+    """The HTML report and its JSON beside it (rank 0 only under torchrun), both atomically."""
+    from landscape.foundation import distributed as dist
+    from landscape.foundation.io import write_json
+    from landscape.study.report import correlation_report
+
+    if dist.is_main():
+        correlation_report(result, out_html)
+        write_json(out_html.with_suffix(".json"), result)

@@ -1,0 +1,369 @@
+"""Fine-tuning: AdamW, SAM or ASAM over fixed batches, writing HF checkpoints; resumable.
+
+The loop minimises the shared loss of :mod:`landscape.foundation.loss` (token-weighted mean CE), so the loss it
+logs is the loss every measurement reports. One optimizer step consumes ``grad_accum`` micro-batches;
+their losses are weighted by their share of the step's loss tokens, so accumulation over k
+micro-batches gives the gradient of the concatenated batch (exactly, for AdamW).
+
+SAM/ASAM (see :mod:`landscape.training.sam`): per micro-batch, pass 1 takes g_k = ∇L_k(w) (under ``no_sync``
+when the model is DDP-wrapped), the weights move to w + ε_k, pass 2 accumulates ∇L_k(w + ε_k) into
+``.grad``, and the weights are restored bit-exactly; after the last micro-batch the accumulated
+gradient is clipped and the base optimizer (AdamW, with weight decay and the LR schedule) steps from
+w. Two forward/backward passes per micro-batch, against one for AdamW.
+
+Batch order is a seeded permutation per epoch; a run is a pure function of (model, data, config), and
+``resume`` from a saved training state continues it to the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import landscape
+from landscape.foundation import distributed as dist
+from landscape.foundation.configs import OPTIMIZERS, ConfigError, FinetuneConfig, LoadConfig  # noqa: F401
+from landscape.foundation.errors import UserError
+from landscape.foundation.io import atomic_write
+from landscape.foundation.loss import batch_term, evaluate, param_device
+from landscape.training.sam import SAM
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to 10% of ``lr`` at ``total``."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def batch_order(n_batches: int, n: int, seed: int) -> list[int]:
+    """Which batch each micro-step uses: a fresh seeded permutation every epoch."""
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < n:
+        order += torch.randperm(n_batches, generator=g).tolist()
+    return order[:n]
+
+
+def make_optimizer(params, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW, or SAM/ASAM around AdamW (weight decay in the base step only)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return SAM(params, torch.optim.AdamW, rho=cfg.rho, adaptive=cfg.optimizer == "asam", eta=cfg.eta,
+               lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _no_sync(model, on: bool):
+    """DDP's ``no_sync`` when asked for and available; otherwise nothing."""
+    return model.no_sync() if on and hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+def _autocast(device: torch.device, on: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+@dataclass
+class TrainState:
+    """What a resume needs: the step reached, weights, optimizer state and the log so far."""
+
+    step: int = 0
+    log: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+
+
+def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | None = None, scale: int = 1) -> dict:
+    """One optimizer step over the micro-batches ``micro`` (a list of Batch). Returns the log row.
+
+    ``n_tok``: loss tokens of the whole (global) step, default those of ``micro``. ``scale``: the
+    number of DDP processes, whose gradient averaging the loss is multiplied back from (so the
+    all-reduced gradient is the gradient of the global step's token-weighted loss).
+    """
+    device = param_device(model)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    n_tok = n_tok or sum(b.n_tokens for b in micro)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    sam = opt if isinstance(opt, SAM) else None
+    loss_sum, norms = 0.0, []
+    for k, b in enumerate(micro):
+        b = b.to(device)
+        last = k == len(micro) - 1
+        if sam is None:
+            with _no_sync(model, not last), _autocast(device, cfg.bf16):
+                loss = batch_term(model, b, n_tok) * scale
+            with _no_sync(model, not last):
+                loss.backward()
+            loss_sum += float(loss.detach()) / scale
+            continue
+        with _no_sync(model, True):  # pass 1: the local gradient at w, forward included
+            with _autocast(device, cfg.bf16):
+                loss = batch_term(model, b, n_tok)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        loss_sum += float(loss.detach())
+        norms.append(sam.first_step(list(grads), zero_grad=False))
+        del grads
+        try:  # pass 2: the gradient at w + ε_k, accumulated into .grad
+            with _no_sync(model, not last):
+                with _autocast(device, cfg.bf16):
+                    loss2 = batch_term(model, b, n_tok) * scale
+                loss2.backward()
+        finally:
+            sam.restore()
+    gnorm = None
+    if cfg.grad_clip:
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    (sam.base_step if sam is not None else opt.step)()
+    opt.zero_grad(set_to_none=True)
+    row = {"loss": dist.all_reduce_scalar(loss_sum) if scale > 1 else loss_sum, "lr": lr, "grad_norm": gnorm,
+           "tokens": n_tok}
+    if sam is not None:
+        row["sam_grad_norm"] = sum(norms) / len(norms) if norms else None
+    return row
+
+
+def train(model: torch.nn.Module, batches, cfg: FinetuneConfig, *, eval_batches=None, opt=None,
+          state: TrainState | None = None, on_step=None, progress: bool = False) -> list[dict]:
+    """Train ``model`` on ``batches`` for ``cfg.max_steps`` optimizer steps; returns the log (one dict
+    per step).
+
+    ``opt``/``state`` continue a run (resume); ``on_step(state, opt)`` is called after every step
+    (saving, stopping). The model is left in eval mode.
+    """
+    if cfg.max_steps is None:
+        raise ConfigError("max_steps", "must be set for train() (finetune() resolves it from epochs)")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = opt or make_optimizer(params, cfg)
+    state = state or TrainState()
+    steps, W, R = cfg.max_steps, dist.world(), dist.rank()
+    G = cfg.grad_accum * W  # micro-batches per global step, dealt out across ranks
+    order = batch_order(len(batches), steps * G, cfg.seed)
+    net = _ddp(model) if W > 1 else model  # DDP: pass 2 all-reduces gradients; SAM's pass 1 runs under no_sync
+    model.train()
+    t0 = time.perf_counter() - (state.log[-1]["seconds"] if state.log else 0.0)
+    try:
+        bar = tqdm(range(state.step, steps), desc=f"train ({cfg.optimizer})", disable=not progress or R != 0,
+                   leave=False, initial=state.step, total=steps)
+        for step in bar:
+            glob = [batches.batches[i] for i in order[step * G:(step + 1) * G]]
+            row = train_step(net, opt, glob[R::W], cfg, lr_at(step, steps, cfg.lr, cfg.warmup),
+                             n_tok=sum(b.n_tokens for b in glob), scale=W)
+            if not math.isfinite(row["loss"]):
+                raise UserError(f"the training loss became {row['loss']} at step {step + 1} (the weights are now "
+                                "unusable; lower lr, keep grad_clip, or train in float32); the last saved "
+                                "state is kept for resume")
+            state.log.append({"step": step + 1, **row, "seconds": round(time.perf_counter() - t0, 3)})
+            state.step = step + 1
+            if eval_batches is not None and cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < steps:
+                _evaluate_into(model, eval_batches, state)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if on_step is not None:
+                on_step(state, opt)
+    finally:
+        model.eval()
+    if eval_batches is not None and (not state.evals or state.evals[-1]["step"] != state.step):
+        _evaluate_into(model, eval_batches, state)
+    return state.log
+
+
+def _ddp(model):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dev = param_device(model)
+    return DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _evaluate_into(model, eval_batches, state: TrainState) -> None:
+    was = model.training
+    model.eval()
+    state.evals.append({"step": state.step, "eval_loss": evaluate(model, eval_batches).loss})
+    model.train(was)
+
+
+# --------------------------------------------------------------------------------------------
+# The command: checkpoint + jsonl → fine-tuned checkpoint dir, with a resumable training state,
+# in four named phases: prepare → resume → run → save.
+
+STATE_FILE = "train_state.pt"
+
+
+def split_records(records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Seeded train/eval split: ``round(eval_fraction·n)`` records (at least 1 if the fraction > 0)."""
+    if not 0 <= eval_fraction < 1:
+        raise ConfigError("eval_fraction", f"must be in [0, 1), got {eval_fraction}")
+    n_eval = 0 if eval_fraction == 0 else max(1, round(eval_fraction * len(records)))
+    if n_eval >= len(records):
+        raise UserError(f"{len(records)} record(s) cannot be split into train and eval; "
+                        "give eval_data or eval_fraction 0")
+    idx = list(range(len(records)))
+    random.Random(seed).shuffle(idx)
+    held = set(idx[:n_eval])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def _save_state(path: Path, model, opt, state: TrainState, meta: dict) -> None:
+    """Atomic: temp file, fsync, rename."""
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path / STATE_FILE) as tmp:
+        torch.save({"step": state.step, "log": state.log, "evals": state.evals, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "meta": meta}, tmp)
+
+
+@dataclass
+class _Job:
+    """A prepared fine-tune: the loaded base, its batches, the resolved config and the run's identity."""
+
+    ck: object
+    train_b: object
+    eval_b: object
+    cfg: FinetuneConfig
+    meta: dict
+    out: Path
+    partial: Path
+    data: str
+
+
+def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: LoadConfig | None = None,
+             progress: bool = False, on_step=None) -> dict:
+    """Fine-tune the checkpoint ``base`` on the jsonl ``data``; write an HF checkpoint dir at ``out``.
+
+    ``out`` gets the weights, the tokenizer, ``training_log.json`` (loss per step, eval losses,
+    summary) and ``finetune_config.json`` (the exact configuration). While running, the training
+    state lives in ``out.partial/`` (saved every ``save_every`` steps, atomically); ``config.resume``
+    continues from it and refuses a state written under another configuration.
+    Steps: ``max_steps`` if given, else ``ceil(epochs · n_train_batches / (grad_accum · processes))``.
+    """
+    job = _prepare(base, data, Path(out), config or FinetuneConfig(), load or LoadConfig())
+    opt = make_optimizer([p for p in job.ck.model.parameters() if p.requires_grad], job.cfg)
+    state = _resume(job, opt) if job.cfg.resume else TrainState()
+    start, t0 = state.step, time.perf_counter()
+    _run(job, opt, state, progress, on_step)
+    return _save(job, state, start, time.perf_counter() - t0)
+
+
+def _check_paths(out: Path, partial: Path, cfg: FinetuneConfig) -> None:
+    if out.exists() and not cfg.overwrite:
+        raise ConfigError("overwrite", f"is off and {out} already exists (set it to replace the directory)")
+    if partial.exists() and not cfg.resume:
+        raise ConfigError("resume", f"is off and {partial} holds an interrupted run: resume it, or remove it")
+    if cfg.resume and not (partial / STATE_FILE).is_file():
+        raise ConfigError("resume", f"is on but there is no interrupted run at {partial}")
+
+
+def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _Job:
+    """Phase 1: check the paths, load the base, build the batches, resolve the steps."""
+    from landscape.foundation import checkpoint, data as data_mod
+
+    partial = out.with_name(out.name + ".partial")
+    _check_paths(out, partial, cfg)
+    ck = checkpoint.load_checkpoint(base, load)
+    records = data_mod.read_jsonl(data)
+    if cfg.eval_data is not None:
+        train_recs, eval_recs = records, data_mod.read_jsonl(cfg.eval_data)
+    else:
+        train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
+    mk = dict(tokenizer=ck.tokenizer, max_length=data_mod.resolve_max_length(ck.model.config, cfg.max_length),
+              vocab_size=ck.vocab_size)
+    train_b = data_mod.load_batches(data, batch_size=cfg.batch_size, records=train_recs, **mk)
+    eval_b = (data_mod.load_batches(cfg.eval_data or data, batch_size=max(8, cfg.batch_size), records=eval_recs, **mk)
+              .to(ck.device) if eval_recs else None)
+    W = dist.world()
+    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_b) / (cfg.grad_accum * W)))
+    run_cfg = cfg.replace(max_steps=steps)
+    ident = {**run_cfg.numbers(), "world": W}
+    meta = {"config": ident, "config_hash": hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16],
+            "base": str(ck.path), "base_fingerprint": ck.fingerprint, "data": str(data),
+            "data_fingerprint": train_b.fingerprint, "eval_fingerprint": eval_b.fingerprint if eval_b else None}
+    return _Job(ck, train_b, eval_b, run_cfg, meta, out, partial, str(data))
+
+
+def _resume(job: _Job, opt) -> TrainState:
+    """Phase 2: the saved state of an interrupted run of this exact configuration."""
+    saved = torch.load(job.partial / STATE_FILE, map_location=job.ck.device, weights_only=True)
+    theirs = {k: saved["meta"].get(k) for k in ("config_hash", "base_fingerprint", "data_fingerprint")}
+    ours = {k: job.meta[k] for k in theirs}
+    if theirs != ours:
+        diff = ", ".join(k for k in ours if ours[k] != theirs[k])
+        raise UserError(f"{job.partial}: the interrupted run used another {diff}; "
+                        "remove it or resume with the same options")
+    job.ck.model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    return TrainState(step=saved["step"], log=saved["log"], evals=saved["evals"])
+
+
+def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
+    """Phase 3: train, saving the state every ``save_every`` steps.
+
+    Ctrl-C is taken at the next step boundary: a step interrupted half-way (weights or AdamW moments
+    half-updated, a SAM perturbation not yet undone) must never be saved as a resumable state. A
+    second Ctrl-C stops at once; the last periodic state is then what resume continues from.
+    """
+    cfg, interrupt = job.cfg, {"asked": False, "at_boundary": False}
+
+    def on_sigint(signum, frame):
+        if interrupt["asked"]:
+            raise KeyboardInterrupt
+        interrupt["asked"] = True
+
+    def save_and_callback(st: TrainState, o) -> None:
+        interrupt["at_boundary"] = True  # a KeyboardInterrupt from here on leaves a consistent state
+        if st.step % cfg.save_every == 0 and st.step < cfg.max_steps and dist.is_main():
+            _save_state(job.partial, job.ck.model, o, st, job.meta)
+        if on_step is not None:
+            on_step(st, o)
+        if dist.world() > 1:  # every rank stops after the same step (none left waiting in an all-reduce)
+            interrupt["asked"] = dist.all_reduce_scalar(float(interrupt["asked"])) > 0
+        if interrupt["asked"]:
+            raise KeyboardInterrupt
+        interrupt["at_boundary"] = False
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    try:
+        train(job.ck.model, job.train_b, cfg, eval_batches=job.eval_b, opt=opt, state=state,
+              on_step=save_and_callback, progress=progress)
+    except KeyboardInterrupt:
+        if dist.is_main() and interrupt["at_boundary"]:
+            _save_state(job.partial, job.ck.model, opt, state, job.meta)  # a Ctrl-C loses nothing that finished
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _save(job: _Job, state: TrainState, start: int, seconds: float) -> dict:
+    """Phase 4: the checkpoint dir with its log and configuration, atomically; the partial state goes."""
+    from landscape.foundation import checkpoint
+
+    cfg, log = job.cfg, state.log
+    summary = {
+        "out": str(job.out), "base": str(job.ck.path), "base_fingerprint": job.ck.fingerprint,
+        "optimizer": cfg.optimizer, "steps": cfg.max_steps, "resumed_from": start if cfg.resume else None,
+        "train_examples": job.train_b.n_examples, "eval_examples": job.eval_b.n_examples if job.eval_b else 0,
+        "train_loss_first": log[0]["loss"], "train_loss_last": sum(r["loss"] for r in log[-10:]) / min(10, len(log)),
+        "eval_loss": state.evals[-1]["eval_loss"] if state.evals else None,
+        "seconds": round(seconds, 2), "version": landscape.__version__,
+    }
+    config = {**job.meta, "settings": cfg.as_dict(), "dtype": str(job.ck.dtype).replace("torch.", ""),
+              "version": landscape.__version__}
+    if dist.is_main():
+        checkpoint.save_checkpoint(job.ck.model, job.ck.tokenizer, job.out, extra_files={
+            "training_log.json": json.dumps({"summary": summary, "log": log, "evals": state.evals}, indent=1),
+            "finetune_config.json": json.dumps(config, indent=1)})
+        shutil.rmtree(job.partial, ignore_errors=True)
+    dist.barrier()
+    summary["fingerprint"] = checkpoint.fingerprint(job.out)
+    return summary
