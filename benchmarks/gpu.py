@@ -30,7 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from landscape.foundation import data, loss
+from landscape.foundation import data, loss, objective  # noqa: E402
+from landscape.foundation.configs import FinetuneConfig, SurfaceConfig  # noqa: E402
 from landscape.training import finetune
 from landscape.measures import hessian, surface  # noqa: E402
 from landscape.foundation import params as P  # noqa: E402
@@ -106,16 +107,16 @@ def bench_model(args, device, dtype) -> dict:
     out = {"config": args.config, "params": n, "dtype": str(dtype).replace("torch.", ""), "tokens_per_eval": tokens,
            "peak": peak_label}
     t_fwd = timed(lambda: loss.evaluate(model, bs), device, rep)
-    obj = loss.Objective(model, bs)
-    t_grad = timed(lambda: loss.gradient(obj), device, rep)  # forward + backward over the same batches
+    obj = objective.ModelObjective(model, bs)
+    t_grad = timed(lambda: objective.gradient(obj), device, rep)  # forward + backward over the same batches
     v = P.randn_like(obj.params, torch.Generator().manual_seed(0), dtype=torch.float32)
-    hv = hessian.HVP(obj)
-    t_hvp = timed(lambda: hv(v), device, rep)
+    hv = hessian.HessianOperator(obj)
+    t_hvp = timed(lambda: hv.hvp(v), device, rep)
     cached = hv.cached
     hv.release()
     del hv
-    hv_off = hessian.HVP(obj, cache_graph=False)
-    t_hvp_off = timed(lambda: hv_off(v), device, rep)
+    hv_off = hessian.HessianOperator(obj, cache_graph="off")
+    t_hvp_off = timed(lambda: hv_off.hvp(v), device, rep)
     del hv_off, v
     tmp = ROOT / "runs" / "bench"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ def bench_model(args, device, dtype) -> dict:
         h5.unlink(missing_ok=True)
         sync(device)
         t0 = time.perf_counter()
-        surface.surface(model, bs, h5, np.linspace(-1, 1, pts), np.linspace(-1, 1, pts), directions=mode)
+        surface.surface(model, bs, h5, SurfaceConfig(x=np.linspace(-1, 1, pts), y=np.linspace(-1, 1, pts), directions=mode))
         sync(device)
         t_pt[mode] = (time.perf_counter() - t0) / pts**2
         h5.unlink(missing_ok=True)
@@ -144,7 +145,7 @@ def bench_model(args, device, dtype) -> dict:
         p.requires_grad_(True)
     step = {}
     for name in ("adamw", "sam"):
-        cfg = finetune.TrainConfig(optimizer=name, lr=1e-6)
+        cfg = FinetuneConfig(optimizer=name, lr=1e-6)
         opt = finetune.make_optimizer(params, cfg)
         model.train()
         step[name] = timed(lambda: finetune.train_step(model, opt, bs.batches[:1], cfg, 1e-6), device, rep)
@@ -177,7 +178,7 @@ def bench_big_surface(args, device, dtype) -> dict:
     h5.parent.mkdir(parents=True, exist_ok=True)
     h5.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    r = surface.surface(model, bs, h5, np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), directions="regenerated")
+    r = surface.surface(model, bs, h5, SurfaceConfig(x="-1:1:3", y="-1:1:3", directions="regenerated"))
     t_pt = (time.perf_counter() - t0) / 9
     h5.unlink(missing_ok=True)
     out.update(directions=r["directions"], point_s=t_pt)

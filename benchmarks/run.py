@@ -24,7 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from landscape.foundation import checkpoint, data, loss, toy
+from landscape.foundation import checkpoint, data, loss, objective, toy
+from landscape.foundation.configs import DataConfig, FinetuneConfig, SurfaceConfig  # noqa: E402
 from landscape.study import demo
 from landscape.measures import hessian  # noqa: E402
 from landscape.foundation import params as P  # noqa: E402
@@ -65,23 +66,23 @@ def paired(fa, fb, rounds: int, inner: int = 1) -> tuple[float, float, float]:
 
 def setup(base: Path, num_batches: int):
     ck = checkpoint.load_checkpoint(base)
-    bs = data.batches_for(ck, demo.default_eval_data(), batch_size=8, num_batches=num_batches)
+    bs = data.batches_for(ck, DataConfig(batch_size=8, num_batches=num_batches))
     return ck, bs
 
 
 def bench_hvp(ck, bs, repeat: int) -> dict:
-    obj = loss.Objective(ck.model, bs)
+    obj = objective.ModelObjective(ck.model, bs)
     v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
-    grad = lambda: loss.gradient(obj)  # noqa: E731
+    grad = lambda: objective.gradient(obj)  # noqa: E731
     # default: cache_graph="auto" (keeps the gradient graphs when they fit; one backward per HVP)
-    h = hessian.HVP(obj)
-    q, t_grad, t_hvp = paired(grad, lambda: h(v), repeat)
+    h = hessian.HessianOperator(obj)
+    q, t_grad, t_hvp = paired(grad, lambda: h.hvp(v), repeat)
     out = {"grad_s": t_grad, "hvp_auto_s": t_hvp, "hvp_auto_over_grad": q, "auto_cached": h.cached,
            "graph_bytes_per_batch": h.graph_bytes}
     h.release()
     for method in ("reverse", "forward"):  # graph rebuilt for every HVP
-        h = hessian.HVP(obj, method, cache_graph=False)
-        q, _, t = paired(grad, lambda: h(v), repeat)
+        h = hessian.HessianOperator(obj, method, cache_graph="off")
+        q, _, t = paired(grad, lambda: h.hvp(v), repeat)
         out[f"hvp_{method}_s"] = t
         out[f"hvp_{method}_over_grad"] = q
     return out
@@ -99,10 +100,10 @@ def hvps_to_accuracy(history: list[float], truth: float, rel: float = 1e-3) -> i
 
 
 def bench_lambda(ck, bs) -> dict:
-    obj = loss.Objective(ck.model, bs)
-    truth = hessian.lanczos(hessian.HVP(obj), k=1, max_iter=150, tol=1e-9, want_min=False)
-    lz = hessian.lanczos(hessian.HVP(obj), k=1, max_iter=100, tol=1e-12, want_min=False, seed=1)
-    pw = hessian.power_iteration(hessian.HVP(obj), k=1, max_iter=300, tol=1e-12, want_min=False, seed=1)
+    obj = objective.ModelObjective(ck.model, bs)
+    truth = hessian.lanczos(hessian.HessianOperator(obj), k=1, max_iter=150, tol=1e-9, want_min=False)
+    lz = hessian.lanczos(hessian.HessianOperator(obj), k=1, max_iter=100, tol=1e-12, want_min=False, seed=1)
+    pw = hessian.power_iteration(hessian.HessianOperator(obj), k=1, max_iter=300, tol=1e-12, want_min=False, seed=1)
     # power iteration first finds the largest-|λ| eigenvalue; at a trained point that is λ_max, and
     # its history's first run is what older tools report.
     return {"lambda_max": truth.lambda_max, "truth_converged": truth.converged,
@@ -114,15 +115,15 @@ def bench_lambda(ck, bs) -> dict:
 CHILD_PREAMBLE = r"""
 import sys, json, torch, numpy as np
 sys.path.insert(0, {root!r})
-from landscape.foundation import checkpoint, data, loss, params as P
-from landscape.study import demo
+from landscape.foundation import checkpoint, data, loss, objective, params as P, toy
+from landscape.foundation.configs import DataConfig, FinetuneConfig, SurfaceConfig
 from landscape.measures import hessian, surface
 def rss(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 ck = checkpoint.load_checkpoint({base!r})
-bs = data.batches_for(ck, demo.default_eval_data(), batch_size=8, num_batches={nb})
+bs = data.batches_for(ck, DataConfig(batch_size=8, num_batches={nb}))
 """
 
 
@@ -133,12 +134,12 @@ def run_child(body: str, **kw) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-MEM_CHILD = r"""obj = loss.Objective(ck.model, bs)
+MEM_CHILD = r"""obj = objective.ModelObjective(ck.model, bs)
 v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
-h = hessian.HVP(obj, cache_graph={{'hvp': 'auto', 'hvp_off': False}}.get({what!r}, False))
+h = hessian.HessianOperator(obj, cache_graph={{'hvp': 'auto', 'hvp_off': 'off'}}.get({what!r}, 'off'))
 loss.evaluate(ck.model, bs)
 before = rss('VmRSS')
-(lambda: loss.gradient(obj)) () if {what!r} == 'grad' else h(v)
+(lambda: objective.gradient(obj)) () if {what!r} == 'grad' else h.hvp(v)
 print(json.dumps({{'extra': rss('VmHWM') - before, 'param_bytes': sum(p.numel() * p.element_size() for p in ck.model.parameters())}}))
 """
 
@@ -168,7 +169,7 @@ def bench_surface(ck, bs, tmp: Path, repeat: int) -> dict:
         out = tmp / f"bench_surface_{mode}.h5"
         out.unlink(missing_ok=True)
         kw = {"points_per_pass": 8} if mode == "vmap8" else {"directions": mode}
-        surface.surface(ck.model, bs, out, np.linspace(-1, 1, n), np.linspace(-1, 1, n), **kw)
+        surface.surface(ck.model, bs, out, SurfaceConfig(x=np.linspace(-1, 1, n), y=np.linspace(-1, 1, n), **kw))
         out.unlink(missing_ok=True)
 
     fwd = lambda: loss.evaluate(ck.model, bs)  # noqa: E731
@@ -213,10 +214,10 @@ tok = ck.tokenizer
 cfg = toy.tiny_config("llama", vocab_size=len(tok), tokenizer=tok, max_positions=128, **{arch!r})
 model = toy.build_model(cfg, seed=0)
 del ck
-bs = data.load_batches(demo.default_eval_data(), tok, batch_size=8, max_length=64, num_batches=2)
+bs = data.load_batches(data.default_eval_data(), tok, batch_size=8, max_length=64, num_batches=2)
 loss.evaluate(model, bs)
 before = rss('VmHWM')
-surface.surface(model, bs, {out!r}, np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), directions={mode!r})
+surface.surface(model, bs, {out!r}, SurfaceConfig(x='-1:1:3', y='-1:1:3', directions={mode!r}))
 print(json.dumps({{'extra': rss('VmHWM') - before,
                   'param_bytes': sum(p.numel() * p.element_size() for p in model.parameters()),
                   'largest_tensor_bytes': max(p.numel() * p.element_size() for p in model.parameters())}}))
@@ -251,7 +252,7 @@ def bench_sam(ck, bs, repeat: int) -> dict:
     saved = [p.detach().clone() for p in params]
     steps = {}
     for name in ("adamw", "sam", "asam"):
-        cfg = finetune.TrainConfig(optimizer=name, lr=1e-6, rho=0.05)
+        cfg = FinetuneConfig(optimizer=name, lr=1e-6, rho=0.05)
         opt = finetune.make_optimizer(params, cfg)
         steps[name] = lambda opt=opt, cfg=cfg: finetune.train_step(model, opt, bs.batches[:1], cfg, 1e-6)
     model.train()
@@ -266,8 +267,8 @@ def bench_sam(ck, bs, repeat: int) -> dict:
     return out
 
 
-SAM_MEM_CHILD = r"""from landscape import finetune
-cfg = finetune.TrainConfig(optimizer={name!r}, lr=1e-6)
+SAM_MEM_CHILD = r"""from landscape.training import finetune
+cfg = FinetuneConfig(optimizer={name!r}, lr=1e-6)
 params = list(ck.model.parameters())
 opt = finetune.make_optimizer(params, cfg)
 loss.evaluate(ck.model, bs)
@@ -297,10 +298,10 @@ def bench_pyhessian(ck, bs) -> dict | None:
         return None
     b = bs.batches[0]
     model = ck.model
-    obj = loss.Objective(model, [b])
-    truth = hessian.lanczos(hessian.HVP(obj), k=1, max_iter=150, tol=1e-9, want_min=False).lambda_max
+    obj = objective.ModelObjective(model, [b])
+    truth = hessian.lanczos(hessian.HessianOperator(obj), k=1, max_iter=150, tol=1e-9, want_min=False).lambda_max
     t0 = time.perf_counter()
-    ours = hessian.lanczos(hessian.HVP(obj), k=1, tol=1e-3, want_min=False, seed=1)
+    ours = hessian.lanczos(hessian.HessianOperator(obj), k=1, tol=1e-3, want_min=False, seed=1)
     t_ours = time.perf_counter() - t0
 
     class Logits(torch.nn.Module):  # PyHessian wants criterion(model(x), y)
@@ -389,19 +390,19 @@ def bench_scaling(ck, quick: bool) -> dict:
 
     def ratios(model, bs):
         rounds = 3 if quick else 5
-        obj = loss.Objective(model, bs)
+        obj = objective.ModelObjective(model, bs)
         v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
-        grad = lambda: loss.gradient(obj)  # noqa: E731
-        h = hessian.HVP(obj)
-        q_hvp, t_grad, _ = paired(grad, lambda: h(v), rounds)
+        grad = lambda: objective.gradient(obj)  # noqa: E731
+        h = hessian.HessianOperator(obj)
+        q_hvp, t_grad, _ = paired(grad, lambda: h.hvp(v), rounds)
         h.release()
-        h_off = hessian.HVP(obj, cache_graph=False)
-        q_off, _, _ = paired(grad, lambda: h_off(v), rounds)
+        h_off = hessian.HessianOperator(obj, cache_graph="off")
+        q_off, _, _ = paired(grad, lambda: h_off.hvp(v), rounds)
         params = [p for p in model.parameters()]
         saved = [p.detach().clone() for p in params]
         opts = {}
         for name in ("adamw", "sam"):
-            cfg = finetune.TrainConfig(optimizer=name, lr=1e-6)
+            cfg = FinetuneConfig(optimizer=name, lr=1e-6)
             opts[name] = (finetune.make_optimizer(params, cfg), cfg)
         model.train()
         q_sam, _, _ = paired(*[lambda o=o, c=c: finetune.train_step(model, o, bs.batches[:1], c, 1e-6)
@@ -414,7 +415,7 @@ def bench_scaling(ck, quick: bool) -> dict:
 
         def line(k):  # a 16-point line, 1 or k points per pass
             out.unlink(missing_ok=True)
-            surface.surface(model, bs, out, np.linspace(-1, 1, 16), points_per_pass=k)
+            surface.surface(model, bs, out, SurfaceConfig(x='-1:1:16', points_per_pass=k))
             out.unlink(missing_ok=True)
 
         fwd16 = lambda: [loss.evaluate(model, bs) for _ in range(16)]  # noqa: E731
@@ -427,10 +428,10 @@ def bench_scaling(ck, quick: bool) -> dict:
     for name, arch in SIZES.items():
         cfg = toy.tiny_config("llama", vocab_size=len(tok), tokenizer=tok, max_positions=128, **arch)
         model = toy.build_model(cfg, seed=0)
-        bs = data.load_batches(demo.default_eval_data(), tok, batch_size=8, max_length=64, num_batches=4)
+        bs = data.load_batches(data.default_eval_data(), tok, batch_size=8, max_length=64, num_batches=4)
         rows.append({"model": name, "seq_len": 64, **ratios(model, bs)})
     for T in (32, 128):
-        bs = data.load_batches(demo.data_dir() / "pretrain.jsonl", tok, batch_size=64, max_length=T, num_batches=8)
+        bs = data.load_batches(data.data_dir() / "pretrain.jsonl", tok, batch_size=64, max_length=T, num_batches=8)
         # pack short texts so that the length is really T: concatenate ids across records
         ids = torch.cat([b.input_ids[b.attention_mask.bool()] for b in bs.batches])
         n = (len(ids) // T) * T

@@ -16,11 +16,10 @@ from landscape.foundation.errors import UserError
 
 def _in_cli_terms(e: UserError) -> str:
     """The library names settings by field (``points_per_pass: must be ...``); the CLI by flag."""
-    from landscape.foundation.configs import ConfigError, flag_for
+    from landscape.foundation.configs import flag_for
 
-    if isinstance(e, ConfigError):
-        return f"{flag_for(e.field)}: {e.detail}"
-    return str(e)
+    field = getattr(e, "field", None)  # a ConfigError starts with it; others name it once
+    return str(e).replace(field, flag_for(field), 1) if field else str(e)
 
 
 class LandscapeGroup(click.Group):

@@ -214,3 +214,39 @@ def test_auto_cache_keeps_the_graph_only_when_it_fits(llama_dir, text_data, monk
         assert h.cached is keep and h.graph_bytes == probe.graph_bytes
         assert (h._grads is not None) is keep
 
+
+
+def symmetric(eigs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(eigs)
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return U @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ U.T
+
+
+def test_every_estimator_takes_a_dense_operator():
+    """The operator protocol: estimators see only matvec/shape/dtype/blocks, so a plain matrix is
+    the exact reference for each of them."""
+    eigs = [9.0, 5.0, 2.5, -4.0] + list(np.linspace(-1.0, 1.0, 36))
+    A = symmetric(eigs)
+    op = hessian.DenseOperator(A)
+    truth = np.sort(eigs)
+    for fn in (hessian.lanczos, hessian.power_iteration):
+        sp = fn(op, k=3, tol=1e-10, max_iter=2000)
+        np.testing.assert_allclose(sp.eigenvalues, truth[::-1][:3], rtol=1e-7)
+        assert sp.lambda_min == pytest.approx(truth[0], rel=1e-7)
+    tr = hessian.hutchinson_trace(op, samples=400, seed=1)
+    assert abs(tr.trace - float(A.trace())) < 5 * tr.stderr
+    d = hessian.spectral_density(op, n_vectors=2, steps=40, seed=0)
+    assert sum(d["weights"]) == pytest.approx(1.0) and min(d["nodes"]) >= truth[0] - 1e-8
+
+
+def test_each_estimator_reports_its_own_products():
+    """One operator shared by several estimators: each counts only what it spent (a 5-sample trace
+    after a Lanczos run reports 5, not the operator's lifetime count)."""
+    obj, _ = quadratic(np.linspace(-2, 7, 20))
+    op = hessian.HessianOperator(obj)
+    sp = hessian.lanczos(op, k=1, tol=1e-8, max_iter=50)
+    tr = hessian.hutchinson_trace(op, samples=5)
+    d = hessian.spectral_density(op, n_vectors=2, steps=7)
+    assert tr.hvps == 5 and d["hvps"] == 14
+    assert op.calls == sp.hvps + 5 + 14

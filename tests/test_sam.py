@@ -353,3 +353,15 @@ def test_sam_trainer_step_equals_sam(tokenizer, tmp_path):
     sam_step(ref, batch, opt)
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_sam_trainer_is_one_class():
+    """``landscape.training.sam.SAMTrainer`` is built once (lazily: it needs transformers' Trainer),
+    so isinstance checks and subclasses see the same class on every access."""
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
+    from landscape.training import sam
+
+    assert sam.SAMTrainer is sam.SAMTrainer
+    from landscape.training.sam import SAMTrainer
+
+    assert SAMTrainer is sam.SAMTrainer

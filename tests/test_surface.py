@@ -352,3 +352,24 @@ def test_points_per_pass_resumes_to_the_same_bytes_and_is_part_of_the_configurat
         run_surface(ck.model, bs, tmp_path / "k1.h5", x, y, points_per_pass=5)
     with pytest.raises(UserError, match="points_per_pass"):
         run_surface(ck.model, bs, tmp_path / "bad.h5", x, y, points_per_pass=0)
+
+
+def test_surface_metrics_formulas_in_one_and_two_dimensions(tmp_path):
+    """Each metric is a mean over interior points of a per-point quantity over the D axes: in 1-D
+    the mean absolute gradient is mean |∂xL| (= the average gradient), not half of it; in 2-D
+    (|∂xL| + |∂yL|)/2. Checked on L = a·x² (+ b·y²), whose central differences are exact."""
+    a, b = 1.5, 0.25
+    x = np.linspace(-1, 1, 9)
+    S._write_h5(tmp_path / "one.h5", {"xcoordinates": x, "loss": a * x**2, "done": np.ones(9, np.uint8)},
+                {"config_hash": "x"})
+    m1 = S.surface_metrics(tmp_path / "one.h5")
+    gx = np.abs(2 * a * x[1:-1])
+    assert m1["mean_absolute_gradient"] == pytest.approx(gx.mean(), rel=1e-12)
+    assert m1["average_gradient"] == pytest.approx(gx.mean(), rel=1e-12)
+    assert m1["surface_curvature"] == pytest.approx(2 * a, rel=1e-9)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    S._write_h5(tmp_path / "two.h5", {"xcoordinates": x, "ycoordinates": x, "loss": a * X**2 + b * Y**2,
+                                      "done": np.ones((9, 9), np.uint8)}, {"config_hash": "x"})
+    m2 = S.surface_metrics(tmp_path / "two.h5")
+    Xi, Yi = X[1:-1, 1:-1], Y[1:-1, 1:-1]
+    assert m2["mean_absolute_gradient"] == pytest.approx(np.mean((np.abs(2 * a * Xi) + np.abs(2 * b * Yi)) / 2))

@@ -138,8 +138,8 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> C
         if not trust_pickle:
             raise CheckpointError(
                 f"{p}: weights are pickle (.bin), which can run code when loaded; "
-                "convert them to safetensors or pass --trust-pickle (loaded with weights_only=True)"
-            )
+                "convert them to safetensors or set trust_pickle (loaded with weights_only=True)",
+                field="trust_pickle")
         weights = _shards_from_index(p / PICKLE_INDEX) if (p / PICKLE_INDEX).is_file() else [p / PICKLE_SINGLE]
         fmt = "pickle"
     else:

@@ -48,20 +48,25 @@ class ConfigError(UserError):
     """A setting with an impossible value. ``field`` is the library's name for it."""
 
     def __init__(self, field_name: str, detail: str):
-        self.field, self.detail = field_name, detail
-        super().__init__(f"{field_name}: {detail}")
+        super().__init__(f"{field_name}: {detail}", field=field_name)
+        self.detail = detail
 
 
 def option(default, help: str, *, kind: str | None = None, choices: tuple | None = None, numbers: bool = True,
-           low: float | None = None, high: float | None = None, positive: bool = False, flag: str | None = None,
-           optional: bool = False, flag_value: str | None = None):
-    """A config field. ``kind``: int | float | str | bool | list (comma list → tuple of str) | grid |
-    path (default from the default's type). ``numbers=False``: the field never changes a result.
-    ``optional``: None is allowed (always, when the default is None)."""
-    if kind is None:
-        kind = {bool: "bool", int: "int", float: "float", str: "str", tuple: "list"}.get(type(default), "str")
-    meta = dict(help=help, kind=kind, choices=choices, numbers=numbers, low=low, high=high, positive=positive,
-                flag=flag, optional=optional or default is None, flag_value=flag_value)
+           bounds: tuple | str | None = None, flag: str | None = None, flag_value: str | None = None):
+    """A config field.
+
+    ``kind``: int | float | str | bool | list (comma list → tuple of str) | grid | path, from the
+    default's type when not given; a trailing ``?`` (``"float?"``) allows None (always allowed when
+    the default is None). ``bounds``: ``(low, high)`` inclusive (either may be None) or
+    ``"positive"``. ``numbers=False``: the field never changes a result (left out of every key).
+    ``flag``: the CLI flag when it is not the field's name; ``flag_value``: the value of a bare flag.
+    """
+    kind = kind or {bool: "bool", int: "int", float: "float", str: "str", tuple: "list"}.get(type(default), "str")
+    optional = kind.endswith("?") or default is None
+    low, high = (None, None) if bounds in (None, "positive") else bounds
+    meta = dict(help=help, kind=kind.rstrip("?"), choices=choices, numbers=numbers, low=low, high=high,
+                positive=bounds == "positive", flag=flag, optional=optional, flag_value=flag_value)
     return field(default=default, metadata=meta)
 
 
@@ -230,10 +235,10 @@ class DataConfig(Config):
 
     data: str | None = option(None, "jsonl of {text} | {prompt, completion} | {input_ids}. Default: embedded "
                                     "eval data.", kind="path")
-    batch_size: int = option(8, "Sequences per batch.", low=1)
+    batch_size: int = option(8, "Sequences per batch.", bounds=(1, None))
     max_length: int | None = option(None, "Tokens per sequence (longer ones are cut). Default: min(128, model "
-                                          "positions).", kind="int", low=2)
-    num_batches: int | None = option(None, "Use only the first N batches.", kind="int", low=1)
+                                          "positions).", kind="int", bounds=(2, None))
+    num_batches: int | None = option(None, "Use only the first N batches.", kind="int", bounds=(1, None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,20 +250,20 @@ class SharpnessConfig(Config):
 
     metrics: tuple = option(DEFAULT_SHARPNESS_METRICS, "Comma list of " + ",".join(SHARPNESS_METRICS) + ".",
                             choices=SHARPNESS_METRICS)
-    top_k: int = option(1, "How many top eigenvalues.", low=1)
+    top_k: int = option(1, "How many top eigenvalues.", bounds=(1, None))
     params: str | None = option(None, "Only parameters whose name matches this regex.", kind="str")
     per_layer: bool = option(False, "Also λ_max (and trace) of each transformer block's Hessian.")
     method: str = option("lanczos", "Eigenvalue method.", choices=EIGEN_METHODS)
-    max_iter: int = option(100, "Lanczos steps / power iterations.", low=1)
-    tol: float = option(1e-3, "Relative residual ‖Hv−λv‖/|λ| to stop.", positive=True)
-    trace_samples: int = option(30, "Hutchinson samples for the trace.", low=1)
-    eps: float = option(1e-3, "Box size of ε-sharpness.", positive=True)
-    eps_steps: int = option(10, "Projected ascent steps of ε-sharpness.", low=1)
-    subspace: int = option(10, "Random directions of eps_subspace.", low=1)
-    rho: float = option(0.05, "Ball radius of SAM/ASAM sharpness.", positive=True)
-    sam_steps: int = option(1, "Ascent steps of SAM/ASAM sharpness (1 = SAM's own perturbation).", low=1)
-    sigma: float = option(0.01, "Noise scale of average sharpness.", positive=True)
-    avg_samples: int = option(16, "Samples of average sharpness.", low=1)
+    max_iter: int = option(100, "Lanczos steps / power iterations.", bounds=(1, None))
+    tol: float = option(1e-3, "Relative residual ‖Hv−λv‖/|λ| to stop.", bounds="positive")
+    trace_samples: int = option(30, "Hutchinson samples for the trace.", bounds=(1, None))
+    eps: float = option(1e-3, "Box size of ε-sharpness.", bounds="positive")
+    eps_steps: int = option(10, "Projected ascent steps of ε-sharpness.", bounds=(1, None))
+    subspace: int = option(10, "Random directions of eps_subspace.", bounds=(1, None))
+    rho: float = option(0.05, "Ball radius of SAM/ASAM sharpness.", bounds="positive")
+    sam_steps: int = option(1, "Ascent steps of SAM/ASAM sharpness (1 = SAM's own perturbation).", bounds=(1, None))
+    sigma: float = option(0.01, "Noise scale of average sharpness.", bounds="positive")
+    avg_samples: int = option(16, "Samples of average sharpness.", bounds=(1, None))
     hvp_method: str = option("reverse", "HVP by double backward or forward-over-reverse (exact either way).",
                              choices=HVP_METHODS, numbers=False)
     cache_graph: str = option("auto", "Keep the gradient's graph for all batches, so each HVP costs one backward "
@@ -286,7 +291,7 @@ class SurfaceConfig(Config):
                                      "extra copy is the origin (auto: held when they fit in half the free memory).",
                              choices=DIRECTION_MODES, numbers=False)
     points_per_pass: int = option(1, "Evaluate this many grid points per vectorised forward (torch.func.vmap): K "
-                                     "copies of the weights; faster for small models on the CPU.", low=1, high=4096,
+                                     "copies of the weights; faster for small models on the CPU.", bounds=(1, 4096),
                                   numbers=False)
     save_directions: bool = option(False, "Store the directions in the h5 (directions/x/<name>).", numbers=False)
 
@@ -306,26 +311,26 @@ class FinetuneConfig(Config):
     config is refused)."""
 
     optimizer: str = option("adamw", "Base AdamW, or SAM/ASAM around it.", choices=OPTIMIZERS)
-    lr: float = option(1e-4, "Peak learning rate (warm-up, cosine to 10%).", positive=True)
-    rho: float = option(0.05, "SAM/ASAM radius ρ (ASAM radii are larger: ~0.5-2 in Kwon et al.).", positive=True)
-    eta: float = option(0.0, "ASAM: T = |w| + η.", low=0)
-    epochs: float = option(1.0, "Passes over the training data (unless max_steps is given).", positive=True)
-    max_steps: int | None = option(None, "Optimizer steps (overrides epochs).", kind="int", low=1)
-    batch_size: int = option(8, "Sequences per micro-batch.", low=1)
-    grad_accum: int = option(1, "Micro-batches per optimizer step.", low=1)
-    max_length: int | None = option(None, "Tokens per sequence (default: min(128, positions)).", kind="int", low=2)
-    weight_decay: float = option(0.0, "AdamW weight decay (base step only).", low=0)
-    warmup: int = option(0, "Linear warm-up steps.", low=0)
-    grad_clip: float | None = option(1.0, "Max gradient norm (0 or None: off).", low=0, optional=True)
+    lr: float = option(1e-4, "Peak learning rate (warm-up, cosine to 10%).", bounds="positive")
+    rho: float = option(0.05, "SAM/ASAM radius ρ (ASAM radii are larger: ~0.5-2 in Kwon et al.).", bounds="positive")
+    eta: float = option(0.0, "ASAM: T = |w| + η.", bounds=(0, None))
+    epochs: float = option(1.0, "Passes over the training data (unless max_steps is given).", bounds="positive")
+    max_steps: int | None = option(None, "Optimizer steps (overrides epochs).", kind="int", bounds=(1, None))
+    batch_size: int = option(8, "Sequences per micro-batch.", bounds=(1, None))
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", bounds=(1, None))
+    max_length: int | None = option(None, "Tokens per sequence (default: min(128, positions)).", kind="int", bounds=(2, None))
+    weight_decay: float = option(0.0, "AdamW weight decay (base step only).", bounds=(0, None))
+    warmup: int = option(0, "Linear warm-up steps.", bounds=(0, None))
+    grad_clip: float | None = option(1.0, "Max gradient norm (0 or None: off).", kind="float?", bounds=(0, None))
     bf16: bool = option(False, "Autocast forward passes to bfloat16.")
     seed: int = option(0, "Seed of the batch order and the train/eval split.")
     eval_data: str | None = option(None, "Held-out jsonl (default: eval_fraction of the data, split by seed).",
                                    kind="path", numbers=False)
-    eval_fraction: float = option(0.1, "Share of the data held out for evaluation when no eval_data.", low=0,
+    eval_fraction: float = option(0.1, "Share of the data held out for evaluation when no eval_data.", bounds=(0, None),
                                   numbers=False)
-    eval_every: int | None = option(None, "Evaluate every N steps (always at the end).", kind="int", low=1,
+    eval_every: int | None = option(None, "Evaluate every N steps (always at the end).", kind="int", bounds=(1, None),
                                     numbers=False)
-    save_every: int = option(100, "Save the resumable state every N steps.", low=1, numbers=False)
+    save_every: int = option(100, "Save the resumable state every N steps.", bounds=(1, None), numbers=False)
     resume: bool = option(False, "Continue the interrupted run kept in OUT.partial.", numbers=False)
     overwrite: bool = option(False, "Replace OUT if it exists.", numbers=False)
 
@@ -342,11 +347,11 @@ class ForgettingConfig(Config):
                                "data/suites.", flag="suite")
     categories: str | None = option(None, "JSON {category: [suite, ...]} (default: categories.json beside the "
                                           "suites).", kind="path")
-    batch_size: int = option(32, "Sequences per scoring batch (changes float rounding only).", low=1, numbers=False)
+    batch_size: int = option(32, "Sequences per scoring batch (changes float rounding only).", bounds=(1, None), numbers=False)
     lm_eval_tasks: tuple = option((), "Also score this lm-evaluation-harness task (repeatable; extra [lmeval]).",
                                   flag="lm-eval-task")
     lm_eval_include: str | None = option(None, "Directory of your own lm-eval task YAMLs.", kind="path")
-    lm_eval_limit: int | None = option(None, "Score only the first N documents of each task.", kind="int", low=1)
+    lm_eval_limit: int | None = option(None, "Score only the first N documents of each task.", kind="int", bounds=(1, None))
 
 
 def flag_for(field_name: str) -> str:

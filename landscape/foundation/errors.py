@@ -6,7 +6,15 @@ is an internal bug and keeps its traceback.
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported as one clear line."""
+    """A problem with the user's input, reported as one clear line.
+
+    ``field``: the setting the message names in the library's terms (``trust_pickle``), which the
+    CLI rewrites as its flag (``--trust-pickle``).
+    """
+
+    def __init__(self, *args, field: str | None = None):
+        super().__init__(*args)
+        self.field = field
 
 
 class CheckpointError(UserError):
