@@ -19,5 +19,10 @@ def command(checkpoint, trust_pickle, as_json, quiet):
     ck = load_checkpoint(checkpoint, device="cpu", trust_pickle=trust_pickle)
     r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint, **ck.meta,
          "vocab_size": ck.vocab_size, "tokenizer": ck.tokenizer is not None}
-    emit(r, as_json, f"{checkpoint}: {r['model_type']}, {r['n_params']:,} parameters, "
-                     f"{r['format']}, fingerprint {r['fingerprint'][:16]}")
+    human = (f"{checkpoint}: {r['model_type']}, {r['n_params']:,} parameters, "
+             f"{r['format']}, fingerprint {r['fingerprint'][:16]}")
+    if "provenance" in r:
+        pv = r["provenance"]
+        human += (f"\n  converted from {pv['source']} ({pv['quantization']}, sha256 {pv['sha256'][:16]}, "
+                  f"{pv['architecture']}; tensor types {pv['tensor_types']})")
+    emit(r, as_json, human)

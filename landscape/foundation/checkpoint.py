@@ -17,15 +17,15 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from landscape.foundation.configs import ConfigError, LoadConfig
+from landscape.foundation.convert import read_provenance
 from landscape.foundation.errors import CheckpointError
+from landscape.foundation.io import atomic_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, whatever the caller passes
 
@@ -227,7 +227,8 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
         fingerprint=fingerprint_files([files.config, *files.weights]),
         dtype=torch_dtype,
         device=dev,
-        meta={"format": files.format, "model_type": config_.model_type, "n_params": count_params(model)},
+        meta={"format": files.format, "model_type": config_.model_type, "n_params": count_params(model),
+              **({"provenance": prov} if (prov := read_provenance(files.path)) else {})},
     )
 
 
@@ -265,34 +266,17 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def save_checkpoint(model, tokenizer, out: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
-    """Write an HF checkpoint dir (safetensors + tokenizer) atomically: into a temp dir, then rename.
+    """Write an HF checkpoint dir (safetensors + tokenizer) atomically (:func:`io.atomic_dir`).
 
     An existing ``out`` is replaced only after the new one is complete.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own commands own the terminal
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)

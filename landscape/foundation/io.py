@@ -14,6 +14,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from landscape.foundation.errors import UserError
@@ -39,6 +41,36 @@ def atomic_write(path: str | os.PathLike):
         raise UserError(f"{path}: cannot write ({getattr(e, 'strerror', None) or str(e).splitlines()[0]})") from None
     except BaseException:
         _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike):
+    """``with atomic_dir(out) as tmp:`` fill the directory ``tmp``; on success every file in it is
+    fsynced and it replaces ``out`` (an existing ``out`` is removed only after the new one is
+    complete). On any error the temp directory is removed and ``out`` is untouched."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a checkpoint is an ordinary directory
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

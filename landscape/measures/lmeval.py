@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from landscape.foundation.errors import UserError
+from landscape.foundation.io import write_text
 
 
 def _require():
@@ -32,7 +33,7 @@ def write_task_yaml(suite_path: str | os.PathLike, out_dir: str | os.PathLike, n
     name = name or f"landscape_{suite_path.stem}"
     out = Path(out_dir) / f"{name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
+    return write_text(out,
         f"task: {name}\n"
         "dataset_path: json\n"
         "dataset_kwargs:\n"
@@ -52,7 +53,6 @@ def write_task_yaml(suite_path: str | os.PathLike, out_dir: str | os.PathLike, n
         "    aggregation: mean\n"
         "    higher_is_better: true\n"
     )
-    return out
 
 
 def _primary(metrics: dict) -> tuple[str, dict]:

@@ -175,10 +175,10 @@ def _direction_mode(cfg: SurfaceConfig, grid: _Grid) -> str:
 def _file_attrs(cfg: SurfaceConfig, grid: _Grid, targets: Targets, mode: str, meta: dict | None) -> dict:
     """The h5 attributes: every setting that changes the file's numbers, and their hash."""
     to, to_y, y = targets.to, targets.to_y, grid.y
-    config = {"seed": cfg.seed, "norm": "target" if to is not None else cfg.norm,
-              "ignore": cfg.ignore if to is None else "none", "orthogonal": cfg.orthogonal, "params": cfg.params or "",
-              "x": grid.x.tolist(), "y": None if y is None else y.tolist(),
+    config = {**cfg.numbers(), "params": cfg.params or "", "x": grid.x.tolist(), "y": None if y is None else y.tolist(),
               "y_norm": None if y is None else ("target" if to_y is not None else cfg.norm), **(meta or {})}
+    if to is not None:  # the x axis is a checkpoint's: no normalisation, nothing ignored
+        config.update(norm="target", ignore="none")
     if cfg.points_per_pass > 1:
         config["points_per_pass"] = cfg.points_per_pass  # other blocking, other rounding: never mixed in one file
     rng = grid.ps[0].device.type if mode == "regenerated" else "cpu"

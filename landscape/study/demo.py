@@ -19,6 +19,7 @@ import landscape
 from landscape.foundation import checkpoint, data, loss, toy
 from landscape.foundation.configs import ConfigError, FinetuneConfig, LoadConfig
 from landscape.foundation.data import data_dir
+from landscape.foundation.io import write_text
 from landscape.training import finetune
 
 DEMO_ARCH = dict(arch="llama", hidden=128, layers=4, heads=4, intermediate=256, max_positions=128)
@@ -136,9 +137,7 @@ def demo_manifest(out: Path, runs, fast: bool) -> Path:
          "checkpoints": [{"path": f"ft/{label}", "label": label, "optimizer": opt, "lr": lr, "steps": steps,
                           "rho": rho, "dataset": DEMO_TASK} for label, opt, lr, steps, rho in runs],
          "bootstrap": 2000}
-    p = out / "manifest.yaml"
-    p.write_text(yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
-    return p
+    return write_text(out / "manifest.yaml", yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress: bool = False) -> dict:
