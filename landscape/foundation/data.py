@@ -246,6 +246,14 @@ def data_dir() -> Path:
     return d
 
 
+def real_data_dir() -> Path:
+    """``data/real``: real-world suites, general English text and a fine-tuning task for real models."""
+    d = data_dir() / "real"
+    if not (d / "suites" / "categories.json").is_file():
+        raise DataError(f"{d}: real-model data not found (run `python data/real/generate.py`)")
+    return d
+
+
 def default_eval_data() -> Path:
     """The default ``data`` of every measurement: held-out general text of the embedded world."""
     return data_dir() / "eval.jsonl"

@@ -222,7 +222,8 @@ def score_mc(model, tok, items: list[dict], batch_size: int = 32) -> dict:
         norm = [x / len(c) for x, c in zip(s, it["choices"])]
         acc += int(max(range(len(s)), key=s.__getitem__) == it["answer"])
         acc_norm += int(max(range(len(norm)), key=norm.__getitem__) == it["answer"])
-    return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items)}
+    chance = sum(1 / len(it["choices"]) for it in items) / len(items)  # what guessing scores
+    return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items), "chance": chance}
 
 
 def _norm_text(s: str) -> str:

@@ -1,15 +1,15 @@
-"""The embedded default: the generated datasets in ``data/`` and the tiny demo base model.
+"""The toy study: the embedded generated world, its tiny demo base model, and the study over them.
 
 ``build_demo_model`` trains a word-level tokenizer on our generated data and pretrains a small
 Llama-architecture model (hidden 128, 4 layers, 4 heads; ~0.75M parameters) on the general corpus,
-then saves a normal HF checkpoint directory that every command accepts.
+then saves a normal HF checkpoint directory that every command accepts. :data:`TOY` says which
+fine-tunes the study makes and what it measures; :mod:`landscape.study.studies` runs it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -17,9 +17,9 @@ import torch
 
 import landscape
 from landscape.foundation import checkpoint, data, loss, toy
-from landscape.foundation.configs import ConfigError, FinetuneConfig, LoadConfig
+from landscape.foundation.configs import ConfigError, FinetuneConfig
 from landscape.foundation.data import data_dir
-from landscape.foundation.io import write_text
+from landscape.study.studies import StudySpec, run_study
 from landscape.training import finetune
 
 DEMO_ARCH = dict(arch="llama", hidden=128, layers=4, heads=4, intermediate=256, max_positions=128)
@@ -83,61 +83,35 @@ def ensure_demo_model(out: str | os.PathLike, steps: int, seed: int = 0, progres
     return {**build_demo_model(out, steps=steps, seed=seed, progress=progress), "reused": False}
 
 
-# The demo study: fine-tunes of the base on the `count` task (learned to ~100% exact match in 150
-# steps, and it clearly hurts the suites: 0.3-0.7 average accuracy lost in a first sweep).
-DEMO_TASK = "count"
-#            label            optimizer  lr     steps  rho
-DEMO_RUNS = [("adamw-lr3e-4",   "adamw", 3e-4, 150, None),
-             ("adamw-lr1e-3-s75", "adamw", 1e-3, 75, None),
-             ("adamw-lr1e-3",   "adamw", 1e-3, 150, None),
-             ("adamw-lr1e-3-s300", "adamw", 1e-3, 300, None),
-             ("adamw-lr3e-3",   "adamw", 3e-3, 150, None),
-             ("sam-rho0.02",    "sam",   1e-3, 150, 0.02),
-             ("sam-rho0.05",    "sam",   1e-3, 150, 0.05),
-             ("sam-rho0.1",     "sam",   1e-3, 150, 0.1),
-             ("sam-rho0.2",     "sam",   1e-3, 150, 0.2),
-             ("sam-lr3e-3-rho0.05", "sam", 3e-3, 150, 0.05),
-             ("asam-rho0.5",    "asam",  1e-3, 150, 0.5),
-             ("asam-rho1.0",    "asam",  1e-3, 150, 1.0)]
-DEMO_FAST_RUNS = ("adamw-lr3e-4", "adamw-lr1e-3", "adamw-lr1e-3-s300", "adamw-lr3e-3", "sam-rho0.05",
-                  "sam-rho0.2", "sam-lr3e-3-rho0.05", "asam-rho1.0")
-FT = FinetuneConfig(batch_size=16, warmup=10, seed=0)
-
-
-def _finetuned(base: Path, base_fp: str, out: Path, run: FinetuneConfig, progress: bool) -> str:
-    """Fine-tune unless ``out`` already holds this exact run (same base, data and config)."""
-    from landscape.training.finetune import finetune
-
-    root = data_dir() / "tasks" / DEMO_TASK
-    cfg_file = out / "finetune_config.json"
-    if cfg_file.is_file():
-        try:
-            have = json.loads(cfg_file.read_text())
-            if have["settings"] == run.as_dict() and have["base_fingerprint"] == base_fp:
-                return "reused"
-        except (ValueError, KeyError, OSError):
-            pass
-    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
-    finetune(base, root / "train.jsonl", out, run, load=LoadConfig(device="cpu"), progress=progress)
-    return "trained"
-
-
-def demo_manifest(out: Path, runs, fast: bool) -> Path:
-    """The study's manifest (YAML), written next to the fine-tunes."""
-    import yaml
-
-    root = data_dir()
-    metrics = ["lambda_max", "trace", "sam", "avg", "surface_curvature"] if fast else \
-        ["lambda_max", "trace", "eps", "sam", "avg", "surface_curvature", "average_gradient"]
-    m = {"title": f"landscape demo: flatness vs forgetting ({DEMO_TASK} fine-tunes of the demo base)",
-         "base": "base", "suites": [str(root / "suites")],
-         "flatness": {"data": str(root / "tasks" / DEMO_TASK / "eval.jsonl"), "batch_size": 8, "num_batches": 4,
-                      "metrics": metrics, "top_k": 3, "trace_samples": 10 if fast else 20,
-                      "surface": {"x": "-1:1:11"} if fast else {"x": "-1:1:11", "y": "-1:1:11"}},
-         "checkpoints": [{"path": f"ft/{label}", "label": label, "optimizer": opt, "lr": lr, "steps": steps,
-                          "rho": rho, "dataset": DEMO_TASK} for label, opt, lr, steps, rho in runs],
-         "bootstrap": 2000}
-    return write_text(out / "manifest.yaml", yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
+# The toy study: fine-tunes of the demo base on the `count` task (learned to ~100% exact match in
+# 150 steps, and it clearly hurts the suites: 0.3-0.7 average accuracy lost in a first sweep).
+TOY = StudySpec(
+    name="toy", task_dir=Path("tasks") / "count", suites=Path("suites"),
+    title="landscape demo: flatness vs forgetting (count fine-tunes of the demo base)",
+    #      label               optimizer  lr     steps  rho
+    runs=(("adamw-lr3e-4", "adamw", 3e-4, 150, None),
+          ("adamw-lr1e-3-s75", "adamw", 1e-3, 75, None),
+          ("adamw-lr1e-3", "adamw", 1e-3, 150, None),
+          ("adamw-lr1e-3-s300", "adamw", 1e-3, 300, None),
+          ("adamw-lr3e-3", "adamw", 3e-3, 150, None),
+          ("sam-rho0.02", "sam", 1e-3, 150, 0.02),
+          ("sam-rho0.05", "sam", 1e-3, 150, 0.05),
+          ("sam-rho0.1", "sam", 1e-3, 150, 0.1),
+          ("sam-rho0.2", "sam", 1e-3, 150, 0.2),
+          ("sam-lr3e-3-rho0.05", "sam", 3e-3, 150, 0.05),
+          ("asam-rho0.5", "asam", 1e-3, 150, 0.5),
+          ("asam-rho1.0", "asam", 1e-3, 150, 1.0)),
+    fast_runs=("adamw-lr3e-4", "adamw-lr1e-3", "adamw-lr1e-3-s300", "adamw-lr3e-3", "sam-rho0.05",
+               "sam-rho0.2", "sam-lr3e-3-rho0.05", "asam-rho1.0"),
+    finetune=FinetuneConfig(batch_size=16, warmup=10, seed=0),
+    flatness={"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20,
+              "metrics": ["lambda_max", "trace", "eps", "sam", "avg", "surface_curvature", "average_gradient"],
+              "surface": {"x": "-1:1:11", "y": "-1:1:11"}},
+    fast_flatness={"trace_samples": 10, "metrics": ["lambda_max", "trace", "sam", "avg", "surface_curvature"],
+                   "surface": {"x": "-1:1:11"}},
+    comparisons=(("sam-rho0.05", "adamw-lr1e-3", "equal steps (150)"),
+                 ("sam-rho0.05", "adamw-lr1e-3-s300", "equal compute (300 passes)")),
+)
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress: bool = False) -> dict:
@@ -151,49 +125,6 @@ def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress:
     4. compare SAM with AdamW at equal steps and at equal compute. The numbers are reported as
        measured; ``landscape demo`` prints them as a table.
     """
-    from landscape.measures import forgetting as FG
-    from landscape.study.runner import run_manifest
-
-    t0 = time.perf_counter()
     out = Path(out)
-    base = out / "base"
-    s = ensure_demo_model(base, steps=800 if fast else DEMO_TRAIN["steps"], progress=progress)
-    runs = [r for r in DEMO_RUNS if not fast or r[0] in DEMO_FAST_RUNS]
-    t_ft = time.perf_counter()
-    base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
-    eval_data = str(data_dir() / "tasks" / DEMO_TASK / "eval.jsonl")
-    how = {label: _finetuned(base, base_fp, out / "ft" / label,
-                             FT.replace(optimizer=opt, lr=lr, max_steps=n, rho=rho or 0.05, eval_data=eval_data,
-                                        overwrite=True), progress)
-           for label, opt, lr, n, rho in runs}
-    t_ft = time.perf_counter() - t_ft
-    manifest = demo_manifest(out, runs, fast)
-    res = run_manifest(manifest, out / "report.html", progress=progress)
-    task_suite = FG.load_suite(data_dir() / "tasks" / DEMO_TASK / "eval.jsonl")
-    for r in res["checkpoints"]:  # how well each fine-tune learned its task (exact match on held-out items)
-        ck = checkpoint.load_checkpoint(r["path"])
-        r["task_exact_match"] = FG.score_suite(ck.model, ck.tokenizer, task_suite)["score"]
-    return {"out": str(out), "base": str(base), "report": res["report"], "manifest": str(manifest),
-            "model": s, "finetunes": how, "finetune_seconds": round(t_ft, 1), "task": DEMO_TASK,
-            "metrics": res["metrics"], "checkpoints": res["checkpoints"], "ranking": res["ranking"],
-            "correlations": res["correlations"], "comparisons": comparisons(res),
-            "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def _row(res, label):
-    return next(r for r in res["checkpoints"] if r["label"] == label)
-
-
-def comparisons(res: dict) -> list[dict]:
-    """SAM ρ = 0.05 against AdamW at equal steps and at equal compute (two passes per SAM step)."""
-    comps = []
-    labels = {r["label"] for r in res["checkpoints"]}
-    for sam, adam, kind in (("sam-rho0.05", "adamw-lr1e-3", "equal steps (150)"),
-                            ("sam-rho0.05", "adamw-lr1e-3-s300", "equal compute (300 passes)")):
-        if sam in labels and adam in labels:
-            a, b = _row(res, sam), _row(res, adam)
-            comps.append({"comparison": kind, "sam": sam, "adamw": adam,
-                          "lambda_max": [a["flatness"].get("lambda_max"), b["flatness"].get("lambda_max")],
-                          "forgetting": [a["forgetting"]["average"]["delta"], b["forgetting"]["average"]["delta"]],
-                          "task_exact_match": [a.get("task_exact_match"), b.get("task_exact_match")]})
-    return comps
+    model = ensure_demo_model(out / "base", steps=800 if fast else DEMO_TRAIN["steps"], progress=progress)
+    return run_study(TOY, out / "base", out, data_dir(), model, fast=fast, progress=progress)

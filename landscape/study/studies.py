@@ -1,0 +1,107 @@
+"""A forgetting study end to end: fine-tunes of a base, their flatness and forgetting, the correlations.
+
+A :class:`StudySpec` names the task, the fine-tunes (optimizer, learning rate, steps, ρ), the
+flatness measurements (a manifest ``flatness`` section) and the SAM-vs-AdamW comparisons;
+:func:`run_study` makes every fine-tune (reusing one whose config, base and data are unchanged),
+writes the manifest, runs it through :func:`landscape.study.runner.run_manifest` (the store makes a
+re-run free) and scores how well each fine-tune learned its task. The toy demo and the real-model
+study are two specs (:mod:`landscape.study.demo`, :mod:`landscape.study.real`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from landscape.foundation import checkpoint
+from landscape.foundation.configs import FinetuneConfig, LoadConfig
+from landscape.foundation.io import write_text
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    title: str
+    task_dir: Path  # relative to the data root: train.jsonl, eval.jsonl
+    suites: Path  # relative to the data root: *.jsonl + categories.json
+    runs: tuple  # (label, optimizer, lr, steps, rho)
+    fast_runs: tuple  # labels kept by fast=True
+    finetune: FinetuneConfig  # shared settings of every fine-tune
+    flatness: dict  # the manifest's flatness section (data and suites are filled in)
+    fast_flatness: dict = field(default_factory=dict)  # overrides of ``flatness`` for fast=True
+    comparisons: tuple = ()  # (sam label, adamw label, what is matched)
+    task_scoring_batch: int = 32
+
+
+def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, progress: bool) -> str:
+    """Fine-tune unless ``out`` already holds this exact run (same base, data and config)."""
+    from landscape.training.finetune import finetune
+
+    cfg_file = out / "finetune_config.json"
+    if cfg_file.is_file():
+        try:
+            have = json.loads(cfg_file.read_text())
+            if have["settings"] == run.as_dict() and have["base_fingerprint"] == base_fp:
+                return "reused"
+        except (ValueError, KeyError, OSError):
+            pass
+    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
+    finetune(base, data, out, run, load=LoadConfig(device="cpu"), progress=progress)
+    return "trained"
+
+
+def study_manifest(spec: StudySpec, out: Path, root: Path, runs, fast: bool) -> Path:
+    """The study's manifest (YAML), written next to the fine-tunes."""
+    import yaml
+
+    flat = {**spec.flatness, **(spec.fast_flatness if fast else {}), "data": str(root / spec.task_dir / "eval.jsonl")}
+    m = {"title": spec.title, "base": "base", "suites": [str(root / spec.suites)], "flatness": flat,
+         "checkpoints": [{"path": f"ft/{label}", "label": label, "optimizer": opt, "lr": lr, "steps": steps,
+                          "rho": rho, "dataset": spec.task_dir.name} for label, opt, lr, steps, rho in runs],
+         "bootstrap": 2000}
+    return write_text(out / "manifest.yaml", yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
+
+
+def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, fast: bool = False,
+              progress: bool = False) -> dict:
+    """Fine-tune ``base`` per ``spec`` under ``out/ft``, measure, correlate; ``root`` holds the data."""
+    from landscape.measures import forgetting as FG
+    from landscape.study.runner import run_manifest
+
+    t0 = time.perf_counter()
+    runs = [r for r in spec.runs if not fast or r[0] in spec.fast_runs]
+    base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
+    task = root / spec.task_dir
+    how = {label: _finetuned(base, base_fp, out / "ft" / label, task / "train.jsonl",
+                             spec.finetune.replace(optimizer=opt, lr=lr, max_steps=n, rho=rho or 0.05,
+                                                   eval_data=str(task / "eval.jsonl"), overwrite=True), progress)
+           for label, opt, lr, n, rho in runs}
+    t_ft = time.perf_counter() - t0
+    manifest = study_manifest(spec, out, root, runs, fast)
+    res = run_manifest(manifest, out / "report.html", progress=progress)
+    task_suite = FG.load_suite(task / "eval.jsonl")
+    for r in res["checkpoints"]:  # how well each fine-tune learned its task (exact match on held-out items)
+        ck = checkpoint.load_checkpoint(r["path"])
+        r["task_exact_match"] = FG.score_suite(ck.model, ck.tokenizer, task_suite, spec.task_scoring_batch)["score"]
+    return {"study": spec.name, "out": str(out), "base": str(base), "report": res["report"],
+            "manifest": str(manifest), "model": model, "finetunes": how, "finetune_seconds": round(t_ft, 1),
+            "task": spec.task_dir.name, "metrics": res["metrics"], "checkpoints": res["checkpoints"],
+            "base_scores": res["base_scores"], "ranking": res["ranking"], "correlations": res["correlations"],
+            "comparisons": comparisons(spec, res), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def comparisons(spec: StudySpec, res: dict) -> list[dict]:
+    """SAM against AdamW at what each pair matches (equal steps, equal compute = two passes per SAM step)."""
+    rows = {r["label"]: r for r in res["checkpoints"]}
+    comps = []
+    for sam, adam, kind in spec.comparisons:
+        if sam in rows and adam in rows:
+            a, b = rows[sam], rows[adam]
+            comps.append({"comparison": kind, "sam": sam, "adamw": adam,
+                          "lambda_max": [a["flatness"].get("lambda_max"), b["flatness"].get("lambda_max")],
+                          "forgetting": [a["forgetting"]["average"]["delta"], b["forgetting"]["average"]["delta"]],
+                          "task_exact_match": [a.get("task_exact_match"), b.get("task_exact_match")]})
+    return comps
