@@ -60,11 +60,29 @@ def test_hand_scored_five_item_suite(llama_dir, suite_dir):
     assert batched == pytest.approx(by_hand, abs=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_shared_context_scoring_equals_scoring_every_pair(tiny_ckpts, arch):
+    """One context forward + its key/value cache for all choices gives the pairwise log-likelihoods:
+    contexts of different lengths (left padding), one-token and multi-token choices."""
+    ck = checkpoint.load_checkpoint(tiny_ckpts[arch])
+    tok = ck.tokenizer
+    items = [("the cat sat on the", ["mat", "red blue", "dog is red ."]), ("one plus two is", ["three", "one two"]),
+             ("the color of the cat is blue . the dog", ["is", "sat on the mat", "lives in forest city"])]
+    groups = []
+    for ctx, choices in items:
+        enc = [FG._encode_pair(tok, ctx, c) for c in choices]
+        groups.append((enc[0][0], [c for _, c in enc]))
+    shared = FG.choice_logprobs(ck.model, groups, batch_size=2)
+    pairwise = [FG.continuation_logprobs(ck.model, [(ctx, c) for c in conts]) for ctx, conts in groups]
+    for a, b in zip(shared, pairwise):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 def test_length_normalisation_changes_the_pick_where_it_should(monkeypatch):
     items = [{"context": "x", "choices": ["a", "bbbbbbbb"], "answer": 1},  # Σ favours "a", per-char "bbbbbbbb"
              {"context": "x", "choices": ["cc", "dd"], "answer": 0}]  # equal lengths: both agree
     monkeypatch.setattr(FG, "_encode_pair", lambda tok, c, ch: ([0], [1]))
-    monkeypatch.setattr(FG, "continuation_logprobs", lambda m, pairs, bs=32: [-2.0, -3.0, -1.0, -4.0])
+    monkeypatch.setattr(FG, "choice_logprobs", lambda m, groups, bs=32: [[-2.0, -3.0], [-1.0, -4.0]])
     r = FG.score_mc(None, None, items)
     assert r["acc"] == 0.5 and r["acc_norm"] == 1.0
 

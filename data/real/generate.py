@@ -6,10 +6,10 @@ the project itself (no dataset is downloaded), grouped like Li et al. 2024's cat
 
 - ``suites/*.jsonl`` multiple choice {"context", "choices", "answer"}, scored by log-likelihood:
     knowledge:     ``capitals`` (country → capital), ``animal_classes`` (animal → mammal/bird/...)
-    reasoning:     ``arithmetic`` (one- and two-digit sums and differences), ``number_order``
-                   (the number that comes after / before, the larger of two)
+    reasoning:     ``arithmetic`` (one- and two-digit sums and differences after four worked
+                   examples), ``number_patterns`` (continue a progression: by 1, 2, 3, 5, 10, or down)
     understanding: ``reading`` (a two-sentence story, a question about it), ``opposites`` (antonyms)
-  each with ≥ 100 items; four choices (chance = 0.25) unless the item says otherwise.
+  each with ≥ 100 items and four choices (chance = 0.25).
 - ``general.jsonl`` held-out general English ({"text"}): plain encyclopedic sentences, the default
   data of the forgetting predictors' "general loss".
 - ``tasks/reverse/{train,eval}.jsonl`` a fine-tuning task from another distribution
@@ -196,7 +196,11 @@ def _numbers_near(x: int, rng, k: int = 3) -> list[int]:
     return rng.sample([p for p in pool if p >= 0], k)
 
 
+ARITHMETIC_SHOTS = "1 + 1 = 2\n3 + 2 = 5\n9 - 4 = 5\n6 + 3 = 9\n"
+
+
 def arithmetic(rng):
+    """Sums and differences after four worked examples (a 135M model needs the format shown)."""
     out = []
     for i in range(120):
         a, b = (rng.randint(1, 9), rng.randint(1, 9)) if i < 60 else (rng.randint(10, 49), rng.randint(10, 49))
@@ -205,27 +209,19 @@ def arithmetic(rng):
         else:
             a, b = max(a, b), min(a, b)
             q, ans = f"{a} - {b} =", a - b
-        out.append(_mc(q, str(ans), [str(n) for n in _numbers_near(ans, rng)], rng))
+        out.append(_mc(ARITHMETIC_SHOTS + q, str(ans), [str(n) for n in _numbers_near(ans, rng)], rng))
     return out
 
 
-def number_order(rng):
+def number_patterns(rng):
+    """Continue an arithmetic progression: counting on, by twos, threes, fives, tens, or down."""
     out = []
-    for i in range(120):
-        n = rng.randint(2, 98)
-        kind = i % 3
-        if kind == 0:
-            out.append(_mc(f"The number that comes after {n} is", str(n + 1),
-                           [str(x) for x in _numbers_near(n + 1, rng)], rng))
-        elif kind == 1:
-            out.append(_mc(f"The number that comes before {n} is", str(n - 1),
-                           [str(x) for x in _numbers_near(n - 1, rng)], rng))
-        else:
-            m = rng.choice([x for x in range(1, 100) if x != n])
-            big = max(n, m)
-            item = {"context": f"Of the numbers {n} and {m}, the larger one is", "choices": [str(n), str(m)],
-                    "answer": [n, m].index(big)}
-            out.append(item)
+    for _ in range(120):
+        step = rng.choice([1, 2, 3, 5, 10, -1, -2, -10])
+        start = rng.randint(1, 20) * (abs(step) if abs(step) >= 5 else 1) + (60 if step < 0 else 0)
+        xs = [start + i * step for i in range(4)]
+        ans = start + 4 * step
+        out.append(_mc(", ".join(map(str, xs)) + ",", str(ans), [str(n) for n in _numbers_near(ans, rng)], rng))
     return out
 
 
@@ -280,10 +276,10 @@ def write(path: Path, rows) -> None:
 def main() -> None:
     rng = random.Random(SEED)
     suites = {"capitals": capitals, "animal_classes": animal_classes, "arithmetic": arithmetic,
-              "number_order": number_order, "reading": reading, "opposites": opposites}
+              "number_patterns": number_patterns, "reading": reading, "opposites": opposites}
     for name, make in suites.items():
         write(HERE / "suites" / f"{name}.jsonl", make(rng))
-    categories = {"knowledge": ["capitals", "animal_classes"], "reasoning": ["arithmetic", "number_order"],
+    categories = {"knowledge": ["capitals", "animal_classes"], "reasoning": ["arithmetic", "number_patterns"],
                   "understanding": ["reading", "opposites"]}
     (HERE / "suites" / "categories.json").write_text(json.dumps(categories, indent=2) + "\n")
     write(HERE / "general.jsonl", [{"text": t} for t in GENERAL])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from landscape.measures.hessian.operator import Counted, random_unit
+from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
 
 
 @dataclass
@@ -50,8 +50,8 @@ def lanczos_steps(op, seed: int, max_steps: int):
     Stops early at an invariant subspace (beta ≈ 0). Memory: one vector per step.
     """
     g = torch.Generator().manual_seed(seed)
-    # Dots run in the vector dtype (float64 operators: float64; float32/bf16 models: float32);
-    # converting whole vectors to float64 for each dot cost more than the products on small models.
+    # Every dot and norm is accurate at any length (operator.dot): float32 reductions over
+    # millions of entries would cost the basis its orthogonality and the residual test its meaning.
     q = random_unit(op, g)
     Q: list[torch.Tensor] = []
     alphas: list[float] = []
@@ -59,11 +59,11 @@ def lanczos_steps(op, seed: int, max_steps: int):
     for _ in range(max_steps):
         Q.append(q)
         w = op.matvec(q)
-        alphas.append(float(torch.dot(w, q)))
+        alphas.append(dot(w, q))
         for _ in range(2):  # reorthogonalise twice ("twice is enough", Parlett)
             for qi in Q:
-                w.add_(qi, alpha=-float(torch.dot(w, qi)))
-        beta = float(w.norm())
+                w.add_(qi, alpha=-dot(w, qi))
+        beta = norm(w)
         yield alphas, betas, beta
         if beta < 1e-10 * max(1.0, max(abs(x) for x in alphas)):
             return

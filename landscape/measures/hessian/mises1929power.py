@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape.measures.hessian.lanczos1950 import Spectrum
-from landscape.measures.hessian.operator import Counted, dot, random_unit
+from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
 
 
 def _power(op, shift: float, deflate: list, g, max_iter: int, tol: float, history: list):
@@ -30,11 +30,11 @@ def _power(op, shift: float, deflate: list, g, max_iter: int, tol: float, histor
             av = av - (lam - shift) * dot(u, v) * u
         mu = dot(av, v)  # Rayleigh quotient of A − shift·I at the unit v
         theta = mu + shift
-        res = dot(av - mu * v, av - mu * v) ** 0.5  # ‖(A_defl − θ I) v‖
+        res = norm(av - mu * v)  # ‖(A_defl − θ I) v‖
         history.append(theta)
         if res <= tol * max(abs(theta), 1e-12):
             break
-        n = dot(av, av) ** 0.5
+        n = norm(av)
         if n == 0.0:
             break
         v = av / n
