@@ -279,3 +279,19 @@ def test_float32_eigenvalues_are_accurate_at_millions_of_entries(method):
     assert sp.converged
     assert abs(sp.lambda_max - 10.0) / 10.0 < 1e-5 and abs(sp.eigenvalues[1] - 9.0) / 9.0 < 1e-5
     assert abs(sp.lambda_min + 3.0) / 3.0 < 1e-5
+
+
+def test_lanczos_with_a_bounded_basis_restarts_to_the_same_eigenvalues():
+    """max_basis bounds the weight-sized vectors Lanczos holds; a full basis restarts from the wanted
+    Ritz vectors, and the answers (checked by the residual test) equal the exact ones."""
+    eigs = [9.0, 8.7, 8.5, -4.0, -3.9] + list(np.linspace(-1.0, 1.0, 195))
+    op = hessian.DenseOperator(symmetric(eigs, seed=2))
+    truth = np.sort(eigs)
+    full = hessian.lanczos(op, k=3, tol=1e-8, max_iter=400)
+    small = hessian.lanczos(op, k=3, tol=1e-8, max_iter=400, max_basis=12)
+    for sp in (full, small):
+        assert sp.converged
+        np.testing.assert_allclose(sp.eigenvalues, truth[::-1][:3], rtol=1e-7)
+        assert sp.lambda_min == pytest.approx(truth[0], rel=1e-7)
+    assert small.max_basis <= 12 and small.restarts >= 1 and full.restarts == 0
+    assert small.hvps == small.iterations and small.hvps > full.hvps  # restarts cost products, not memory

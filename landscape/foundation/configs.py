@@ -254,7 +254,10 @@ class SharpnessConfig(Config):
     params: str | None = option(None, "Only parameters whose name matches this regex.", kind="str")
     per_layer: bool = option(False, "Also λ_max (and trace) of each transformer block's Hessian.")
     method: str = option("lanczos", "Eigenvalue method.", choices=EIGEN_METHODS)
-    max_iter: int = option(100, "Lanczos steps / power iterations.", bounds=(1, None))
+    max_iter: int = option(100, "Lanczos steps / power iterations (HVPs per eigenvalue run).", bounds=(1, None))
+    max_basis: int | None = option(None, "Lanczos basis vectors held at once (one weight-sized vector each; "
+                                         "default: what fits in half the free memory); a full basis restarts.",
+                                   kind="int", bounds=(4, None), numbers=False)
     tol: float = option(1e-3, "Relative residual ‖Hv−λv‖/|λ| to stop.", bounds="positive")
     trace_samples: int = option(30, "Hutchinson samples for the trace.", bounds=(1, None))
     eps: float = option(1e-3, "Box size of ε-sharpness.", bounds="positive")

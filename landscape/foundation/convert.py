@@ -77,12 +77,19 @@ def _load_with_transformers(p: Path):
 
     hf_logging.disable_progress_bar()
     kw = dict(gguf_file=p.name, local_files_only=True)
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' own dequantisation bar: our commands own the terminal
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p.parent), dtype=torch.float32, **kw)
         tok = AutoTokenizer.from_pretrained(str(p.parent), **kw)
     except (ValueError, KeyError, RuntimeError, OSError, NotImplementedError, TypeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{p}: transformers cannot load or dequantise this GGUF file ({msg})") from None
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
     return model.eval(), tok
 
 

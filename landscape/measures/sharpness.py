@@ -166,8 +166,11 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
 
 
 def _eigen(op, cfg: SharpnessConfig, k: int, want_min: bool, progress: bool):
-    fn = hessian.lanczos if cfg.method == "lanczos" else hessian.power_iteration
-    return fn(op, k=k, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=want_min, progress=progress)
+    if cfg.method == "lanczos":
+        return hessian.lanczos(op, k=k, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=want_min,
+                               progress=progress, max_basis=cfg.max_basis)
+    return hessian.power_iteration(op, k=k, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=want_min,
+                                   progress=progress)
 
 
 def _curvature(op, cfg: SharpnessConfig, out: dict, details: dict, progress: bool) -> int:

@@ -16,28 +16,31 @@ from landscape.foundation.configs import FinetuneConfig
 from landscape.foundation.data import real_data_dir
 from landscape.study.studies import StudySpec, run_study
 
+# Settings found by trying (2026-11-25, 2 cores): AdamW at lr 1e-4 for 30 steps learns the task
+# (train loss 3.99 → 0.14) and forgets almost nothing (0.009 average accuracy); at 3e-4 it forgets
+# 0.155 (knowledge 0.19, reasoning 0.19, understanding 0.09). The sweep spans that range.
 REAL = StudySpec(
     name="smollm2", task_dir=Path("tasks") / "reverse", suites=Path("suites"),
     title="SmolLM2-135M: flatness vs forgetting (word-reversal fine-tunes)",
     #      label               optimizer  lr     steps  rho
     runs=(("adamw-lr1e-5", "adamw", 1e-5, 30, None),
-          ("adamw-lr3e-5", "adamw", 3e-5, 30, None),
-          ("adamw-lr1e-4-s15", "adamw", 1e-4, 15, None),
           ("adamw-lr1e-4", "adamw", 1e-4, 30, None),
-          ("adamw-lr1e-4-s60", "adamw", 1e-4, 60, None),
+          ("adamw-lr3e-4-s15", "adamw", 3e-4, 15, None),
           ("adamw-lr3e-4", "adamw", 3e-4, 30, None),
-          ("sam-rho0.05", "sam", 1e-4, 30, 0.05),
-          ("sam-rho0.2", "sam", 1e-4, 30, 0.2),
-          ("asam-rho1.0", "asam", 1e-4, 30, 1.0)),
-    fast_runs=("adamw-lr1e-5", "adamw-lr1e-4", "adamw-lr3e-4", "sam-rho0.05"),
+          ("adamw-lr3e-4-s60", "adamw", 3e-4, 60, None),
+          ("adamw-lr1e-3", "adamw", 1e-3, 30, None),
+          ("sam-rho0.05", "sam", 3e-4, 30, 0.05),
+          ("sam-rho0.2", "sam", 3e-4, 30, 0.2),
+          ("asam-rho1.0", "asam", 3e-4, 30, 1.0)),
+    fast_runs=("adamw-lr1e-4", "adamw-lr3e-4", "sam-rho0.05"),
     finetune=FinetuneConfig(batch_size=8, warmup=3, seed=0, max_length=48),
     flatness={"batch_size": 8, "num_batches": 1, "max_length": 48, "top_k": 1, "max_iter": 12, "tol": 1e-2,
               "trace_samples": 4, "avg_samples": 4, "sigma": 1e-3,
               "metrics": ["lambda_max", "trace", "sam", "avg", "surface_curvature"], "surface": {"x": "-1:1:7"}},
-    fast_flatness={"max_iter": 8, "trace_samples": 2, "metrics": ["lambda_max", "sam", "avg", "surface_curvature"],
+    fast_flatness={"max_iter": 8, "metrics": ["lambda_max", "sam", "avg", "surface_curvature"],
                    "surface": {"x": "-1:1:5"}},
-    comparisons=(("sam-rho0.05", "adamw-lr1e-4", "equal steps (30)"),
-                 ("sam-rho0.05", "adamw-lr1e-4-s60", "equal compute (60 passes)")),
+    comparisons=(("sam-rho0.05", "adamw-lr3e-4", "equal steps (30)"),
+                 ("sam-rho0.05", "adamw-lr3e-4-s60", "equal compute (60 passes)")),
     task_scoring_batch=16,
 )
 

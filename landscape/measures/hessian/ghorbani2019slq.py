@@ -28,7 +28,7 @@ def spectral_density(op, n_vectors: int = 4, steps: int = 40, seed: int = 0, gri
     op = Counted(op)
     nodes, weights = [], []
     for i in tqdm(range(n_vectors), desc="density", disable=not progress, leave=False):
-        for alphas, betas, _ in lanczos_steps(op, seed + 1000 * (i + 1), steps):
+        for alphas, betas, _, _ in lanczos_steps(op, seed + 1000 * (i + 1), steps):
             pass
         theta, s = ritz(alphas, betas[: len(alphas) - 1])
         nodes.append(theta)
