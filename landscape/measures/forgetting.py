@@ -271,7 +271,9 @@ def _shared_context_batch(model, groups) -> list[list[float]]:
         mask[r, Lc - len(ctx):] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    accepts = inspect.signature(model.forward).parameters
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+    cache_kw = "cache" if "cache" in accepts else "past_key_values"  # transformers renamed it in 5.x
     res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)  # (B, 1, V) logits
     first = torch.log_softmax(res.logits[:, -1].to(torch.promote_types(res.logits.dtype, torch.float32)), -1)
     rows = [(r, cont) for r, (_, conts) in enumerate(groups) for cont in conts]
@@ -279,7 +281,7 @@ def _shared_context_batch(model, groups) -> list[list[float]]:
     multi = [k for k, (_, cont) in enumerate(rows) if len(cont) > 1]
     if multi:
         sel = torch.tensor([rows[k][0] for k in multi], device=device)
-        cache = res.past_key_values
+        cache = res.cache if getattr(res, "cache", None) is not None else res.past_key_values
         cache.reorder_cache(sel)  # each row's context cache, once per multi-token choice
         K = max(len(rows[k][1]) - 1 for k in multi)
         feed = torch.zeros((len(multi), K), dtype=torch.long)
@@ -291,7 +293,7 @@ def _shared_context_batch(model, groups) -> list[list[float]]:
         feed, fmask = feed.to(device), fmask.to(device)
         pos2 = mask.sum(-1)[sel][:, None] + torch.arange(K, device=device)[None]
         logits = model(input_ids=feed, attention_mask=torch.cat([mask[sel], fmask], 1), position_ids=pos2,
-                       past_key_values=cache, use_cache=False).logits
+                       use_cache=False, **{cache_kw: cache}).logits
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         for m, k in enumerate(multi):
             cont = rows[k][1]

@@ -1,0 +1,183 @@
+"""Performance ratios on the real model, SmolLM2-135M-Instruct (134.5M parameters, float32, CPU).
+
+    python benchmarks/real.py [--ckpt runs/smollm2] [--quick] [--no-readme]   (or `make bench-real`)
+
+Everything as ratios measured in one run on the same batch (8 general-English texts, ≤ 48 tokens):
+HVP / gradient (graph kept by `--cache-graph auto`, and rebuilt), surface point / bare forward,
+SAM / AdamW step, the seconds of one fine-tune step, and peak resident memory over the weights for
+a gradient, an HVP, an AdamW and a SAM step and `sharpness --top-k 5 --tol 1e-6` (each in a fresh
+process). Writes `benchmarks/results_real.json` and the README block between `bench-real` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run import paired  # noqa: E402
+
+from landscape.foundation import checkpoint, data, loss, objective, params as P  # noqa: E402
+from landscape.foundation.configs import DataConfig, FinetuneConfig, SurfaceConfig  # noqa: E402
+from landscape.measures import hessian, surface  # noqa: E402
+from landscape.training import finetune  # noqa: E402
+
+CHILD = r"""
+import sys, json, torch
+sys.path.insert(0, {root!r})
+from landscape.foundation import checkpoint, data, loss, objective, params as P
+from landscape.foundation.configs import DataConfig, FinetuneConfig, SharpnessConfig
+from landscape.measures import hessian, sharpness
+from landscape.training import finetune
+def rss(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+ck = checkpoint.load_checkpoint({ckpt!r})
+bs = data.batches_for(ck, DataConfig(data={data!r}, batch_size=8, num_batches=1, max_length=48))
+loss.evaluate(ck.model, bs)
+weights = sum(p.numel() * p.element_size() for p in ck.model.parameters())
+before = rss('VmRSS')
+what = {what!r}
+obj = objective.ModelObjective(ck.model, bs)
+if what == 'grad':
+    objective.gradient(obj)
+elif what in ('hvp', 'hvp_off'):
+    h = hessian.HessianOperator(obj, cache_graph='auto' if what == 'hvp' else 'off')
+    h.hvp(P.randn_like(obj.params, torch.Generator().manual_seed(0)))
+elif what in ('adamw', 'sam'):
+    cfg = FinetuneConfig(optimizer=what, lr=1e-6)
+    opt = finetune.make_optimizer(list(ck.model.parameters()), cfg)
+    for _ in range(2):
+        finetune.train_step(ck.model, opt, bs.batches[:1], cfg, 1e-6)
+elif what == 'top5':
+    sharpness.measure(ck.model, bs, SharpnessConfig(metrics='lambda_max', top_k=5, tol=1e-6, max_iter=300))
+print(json.dumps({{'extra': rss('VmHWM') - before, 'peak': rss('VmHWM'), 'weights': weights}}))
+"""
+
+
+def child(what: str, ckpt: str, data_file: str) -> dict:
+    code = CHILD.format(root=str(ROOT), ckpt=ckpt, data=data_file, what=what)
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def ratios(ck, bs, rounds: int) -> dict:
+    obj = objective.ModelObjective(ck.model, bs)
+    v = P.randn_like(obj.params, torch.Generator().manual_seed(0))
+    grad = lambda: objective.gradient(obj)  # noqa: E731
+    h = hessian.HessianOperator(obj)
+    q_auto, t_grad, t_hvp = paired(grad, lambda: h.hvp(v), rounds)
+    cached = h.cached
+    h.release()
+    h_off = hessian.HessianOperator(obj, cache_graph="off")
+    q_off, _, _ = paired(grad, lambda: h_off.hvp(v), rounds)
+    out = {"grad_s": t_grad, "hvp_s": t_hvp, "hvp_over_grad": q_auto, "graph_cached": cached,
+           "hvp_rebuilt_over_grad": q_off}
+    h5 = ROOT / "runs" / "bench" / "real_line.h5"
+    h5.parent.mkdir(parents=True, exist_ok=True)
+
+    def line():  # a 5-point line, held directions
+        h5.unlink(missing_ok=True)
+        surface.surface(ck.model, bs, h5, SurfaceConfig(x="-1:1:5", directions="held"))
+    q_surf, _, _ = paired(lambda: [loss.evaluate(ck.model, bs) for _ in range(5)], line, rounds)
+    h5.unlink(missing_ok=True)
+    out["surface_point_over_forward"] = q_surf
+    params = list(ck.model.parameters())
+    saved = [p.detach().clone() for p in params]
+    opts = {}
+    for name in ("adamw", "sam"):
+        cfg = FinetuneConfig(optimizer=name, lr=1e-6)
+        opts[name] = (finetune.make_optimizer(params, cfg), cfg)
+    ck.model.train()
+    q_sam, t_adamw, t_sam = paired(*[lambda o=o, c=c: finetune.train_step(ck.model, o, bs.batches[:1], c, 1e-6)
+                                     for o, c in (opts["adamw"], opts["sam"])], rounds)
+    ck.model.eval()
+    with torch.no_grad():
+        for p, w in zip(params, saved):
+            p.copy_(w)
+    out.update(sam_over_adamw=q_sam, adamw_step_s=t_adamw, sam_step_s=t_sam)
+    return out
+
+
+def table(res: dict) -> str:
+    r, m = res["ratios"], res["memory"]
+    gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+    w = m["grad"]["weights"]
+    rows = [("HVP / gradient time (graph kept, `--cache-graph auto`)" if r["graph_cached"] else
+             "HVP / gradient time (`--cache-graph auto`: graph rebuilt here)", f"{r['hvp_over_grad']:.2f}"),
+            ("HVP / gradient time (graph rebuilt per HVP, `--cache-graph off`)", f"{r['hvp_rebuilt_over_grad']:.2f}"),
+            ("surface time per point / bare forward (5-point line, held directions)",
+             f"{r['surface_point_over_forward'] / 1:.2f}"),
+            ("SAM / AdamW step time", f"{r['sam_over_adamw']:.2f}"),
+            ("one fine-tune step, AdamW / SAM (batch 8 × ≤ 48 tokens)", f"{r['adamw_step_s']:.2f} s / {r['sam_step_s']:.2f} s"),
+            ("one gradient / one HVP (same batch)", f"{r['grad_s']:.2f} s / {r['hvp_s']:.2f} s")]
+    for what, label in (("grad", "gradient"), ("hvp", "HVP (graph kept)"), ("hvp_off", "HVP (graph rebuilt)"),
+                        ("adamw", "AdamW steps (with optimizer state)"), ("sam", "SAM steps (with optimizer state)"),
+                        ("top5", "`sharpness --metrics lambda_max --top-k 5 --tol 1e-6`")):
+        if what in m:
+            x = m[what]
+            rows.append((f"peak memory, {label}: extra RSS / weights ({gb(w)})",
+                         f"{x['extra'] / w:.2f} (peak RSS {gb(x['peak'])}; {x['seconds']} s)"))
+    lines = [f"SmolLM2-135M-Instruct ({res['n_params']:,} parameters, float32), {res['machine']}, torch "
+             f"{res['torch']}, {res['date']}; batch: 8 general-English texts, {res['tokens']} loss tokens.", "",
+             "| quantity | measured |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    lines += ["", "Produced by `make bench-real` (`python benchmarks/real.py`); raw numbers in "
+                  "`benchmarks/results_real.json`."]
+    return "\n".join(lines)
+
+
+def update_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    s = readme.read_text()
+    a, b = "<!-- bench-real:start -->", "<!-- bench-real:end -->"
+    if a in s and b in s:
+        readme.write_text(s[: s.index(a) + len(a)] + "\n" + text + "\n" + s[s.index(b):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt", default=str(ROOT / "runs" / "smollm2"))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--skip-top5", action="store_true", help="leave out the long top-5 eigenvalue run")
+    args = ap.parse_args()
+    from landscape.foundation.convert import ensure_smollm2
+
+    if not Path(args.ckpt).is_dir():
+        ensure_smollm2(args.ckpt)
+    torch.manual_seed(0)
+    data_file = str(data.real_data_dir() / "general.jsonl")
+    ck = checkpoint.load_checkpoint(args.ckpt)
+    bs = data.batches_for(ck, DataConfig(data=data_file, batch_size=8, num_batches=1, max_length=48))
+    res = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+           "torch": torch.__version__, "n_params": checkpoint.count_params(ck.model), "tokens": bs.n_tokens}
+    print("ratios ...", flush=True)
+    res["ratios"] = ratios(ck, bs, rounds=3 if args.quick else 5)
+    del ck
+    res["memory"] = {}
+    for what in ("grad", "hvp", "hvp_off", "adamw", "sam") + (() if args.skip_top5 else ("top5",)):
+        print(f"memory: {what} ...", flush=True)
+        res["memory"][what] = child(what, args.ckpt, data_file)
+    (ROOT / "benchmarks" / "results_real.json").write_text(json.dumps(res, indent=1))
+    text = table(res)
+    print(text)
+    if not args.no_readme:
+        update_readme(text)
+
+
+if __name__ == "__main__":
+    main()
