@@ -170,14 +170,20 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
     Sequences longer than the model's positions keep their last tokens. Pairs are batched by length
     (right-padded); log-probabilities are taken in float32 at least.
     """
+    return _sharded(_continuation_logprobs_local, model, pairs, batch_size)
+
+
+def _sharded(score, model, items: list, batch_size: int) -> list:
+    """``score(model, items, batch_size)``; under torchrun each rank scores its share and every rank
+    gets every score, in the order of ``items``."""
     from landscape.foundation import distributed as dist
 
-    if dist.world() > 1:  # torchrun: each rank scores its share, all get every score
-        mine = dist.shard(list(range(len(pairs))))
-        part = _continuation_logprobs_local(model, [pairs[i] for i in mine], batch_size)
-        merged = {k: v for got in dist.all_gather_object(dict(zip(mine, part))) for k, v in got.items()}
-        return [merged[i] for i in range(len(pairs))]
-    return _continuation_logprobs_local(model, pairs, batch_size)
+    if dist.world() == 1:
+        return score(model, items, batch_size)
+    mine = dist.shard(list(range(len(items))))
+    part = score(model, [items[i] for i in mine], batch_size)
+    merged = {k: v for got in dist.all_gather_object(dict(zip(mine, part))) for k, v in got.items()}
+    return [merged[i] for i in range(len(items))]
 
 
 @torch.no_grad()
@@ -234,14 +240,7 @@ def choice_logprobs(model, groups: list[tuple[list[int], list[list[int]]]], batc
     (context, choice) pair on its own, with the same numbers (tested against
     :func:`continuation_logprobs`). Groups that pass the model's positions are scored pair by pair.
     """
-    from landscape.foundation import distributed as dist
-
-    if dist.world() > 1:  # torchrun: each rank scores its share, all get every score
-        mine = dist.shard(list(range(len(groups))))
-        part = choice_logprobs_local(model, [groups[i] for i in mine], batch_size)
-        merged = {k: v for got in dist.all_gather_object(dict(zip(mine, part))) for k, v in got.items()}
-        return [merged[i] for i in range(len(groups))]
-    return choice_logprobs_local(model, groups, batch_size)
+    return _sharded(choice_logprobs_local, model, groups, batch_size)
 
 
 @torch.no_grad()
