@@ -62,7 +62,8 @@ def summary(r: dict) -> str:
                      f"vs {c['task_exact_match'][1]:.2f}")
     lines += ["", "base model's suite scores (accuracy; chance in brackets):"]
     for name, sc in r.get("base_scores", {}).items():
-        lines.append(f"  {name:<20} {sc['score']:.3f}  [{sc.get('chance', float('nan')):.2f}]  n {sc.get('n')}")
+        chance = f"{sc['chance']:.2f}" if sc.get("chance") is not None else "-"  # rows cached before it was kept
+        lines.append(f"  {name:<20} {sc['score']:.3f}  [{chance}]  n {sc.get('n')}")
     lines += ["", "flatness metric vs average forgetting (Spearman ρ [95% bootstrap CI], p; n checkpoints):"]
     for row in r["ranking"]:
         c = r["correlations"][row["metric"]]["average"]["spearman"]
