@@ -110,3 +110,14 @@ def test_loader_invariants_property(tmp_path_factory, seqs, batch_size, max_leng
     rows = [b.input_ids[i, : int(b.attention_mask[i].sum())].tolist() for b in bs for i in range(len(b.input_ids))]
     assert rows == kept
     assert all(len(b.input_ids) <= batch_size for b in bs)
+
+
+def test_the_toy_tokenizer_corpus_leaves_out_the_real_model_data():
+    """data/real (real-world suites) must not change the demo model's vocabulary, or a fresh
+    `make demo` would build another model than the one the README's table comes from."""
+    from landscape.foundation.data import data_dir
+    from landscape.study.demo import all_texts
+
+    words = {w for t in all_texts(data_dir()) for w in t.split()}
+    assert "Kabul" not in words and "Reverse" not in words
+    assert "forest" in words or "city" in words  # the toy world's own words are there

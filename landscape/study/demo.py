@@ -27,8 +27,9 @@ DEMO_TRAIN = dict(steps=2000, lr=3e-3, batch_size=32, max_length=64, warmup=50, 
 
 
 def all_texts(root: Path):
-    """Every string in the generated data (the tokenizer's training corpus)."""
-    for f in sorted(root.rglob("*.jsonl")):
+    """Every string of the generated toy world (the tokenizer's training corpus). ``data/real`` (the
+    real-model data) is not part of it: the demo model's vocabulary stays the toy world's own."""
+    for f in sorted(p for p in root.rglob("*.jsonl") if "real" not in p.relative_to(root).parts):
         for line in f.read_text().splitlines():
             rec = json.loads(line)
             for k in ("text", "prompt", "completion", "context"):
