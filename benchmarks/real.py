@@ -120,7 +120,7 @@ def table(res: dict) -> str:
              "HVP / gradient time (`--cache-graph auto`: graph rebuilt here)", f"{r['hvp_over_grad']:.2f}"),
             ("HVP / gradient time (graph rebuilt per HVP, `--cache-graph off`)", f"{r['hvp_rebuilt_over_grad']:.2f}"),
             ("surface time per point / bare forward (5-point line, held directions)",
-             f"{r['surface_point_over_forward'] / 1:.2f}"),
+             f"{r['surface_point_over_forward']:.2f}"),
             ("SAM / AdamW step time", f"{r['sam_over_adamw']:.2f}"),
             ("one fine-tune step, AdamW / SAM (batch 8 × ≤ 48 tokens)", f"{r['adamw_step_s']:.2f} s / {r['sam_step_s']:.2f} s"),
             ("one gradient / one HVP (same batch)", f"{r['grad_s']:.2f} s / {r['hvp_s']:.2f} s")]

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import landscape
 from landscape.foundation.configs import ForgettingConfig, LoadConfig

@@ -22,7 +22,7 @@ defaults (:data:`FLATNESS_DEFAULTS`). Relative paths are relative to the manifes
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from landscape.foundation.configs import (SHARPNESS_METRICS, SURFACE_METRICS, DataConfig, SharpnessConfig,
@@ -52,7 +52,6 @@ class Manifest:
     categories: Path | None = None
     bootstrap: int = 2000
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def flatness_config(self) -> dict:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 import landscape
 from landscape.foundation import distributed as dist
-from landscape.foundation.configs import OPTIMIZERS, ConfigError, FinetuneConfig, LoadConfig  # noqa: F401
+from landscape.foundation.configs import ConfigError, FinetuneConfig, LoadConfig
 from landscape.foundation.errors import UserError
 from landscape.foundation.io import atomic_write
 from landscape.foundation.loss import batch_term, evaluate, param_device
