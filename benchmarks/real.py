@@ -44,6 +44,7 @@ def rss(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
+out = {{}}
 ck = checkpoint.load_checkpoint({ckpt!r})
 bs = data.batches_for(ck, DataConfig(data={data!r}, batch_size=8, num_batches=1, max_length=48))
 loss.evaluate(ck.model, bs)
@@ -62,8 +63,23 @@ elif what in ('adamw', 'sam'):
     for _ in range(2):
         finetune.train_step(ck.model, opt, bs.batches[:1], cfg, 1e-6)
 elif what == 'top5':
-    sharpness.measure(ck.model, bs, SharpnessConfig(metrics='lambda_max', top_k=5, tol=1e-6, max_iter=300))
-print(json.dumps({{'extra': rss('VmHWM') - before, 'peak': rss('VmHWM'), 'weights': weights}}))
+    r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics='lambda_max,lambda_min', top_k=5, tol=1e-6,
+                                                        max_iter=600))
+    out = {{k: r['metrics']['details']['eigen'][k] for k in ('eigenvalues', 'lambda_min', 'converged', 'hvps',
+                                                           'restarts', 'max_basis', 'basis')}}
+elif what == 'arpack':  # the reference: scipy's ARPACK in float64 over our float32 HVPs
+    import numpy as np, scipy.sparse.linalg as sla
+    h = hessian.HessianOperator(obj)
+    n = h.shape[0]
+    mv = lambda x: h.matvec(torch.from_numpy(np.ascontiguousarray(x).reshape(-1)).float()).double().numpy()
+    A = sla.LinearOperator((n, n), matvec=mv, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    top = sla.eigsh(A, k=5, which='LA', ncv=12, tol=1e-10, v0=v0, return_eigenvectors=False)
+    calls_top = h.calls
+    low = sla.eigsh(A, k=1, which='SA', ncv=12, tol=1e-10, v0=v0, return_eigenvectors=False)
+    out = {{'eigenvalues': sorted(top.tolist(), reverse=True), 'lambda_min': float(low[0]),
+           'hvps': h.calls, 'hvps_top': calls_top}}
+print(json.dumps({{'extra': rss('VmHWM') - before, 'peak': rss('VmHWM'), 'weights': weights, **out}}))
 """
 
 

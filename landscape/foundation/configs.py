@@ -36,6 +36,9 @@ SURFACE_METRICS = ("surface_curvature", "average_gradient", "mean_absolute_gradi
                    "max_increase")
 EIGEN_METHODS = ("lanczos", "power")
 HVP_METHODS = ("reverse", "forward")
+TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace")
+BASIS_PLACES = ("auto", "memory", "host", "disk")
+DENSITY_REORTH = ("auto", "full", "none")
 CACHE_GRAPH = ("auto", "on", "off")
 NORMS = ("filter", "layer", "none")
 IGNORES = ("biasbn", "none")
@@ -255,12 +258,27 @@ class SharpnessConfig(Config):
     per_layer: bool = option(False, "Also λ_max (and trace) of each transformer block's Hessian.")
     method: str = option("lanczos", "Eigenvalue method.", choices=EIGEN_METHODS)
     max_iter: int = option(100, "Lanczos steps / power iterations (HVPs per eigenvalue run).", bounds=(1, None))
-    max_basis: int | None = option(None, "Lanczos basis vectors held at once (one weight-sized vector each; "
-                                         "default: what fits in half the free memory); a full basis restarts.",
-                                   kind="int", bounds=(4, None), numbers=False)
+    max_basis: int | None = option(None, "Lanczos basis vectors held at once (one weight-sized vector each); a full "
+                                         "basis thick-restarts. Default: the whole run's when it fits the basis "
+                                         "budget, else max(20, 2k+10).", kind="int", bounds=(4, None), numbers=False)
+    basis: str = option("auto", "Where the Lanczos/Hutch++/XTrace vectors live: memory, host (CPU memory for a GPU "
+                                "run), or disk (a temporary file, bounded RSS); auto: memory when they fit the "
+                                "budget, else disk.", choices=BASIS_PLACES, numbers=False)
+    basis_memory: float | None = option(None, "GB the basis may take in memory (default: what the process already "
+                                              "holds for the model and its graph, at most half the free memory).",
+                                        kind="float?", bounds="positive", numbers=False)
+    basis_dir: str | None = option(None, "Directory of a disk basis's temporary file (default: the system's).",
+                                   kind="str", numbers=False)
     tol: float = option(1e-3, "Relative residual ‖Hv−λv‖/|λ| to stop.", bounds="positive")
-    trace_samples: int = option(30, "Hutchinson samples for the trace.", bounds=(1, None))
-    eps: float = option(1e-3, "Box size of ε-sharpness.", bounds="positive")
+    trace_samples: int = option(30, "HVPs for the trace (Hutchinson: one per sample).", bounds=(1, None))
+    trace_method: str = option("hutchinson", "Trace estimator at that budget: Hutchinson, Hutch++ (Meyer et al. "
+                                             "2021) or XTrace (Epperly et al. 2024).", choices=TRACE_METHODS)
+    density_reorth: str = option("auto", "Spectral density: reorthogonalise each Lanczos step against the full "
+                                         "basis, or not (three vectors, Papyan 2020); auto: full when it fits the "
+                                         "basis budget in memory.", choices=DENSITY_REORTH)
+    eps: float | None = option(None, "Box size of ε-sharpness (Keskar et al. use 1e-3); default: matched to --rho, "
+                                     "the box's corner at ℓ2 distance ρ, so the box fits in SAM's ball.",
+                               kind="float?", bounds="positive")
     eps_steps: int = option(10, "Projected ascent steps of ε-sharpness.", bounds=(1, None))
     subspace: int = option(10, "Random directions of eps_subspace.", bounds=(1, None))
     rho: float = option(0.05, "Ball radius of SAM/ASAM sharpness.", bounds="positive")
@@ -274,6 +292,16 @@ class SharpnessConfig(Config):
                                       "graph × batches fits in half the free memory.", choices=CACHE_GRAPH,
                               numbers=False, flag_value="on")
     seed: int = option(0, "Random seed (recorded in outputs).")
+
+    def check(self) -> None:
+        least = {"hutchpp": 3, "xtrace": 4}.get(self.trace_method, 1)
+        if "trace" in self.metrics and self.trace_samples < least:
+            raise ConfigError("trace_samples", f"{self.trace_method} needs at least {least} HVPs, got {self.trace_samples}")
+
+    def basis_policy(self) -> dict:
+        """The :class:`~landscape.measures.hessian.basis.BasisPolicy` these settings ask for (as a dict)."""
+        budget = None if self.basis_memory is None else int(self.basis_memory * 2**30)
+        return {"max_basis": self.max_basis, "where": self.basis, "budget": budget, "directory": self.basis_dir}
 
 
 @dataclass(frozen=True)

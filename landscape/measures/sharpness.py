@@ -37,10 +37,25 @@ from landscape.foundation.objective import ModelObjective, gradient
 from landscape.measures import hessian
 
 
-def eps_sharpness(obj, eps: float = 1e-3, steps: int = 20, subspace: int | None = None, seed: int = 0,
-                  progress: bool = False) -> dict:
-    """Keskar et al.'s ε-sharpness (see module docstring); ``subspace=p`` for the random-subspace form."""
+def matched_eps(params, rho: float) -> float:
+    """The ε whose box |z_i| ≤ ε(|w_i| + 1) has its corner at ℓ2 distance ρ: ε = ρ / ‖|w| + 1‖₂.
+
+    Keskar et al.'s ε = 1e-3 lets every weight move by at least 1e-3; for 134.5M weights that is a
+    corner at distance ~12 and took SmolLM2's loss from 3.4 to 36 (ε-sharpness 976) — a measure of
+    nothing. Matched to SAM's ρ (0.05) the box fits inside SAM's ball at any model size: ε ≈ 4.3e-6
+    for SmolLM2-135M, 5.6e-5 for the 0.72M demo model.
+    """
+    sq = sum(float(((p.detach().abs().double() + 1.0) ** 2).sum()) for p in params)
+    return rho / math.sqrt(sq)
+
+
+def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int | None = None, seed: int = 0,
+                  progress: bool = False, rho: float = 0.05) -> dict:
+    """Keskar et al.'s ε-sharpness (see module docstring); ``subspace=p`` for the random-subspace form;
+    ``eps=None``: :func:`matched_eps` of ``rho``."""
     ps = obj.params
+    rule = "given" if eps is not None else f"matched to rho={rho:g}"
+    eps = eps if eps is not None else matched_eps(ps, rho)
     with P.perturbed(ps) as origin:
         L0 = obj.value()
         if subspace:
@@ -71,7 +86,7 @@ def eps_sharpness(obj, eps: float = 1e-3, steps: int = 20, subspace: int | None 
                 z = [torch.minimum(torch.maximum(zi + step * b * gi.sign().to(b.dtype), -b), b)
                      for zi, b, gi in zip(z, bound, grad)]
     return {"eps_sharpness": 100.0 * (best - L0) / (1.0 + L0), "max_loss": best, "loss": L0, "eps": eps,
-            "steps": steps, "subspace": subspace}
+            "eps_rule": rule, "steps": steps, "subspace": subspace}
 
 
 def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = False, eta: float = 0.01,
@@ -84,19 +99,20 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
     """
     ps = obj.params
     with P.perturbed(ps) as origin:
-        T = [(o.abs().to(torch.promote_types(o.dtype, torch.float32)) + eta) if adaptive
-             else torch.ones_like(o, dtype=torch.promote_types(o.dtype, torch.float32)) for o in origin]
-        u = [torch.zeros_like(t) for t in T]
+        wide = [torch.promote_types(o.dtype, torch.float32) for o in origin]
+        # T = 1 is left implicit (a Python 1.0, not a vector of ones: one weight-sized vector less)
+        T = [(o.abs().to(d) + eta) for o, d in zip(origin, wide)] if adaptive else [1.0] * len(origin)
+        u = [torch.zeros_like(o, dtype=d) for o, d in zip(origin, wide)]
         L0 = obj.value()
         best = L0
         for t in tqdm(range(steps), desc="sam-sharpness", disable=not progress, leave=False):
             P.set_offset(ps, origin, [ti * ui for ti, ui in zip(T, u)])
             L, grad = gradient(obj)
             best = max(best, L)
-            gu = [ti * gi.to(ti.dtype) for ti, gi in zip(T, grad)]
+            gu = [ti * gi.to(d) for ti, gi, d in zip(T, grad, wide)]
             n = float(P.norm(gu))
             if n < 1e-12:
-                gu = P.randn_like(T, torch.Generator().manual_seed(seed + t))
+                gu = P.randn_like(u, torch.Generator().manual_seed(seed + t))
                 n = float(P.norm(gu))
             u = P.axpy(rho / n, gu, u)  # a step of ρ, then back onto the ball
             un = float(P.norm(u))
@@ -117,13 +133,24 @@ def avg_sharpness(obj, sigma: float = 0.01, samples: int = 16, adaptive: bool = 
         L0 = obj.value()
         inc = []
         for _ in tqdm(range(samples), desc="avg-sharpness", disable=not progress, leave=False):
-            d = P.randn_like(ps, g, dtype=torch.float64)
-            d = [di * sigma * (o.abs().double() if adaptive else 1.0) for di, o in zip(d, origin)]
-            P.set_offset(ps, origin, d)
+            _set_noise(ps, origin, g, sigma, adaptive)
             inc.append(obj.value() - L0)
     a = np.asarray(inc)
     return {"avg_sharpness": float(a.mean()), "stderr": float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else None,
             "sigma": sigma, "samples": samples, "adaptive": adaptive, "loss": L0}
+
+
+@torch.no_grad()
+def _set_noise(ps, origin, g: torch.Generator, sigma: float, adaptive: bool) -> None:
+    """p ← w + δ, δ ∼ N(0, σ²) (adaptive: σ|w|), drawn parameter by parameter in float64 on the CPU:
+    the numbers of a whole-vector draw, with one parameter's draw in memory instead of two
+    weight-sized float64 vectors (2.2 GB for a 135M model)."""
+    for p, o in zip(ps, origin):
+        d = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.device) * sigma
+        if adaptive:
+            d *= o.abs().double()
+        wide = torch.promote_types(p.dtype, torch.float32)
+        p.copy_((o.to(wide) + d.to(wide)).to(p.dtype))
 
 
 # `landscape sharpness` metric name → key in the result's "metrics"
@@ -135,48 +162,90 @@ RESULT_KEYS = {"lambda_max": "lambda_max", "lambda_min": "lambda_min", "trace": 
 def measure(model, batches, config: SharpnessConfig | None = None, progress: bool = False) -> dict:
     """Loss and the requested curvature/sharpness metrics of ``model`` on ``batches``.
 
-    ``config.params`` restricts everything to parameters whose names match the regex;
-    ``config.per_layer`` adds λ_max (and the trace, when asked) of each transformer block's own
-    Hessian. The model's weights are bit-identical afterwards. ``config.cache_graph`` changes speed
-    and memory, never the numbers. Returns the JSON-ready dict of `landscape sharpness --json`;
-    ``cost.hvps`` counts every Hessian-vector product the estimators spent.
+    ``config.params`` restricts everything to parameters whose names match the regex (the others
+    stop requiring gradients meanwhile, so no graph is recorded for them); ``config.per_layer``
+    adds λ_max (and the trace, when asked) of each transformer block's own Hessian. The model's
+    weights are bit-identical afterwards. ``config.cache_graph`` and the basis settings change
+    speed and memory, never the numbers. Returns the JSON-ready dict of `landscape sharpness
+    --json`; ``cost`` has every Hessian-vector product the estimators spent, the peak resident
+    memory of the process and where the Lanczos basis lived.
     """
     cfg = config or SharpnessConfig()
     t0 = time.perf_counter()
-    obj = ModelObjective(model, batches, P.select(model, cfg.params))
-    L0 = obj.value()
-    if not math.isfinite(L0):
-        raise UserError(f"the loss at the checkpoint is {L0}: curvature is undefined (NaN/inf weights, or "
-                        "an overflowing dtype: try float32)")
-    op = hessian.HessianOperator(obj, cfg.hvp_method, cfg.cache_graph)
-    out: dict = {}
-    details: dict = {}
-    hvps = _curvature(op, cfg, out, details, progress)
-    graph_cached = op.cached
-    op.release()  # the measures below move the weights; free the kept graph first
-    _sharpness(obj, cfg, out, details, progress)
+    selected = P.select(model, cfg.params)
+    stages = _Stages(cfg, progress)
+    with P.grad_only(model, selected.values()):
+        obj = ModelObjective(model, batches, selected)
+        L0 = obj.value()
+        if not math.isfinite(L0):
+            raise UserError(f"the loss at the checkpoint is {L0}: curvature is undefined (NaN/inf weights, or "
+                            "an overflowing dtype: try float32)")
+        op = hessian.HessianOperator(obj, cfg.hvp_method, cfg.cache_graph)
+        out: dict = {}
+        details: dict = {}
+        hvps = _curvature(op, cfg, (out, details), stages)
+        graph_cached = op.cached
+        op.release()  # the measures below move the weights; free the kept graph first
+        _sharpness(obj, cfg, (out, details), stages)
     if cfg.per_layer:
+        stages.next("per-layer")
         out["per_layer"], layer_hvps = _per_layer(model, batches, cfg, progress)
         hvps += layer_hvps
+    stages.close()
     out["details"] = details
     config_out = {**cfg.as_dict(), "n_params": P.numel(obj.params),
                   "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
-    return {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "config": config_out,
-            "cost": {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached}}
+    cost = {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached,
+            "peak_rss_gb": round(P.peak_rss() / 2**30, 3),
+            "basis": (details.get("eigen") or {}).get("basis")}
+    return {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "config": config_out, "cost": cost}
+
+
+class _Stages:
+    """One progress line over the requested metrics ("sharpness 3/6: trace"), above each
+    estimator's own bar."""
+
+    def __init__(self, cfg: SharpnessConfig, progress: bool):
+        names = [m for m in cfg.metrics if m != "lambda_min" or "lambda_max" not in cfg.metrics]
+        names = ["lambda" if m in ("lambda_max", "lambda_min") else m for m in names]
+        self.bar = tqdm(total=len(names) + int(cfg.per_layer), desc="sharpness", disable=not progress,
+                        position=0, bar_format="{desc}: {n_fmt}/{total_fmt} metrics done{postfix} [{elapsed}]")
+        self.progress = progress
+        self.started = False
+
+    def next(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(f"now: {name}")
+
+    def close(self) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.bar.close()
 
 
 def _eigen(op, cfg: SharpnessConfig, k: int, want_min: bool, progress: bool):
     if cfg.method == "lanczos":
         return hessian.lanczos(op, k=k, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=want_min,
-                               progress=progress, max_basis=cfg.max_basis)
+                               progress=progress, basis=hessian.BasisPolicy(**cfg.basis_policy()))
     return hessian.power_iteration(op, k=k, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=want_min,
                                    progress=progress)
 
 
-def _curvature(op, cfg: SharpnessConfig, out: dict, details: dict, progress: bool) -> int:
+def _trace(op, cfg: SharpnessConfig, progress: bool):
+    """The trace by the configured estimator, with ``trace_samples`` HVPs."""
+    if cfg.trace_method == "hutchinson":
+        return hessian.hutchinson_trace(op, samples=cfg.trace_samples, seed=cfg.seed, progress=progress)
+    return hessian.TRACE_METHODS[cfg.trace_method](op, cfg.trace_samples, seed=cfg.seed, progress=progress,
+                                                   basis=hessian.BasisPolicy(**cfg.basis_policy()))
+
+
+def _curvature(op, cfg: SharpnessConfig, into: tuple, stages) -> int:
     """λ_max/λ_min, trace and density into ``out``; returns the HVPs spent."""
-    names, hvps = cfg.metrics, 0
+    (out, details), names, hvps, progress = into, cfg.metrics, 0, stages.progress
     if "lambda_max" in names or "lambda_min" in names:
+        stages.next("lambda (Lanczos)" if cfg.method == "lanczos" else "lambda (power iteration)")
         sp = _eigen(op, cfg, cfg.top_k, "lambda_min" in names, progress)
         if "lambda_max" in names:
             out["lambda_max"], out["eigenvalues"] = sp.lambda_max, sp.eigenvalues
@@ -185,31 +254,37 @@ def _curvature(op, cfg: SharpnessConfig, out: dict, details: dict, progress: boo
         details["eigen"] = sp.as_dict()
         hvps += sp.hvps
     if "trace" in names:
-        tr = hessian.hutchinson_trace(op, samples=cfg.trace_samples, seed=cfg.seed, progress=progress)
+        stages.next(f"trace ({cfg.trace_method}, {cfg.trace_samples} HVPs)")
+        tr = _trace(op, cfg, progress)
         out["hessian_trace"], out["hessian_trace_stderr"] = tr.trace, tr.stderr
+        details["trace"] = tr.as_dict()
         hvps += tr.hvps
     if "density" in names:
-        out["density"] = hessian.spectral_density(op, seed=cfg.seed, progress=progress)
+        stages.next("density")
+        out["density"] = hessian.spectral_density(op, seed=cfg.seed, progress=progress, reorth=cfg.density_reorth)
         hvps += out["density"]["hvps"]
     return hvps
 
 
-def _sharpness(obj, cfg: SharpnessConfig, out: dict, details: dict, progress: bool) -> None:
+def _sharpness(obj, cfg: SharpnessConfig, into: tuple, stages) -> None:
     """ε-, SAM-, ASAM- and average sharpness into ``out`` (each moves and restores the weights)."""
-    names = cfg.metrics
+    (out, details), names, progress = into, cfg.metrics, stages.progress
     for key, subspace in (("eps", None), ("eps_subspace", cfg.subspace)):
         if key in names:
+            stages.next(key)
             r = eps_sharpness(obj, eps=cfg.eps, steps=cfg.eps_steps, subspace=subspace, seed=cfg.seed,
-                              progress=progress)
+                              progress=progress, rho=cfg.rho)
             out[RESULT_KEYS[key]] = r["eps_sharpness"]
             details[key] = r
     for key, adaptive in (("sam", False), ("asam", True)):
         if key in names:
+            stages.next(key)
             r = ball_sharpness(obj, rho=cfg.rho, steps=cfg.sam_steps, adaptive=adaptive, seed=cfg.seed,
                                progress=progress)
             out[RESULT_KEYS[key]] = r["sharpness"]
             details[key] = r
     if "avg" in names:
+        stages.next("avg")
         r = avg_sharpness(obj, sigma=cfg.sigma, samples=cfg.avg_samples, seed=cfg.seed, progress=progress)
         out["avg_sharpness"], out["avg_sharpness_stderr"] = r["avg_sharpness"], r["stderr"]
 
@@ -222,14 +297,15 @@ def _per_layer(model, batches, cfg: SharpnessConfig, progress: bool) -> tuple[di
         sel = {n: p for n, p in P.select(model, regex).items() if base_pat is None or base_pat.search(n)}
         if not sel:
             continue
-        op = hessian.HessianOperator(ModelObjective(model, batches, sel), cfg.hvp_method, cfg.cache_graph)
-        sp = _eigen(op, cfg, 1, False, progress)
-        row = {"lambda_max": sp.lambda_max, "converged": sp.converged, "n_params": P.numel(op.obj.params)}
-        hvps += sp.hvps
-        if "trace" in cfg.metrics:
-            tr = hessian.hutchinson_trace(op, samples=cfg.trace_samples, seed=cfg.seed, progress=progress)
-            row.update(hessian_trace=tr.trace, hessian_trace_stderr=tr.stderr)
-            hvps += tr.hvps
-        op.release()
+        with P.grad_only(model, sel.values()):
+            op = hessian.HessianOperator(ModelObjective(model, batches, sel), cfg.hvp_method, cfg.cache_graph)
+            sp = _eigen(op, cfg, 1, False, progress)
+            row = {"lambda_max": sp.lambda_max, "converged": sp.converged, "n_params": P.numel(op.obj.params)}
+            hvps += sp.hvps
+            if "trace" in cfg.metrics:
+                tr = _trace(op, cfg, progress)
+                row.update(hessian_trace=tr.trace, hessian_trace_stderr=tr.stderr)
+                hvps += tr.hvps
+            op.release()
         layers[group] = row
     return layers, hvps

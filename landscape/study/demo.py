@@ -105,7 +105,7 @@ TOY = StudySpec(
     fast_runs=("adamw-lr3e-4", "adamw-lr1e-3", "adamw-lr1e-3-s300", "adamw-lr3e-3", "sam-rho0.05",
                "sam-rho0.2", "sam-lr3e-3-rho0.05", "asam-rho1.0"),
     finetune=FinetuneConfig(batch_size=16, warmup=10, seed=0),
-    flatness={"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20,
+    flatness={"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20, "eps": 1e-3,
               "metrics": ["lambda_max", "trace", "eps", "sam", "avg", "surface_curvature", "average_gradient"],
               "surface": {"x": "-1:1:11", "y": "-1:1:11"}},
     fast_flatness={"trace_samples": 10, "metrics": ["lambda_max", "trace", "sam", "avg", "surface_curvature"],

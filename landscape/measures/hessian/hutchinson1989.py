@@ -28,6 +28,11 @@ class Trace:
     samples: int
     hvps: int  # products this estimator spent
     estimates: list[float]
+    method: str = "hutchinson"
+
+    def as_dict(self) -> dict:
+        return {"trace": self.trace, "stderr": self.stderr, "samples": self.samples, "hvps": self.hvps,
+                "method": self.method}
 
 
 def hutchinson_trace(op, samples: int = 50, seed: int = 0, progress: bool = False) -> Trace:

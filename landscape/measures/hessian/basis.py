@@ -1,0 +1,224 @@
+"""A bounded store of weight-sized vectors: the Krylov basis of Lanczos, the sketches of Hutch++/XTrace.
+
+At LLM scale one vector is the size of the model (0.54 GB in float32 for 135M parameters), so where
+the basis lives decides whether a solve fits. A :class:`Basis` holds at most ``capacity`` vectors of
+length n in one of three places:
+
+- ``"memory"``: one (capacity × n) tensor on the operator's device (fastest);
+- ``"host"``: the same in CPU memory while the operator runs on a GPU (chunks go to the device);
+- ``"disk"``: an anonymous temporary file (deleted by the OS when the process ends, even on a crash),
+  read and written chunk by chunk with ``pread``/``pwrite``, so the process's resident memory does
+  not grow with the basis (the OS page cache may keep the file in otherwise free memory).
+
+Every operation walks the coordinates in chunks, so besides the store it needs only a
+(rows × chunk) buffer. Inner products are accurate at any length: each chunk is one BLAS
+matrix-vector product over at most 65,536 entries per row and the chunks are summed in float64 (a
+float32 reduction over millions of entries costs Lanczos its orthogonality, see ``operator.dot``).
+
+Where a basis goes by default (:func:`choose_basis`): in memory when all the vectors fit in the
+*budget*; the default budget is the memory the process already holds for the model and its graph
+(RSS on the CPU, allocated memory on a GPU), capped at half of what is free — the basis may at most
+double a solve's footprint — and otherwise on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CHUNK = 1 << 16  # entries per row per chunk in memory
+DISK_CHUNK = 1 << 20  # entries per row per read from disk (4 MB of float32)
+WHERE = ("auto", "memory", "host", "disk")
+
+
+@dataclass(frozen=True)
+class BasisPolicy:
+    """How many vectors a basis may hold and where: ``max_basis`` (None: chosen, see
+    :func:`choose_basis`), ``where`` ("auto", "memory", "disk"), ``budget`` (bytes the basis may take
+    in memory; None: the process's current footprint, at most half the free memory) and
+    ``directory`` (where a disk basis's temporary file goes; None: the system's temp dir)."""
+
+    max_basis: int | None = None
+    where: str = "auto"
+    budget: int | None = None
+    directory: str | None = None
+
+
+def footprint(device) -> int:
+    """Bytes the process holds now: RSS on the CPU, allocated memory on a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def default_budget(device) -> int:
+    """The memory a basis may take by default (see the module docstring)."""
+    from landscape.foundation.params import free_memory
+
+    free = free_memory(device)
+    own = footprint(device)
+    return own if free is None else min(own, free // 2)
+
+
+def choose_basis(op, policy: BasisPolicy, wanted: int, max_iter: int) -> tuple[int, str]:
+    """(capacity, where) for a solve wanting ``wanted`` eigenpairs in at most ``max_iter`` products
+    (``wanted=0``: a sketch of exactly ``policy.max_basis`` vectors).
+
+    The whole run's basis (``max_iter`` vectors: no restart) when it fits the budget in memory;
+    otherwise ``max(20, 2·wanted + 10)`` vectors (a thick restart keeps about half), in memory when
+    they fit, else on disk. An explicit ``policy.max_basis`` or ``policy.where`` wins.
+    """
+    n = op.shape[0]
+    vec = n * torch.empty((), dtype=op.dtype).element_size()
+    budget = policy.budget if policy.budget is not None else default_budget(op.device)
+    if policy.max_basis:
+        cap = policy.max_basis
+    elif max_iter * vec <= budget:
+        cap = max_iter
+    else:
+        cap = max(20, 2 * wanted + 10)
+    cap = max(cap, wanted + 4) if wanted else max(cap, 1)
+    where = policy.where
+    if where == "auto":
+        where = "memory" if cap * vec <= budget else "disk"
+        if where == "disk" and torch.device(op.device).type == "cuda" and cap * vec <= default_budget("cpu"):
+            where = "host"
+    return min(cap, n + 1), where
+
+
+class Basis:
+    """Up to ``capacity`` vectors of length ``n`` (see the module docstring); ``len(basis)`` held."""
+
+    def __init__(self, n: int, capacity: int, dtype, device, where: str = "memory", directory: str | None = None):
+        if where not in WHERE[1:]:
+            raise ValueError(f"basis location must be one of {', '.join(WHERE[1:])}, not {where!r}")
+        self.n, self.capacity, self.dtype, self.device = n, capacity, dtype, torch.device(device)
+        self.where, self.count = where, 0
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        self.nbytes = capacity * n * self.itemsize
+        if where != "disk":
+            self.store = torch.empty(capacity, n, dtype=dtype, device=self.device if where == "memory" else "cpu")
+            self.file = None
+        else:
+            self.store = None
+            self.file = tempfile.TemporaryFile(dir=directory)
+            self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+
+    def __len__(self) -> int:
+        return self.count
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.store = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----------------------------------------------------------------------------------------- rows
+    def append(self, v: torch.Tensor) -> None:
+        if self.count >= self.capacity:
+            raise RuntimeError("basis is full")
+        self._write_row(self.count, 0, v)
+        self.count += 1
+
+    def row(self, i: int) -> torch.Tensor:
+        """Vector ``i``: a view in memory, a fresh tensor read from disk."""
+        if self.store is not None:
+            return self.store[i].to(self.device)  # a view unless the store is on the host
+        return self._read(i, i + 1, 0, self.n)[0].to(self.device)
+
+    def _write_row(self, i: int, start: int, v: torch.Tensor) -> None:
+        if self.store is not None:
+            self.store[i, start:start + v.numel()].copy_(v)
+            return
+        buf = memoryview(v.detach().to("cpu", self.dtype).contiguous().numpy()).cast("B")
+        offset, done = (i * self.n + start) * self.itemsize, 0
+        while done < len(buf):
+            done += os.pwrite(self.file.fileno(), buf[done:], offset + done)
+
+    def _read(self, lo: int, hi: int, start: int, stop: int) -> torch.Tensor:
+        """Rows lo..hi-1, coordinates start..stop-1, as a CPU tensor (from disk)."""
+        out = np.empty((hi - lo, stop - start), dtype=self.np_dtype)
+        width = (stop - start) * self.itemsize
+        for r, i in enumerate(range(lo, hi)):
+            view, offset, done = memoryview(out[r]).cast("B"), (i * self.n + start) * self.itemsize, 0
+            while done < width:
+                got = os.preadv(self.file.fileno(), [view[done:]], offset + done)
+                if got <= 0:
+                    raise OSError("short read from the basis file")
+                done += got
+        return torch.from_numpy(out)
+
+    def _chunks(self, rows: int):
+        """(start, stop, block) over the coordinates; block = rows × chunk on the device."""
+        step = CHUNK if self.store is not None else DISK_CHUNK
+        for start in range(0, self.n, step):
+            stop = min(self.n, start + step)
+            if self.store is not None:
+                yield start, stop, self.store[:rows, start:stop].to(self.device)
+            else:
+                yield start, stop, self._read(0, rows, start, stop).to(self.device)
+
+    # ------------------------------------------------------------------------------------- algebra
+    def project(self, w: torch.Tensor, rows: int | None = None) -> np.ndarray:
+        """Qᵀw over the first ``rows`` vectors, in float64, accurate at any length."""
+        rows = self.count if rows is None else rows
+        h = np.zeros(rows)
+        if rows == 0:
+            return h
+        for start, stop, block in self._chunks(rows):
+            for a in range(0, stop - start, CHUNK):
+                b = min(stop - start, a + CHUNK)
+                h += (block[:, a:b] @ w[start + a:start + b].to(block.dtype)).double().cpu().numpy()
+        return h
+
+    def subtract(self, w: torch.Tensor, h: np.ndarray) -> None:
+        """w ← w − Q h (in place), Q the first ``len(h)`` vectors."""
+        rows = len(h)
+        if rows == 0:
+            return
+        hh = torch.as_tensor(h, dtype=self.dtype, device=self.device)
+        for start, stop, block in self._chunks(rows):
+            w[start:stop].addmv_(block.t(), hh, alpha=-1)
+
+    def orthogonalize(self, w: torch.Tensor, passes: int = 2) -> np.ndarray:
+        """Remove from w its components on the basis (classical Gram–Schmidt, ``passes`` times:
+        "twice is enough"); returns the coefficients removed, summed over the passes."""
+        total = np.zeros(self.count)
+        for _ in range(passes):
+            h = self.project(w)
+            self.subtract(w, h)
+            total += h
+        return total
+
+    def combine(self, S: np.ndarray) -> None:
+        """Replace the basis by its ``S.shape[1]`` combinations Q·S (S: len × l), in place, chunk by chunk."""
+        rows, keep = S.shape
+        St = torch.as_tensor(S.T, dtype=self.dtype, device=self.device)
+        for start, stop, block in self._chunks(rows):
+            new = St @ block  # l × chunk, computed from the whole block before anything is overwritten
+            if self.store is not None:
+                self.store[:keep, start:stop].copy_(new)
+            else:
+                for i in range(keep):
+                    self._write_row(i, start, new[i])
+        self.count = keep

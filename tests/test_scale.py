@@ -1,0 +1,252 @@
+"""Curvature at scale: the bounded basis (memory/disk), thick-restart Lanczos, Hutch++/XTrace,
+SLQ without a basis, lean sharpness measures. Every check is against an exact answer."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.foundation import params as P
+from landscape.foundation.configs import ConfigError, SharpnessConfig
+from landscape.foundation.objective import ModelObjective as Objective
+from landscape.measures import hessian, sharpness
+from landscape.measures.hessian import Basis, BasisPolicy
+from tests.test_hessian import Diagonal, dense_hessian, symmetric, tiny64  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_basis_algebra_equals_dense_numpy(where, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    n = 300_000  # several chunks of 65,536 in memory
+    vs = [torch.randn(n, generator=g) for _ in range(5)]
+    with Basis(n, 6, torch.float32, "cpu", where, str(tmp_path)) as B:
+        for v in vs:
+            B.append(v)
+        M = torch.stack(vs).double()
+        w = torch.randn(n, generator=g)
+        scale = float(M.abs().sum(1).max() * w.abs().max())  # Σ|a_i w_i| bounds a dot's rounding
+        np.testing.assert_allclose(B.project(w), (M @ w.double()).numpy(), rtol=0, atol=1e-7 * scale)
+        h = np.array([0.5, -1.0, 2.0, 0.0, 3.0])
+        w2 = w.clone()
+        B.subtract(w2, h)
+        np.testing.assert_allclose(w2.double().numpy(), (w.double() - M.T @ torch.tensor(h)).numpy(), atol=1e-4)
+        S = np.random.default_rng(0).standard_normal((5, 3))
+        B.combine(S)
+        assert len(B) == 3
+        for i in range(3):
+            np.testing.assert_allclose(B.row(i).double().numpy(), (M.T @ torch.tensor(S[:, i])).numpy(), atol=1e-4)
+    assert os.listdir(tmp_path) == []  # a disk basis leaves nothing behind
+
+
+def test_basis_inner_products_are_accurate_at_millions_of_entries():
+    """A float32 dot over 4.2M coherent entries is accurate to < 1e-7 relative (torch.dot's error
+    grows with length: 3e-7 here, 1.7e-3 at 30M entries on this CPU build)."""
+    n = 4_200_000
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(n, generator=g) + 0.5
+    with Basis(n, 1, torch.float32, "cpu") as B:
+        B.append(a)
+        got = B.project(a)[0]
+    exact = float((a.double() ** 2).sum())
+    assert got == pytest.approx(exact, rel=1e-7)
+
+
+@pytest.mark.parametrize("max_basis,where", [(None, "auto"), (10, "memory"), (10, "disk"), (11, "disk")])
+def test_thick_restart_lanczos_gives_the_exact_eigenvalues(max_basis, where):
+    eigs = [9.0, 8.7, 8.5, 8.4, 8.3, -4.0, -3.9] + list(np.linspace(-1.0, 1.0, 293))
+    op = hessian.DenseOperator(symmetric(eigs, seed=5))
+    truth = np.sort(eigs)
+    sp = hessian.lanczos(op, k=5, tol=1e-10, max_iter=2000, basis=BasisPolicy(max_basis=max_basis, where=where))
+    assert sp.converged
+    np.testing.assert_allclose(sp.eigenvalues, truth[::-1][:5], rtol=1e-9)
+    assert sp.lambda_min == pytest.approx(truth[0], rel=1e-9)
+    assert sp.basis["where"] == ("memory" if where == "auto" else where)
+    if max_basis:
+        assert sp.max_basis <= max_basis and sp.restarts >= 1
+        assert all(r <= 1e-10 * abs(e) for r, e in zip(sp.residuals, sp.eigenvalues))
+
+
+@pytest.fixture(scope="module")
+def dense64(tiny64):  # noqa: F811
+    """The tiny model's dense Hessian, computed once for this module (~30 s)."""
+    return dense_hessian(*tiny64)
+
+
+def test_thick_restart_on_a_tiny_transformer_equals_the_dense_hessian(tiny64, dense64):  # noqa: F811
+    model, bs = tiny64
+    truth = torch.linalg.eigvalsh(dense64).numpy()
+    op = hessian.HessianOperator(Objective(model, bs))
+    # HF's RMSNorm computes in float32 inside this float64 model: HVPs are exact to ~1e-7 relative,
+    # so that is as far as a residual can go
+    sp = hessian.lanczos(op, k=3, tol=1e-6, max_iter=1000, basis=BasisPolicy(max_basis=12, where="disk"))
+    assert sp.converged and sp.restarts >= 1
+    np.testing.assert_allclose(sp.eigenvalues, truth[::-1][:3], rtol=1e-5)
+    assert sp.lambda_min == pytest.approx(truth[0], rel=1e-5)
+
+
+def test_float32_thick_restart_on_disk_keeps_accuracy_at_millions_of_entries():
+    n = 4_200_000
+    g = torch.Generator().manual_seed(0)
+    d = torch.rand(n, generator=g) * 2 - 1
+    d[:5] = torch.tensor([10.0, 9.0, 8.0, 7.5, 7.0])
+    d[5] = -3.0
+    sp = hessian.lanczos(Diagonal(d), k=3, tol=1e-6, max_iter=300, seed=1,
+                         basis=BasisPolicy(max_basis=12, where="disk"))
+    assert sp.converged and sp.restarts >= 1 and sp.basis["where"] == "disk"
+    np.testing.assert_allclose(sp.eigenvalues, [10.0, 9.0, 8.0], rtol=1e-5)
+    assert sp.lambda_min == pytest.approx(-3.0, rel=1e-5)
+
+
+def test_default_basis_goes_to_disk_when_it_does_not_fit_the_budget():
+    op = hessian.DenseOperator(symmetric(list(np.linspace(-1, 3, 100)), seed=1))
+    vec = 100 * 8
+    assert hessian.basis.choose_basis(op, BasisPolicy(budget=200 * vec), 1, 100) == (100, "memory")
+    assert hessian.basis.choose_basis(op, BasisPolicy(budget=30 * vec), 1, 100) == (20, "memory")
+    assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 1, 100) == (20, "disk")
+    assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 8, 100) == (26, "disk")
+    sp = hessian.lanczos(op, k=2, tol=1e-10, max_iter=300, basis=BasisPolicy(budget=5 * vec))
+    assert sp.basis["where"] == "disk" and sp.converged
+    assert sp.lambda_max == pytest.approx(3.0, rel=1e-10)
+
+
+# --------------------------------------------------------------------------------------- traces
+
+TRACES = [hessian.hutchinson_trace, hessian.hutchpp_trace, hessian.xtrace]
+
+
+@pytest.mark.parametrize("fn", [hessian.hutchpp_trace, hessian.xtrace])
+def test_sketched_traces_are_exact_on_low_rank_matrices(fn):
+    A = symmetric([5.0, 4.0, -3.0, 2.0, 1.0] + [0.0] * 195, seed=4)
+    t = fn(hessian.DenseOperator(A), 30, seed=0)
+    assert t.trace == pytest.approx(float(A.trace()), abs=1e-9)
+    assert t.hvps <= 30 and t.method in ("hutchpp", "xtrace")
+
+
+@pytest.mark.parametrize("fn", TRACES)
+def test_traces_are_unbiased_with_honest_standard_errors(fn):
+    A = symmetric(list(np.random.default_rng(0).uniform(-1, 3, 150)), seed=6)
+    truth = float(A.trace())
+    runs = [fn(hessian.DenseOperator(A), 24, seed=s) for s in range(40)]
+    est = np.array([r.trace for r in runs])
+    assert abs(est.mean() - truth) < 4 * est.std(ddof=1) / np.sqrt(len(est))
+    ratio = np.mean([r.stderr for r in runs]) / est.std(ddof=1)
+    assert 0.5 < ratio < 2.0  # the reported standard error is about the real spread
+
+
+def test_sketched_traces_win_on_a_decaying_spectrum_and_hutchinson_does_not_lose_on_a_flat_one():
+    decaying = symmetric(list(100 * 0.6 ** np.arange(200)), seed=7)
+    flat = symmetric(list(np.random.default_rng(1).uniform(0.5, 1.5, 200)), seed=8)
+    err = {}
+    for name, A in (("decaying", decaying), ("flat", flat)):
+        for fn in TRACES:
+            e = [fn(hessian.DenseOperator(A), 30, seed=s).trace - float(A.trace()) for s in range(20)]
+            err[name, fn.__name__] = float(np.sqrt(np.mean(np.square(e))))
+    assert err["decaying", "hutchpp_trace"] < 0.1 * err["decaying", "hutchinson_trace"]
+    assert err["decaying", "xtrace"] < 0.1 * err["decaying", "hutchinson_trace"]
+    assert err["flat", "hutchinson_trace"] < err["flat", "hutchpp_trace"]
+
+
+def test_sketched_traces_on_a_tiny_transformers_dense_hessian(tiny64, dense64):  # noqa: F811
+    """On a 96-parameter block the sketches span everything at ≥ 3n (Hutch++) / 2(n+1) (XTrace)
+    products: the trace is then exact; at a small budget it lies within a few standard errors."""
+    model, bs = tiny64
+    sel = P.select(model, r"mlp\.down_proj")
+    H = dense64
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    offsets = np.cumsum([0] + sizes)
+    idx = [j for n, a, b in zip(names, offsets, offsets[1:]) if n in sel for j in range(a, b)]
+    block = H[idx][:, idx]
+    truth, scale = float(torch.trace(block)), float(block.norm())  # the trace nearly cancels here
+    n = len(idx)
+    op = hessian.HessianOperator(Objective(model, bs, sel))
+    assert hessian.hutchpp_trace(op, 3 * n + 3).trace == pytest.approx(truth, abs=1e-6 * scale)
+    assert hessian.xtrace(op, 2 * (n + 2)).trace == pytest.approx(truth, abs=1e-6 * scale)
+    for fn in TRACES:
+        t = fn(op, 30, seed=1)
+        assert abs(t.trace - truth) < 5 * t.stderr + 1e-6 * scale
+
+
+def test_trace_method_is_a_checked_setting():
+    with pytest.raises(ConfigError, match="trace_samples: xtrace needs at least 4"):
+        SharpnessConfig(trace_method="xtrace", trace_samples=3)
+    with pytest.raises(ConfigError, match="unknown trace method"):
+        SharpnessConfig(trace_method="hutch")
+
+
+# ---------------------------------------------------------------------------------------- density
+
+@pytest.mark.parametrize("reorth", ["full", "none"])
+def test_density_quadrature_reproduces_the_moments(reorth):
+    """SLQ is a Gauss rule: with 40 steps Σ τ θ^p = mean_v vᵀAᵖv for p ≤ 79 in exact arithmetic;
+    the low moments hold with and without reorthogonalisation (ghost copies do not change them)."""
+    eigs = np.concatenate([[12.0, 11.0], np.linspace(-2, 2, 298)])
+    A = symmetric(list(eigs), seed=9)
+    d = hessian.spectral_density(hessian.DenseOperator(A), n_vectors=3, steps=40, seed=0, reorth=reorth)
+    assert d["reorth"] == reorth and d["hvps"] == 120
+    nodes, w = np.array(d["nodes"]), np.array(d["weights"])
+    vs = [hessian.operator.random_unit(hessian.DenseOperator(A), torch.Generator().manual_seed(1000 * (i + 1)))
+          for i in range(3)]
+    for p in (1, 2, 3):
+        want = np.mean([float(v @ torch.linalg.matrix_power(A, p) @ v) for v in vs])
+        assert (w * nodes ** p).sum() == pytest.approx(want, rel=1e-8)
+
+
+def test_density_auto_drops_the_basis_when_it_does_not_fit(monkeypatch):
+    monkeypatch.setattr(hessian.basis, "default_budget", lambda device: 10 * 100 * 8)
+    op = hessian.DenseOperator(symmetric(list(np.linspace(-1, 1, 100)), seed=1))
+    assert hessian.spectral_density(op, n_vectors=1, steps=40)["reorth"] == "none"
+    assert hessian.spectral_density(op, n_vectors=1, steps=8)["reorth"] == "full"
+
+
+# ---------------------------------------------------------------------------------- lean measures
+
+def test_params_subset_freezes_the_rest_during_the_measurement_and_restores_the_flags(tiny64):  # noqa: F811
+    model, bs = tiny64
+    seen = []
+    orig = hessian.HessianOperator.matvec
+
+    def spy(self, v):
+        seen.append({n for n, p in model.named_parameters() if p.requires_grad})
+        return orig(self, v)
+
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    hessian.HessianOperator.matvec = spy
+    try:
+        r = sharpness.measure(model, bs, SharpnessConfig(metrics=("lambda_max",), params=r"mlp\.down_proj", tol=1e-8))
+    finally:
+        hessian.HessianOperator.matvec = orig
+    assert seen and all(s == set(P.select(model, r"mlp\.down_proj")) for s in seen)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    sp = hessian.lanczos(hessian.HessianOperator(Objective(model, bs, P.select(model, r"mlp\.down_proj"))),
+                         tol=1e-8, want_min=False)
+    assert r["metrics"]["lambda_max"] == pytest.approx(sp.lambda_max, rel=1e-6)
+
+
+def test_matched_eps_puts_the_box_corner_at_distance_rho(tiny64):  # noqa: F811
+    model, bs = tiny64
+    ps = list(model.parameters())
+    eps = sharpness.matched_eps(ps, 0.05)
+    corner = sum(float(((eps * (p.detach().abs() + 1)) ** 2).sum()) for p in ps) ** 0.5
+    assert corner == pytest.approx(0.05, rel=1e-12)
+    r = sharpness.measure(model, bs, SharpnessConfig(metrics=("eps", "sam"), sam_steps=5, eps_steps=10))
+    d = r["metrics"]["details"]["eps"]
+    assert d["eps"] == pytest.approx(eps) and d["eps_rule"].startswith("matched")
+    assert r["metrics"]["eps_sharpness"] / 100 * (1 + r["loss"]) <= r["metrics"]["sam_sharpness"] + 1e-9
+
+
+def test_average_sharpness_draws_the_same_noise_parameter_by_parameter(tiny64):  # noqa: F811
+    """The lean per-parameter draw gives bit for bit the numbers of a whole-vector float64 draw."""
+    model, bs = tiny64
+    obj = Objective(model, bs)
+    got = sharpness.avg_sharpness(obj, sigma=0.01, samples=3, seed=4)
+    g = torch.Generator().manual_seed(4)
+    want = []
+    with P.perturbed(obj.params) as origin:
+        L0 = obj.value()
+        for _ in range(3):
+            d = [di * 0.01 for di in P.randn_like(obj.params, g, dtype=torch.float64)]
+            P.set_offset(obj.params, origin, d)
+            want.append(obj.value() - L0)
+    assert got["avg_sharpness"] == float(np.mean(want))
