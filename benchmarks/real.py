@@ -62,9 +62,10 @@ elif what in ('adamw', 'sam'):
     opt = finetune.make_optimizer(list(ck.model.parameters()), cfg)
     for _ in range(2):
         finetune.train_step(ck.model, opt, bs.batches[:1], cfg, 1e-6)
-elif what == 'top5':
+elif what.startswith('top5'):  # top5: the defaults (no basis here); top5_disk: thick restarts on disk
+    extra = dict(reorth='full', basis='disk') if what == 'top5_disk' else {{}}
     r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics='lambda_max,lambda_min', top_k=5, tol=1e-6,
-                                                        max_iter=600))
+                                                        max_iter=600, **extra))
     out = {{k: r['metrics']['details']['eigen'][k] for k in ('eigenvalues', 'lambda_min', 'converged', 'hvps',
                                                            'restarts', 'max_basis', 'basis')}}
 elif what == 'arpack':  # the reference: scipy's ARPACK in float64 over our float32 HVPs

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,26 @@ def bench_lambda(ck, bs) -> dict:
     return {"lambda_max": truth.lambda_max, "truth_converged": truth.converged,
             "lanczos_hvps_to_1e-3": hvps_to_accuracy(lz.history, truth.lambda_max),
             "power_hvps_to_1e-3": hvps_to_accuracy(pw.history[:300], truth.lambda_max)}
+
+
+def bench_trace(ck, bs, quick: bool) -> dict:
+    """Trace estimators at equal HVP budgets on the trained demo model (one batch): RMS error over
+    seeds against a long Hutchinson reference, and the mean reported standard error."""
+    obj = objective.ModelObjective(ck.model, bs)
+    op = hessian.HessianOperator(obj)
+    ref_n = 600 if quick else 3000
+    ref = hessian.hutchinson_trace(op, samples=ref_n, seed=12345)
+    seeds = 4 if quick else 10
+    rows = []
+    for budget in (30, 90):
+        for name, fn in hessian.TRACE_METHODS.items():
+            runs = [fn(op, budget, seed=s) for s in range(seeds)]
+            err = [r.trace - ref.trace for r in runs]
+            rows.append({"method": name, "hvps": budget, "rms_error": float(np.sqrt(np.mean(np.square(err)))),
+                         "mean_stderr": float(np.mean([r.stderr for r in runs])), "seeds": seeds})
+    top = hessian.lanczos(op, k=20, tol=1e-3, max_iter=200, want_min=False)
+    return {"reference": ref.trace, "reference_stderr": ref.stderr, "reference_hvps": ref_n, "rows": rows,
+            "top20_sum": float(sum(top.eigenvalues)), "n_params": op.shape[0]}
 
 
 # Shared start of every memory child process: load the demo model and batches, define rss().
@@ -526,6 +547,13 @@ def table(res: dict) -> str:
                   f"| loss-landscapes 3.0.6 (`random_plane`) | {ll['point_over_forward']:.3f} | "
                   f"{'yes' if ll['centre_on_grid'] else 'no'} | moved: max |Δw|/max |w| = {ll['weights_moved_rel']:.2f} "
                   "(left at the last point, reached by add_/sub_ steps) |"]
+    tr = res.get("trace")
+    if tr:
+        lines += ["", f"Trace estimators at equal HVP budgets, trained demo model, one batch (same run; "
+                      f"reference {tr['reference']:.1f} ± {tr['reference_stderr']:.1f} from {tr['reference_hvps']} "
+                      f"Hutchinson samples; the 20 largest eigenvalues sum to {tr['top20_sum']:.1f}):", "",
+                  "| estimator | HVPs | RMS error over seeds | mean reported standard error |", "|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['hvps']} | {r['rms_error']:.2f} | {r['mean_stderr']:.2f} |" for r in tr["rows"]]
     lines += ["", f"Produced by {cmd} (`python benchmarks/run.py`); raw numbers in `benchmarks/results.json`."]
     return "\n".join(lines)
 
@@ -544,9 +572,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="rewrite the README block from results.json")
+    ap.add_argument("--only", choices=["trace"], help="re-measure one section into the existing results.json")
     args = ap.parse_args()
     if args.table_only:
         update_readme(table(json.loads((ROOT / "benchmarks" / "results.json").read_text())))
+        return
+    if args.only:
+        res = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+        base = ROOT / "runs" / "demo" / "base"
+        demo.ensure_demo_model(base, steps=demo.DEMO_TRAIN["steps"])
+        ck, bs = setup(base, 1)
+        res["trace"] = bench_trace(ck, bs, args.quick)
+        (ROOT / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+        if not args.no_readme:
+            update_readme(table(res))
+        print(table(res))
         return
     torch.manual_seed(0)
     base = ROOT / "runs" / "demo" / "base"
@@ -574,6 +614,8 @@ def main() -> None:
     res["loss_landscapes"] = bench_loss_landscapes(ck, bs)
     print("scaling with model size and sequence length ...", flush=True)
     res["scaling"] = bench_scaling(ck, args.quick)
+    print("trace estimators at equal budgets ...", flush=True)
+    res["trace"] = bench_trace(*setup(base, 1), args.quick)
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     t = table(res)
     print(t)

@@ -73,16 +73,35 @@ def dense64(tiny64):  # noqa: F811
     return dense_hessian(*tiny64)
 
 
-def test_thick_restart_on_a_tiny_transformer_equals_the_dense_hessian(tiny64, dense64):  # noqa: F811
+@pytest.mark.parametrize("policy", [BasisPolicy(max_basis=12, where="disk"), BasisPolicy(reorth="none")],
+                         ids=["thick-restart-disk", "no-basis"])
+def test_bounded_lanczos_on_a_tiny_transformer_equals_the_dense_hessian(tiny64, dense64, policy):  # noqa: F811
     model, bs = tiny64
     truth = torch.linalg.eigvalsh(dense64).numpy()
     op = hessian.HessianOperator(Objective(model, bs))
     # HF's RMSNorm computes in float32 inside this float64 model: HVPs are exact to ~1e-7 relative,
     # so that is as far as a residual can go
-    sp = hessian.lanczos(op, k=3, tol=1e-6, max_iter=1000, basis=BasisPolicy(max_basis=12, where="disk"))
-    assert sp.converged and sp.restarts >= 1
+    sp = hessian.lanczos(op, k=3, tol=1e-6, max_iter=1000, basis=policy)
+    assert sp.converged
+    assert sp.restarts >= 1 if policy.reorth == "auto" else sp.basis["where"] == "none"
     np.testing.assert_allclose(sp.eigenvalues, truth[::-1][:3], rtol=1e-5)
     assert sp.lambda_min == pytest.approx(truth[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lanczos_without_a_basis_merges_ghosts_and_finds_close_eigenvalues(seed):
+    """Three vectors, no reorthogonalisation: converged eigenvalues come back as copies ("ghosts"),
+    which are merged; close (9.0/8.99) top eigenvalues and two near the bulk's edge are all found,
+    exactly."""
+    eigs = [10.0, 9.0, 8.99, 2.3, 2.2, -5.0, -4.9] + list(np.linspace(-2.0, 2.0, 593))
+    op = hessian.DenseOperator(symmetric(eigs, seed=10 + seed))
+    truth = np.sort(eigs)
+    sp = hessian.lanczos(op, k=5, tol=1e-10, max_iter=3000, seed=seed, basis=BasisPolicy(reorth="none"))
+    assert sp.converged and sp.basis["where"] == "none"
+    np.testing.assert_allclose(sp.eigenvalues, truth[::-1][:5], rtol=1e-9)
+    assert sp.lambda_min == pytest.approx(truth[0], rel=1e-9)
+    full = hessian.lanczos(op, k=5, tol=1e-10, max_iter=3000, seed=seed, basis=BasisPolicy(reorth="full"))
+    assert sp.hvps > full.hvps  # copies take steps: the price of holding no basis
 
 
 def test_float32_thick_restart_on_disk_keeps_accuracy_at_millions_of_entries():
@@ -91,11 +110,11 @@ def test_float32_thick_restart_on_disk_keeps_accuracy_at_millions_of_entries():
     d = torch.rand(n, generator=g) * 2 - 1
     d[:5] = torch.tensor([10.0, 9.0, 8.0, 7.5, 7.0])
     d[5] = -3.0
-    sp = hessian.lanczos(Diagonal(d), k=3, tol=1e-6, max_iter=300, seed=1,
-                         basis=BasisPolicy(max_basis=12, where="disk"))
-    assert sp.converged and sp.restarts >= 1 and sp.basis["where"] == "disk"
-    np.testing.assert_allclose(sp.eigenvalues, [10.0, 9.0, 8.0], rtol=1e-5)
-    assert sp.lambda_min == pytest.approx(-3.0, rel=1e-5)
+    for policy in (BasisPolicy(max_basis=12, where="disk"), BasisPolicy(reorth="none")):
+        sp = hessian.lanczos(Diagonal(d), k=3, tol=1e-6, max_iter=600, seed=1, basis=policy)
+        assert sp.converged and sp.basis["where"] == ("disk" if policy.reorth == "auto" else "none")
+        np.testing.assert_allclose(sp.eigenvalues, [10.0, 9.0, 8.0], rtol=1e-5)
+        assert sp.lambda_min == pytest.approx(-3.0, rel=1e-5)
 
 
 def test_default_basis_goes_to_disk_when_it_does_not_fit_the_budget():
@@ -105,8 +124,12 @@ def test_default_basis_goes_to_disk_when_it_does_not_fit_the_budget():
     assert hessian.basis.choose_basis(op, BasisPolicy(budget=30 * vec), 1, 100) == (20, "memory")
     assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 1, 100) == (20, "disk")
     assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 8, 100) == (26, "disk")
-    sp = hessian.lanczos(op, k=2, tol=1e-10, max_iter=300, basis=BasisPolicy(budget=5 * vec))
+    sp = hessian.lanczos(op, k=2, tol=1e-10, max_iter=300, basis=BasisPolicy(budget=5 * vec, reorth="full"))
     assert sp.basis["where"] == "disk" and sp.converged
+    assert sp.lambda_max == pytest.approx(3.0, rel=1e-10)
+    # "auto" drops the basis altogether when it does not fit in memory
+    sp = hessian.lanczos(op, k=2, tol=1e-10, max_iter=300, basis=BasisPolicy(budget=5 * vec))
+    assert sp.basis["where"] == "none" and sp.converged
     assert sp.lambda_max == pytest.approx(3.0, rel=1e-10)
 
 
@@ -183,7 +206,8 @@ def test_density_quadrature_reproduces_the_moments(reorth):
     the low moments hold with and without reorthogonalisation (ghost copies do not change them)."""
     eigs = np.concatenate([[12.0, 11.0], np.linspace(-2, 2, 298)])
     A = symmetric(list(eigs), seed=9)
-    d = hessian.spectral_density(hessian.DenseOperator(A), n_vectors=3, steps=40, seed=0, reorth=reorth)
+    d = hessian.spectral_density(hessian.DenseOperator(A), n_vectors=3, steps=40, seed=0,
+                                 basis=BasisPolicy(reorth=reorth))
     assert d["reorth"] == reorth and d["hvps"] == 120
     nodes, w = np.array(d["nodes"]), np.array(d["weights"])
     vs = [hessian.operator.random_unit(hessian.DenseOperator(A), torch.Generator().manual_seed(1000 * (i + 1)))

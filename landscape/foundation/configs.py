@@ -38,7 +38,7 @@ EIGEN_METHODS = ("lanczos", "power")
 HVP_METHODS = ("reverse", "forward")
 TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace")
 BASIS_PLACES = ("auto", "memory", "host", "disk")
-DENSITY_REORTH = ("auto", "full", "none")
+REORTH = ("auto", "full", "none")
 CACHE_GRAPH = ("auto", "on", "off")
 NORMS = ("filter", "layer", "none")
 IGNORES = ("biasbn", "none")
@@ -264,6 +264,10 @@ class SharpnessConfig(Config):
     basis: str = option("auto", "Where the Lanczos/Hutch++/XTrace vectors live: memory, host (CPU memory for a GPU "
                                 "run), or disk (a temporary file, bounded RSS); auto: memory when they fit the "
                                 "budget, else disk.", choices=BASIS_PLACES, numbers=False)
+    reorth: str = option("auto", "Lanczos (eigenvalues, density): reorthogonalise against a stored basis (full), or "
+                                 "run the three-vector recurrence and merge ghost copies (none: Cullum & Willoughby; "
+                                 "Papyan 2020 for the density); auto: full when the basis fits the budget in memory.",
+                         choices=REORTH, numbers=False)
     basis_memory: float | None = option(None, "GB the basis may take in memory (default: what the process already "
                                               "holds for the model and its graph, at most half the free memory).",
                                         kind="float?", bounds="positive", numbers=False)
@@ -273,9 +277,6 @@ class SharpnessConfig(Config):
     trace_samples: int = option(30, "HVPs for the trace (Hutchinson: one per sample).", bounds=(1, None))
     trace_method: str = option("hutchinson", "Trace estimator at that budget: Hutchinson, Hutch++ (Meyer et al. "
                                              "2021) or XTrace (Epperly et al. 2024).", choices=TRACE_METHODS)
-    density_reorth: str = option("auto", "Spectral density: reorthogonalise each Lanczos step against the full "
-                                         "basis, or not (three vectors, Papyan 2020); auto: full when it fits the "
-                                         "basis budget in memory.", choices=DENSITY_REORTH)
     eps: float | None = option(None, "Box size of ε-sharpness (Keskar et al. use 1e-3); default: matched to --rho, "
                                      "the box's corner at ℓ2 distance ρ, so the box fits in SAM's ball.",
                                kind="float?", bounds="positive")
@@ -301,7 +302,8 @@ class SharpnessConfig(Config):
     def basis_policy(self) -> dict:
         """The :class:`~landscape.measures.hessian.basis.BasisPolicy` these settings ask for (as a dict)."""
         budget = None if self.basis_memory is None else int(self.basis_memory * 2**30)
-        return {"max_basis": self.max_basis, "where": self.basis, "budget": budget, "directory": self.basis_dir}
+        return {"max_basis": self.max_basis, "where": self.basis, "budget": budget, "directory": self.basis_dir,
+                "reorth": self.reorth}
 
 
 @dataclass(frozen=True)

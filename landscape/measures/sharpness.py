@@ -261,7 +261,8 @@ def _curvature(op, cfg: SharpnessConfig, into: tuple, stages) -> int:
         hvps += tr.hvps
     if "density" in names:
         stages.next("density")
-        out["density"] = hessian.spectral_density(op, seed=cfg.seed, progress=progress, reorth=cfg.density_reorth)
+        out["density"] = hessian.spectral_density(op, seed=cfg.seed, progress=progress,
+                                                  basis=hessian.BasisPolicy(**cfg.basis_policy()))
         hvps += out["density"]["hvps"]
     return hvps
 

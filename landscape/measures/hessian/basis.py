@@ -33,19 +33,24 @@ import torch
 CHUNK = 1 << 16  # entries per row per chunk in memory
 DISK_CHUNK = 1 << 20  # entries per row per read from disk (4 MB of float32)
 WHERE = ("auto", "memory", "host", "disk")
+REORTH = ("auto", "full", "none")
 
 
 @dataclass(frozen=True)
 class BasisPolicy:
     """How many vectors a basis may hold and where: ``max_basis`` (None: chosen, see
-    :func:`choose_basis`), ``where`` ("auto", "memory", "disk"), ``budget`` (bytes the basis may take
-    in memory; None: the process's current footprint, at most half the free memory) and
-    ``directory`` (where a disk basis's temporary file goes; None: the system's temp dir)."""
+    :func:`choose_basis`), ``where`` ("auto", "memory", "host", "disk"), ``budget`` (bytes the basis
+    may take in memory; None: the process's current footprint, at most half the free memory),
+    ``directory`` (where a disk basis's temporary file goes; None: the system's temp dir) and
+    ``reorth``: keep a basis to reorthogonalise against ("full"), none ("none": Lanczos runs the
+    three-term recurrence with three vectors), or "auto": full when the basis fits the budget in
+    memory or a place was asked for explicitly, else none."""
 
     max_basis: int | None = None
     where: str = "auto"
     budget: int | None = None
     directory: str | None = None
+    reorth: str = "auto"
 
 
 def footprint(device) -> int:
@@ -98,6 +103,17 @@ def choose_basis(op, policy: BasisPolicy, wanted: int, max_iter: int) -> tuple[i
         if where == "disk" and torch.device(op.device).type == "cuda" and cap * vec <= default_budget("cpu"):
             where = "host"
     return min(cap, n + 1), where
+
+
+def resolve_reorth(op, policy: BasisPolicy, wanted: int, max_iter: int) -> str:
+    """"full" or "none" for ``policy.reorth`` (see :class:`BasisPolicy`)."""
+    if policy.reorth not in REORTH:
+        raise ValueError(f"reorth must be one of {', '.join(REORTH)}, not {policy.reorth!r}")
+    if policy.reorth != "auto":
+        return policy.reorth
+    if policy.where != "auto":
+        return "full"
+    return "full" if choose_basis(op, policy, wanted, max_iter)[1] in ("memory", "host") else "none"
 
 
 class Basis:

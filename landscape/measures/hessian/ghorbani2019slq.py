@@ -17,39 +17,35 @@ Two variants (``reorth``), and the result says which ran:
   Lost orthogonality makes converged Ritz values reappear as copies ("ghosts"), but the quadrature
   stays a valid Gauss rule of the same moments (Paige; Golub & Meurant), so the density is still
   right in the sense that matters for SLQ: its low moments and mass per interval.
-- ``"auto"``: full when the ``steps`` vectors fit the basis budget in memory (see
-  :mod:`.basis`), else none — the density of a 135M-parameter model then needs three vectors
+- ``"auto"`` (``basis.reorth``): full when the ``steps`` vectors fit the basis budget in memory
+  (see :mod:`.basis`), else none — the density of a 135M-parameter model then needs three vectors
   (1.6 GB) instead of forty (21.6 GB).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis
+from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, resolve_reorth
 from landscape.measures.hessian.lanczos1950 import ritz, tridiagonal
 from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
 
-REORTH = ("auto", "full", "none")
-
-
 def spectral_density(op, n_vectors: int = 4, steps: int = 40, seed: int = 0, grid: int = 400,
-                     sigma: float | None = None, progress: bool = False, reorth: str = "auto") -> dict:
+                     sigma: float | None = None, progress: bool = False, basis: BasisPolicy | None = None) -> dict:
     """Nodes and weights (for plotting exact spikes) and the smoothed density on a grid."""
-    if reorth not in REORTH:
-        raise ValueError(f"reorth must be one of {', '.join(REORTH)}, not {reorth!r}")
     op = Counted(op)
-    if reorth == "auto":
-        _, where = choose_basis(op, BasisPolicy(max_basis=steps), 1, steps)
-        reorth = "full" if where == "memory" else "none"
+    policy = dataclasses.replace(basis or BasisPolicy(), max_basis=steps)
+    reorth = resolve_reorth(op, policy, 0, steps)
+    where = choose_basis(op, policy, 0, steps)[1] if reorth == "full" else None
     nodes, weights = [], []
     for i in tqdm(range(n_vectors), desc="density", disable=not progress, leave=False):
         v = random_unit(op, torch.Generator().manual_seed(seed + 1000 * (i + 1)))
-        basis = Basis(op.shape[0], steps, op.dtype, op.device) if reorth == "full" else None
+        basis = Basis(op.shape[0], steps, op.dtype, op.device, where, policy.directory) if where else None
         try:
             alphas, betas = _tridiagonal(op, v, steps, basis)
         finally:

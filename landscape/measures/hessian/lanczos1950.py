@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis
+from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, resolve_reorth
 from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
 
 
@@ -72,9 +72,16 @@ def tridiagonal(alphas, betas) -> np.ndarray:
 def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 0, want_min: bool = True,
             progress: bool = False, basis: BasisPolicy | None = None) -> Spectrum:
     """Top-``k`` (and, with ``want_min``, the smallest) eigenvalues of the operator, in at most
-    ``max_iter`` products, with the basis bounded by ``basis`` (see :mod:`.basis`)."""
+    ``max_iter`` products, with the basis bounded by ``basis`` (see :mod:`.basis`); without a
+    basis (``basis.reorth`` "none", or "auto" when it would not fit in memory) the three-vector
+    recurrence of :mod:`.cullum1985plain`."""
     op = Counted(op)
-    run = _ThickRestart(op, k, want_min, tol, basis or BasisPolicy())
+    policy = basis or BasisPolicy()
+    if resolve_reorth(op, policy, k + int(want_min), max_iter) == "none":
+        from landscape.measures.hessian.cullum1985plain import plain_lanczos
+
+        return plain_lanczos(op, k, max_iter, tol, seed, want_min, progress)
+    run = _ThickRestart(op, k, want_min, tol, policy)
     bar = tqdm(total=max_iter, desc="lanczos", disable=not progress, leave=False)
     try:
         converged = run.iterate(random_unit(op, torch.Generator().manual_seed(seed)), max_iter, bar)
