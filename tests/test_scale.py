@@ -104,6 +104,32 @@ def test_lanczos_without_a_basis_merges_ghosts_and_finds_close_eigenvalues(seed)
     assert sp.hvps > full.hvps  # copies take steps: the price of holding no basis
 
 
+class Noisy:
+    """A·v plus a fresh random error of norm δ per product, as a float32 HVP of a large model has."""
+
+    def __init__(self, A, delta):
+        self.A, self.delta, self.g = A, delta, torch.Generator().manual_seed(99)
+        self.shape, self.dtype, self.device, self.blocks = tuple(A.shape), A.dtype, A.device, [torch.Size([A.shape[0]])]
+
+    def matvec(self, v):
+        e = torch.randn(self.shape[0], generator=self.g, dtype=self.A.dtype)
+        return self.A @ v + self.delta * e / e.norm()
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_lanczos_without_a_basis_merges_copies_that_differ_by_the_products_noise(seed):
+    """With products accurate only to δ, ghost copies of λ_max converge to values δ apart; the merge
+    window uses the measured noise, so the answer is five distinct eigenvalues, each within a few δ."""
+    eigs = [10.0, 9.0, 8.0, 7.0, 6.0, -5.0] + list(np.linspace(-2.0, 2.0, 594))
+    delta = 1e-6 * 10
+    op = Noisy(symmetric(eigs, seed=seed), delta)
+    sp = hessian.lanczos(op, k=5, tol=1e-9, max_iter=2000, seed=seed, basis=BasisPolicy(reorth="none"))
+    assert sp.converged
+    assert delta / 3 < sp.noise < 3 * delta
+    np.testing.assert_allclose(sp.eigenvalues, [10.0, 9.0, 8.0, 7.0, 6.0], atol=20 * delta)
+    assert sp.lambda_min == pytest.approx(-5.0, abs=20 * delta)
+
+
 def test_float32_thick_restart_on_disk_keeps_accuracy_at_millions_of_entries():
     n = 4_200_000
     g = torch.Generator().manual_seed(0)
@@ -274,3 +300,40 @@ def test_average_sharpness_draws_the_same_noise_parameter_by_parameter(tiny64): 
             P.set_offset(obj.params, origin, d)
             want.append(obj.value() - L0)
     assert got["avg_sharpness"] == float(np.mean(want))
+
+
+# ------------------------------------------------------------------------- against ARPACK (slow)
+
+@pytest.mark.slow
+def test_float32_extreme_eigenvalues_match_float64_arpack_on_a_4m_parameter_model(tokenizer):
+    """λ_max and λ_min of a 4M-parameter Llama: our float32 Lanczos, with a basis and with three
+    vectors, within 1e-5 relative of scipy's ARPACK over the same weights in float64."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    import scipy.sparse.linalg as sla
+
+    from landscape.foundation import data, toy
+    from tests.conftest import WORDS, write_jsonl
+
+    cfg = toy.tiny_config("llama", len(tokenizer), tokenizer=tokenizer, hidden=256, layers=6, heads=4)
+    texts = [{"text": " ".join(WORDS[i::5][:30])} for i in range(8)]
+    bs = data.load_batches(write_jsonl(Path(tempfile.mkdtemp()) / "d.jsonl", texts), tokenizer, batch_size=8)
+    model32 = toy.build_model(cfg, seed=0, dtype=torch.float32)
+    op64 = hessian.HessianOperator(Objective(copy.deepcopy(model32).double(), bs))  # the same weights
+    n = op64.shape[0]
+    assert n > 3_900_000
+    A = sla.LinearOperator((n, n), dtype=np.float64,
+                           matvec=lambda x: op64.matvec(torch.from_numpy(np.ascontiguousarray(x).ravel())).numpy())
+    v0 = np.random.default_rng(0).standard_normal(n)
+    ref = (sla.eigsh(A, k=1, which="LA", tol=1e-12, v0=v0, return_eigenvectors=False)[0],
+           sla.eigsh(A, k=1, which="SA", tol=1e-12, v0=v0, return_eigenvectors=False)[0])
+    op64.release()
+    op = hessian.HessianOperator(Objective(model32, bs))
+    for reorth in ("full", "none"):
+        sp = hessian.lanczos(op, k=1, tol=1e-7, max_iter=1000, basis=BasisPolicy(reorth=reorth))
+        assert sp.converged
+        print(reorth, sp.hvps, sp.lambda_max, sp.lambda_min, "ARPACK float64", ref)
+        assert sp.lambda_max == pytest.approx(ref[0], rel=1e-5)
+        assert sp.lambda_min == pytest.approx(ref[1], rel=1e-5)

@@ -83,23 +83,28 @@ def choose_basis(op, policy: BasisPolicy, wanted: int, max_iter: int) -> tuple[i
     """(capacity, where) for a solve wanting ``wanted`` eigenpairs in at most ``max_iter`` products
     (``wanted=0``: a sketch of exactly ``policy.max_basis`` vectors).
 
-    The whole run's basis (``max_iter`` vectors: no restart) when it fits the budget in memory;
-    otherwise ``max(20, 2·wanted + 10)`` vectors (a thick restart keeps about half), in memory when
-    they fit, else on disk. An explicit ``policy.max_basis`` or ``policy.where`` wins.
+    The whole run's basis (``max_iter`` vectors: no restart) when it fits the budget in memory
+    (beside two working vectors); otherwise as many as fit, up to ``max(20, 2·wanted + 10)``, with
+    thick restarts, if that is at least ``wanted + 4``; otherwise ``max(20, 2·wanted + 10)`` on disk.
+    An explicit ``policy.max_basis`` or ``policy.where`` wins.
     """
     n = op.shape[0]
     vec = n * torch.empty((), dtype=op.dtype).element_size()
     budget = policy.budget if policy.budget is not None else default_budget(op.device)
+    fits = max(0, budget // vec - 2)  # vectors the budget holds beside two working vectors
+    restart = max(20, 2 * wanted + 10)
     if policy.max_basis:
         cap = policy.max_basis
-    elif max_iter * vec <= budget:
+    elif max_iter <= fits:
         cap = max_iter
+    elif wanted and fits >= wanted + 4:
+        cap = min(fits, restart)  # a smaller basis in memory, restarted more often
     else:
-        cap = max(20, 2 * wanted + 10)
+        cap = restart
     cap = max(cap, wanted + 4) if wanted else max(cap, 1)
     where = policy.where
     if where == "auto":
-        where = "memory" if cap * vec <= budget else "disk"
+        where = "memory" if cap <= fits else "disk"
         if where == "disk" and torch.device(op.device).type == "cuda" and cap * vec <= default_budget("cpu"):
             where = "host"
     return min(cap, n + 1), where

@@ -53,11 +53,12 @@ class Spectrum:
     restarts: int = 0  # Lanczos: thick restarts (the bounded basis was full)
     max_basis: int | None = None  # Lanczos: the most basis vectors held at once
     basis: dict | None = None  # Lanczos: where the basis lived and its size
+    noise: float | None = None  # Lanczos without a basis: the products' measured rounding error ‖δ(Av)‖
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("eigenvalues", "lambda_max", "lambda_min", "residuals",
                                               "residual_min", "converged", "hvps", "iterations", "method",
-                                              "restarts", "max_basis", "basis")}
+                                              "restarts", "max_basis", "basis", "noise")}
 
 
 def ritz(T: np.ndarray):
