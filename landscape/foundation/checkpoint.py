@@ -197,8 +197,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
         raise CheckpointError(f"{p}: tokenizer files present but unreadable ({type(e).__name__}: {e})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *,
-                    attn_implementation: str | None = "sdpa", **settings) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, **settings) -> Checkpoint:
     """Load a local HF causal-LM directory on ``config.device`` in ``config.dtype``, in eval mode.
 
     ``settings`` override fields of ``config`` (``load_checkpoint(p, dtype="bfloat16")``). Every
@@ -209,7 +208,7 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     files = inspect_checkpoint(path, trust_pickle=cfg.trust_pickle)
     torch_dtype = resolve_dtype(cfg.dtype)
     dev = resolve_device(cfg.device)
-    model, config_ = _from_pretrained(files, torch_dtype, cfg.trust_remote_code, attn_implementation)
+    model, config_ = _from_pretrained(files, torch_dtype, cfg.trust_remote_code, cfg.attn)
     model.to(dev)
     model.eval()
     for p in model.parameters():
@@ -228,6 +227,7 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
         dtype=torch_dtype,
         device=dev,
         meta={"format": files.format, "model_type": config_.model_type, "n_params": count_params(model),
+              "attn_implementation": getattr(model.config, "_attn_implementation", None),
               **({"provenance": prov} if (prov := read_provenance(files.path)) else {})},
     )
 
@@ -248,10 +248,9 @@ def _from_pretrained(files: CheckpointFiles, torch_dtype, trust_remote_code: boo
         raise CheckpointError(f"{files.config}: cannot build a config ({_first_line(e)})") from None
     kwargs = dict(config=config, dtype=torch_dtype, local_files_only=True, trust_remote_code=trust_remote_code,
                   use_safetensors=files.format == "safetensors", weights_only=True, output_loading_info=True)
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(files.path, **kwargs)
+        model, info = with_attention(lambda impl: AutoModelForCausalLM.from_pretrained(
+            files.path, **kwargs, attn_implementation=impl), attn_implementation)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"{files.path}: cannot load weights ({_first_line(e)})") from None
     missing = sorted(info.get("missing_keys") or [])
@@ -259,6 +258,19 @@ def _from_pretrained(files: CheckpointFiles, torch_dtype, trust_remote_code: boo
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(f"{files.path}: weights missing for {', '.join(missing[:3])}{more}")
     return model, config
+
+
+def with_attention(build, attn: str = "auto"):
+    """``build(impl)`` with the attention implementation asked for; "auto": SDPA, or eager where the
+    architecture has no SDPA path (Gemma-2, GPT-J, ...: transformers refuses them with a ValueError)."""
+    if attn != "auto":
+        return build(attn)
+    try:
+        return build("sdpa")
+    except ValueError as e:
+        if "attention implementation" not in str(e) and "sdpa" not in str(e).lower():
+            raise
+        return build("eager")
 
 
 def count_params(model: torch.nn.Module) -> int:

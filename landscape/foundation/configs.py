@@ -45,6 +45,7 @@ IGNORES = ("biasbn", "none")
 DIRECTION_MODES = ("auto", "held", "regenerated")
 OPTIMIZERS = ("adamw", "sam", "asam")
 DTYPE_NAMES = ("float32", "bfloat16", "float64", "float16")
+ATTN_IMPLS = ("auto", "sdpa", "eager")
 
 
 class ConfigError(UserError):
@@ -230,6 +231,9 @@ class LoadConfig(Config):
                                 numbers=False)
     trust_remote_code: bool = option(False, "Allow the checkpoint's own Python code (off by default: it runs "
                                             "arbitrary code).", numbers=False)
+    attn: str = option("auto", "Attention implementation: auto (SDPA where the architecture supports it, else "
+                               "eager), sdpa or eager. Curvature always runs a twice-differentiable path.",
+                       choices=ATTN_IMPLS, numbers=False)
 
 
 @dataclass(frozen=True)

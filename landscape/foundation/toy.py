@@ -66,10 +66,57 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, h
     raise ConfigError("arch", f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
+# Every decoder-only causal LM of transformers 5.x that a tiny config builds from sizes alone
+# (tests/test_archs.py runs loss, λ_max vs a dense Hessian, a 3×3 surface, a SAM step and a
+# forgetting score on each; README "Architectures").
+SWEEP_ARCHS = ("llama", "mistral", "ministral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+               "gemma3_text", "recurrent_gemma", "phi", "phi3", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "opt",
+               "bloom", "stablelm", "starcoder2", "olmo", "olmo2", "olmoe", "cohere", "granite", "granitemoe",
+               "codegen", "persimmon", "mpt", "biogpt", "xglm", "helium", "glm", "smollm3", "exaone4", "arcee",
+               "nemotron", "ernie4_5", "seed_oss", "apertus", "hunyuan_v1_dense", "lfm2", "falcon", "falcon_h1",
+               "mamba", "falcon_mamba")
+# Families whose config needs more than sizes (layer-type lists, sub-configs): not swept, for the
+# reason given (what a generic tiny config hits in transformers 5.24).
+NOT_SWEPT = {"gpt_neo": "attention_types must list every layer", "jamba": "hybrid cache needs an attention layer",
+             "dbrx": "sub-config (attn_config) without rope_theta", "zamba": "layer-type list",
+             "bamba": "layer-type list", "mamba2": "head/state geometry checks", "deepseek_v3": "MLA head geometry"}
+
+_SIZES = dict(n_embd=32, n_layer=2, n_head=4, n_positions=128, d_model=32, n_layers=2, n_heads=4, ffn_dim=48,
+              num_layers=2, num_heads=4, word_embed_proj_dim=32, rotary_dim=4, n_inner=48, num_experts=4,
+              num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=24,
+              expand=2, state_size=8, d_state=8, time_step_rank=4, attention_window_size=16, lru_width=32,
+              ffn_hidden_size=48)
+
+
+def tiny_any_config(model_type: str, tokenizer):
+    """A tiny config (hidden 32, 2 layers, 4 heads) of any architecture in :data:`SWEEP_ARCHS`."""
+    from transformers import AutoConfig
+
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    base = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128, **ids)
+    if model_type != "falcon":
+        base["head_dim"] = 8
+    cfg = AutoConfig.for_model(model_type, **base)
+    for key, value in _SIZES.items():
+        if hasattr(cfg, key):
+            try:
+                setattr(cfg, key, value)
+            except (AttributeError, TypeError, ValueError):
+                pass
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout", "dropout"):
+        if isinstance(getattr(cfg, key, None), float):
+            setattr(cfg, key, 0.0)
+    return cfg
+
+
 def build_model(config, seed: int = 0, dtype: torch.dtype = torch.float32):
     """A freshly initialised causal LM from ``config``, seeded, in eval mode."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    from landscape.foundation.checkpoint import with_attention
+
+    model = with_attention(lambda impl: AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=impl))
     return model.eval()

@@ -253,9 +253,20 @@ def choice_logprobs_local(model, groups, batch_size: int = 32) -> list[list[floa
     order = sorted((i for i in range(len(groups)) if out[i] is None), key=lambda i: -len(groups[i][0]))
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        for i, lp in zip(idx, _shared_context_batch(model, [groups[i] for i in idx])):
+        for i, lp in zip(idx, _shared_or_pairwise(model, [groups[i] for i in idx], batch_size)):
             out[i] = lp
     return out
+
+
+def _shared_or_pairwise(model, groups, batch_size: int) -> list[list[float]]:
+    """Shared-context scoring, or pair by pair for models whose cache cannot be extended by a second
+    padded pass (state-space and recurrent layers, e.g. RecurrentGemma): same numbers, more work."""
+    if not getattr(model, "_landscape_no_shared_context", False):
+        try:
+            return _shared_context_batch(model, groups)
+        except (ValueError, NotImplementedError, AttributeError, TypeError, IndexError, RuntimeError):
+            model._landscape_no_shared_context = True
+    return [_continuation_logprobs_local(model, [(ctx, c) for c in conts], batch_size) for ctx, conts in groups]
 
 
 def _shared_context_batch(model, groups) -> list[list[float]]:
