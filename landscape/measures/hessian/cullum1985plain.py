@@ -40,12 +40,11 @@ from scipy.linalg import eigh_tridiagonal
 from tqdm.auto import tqdm
 
 from landscape.measures.hessian.operator import dot, norm, random_unit
+from landscape.measures.hessian.spectrum import Spectrum
 
 
 def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bool, progress: bool):
     """Spectrum of ``op`` (already :class:`~.operator.Counted`) by the three-vector recurrence."""
-    from landscape.measures.hessian.lanczos1950 import Spectrum
-
     # The recurrence's three vectors are float64 whatever the operator's dtype: in float32 its
     # rounding makes converged copies disagree by ~1e-5 and lie above λ_max (measured on a 4.2M
     # diagonal: 10.00011 for 10); in float64 the error is the HVP's own (7e-8 there).

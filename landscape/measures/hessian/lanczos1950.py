@@ -26,39 +26,14 @@ float32 values equal float64 ARPACK's to 1e-5 (tests/test_scale.py, slow tier).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, resolve_reorth
+from landscape.measures.hessian.cullum1985plain import plain_lanczos
+from landscape.measures.hessian.spectrum import Spectrum
 from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
-
-
-@dataclass
-class Spectrum:
-    """Extreme eigenvalues from one estimator."""
-
-    eigenvalues: list[float]  # top-k, algebraically largest first
-    lambda_max: float
-    lambda_min: float | None
-    residuals: list[float]  # ‖Ay − θy‖ for each of ``eigenvalues``
-    residual_min: float | None
-    converged: bool
-    hvps: int  # products this estimator spent
-    iterations: int
-    method: str
-    history: list[float] = field(default_factory=list)  # λ_max estimate after each product
-    restarts: int = 0  # Lanczos: thick restarts (the bounded basis was full)
-    max_basis: int | None = None  # Lanczos: the most basis vectors held at once
-    basis: dict | None = None  # Lanczos: where the basis lived and its size
-    noise: float | None = None  # Lanczos without a basis: the products' measured rounding error ‖δ(Av)‖
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("eigenvalues", "lambda_max", "lambda_min", "residuals",
-                                              "residual_min", "converged", "hvps", "iterations", "method",
-                                              "restarts", "max_basis", "basis", "noise")}
 
 
 def ritz(T: np.ndarray):
@@ -79,8 +54,6 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
     op = Counted(op)
     policy = basis or BasisPolicy()
     if resolve_reorth(op, policy, k + int(want_min), max_iter) == "none":
-        from landscape.measures.hessian.cullum1985plain import plain_lanczos
-
         return plain_lanczos(op, k, max_iter, tol, seed, want_min, progress)
     run = _ThickRestart(op, k, want_min, tol, policy)
     bar = tqdm(total=max_iter, desc="lanczos", disable=not progress, leave=False)
