@@ -87,7 +87,9 @@ print(json.dumps({{'extra': rss('VmHWM') - before, 'peak': rss('VmHWM'), 'weight
 def child(what: str, ckpt: str, data_file: str) -> dict:
     code = CHILD.format(root=str(ROOT), ckpt=ckpt, data=data_file, what=what)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"memory child {what!r} failed:\n" + "\n".join(r.stderr.splitlines()[-15:]))
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -143,11 +145,17 @@ def table(res: dict) -> str:
             ("one gradient / one HVP (same batch)", f"{r['grad_s']:.2f} s / {r['hvp_s']:.2f} s")]
     for what, label in (("grad", "gradient"), ("hvp", "HVP (graph kept)"), ("hvp_off", "HVP (graph rebuilt)"),
                         ("adamw", "AdamW steps (with optimizer state)"), ("sam", "SAM steps (with optimizer state)"),
-                        ("top5", "`sharpness --metrics lambda_max --top-k 5 --tol 1e-6`")):
+                        ("top5", "`sharpness --metrics lambda_max,lambda_min --top-k 5 --tol 1e-6`")):
         if what in m:
             x = m[what]
             rows.append((f"peak memory, {label}: extra RSS / weights ({gb(w)})",
                          f"{x['extra'] / w:.2f} (peak RSS {gb(x['peak'])}; {x['seconds']} s)"))
+    if "top5" in m and "hvp" in m:
+        x = m["top5"]
+        rows.append(("same top-5 run: peak RSS / peak RSS of one HVP (weights + one batch's graph; target ≤ 2)",
+                     f"{x['peak'] / m['hvp']['peak']:.2f} ({x['hvps']} HVPs, converged: {x['converged']}, basis: "
+                     f"{(x.get('basis') or {}).get('where')}; top-5 {', '.join(f'{e:.3f}' for e in x['eigenvalues'])}; "
+                     f"λ_min {x['lambda_min']:.3f})"))
     lines = [f"SmolLM2-135M-Instruct ({res['n_params']:,} parameters, float32), {res['machine']}, torch "
              f"{res['torch']}, {res['date']}; batch: 8 general-English texts, {res['tokens']} loss tokens.", "",
              "| quantity | measured |", "|---|---|"]
@@ -171,7 +179,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--skip-top5", action="store_true", help="leave out the long top-5 eigenvalue run")
+    ap.add_argument("--only", nargs="+", choices=["grad", "hvp", "hvp_off", "adamw", "sam", "top5"],
+                    help="re-measure these memory children into the existing results_real.json")
     args = ap.parse_args()
+    if args.only:
+        res = json.loads((ROOT / "benchmarks" / "results_real.json").read_text())
+        for what in args.only:
+            print(f"memory: {what} ...", flush=True)
+            res["memory"][what] = child(what, args.ckpt, str(data.real_data_dir() / "general.jsonl"))
+        (ROOT / "benchmarks" / "results_real.json").write_text(json.dumps(res, indent=1))
+        print(table(res))
+        if not args.no_readme:
+            update_readme(table(res))
+        return
     from landscape.foundation.convert import ensure_smollm2
 
     if not Path(args.ckpt).is_dir():

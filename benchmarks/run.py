@@ -549,9 +549,10 @@ def table(res: dict) -> str:
                   "(left at the last point, reached by add_/sub_ steps) |"]
     tr = res.get("trace")
     if tr:
-        lines += ["", f"Trace estimators at equal HVP budgets, trained demo model, one batch (same run; "
-                      f"reference {tr['reference']:.1f} ± {tr['reference_stderr']:.1f} from {tr['reference_hvps']} "
-                      f"Hutchinson samples; the 20 largest eigenvalues sum to {tr['top20_sum']:.1f}):", "",
+        lines += ["", f"Trace estimators at equal HVP budgets, trained demo model, one batch ({tr['rows'][0]['seeds']} "
+                      f"seeds; reference {tr['reference']:.1f} ± {tr['reference_stderr']:.1f} from "
+                      f"{tr['reference_hvps']} Hutchinson samples; the 20 largest eigenvalues sum to "
+                      f"{tr['top20_sum']:.1f}). Re-measured alone by `python benchmarks/run.py --only trace`:", "",
                   "| estimator | HVPs | RMS error over seeds | mean reported standard error |", "|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['hvps']} | {r['rms_error']:.2f} | {r['mean_stderr']:.2f} |" for r in tr["rows"]]
     lines += ["", f"Produced by {cmd} (`python benchmarks/run.py`); raw numbers in `benchmarks/results.json`."]
