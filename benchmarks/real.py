@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--skip-top5", action="store_true", help="leave out the long top-5 eigenvalue run")
-    ap.add_argument("--only", nargs="+", choices=["grad", "hvp", "hvp_off", "adamw", "sam", "top5"],
+    ap.add_argument("--only", nargs="+", choices=["grad", "hvp", "hvp_off", "adamw", "sam", "top5", "top5_disk", "arpack"],
                     help="re-measure these memory children into the existing results_real.json")
     args = ap.parse_args()
     if args.only:
