@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torch.func import functional_call
 
 from landscape.cli.main import cli
 from landscape.foundation import checkpoint, data, loss, toy
 from landscape.foundation.configs import FinetuneConfig, SurfaceConfig
-from landscape.foundation.loss import batch_term, total_tokens
 from landscape.foundation.objective import ModelObjective
 from landscape.measures import forgetting as FG
 from landscape.measures import hessian, surface
 from landscape.training import finetune
 from tests.conftest import write_jsonl
+from tests.test_hessian import dense_hessian
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +34,6 @@ def _block(model):
     named = list(model.named_parameters())
     small = [(n, p) for n, p in named if p.numel() <= 64] or [min(named, key=lambda x: x[1].numel())]
     return dict(small[-1:])
-
-
-def _dense_block_hessian(model, bs, names):
-    params = dict(model.named_parameters())
-    flat0 = torch.cat([params[n].detach().double().reshape(-1) for n in names])
-    n_tok = total_tokens(bs)
-
-    def f(flat):
-        out, i = {}, 0
-        for n in names:
-            k = params[n].numel()
-            out[n] = flat[i:i + k].reshape(params[n].shape).to(params[n].dtype)
-            i += k
-
-        class M:
-            def __call__(self, **kw):
-                return functional_call(model, out, (), kw)
-
-        return sum(batch_term(M(), b, n_tok) for b in bs)
-
-    with hessian.math_attention():
-        return torch.autograd.functional.hessian(f, flat0)
 
 
 # a few families in the default tier, the whole sweep in the slow tier (CI runs both)
@@ -76,7 +53,7 @@ def test_every_measurement_runs_on_each_architecture(arch, tokenizer, sweep_data
     before = [p.detach().clone() for p in ck.model.parameters()]
 
     sel = _block(ck.model)
-    H = _dense_block_hessian(ck.model, bs, list(sel))
+    H = dense_hessian(ck.model, bs, list(sel))
     sp = hessian.lanczos(hessian.HessianOperator(ModelObjective(ck.model, bs, sel)), tol=1e-6, max_iter=200,
                          want_min=False)
     assert sp.lambda_max == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-3, abs=1e-6)

@@ -90,28 +90,30 @@ def tiny64(tmp_path_factory, tokenizer):
     return model, bs
 
 
-def dense_hessian(model, bs):
+def dense_hessian(model, bs, names=None):
+    """torch.autograd.functional.hessian of the loss w.r.t. the parameters ``names`` (default: all),
+    in float64 inputs cast to each parameter's dtype — independent of our HVP code."""
     from torch.func import functional_call
 
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    flat0 = torch.cat([p.detach().reshape(-1) for _, p in model.named_parameters()])
     from landscape.foundation.loss import batch_term, total_tokens
 
-    n = total_tokens(bs)
+    params = dict(model.named_parameters())
+    names = list(params) if names is None else list(names)
+    flat0 = torch.cat([params[n].detach().double().reshape(-1) for n in names])
+    n_tok = total_tokens(bs)
 
     def f(flat):
         out, i = {}, 0
-        for name, s in zip(names, shapes):
-            k = int(np.prod(s))
-            out[name] = flat[i:i + k].reshape(s)
+        for name in names:
+            k = params[name].numel()
+            out[name] = flat[i:i + k].reshape(params[name].shape).to(params[name].dtype)
             i += k
 
         class M:
             def __call__(self, **kw):
                 return functional_call(model, out, (), kw)
 
-        return sum(batch_term(M(), b, n) for b in bs)
+        return sum(batch_term(M(), b, n_tok) for b in bs)
 
     with hessian.math_attention():
         return torch.autograd.functional.hessian(f, flat0)

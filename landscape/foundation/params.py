@@ -133,6 +133,22 @@ def grad_only(model: torch.nn.Module, selected):
             p.requires_grad_(flag)
 
 
+def footprint(device) -> int:
+    """Bytes the process holds now: RSS on the CPU (peak RSS where /proc is missing), allocated
+    memory on a GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss()
+
+
 def peak_rss() -> int:
     """The process's peak resident memory so far, in bytes (Linux: ru_maxrss is in KiB)."""
     import resource

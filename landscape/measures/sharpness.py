@@ -235,8 +235,6 @@ def _eigen(op, cfg: SharpnessConfig, k: int, want_min: bool, progress: bool):
 
 def _trace(op, cfg: SharpnessConfig, progress: bool):
     """The trace by the configured estimator, with ``trace_samples`` HVPs."""
-    if cfg.trace_method == "hutchinson":
-        return hessian.hutchinson_trace(op, samples=cfg.trace_samples, seed=cfg.seed, progress=progress)
     return hessian.TRACE_METHODS[cfg.trace_method](op, cfg.trace_samples, seed=cfg.seed, progress=progress,
                                                    basis=hessian.BasisPolicy(**cfg.basis_policy()))
 

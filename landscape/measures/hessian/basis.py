@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from landscape.foundation.params import footprint, free_memory
+
 CHUNK = 1 << 16  # entries per row per chunk in memory
 DISK_CHUNK = 1 << 20  # entries per row per read from disk (4 MB of float32)
 WHERE = ("auto", "memory", "host", "disk")
@@ -53,35 +55,14 @@ class BasisPolicy:
     reorth: str = "auto"
 
 
-def footprint(device) -> int:
-    """Bytes the process holds now: RSS on the CPU, allocated memory on a GPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def default_budget(device) -> int:
     """The memory a basis may take by default (see the module docstring)."""
-    from landscape.foundation.params import free_memory
-
     free = free_memory(device)
     own = footprint(device)
     return own if free is None else min(own, free // 2)
 
 
 def _spare(device, vec: int) -> int:
-    from landscape.foundation.params import free_memory
-
     free = free_memory(device)
     return 0 if free is None else free // 2 // vec
 

@@ -35,8 +35,9 @@ class Trace:
                 "method": self.method}
 
 
-def hutchinson_trace(op, samples: int = 50, seed: int = 0, progress: bool = False) -> Trace:
-    """tr(A) ± standard error from ``samples`` Rademacher probes."""
+def hutchinson_trace(op, samples: int = 50, seed: int = 0, progress: bool = False, basis=None) -> Trace:
+    """tr(A) ± standard error from ``samples`` Rademacher probes (``basis`` is accepted for the
+    signature the sketched estimators share; Hutchinson keeps no vectors)."""
     op = Counted(op)
     g = torch.Generator().manual_seed(seed)
     est = []
