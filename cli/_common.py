@@ -34,7 +34,7 @@ def _click_option(fld: dataclasses.Field):
     kw: dict = {"help": m["help"], "show_default": fld.default not in (None, ())}
     kind, default = m["kind"], fld.default
     if kind == "bool":
-        return click.option(flag, fld.name, is_flag=True, **{**kw, "show_default": False})
+        return click.option(flag, fld.name, is_flag=True, default=default, **{**kw, "show_default": "/" in flag})
     if kind == "list" and m.get("choices") is None:  # a repeatable option: --suite A --suite B
         return click.option(flag, fld.name, multiple=True, **{**kw, "show_default": False})
     if kind == "list":

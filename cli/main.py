@@ -80,10 +80,10 @@ def cli(debug: bool) -> None:
 
 def _register() -> None:
     from landscape.cli import (convert_gguf, correlate, demo, demo_model, finetune, forgetting, info, loss, plot,
-                               real_model, sharpness, surface, surface_metrics)
+                               predict, real_model, sharpness, surface, surface_metrics)
 
     for mod in (demo_model, real_model, convert_gguf, info, loss, sharpness, surface, surface_metrics, plot, finetune,
-                forgetting, correlate, demo):
+                forgetting, predict, correlate, demo):
         cli.add_command(mod.command)
 
 

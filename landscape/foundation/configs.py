@@ -46,6 +46,20 @@ DIRECTION_MODES = ("auto", "held", "regenerated")
 OPTIMIZERS = ("adamw", "sam", "asam")
 DTYPE_NAMES = ("float32", "bfloat16", "float64", "float16")
 ATTN_IMPLS = ("auto", "sdpa", "eager")
+# Forgetting predictors of a (base, tuned) pair on general data (landscape.measures.predictors):
+# result key → (where it is measured, what it is). Every one is also a correlate metric.
+PREDICTOR_METRICS = {
+    "delta_norm": ("base→tuned", "‖Δw‖₂, Δw = w_tuned − w_base"),
+    "delta_rel": ("base→tuned", "‖Δw‖ / ‖w_base‖"),
+    "grad_delta": ("base", "gᵀΔw, g = ∇L_general(w_base)"),
+    "kappa_base": ("base", "ΔwᵀHΔw / ‖Δw‖², H = ∇²L_general(w_base)"),
+    "quad_pred": ("base", "F̂ = gᵀΔw + ½ΔwᵀHΔw (second-order forgetting of the general loss)"),
+    "bound": ("base", "gᵀΔw + ½ λ_max(H) ‖Δw‖² (upper bound of F̂)"),
+    "general_loss_increase": ("base→tuned", "F = L_general(w_tuned) − L_general(w_base), measured"),
+    "grad_delta_tuned": ("tuned", "g_tᵀΔw, g_t = ∇L_general(w_tuned)"),
+    "kappa_tuned": ("tuned", "ΔwᵀH_tΔw / ‖Δw‖², H_t = ∇²L_general(w_tuned)"),
+    "quad_pred_tuned": ("tuned", "g_tᵀΔw − ½ΔwᵀH_tΔw (F expanded around the tuned weights)"),
+}
 
 
 class ConfigError(UserError):
@@ -389,6 +403,40 @@ class ForgettingConfig(Config):
                                   flag="lm-eval-task")
     lm_eval_include: str | None = option(None, "Directory of your own lm-eval task YAMLs.", kind="path")
     lm_eval_limit: int | None = option(None, "Score only the first N documents of each task.", kind="int", bounds=(1, None))
+
+
+@dataclass(frozen=True)
+class PredictConfig(Config):
+    """`landscape predict`: what forgetting the general loss predicts for a (base, tuned) pair.
+
+    Everything is measured on the general data (``DataConfig``), at the base weights, the tuned
+    weights and along the line between them (Mirzadeh et al. 2020's second-order view of forgetting).
+    """
+
+    line: Any = option("0:1:11", "MIN:MAX:COUNT of t on the line w_base + t·Δw (t = 0 is the base, 1 the tuned "
+                                 "checkpoint; both must be on the grid).", kind="grid")
+    lambda_max: bool = option(True, "λ_max of the general Hessian at the base (Lanczos, once per base) for the bound "
+                                    "gᵀΔw + ½λ_max‖Δw‖².", flag="lambda-max/--no-lambda-max")
+    at_tuned: bool = option(True, "Also the curvature of the general loss at the tuned weights along Δw.",
+                            flag="at-tuned/--no-at-tuned")
+    params: str | None = option(None, "Only parameters whose name matches this regex (Δw is zero elsewhere).",
+                                kind="str")
+    max_iter: int = option(100, "Lanczos steps for λ_max.", bounds=(1, None))
+    tol: float = option(1e-3, "Relative residual that stops λ_max's Lanczos.", bounds="positive")
+    seed: int = option(0, "Random seed of λ_max's start vector (recorded in outputs).")
+
+    def check(self) -> None:
+        import numpy as np
+
+        t = self.coords()
+        if not (np.isclose(t, 0.0).any() and np.isclose(t, 1.0).any()):
+            raise ConfigError("line", f"{self.line!r} must contain t = 0 and t = 1 (e.g. 0:1:11 or -0.5:1.5:9)")
+
+    def coords(self):
+        """The t coordinates of the line (a numpy array)."""
+        import numpy as np
+
+        return parse_grid(self.line, "line") if isinstance(self.line, str) else np.asarray(self.line, dtype=float)
 
 
 def flag_for(field_name: str) -> str:

@@ -1,0 +1,214 @@
+"""What the general loss predicts about forgetting: curvature at the base along the update Δw.
+
+For a fine-tune Δw = w_tuned − w_base, the forgetting of the old (general) objective is
+
+    F = L(w_base + Δw) − L(w_base) ≈ F̂ = gᵀΔw + ½ ΔwᵀHΔw ≤ gᵀΔw + ½ λ_max(H) ‖Δw‖²,
+
+with g and H the gradient and Hessian of the *general* loss at the *base* (Mirzadeh et al. 2020,
+"Understanding the role of training regimes in continual learning", eq. 3–5; the base of an LLM is
+not a minimiser of the evaluation text, so the gradient term stays). Lower curvature along the update
+(κ = ΔwᵀHΔw/‖Δw‖², the Rayleigh quotient of H at Δw — one HVP) and a shorter update mean less
+forgetting. :func:`measure_pair` measures every term, the exact loss along the line
+w_base + tΔw (F itself at t = 1, and how much of it the quadratic explains), and the same quantities
+at the tuned weights (F expanded there: F ≈ g_tᵀΔw − ½ΔwᵀH_tΔw).
+
+Everything is a function of an :class:`~landscape.foundation.objective.Objective` whose parameters
+hold the *base* weights, and the update Δw; the parameters are bit-identical afterwards
+(:func:`landscape.foundation.params.perturbed`). The tuned point is rebuilt as w_base + Δw with Δw
+formed in float32 — exact wherever the subtraction is (Sterbenz: w_t within a factor 2 of w_b),
+otherwise within half an ulp of the stored weight.
+
+Memory: besides the model and the graph of one HVP, Δw, a saved copy of the base, the gradient and
+H·Δw — four weight-sized vectors (2.2 GB for SmolLM2-135M); λ_max(H) at the base is computed once per
+base and shared by all its fine-tunes (:func:`base_lambda_max`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import landscape
+from landscape.foundation import params as P
+from landscape.foundation.configs import PREDICTOR_METRICS, DataConfig, LoadConfig, PredictConfig
+from landscape.foundation.errors import UserError
+from landscape.foundation.objective import ModelObjective, gradient
+from landscape.measures import hessian
+
+
+def update_vector(names: list, base_params: list, tuned_named: dict) -> P.Vector:
+    """Δw = w_tuned − w_base per parameter name, in the wider of float32 and the parameter's dtype
+    (a float64 model keeps a float64 update); names and shapes must match."""
+    from landscape.measures.directions import _check_target
+
+    _check_target(OrderedDict(zip(names, base_params)), tuned_named)
+    out = []
+    for n, w in zip(names, base_params):
+        wide = torch.promote_types(w.dtype, torch.float32)
+        out.append(tuned_named[n].detach().to(w.device, wide) - w.detach().to(wide))
+    return out
+
+
+def _curvature_along(obj, delta: P.Vector) -> tuple[float, float, float]:
+    """(L, gᵀΔw, ΔwᵀHΔw) of ``obj`` at its current weights: one gradient and one HVP."""
+    L, g = gradient(obj)
+    g_delta = float(P.dot(g, delta))
+    del g
+    op = hessian.HessianOperator(obj, "reverse", "off")  # one product: no graph worth keeping
+    hd = op.hvp(delta)
+    return L, g_delta, float(P.dot(delta, hd))
+
+
+def _block_norms(names: list, base: list, delta: P.Vector, groups: dict) -> dict:
+    """‖Δw‖ and ‖Δw‖/‖w_base‖ of each block (a transformer layer, or the rest)."""
+    import re
+
+    out = {}
+    for g, rx in groups.items():
+        pat = re.compile(rx)
+        idx = [i for i, n in enumerate(names) if pat.search(n)]
+        if not idx:
+            continue
+        dn = float(P.norm([delta[i] for i in idx]))
+        wn = float(P.norm([base[i] for i in idx]))
+        out[g] = {"delta_norm": dn, "delta_rel": dn / wn if wn > 0 else None}
+    return out
+
+
+def _line(obj, origin, delta, ts, progress: bool) -> list[float]:
+    """L(w_base + tΔw) for each t, each point set from the saved origin (no walk)."""
+    losses = []
+    for t in tqdm(ts, desc="line base→tuned", disable=not progress, leave=False):
+        P.set_offset(obj.params, origin, delta, alpha=float(t))
+        losses.append(obj.value())
+    return losses
+
+
+def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lambda_max: float | None = None,
+                 groups: dict | None = None, progress: bool = False) -> dict:
+    """The forgetting predictors of the update ``delta`` from the base weights ``obj.params`` hold.
+
+    ``lambda_max``: λ_max of the general Hessian at the base (:func:`base_lambda_max`), for the bound;
+    ``groups``: block name → parameter-name regex (:func:`landscape.foundation.params.layer_groups`)
+    for per-block norms. Returns ``metrics`` (the keys of
+    :data:`~landscape.foundation.configs.PREDICTOR_METRICS`), the line, the share of F the quadratic
+    explains, and per-block norms. The weights are bit-identical afterwards.
+    """
+    cfg = config or PredictConfig()
+    ts = cfg.coords()
+    ps = obj.params
+    dn2 = float(P.dot(delta, delta))
+    if dn2 == 0:
+        raise UserError("the tuned weights equal the base's (Δw = 0): nothing to predict")
+    with P.perturbed(ps) as origin:
+        wn = float(P.norm(origin))
+        L0, g_delta, dhd = _curvature_along(obj, delta)
+        losses = _line(obj, origin, delta, ts, progress)
+        tuned = None
+        if cfg.at_tuned:
+            P.set_offset(ps, origin, delta)
+            L1, gt_delta, dhd_t = _curvature_along(obj, delta)
+            tuned = {"loss": L1, "grad_delta_tuned": gt_delta, "kappa_tuned": dhd_t / dn2,
+                     "quad_pred_tuned": gt_delta - 0.5 * dhd_t, "delta_hessian_delta": dhd_t}
+        blocks = _block_norms(getattr(obj, "names", [str(i) for i in range(len(ps))]), origin, delta, groups) \
+            if groups else {}
+    i0, i1 = int(np.argmin(np.abs(ts))), int(np.argmin(np.abs(ts - 1)))
+    F = losses[i1] - losses[i0]
+    quad = g_delta + 0.5 * dhd
+    q_line = ts * g_delta + 0.5 * ts ** 2 * dhd
+    dl = np.asarray(losses) - losses[i0]
+    ss_tot = float(((dl - dl.mean()) ** 2).sum())
+    metrics = {"delta_norm": math.sqrt(dn2), "delta_rel": math.sqrt(dn2) / wn if wn > 0 else None,
+               "grad_delta": g_delta, "kappa_base": dhd / dn2, "quad_pred": quad,
+               "bound": g_delta + 0.5 * lambda_max * dn2 if lambda_max is not None else None,
+               "general_loss_increase": F}
+    if tuned:
+        metrics.update({k: tuned[k] for k in ("grad_delta_tuned", "kappa_tuned", "quad_pred_tuned")})
+    return {
+        "metrics": metrics,
+        "loss_base": L0, "loss_tuned": losses[i1], "delta_hessian_delta": dhd, "lambda_max_base": lambda_max,
+        "explained": quad / F if F != 0 else None,  # share of the measured F the quadratic predicts
+        "residual": F - quad,
+        "line": {"t": ts.tolist(), "loss": losses, "quadratic": (losses[i0] + q_line).tolist(),
+                 "r2": 1.0 - float(((dl - q_line) ** 2).sum()) / ss_tot if ss_tot > 0 else None},
+        "tuned": tuned, "per_block": blocks,
+        "where": {k: PREDICTOR_METRICS[k][0] for k in metrics},
+    }
+
+
+def base_lambda_max(obj, config: PredictConfig | None = None, progress: bool = False) -> dict:
+    """λ_max of the general Hessian at the base (Lanczos; its memory policy as `landscape sharpness`)."""
+    cfg = config or PredictConfig()
+    op = hessian.HessianOperator(obj, "reverse", "auto")
+    sp = hessian.lanczos(op, k=1, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=False,
+                         progress=progress)
+    op.release()
+    return sp.as_dict()
+
+
+def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig | None = None, *,
+            load: LoadConfig | None = None, progress: bool = False) -> dict:
+    """`landscape predict`: the forgetting predictors of every checkpoint in ``tuned`` (paths) against
+    ``base`` (a path), on ``data`` (general text; default the embedded eval data).
+
+    The base is loaded once and holds the weights throughout; each tuned checkpoint is loaded only
+    to form Δw. Returns ``{"base", "data", "lambda_max_base", "results": [...], "config", "cost"}``.
+    """
+    from landscape.foundation import checkpoint
+    from landscape.foundation.data import batches_for
+
+    cfg, load = config or PredictConfig(), load or LoadConfig()
+    tuned = [tuned] if isinstance(tuned, (str, os.PathLike)) else list(tuned)
+    if not tuned:
+        raise UserError("give at least one tuned checkpoint")
+    for p in [base, *tuned]:  # every path checked before anything is measured
+        checkpoint.inspect_checkpoint(p, trust_pickle=load.trust_pickle)
+    t0 = time.perf_counter()
+    ck = checkpoint.load_checkpoint(base, load)
+    bs = batches_for(ck, data)
+    session = Session(ck.model, bs, cfg)
+    results = []
+    for path in tqdm(tuned, desc="checkpoints", disable=not progress or len(tuned) == 1):
+        tk = checkpoint.load_checkpoint(path, load)
+        r = session.measure(dict(tk.model.named_parameters()), progress=progress)
+        results.append({"tuned": str(path), "tuned_fingerprint": tk.fingerprint, **r})
+        del tk
+    return {"base": str(base), "base_fingerprint": ck.fingerprint,
+            "data": {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}, "tokens": bs.n_tokens,
+            "lambda_max_base": session.lambda_max, "results": results,
+            "config": {**cfg.as_dict(), "version": landscape.__version__},
+            "cost": {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_gb": round(P.peak_rss() / 2**30, 3)}}
+
+
+class Session:
+    """A base model on general data, measured against many fine-tunes: λ_max(H_base) once, then
+    :func:`measure_pair` per fine-tune (what `predict` and the batch runner share)."""
+
+    def __init__(self, model, batches, config: PredictConfig):
+        self.model, self.batches, self.cfg = model, batches, config
+        self.selected = P.select(model, config.params)
+        self.groups = P.layer_groups(model)
+        self._lambda = None
+
+    @property
+    def lambda_max(self) -> dict | None:
+        return self._lambda
+
+    def _objective(self):
+        return ModelObjective(self.model, self.batches, self.selected)
+
+    def measure(self, tuned_named: dict, progress: bool = False) -> dict:
+        """Predictors of the fine-tune whose parameters are ``tuned_named`` (name → tensor)."""
+        with P.grad_only(self.model, self.selected.values()):
+            obj = self._objective()
+            if self.cfg.lambda_max and self._lambda is None:
+                self._lambda = base_lambda_max(obj, self.cfg, progress)
+            delta = update_vector(obj.names, obj.params, tuned_named)
+            lam = self._lambda["lambda_max"] if self._lambda else None
+            return measure_pair(obj, delta, self.cfg, lambda_max=lam, groups=self.groups, progress=progress)

@@ -1,0 +1,137 @@
+"""Forgetting predictors: closed forms on a quadratic, a dense Hessian on a tiny transformer, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from landscape.cli.main import cli
+from landscape.foundation import checkpoint, data, params as P
+from landscape.foundation.configs import PredictConfig
+from landscape.foundation.objective import FunctionObjective, ModelObjective
+from landscape.measures import predictors
+from tests.test_hessian import dense_hessian
+
+
+def quadratic_with_slope(n=12, seed=0):
+    """L(w) = ½ (w − c)ᵀ A (w − c) + bᵀw, A indefinite: F = gᵀΔw + ½ΔwᵀAΔw exactly, g = A(w − c) + b."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eigs = torch.linspace(-1.5, 6.0, n, dtype=torch.float64)
+    A = U @ torch.diag(eigs) @ U.T
+    c, b = torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.randn(n, generator=g, dtype=torch.float64))
+    obj = FunctionObjective(lambda: 0.5 * (w - c) @ A @ (w - c) + b @ w, [w])
+    return obj, A, b, c, w
+
+
+def test_quadratic_prediction_is_exact_and_kappa_is_the_rayleigh_quotient():
+    obj, A, b, c, w = quadratic_with_slope()
+    before = w.detach().clone()
+    d = torch.randn(12, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    lam = float(torch.linalg.eigvalsh(A)[-1])
+    r = predictors.measure_pair(obj, [d], PredictConfig(line="-0.5:1.5:9"), lambda_max=lam)
+    m = r["metrics"]
+    g = A @ (before - c) + b
+    F = float((0.5 * (before + d - c) @ A @ (before + d - c) + b @ (before + d))
+              - (0.5 * (before - c) @ A @ (before - c) + b @ before))
+    assert m["general_loss_increase"] == pytest.approx(F, rel=1e-12)
+    assert m["quad_pred"] == pytest.approx(F, rel=1e-10)
+    assert m["grad_delta"] == pytest.approx(float(g @ d), rel=1e-12)
+    assert m["kappa_base"] == pytest.approx(float(d @ A @ d / (d @ d)), rel=1e-12)
+    assert m["bound"] >= m["quad_pred"] - 1e-12
+    assert m["bound"] == pytest.approx(float(g @ d) + 0.5 * lam * float(d @ d), rel=1e-12)
+    assert r["explained"] == pytest.approx(1.0, rel=1e-10)
+    assert r["line"]["r2"] == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(r["line"]["loss"], r["line"]["quadratic"], rtol=1e-12)
+    # at the tuned weights the same Hessian; F expanded there is exact too
+    assert m["kappa_tuned"] == pytest.approx(m["kappa_base"], rel=1e-12)
+    assert m["quad_pred_tuned"] == pytest.approx(F, rel=1e-10)
+    assert m["delta_norm"] == pytest.approx(float(d.norm()), rel=1e-12)
+    assert torch.equal(w.detach(), before)  # bit-identical afterwards
+
+
+def test_a_non_quadratic_loss_is_not_explained_exactly():
+    """A quartic: the quadratic misses F by the fourth-order term; the test can fail the other way."""
+    w = torch.nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))
+    obj = FunctionObjective(lambda: (w ** 4).sum() + (w ** 2).sum(), [w])
+    r = predictors.measure_pair(obj, [torch.tensor([1.0, 1.0], dtype=torch.float64)], PredictConfig(at_tuned=False))
+    assert r["residual"] > 0.1 and r["line"]["r2"] < 1.0
+    assert "kappa_tuned" not in r["metrics"]
+
+
+def test_zero_update_is_an_error():
+    obj, *_ = quadratic_with_slope()
+    with pytest.raises(Exception, match="Δw = 0"):
+        predictors.measure_pair(obj, [torch.zeros(12, dtype=torch.float64)])
+
+
+def test_line_must_contain_base_and_tuned():
+    with pytest.raises(Exception, match="t = 0 and t = 1"):
+        PredictConfig(line="0.5:2:4")
+
+
+def _tuned_copy(model, scale, seed, names):
+    g = torch.Generator().manual_seed(seed)
+    return {n: (p.detach() + scale * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+            if n in names else p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_kappa_and_prediction_against_a_dense_hessian_on_a_tiny_transformer(llama_dir, text_data):
+    ck = checkpoint.load_checkpoint(llama_dir, dtype="float64")
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3, max_length=16)
+    names = ["model.norm.weight", "model.layers.1.post_attention_layernorm.weight", "model.layers.1.mlp.down_proj.weight"]
+    sel = {n: p for n, p in ck.model.named_parameters() if n in names}
+    tuned = _tuned_copy(ck.model, 1e-3, 3, names)
+    before = {n: p.detach().clone() for n, p in ck.model.named_parameters()}
+    obj = ModelObjective(ck.model, bs, sel)
+    delta = predictors.update_vector(obj.names, obj.params, tuned)
+    r = predictors.measure_pair(obj, delta, PredictConfig(), groups=P.layer_groups(ck.model))
+    H = dense_hessian(ck.model, bs, obj.names)
+    d = P.flatten(delta).double()
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(
+        sum(t for t in obj.terms()), obj.params)]).double()
+    assert r["metrics"]["kappa_base"] == pytest.approx(float(d @ H @ d / (d @ d)), rel=1e-6)
+    assert r["metrics"]["grad_delta"] == pytest.approx(float(g @ d), rel=1e-6)
+    assert r["metrics"]["quad_pred"] == pytest.approx(float(g @ d + 0.5 * d @ H @ d), rel=1e-6)
+    # a small step: the quadratic explains F up to third-order terms
+    assert r["explained"] == pytest.approx(1.0, abs=1e-3)
+    assert r["line"]["r2"] > 0.999
+    assert r["per_block"]["layer.1"]["delta_norm"] > 0 and r["per_block"]["other"]["delta_norm"] > 0
+    assert "layer.0" not in r["per_block"]  # no selected parameter there
+    for n, p in ck.model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
+
+
+def test_predict_cli_json_and_bad_input(tmp_path, tiny_ckpts, llama_dir, text_data):
+    from landscape.foundation import toy
+    from tests.conftest import make_checkpoint
+
+    ck = checkpoint.load_checkpoint(llama_dir)
+    tuned = _tuned_copy(ck.model, 1e-2, 1, {n for n, _ in ck.model.named_parameters()})
+    with torch.no_grad():
+        for n, p in ck.model.named_parameters():
+            p.copy_(tuned[n])
+    out = checkpoint.save_checkpoint(ck.model, ck.tokenizer, tmp_path / "tuned")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["predict", str(llama_dir), str(out), "--data", str(text_data), "--json",
+                              "--max-iter", "20", "--line", "0:1:5"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output)
+    x = r["results"][0]
+    assert set(x["metrics"]) == set(predictors.PREDICTOR_METRICS)
+    assert r["lambda_max_base"]["lambda_max"] > 0
+    assert x["metrics"]["bound"] >= x["metrics"]["quad_pred"]
+    assert x["where"]["kappa_base"] == "base" and x["where"]["kappa_tuned"] == "tuned"
+    assert x["loss_tuned"] == pytest.approx(
+        json.loads(runner.invoke(cli, ["loss", str(out), "--data", str(text_data), "--json"]).output)["loss"], rel=1e-5)
+    # another architecture is one line, exit 2
+    other = make_checkpoint(tmp_path, "gpt2", toy.build_word_tokenizer(["a b c"]))
+    res = runner.invoke(cli, ["predict", str(llama_dir), str(other), "--data", str(text_data)])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "error:" in res.output
+    res = runner.invoke(cli, ["predict", str(llama_dir), str(out), "--line", "0.5:2:3"])
+    assert res.exit_code == 2 and "--line" in res.output
+    res = runner.invoke(cli, ["predict", str(llama_dir), str(llama_dir), "--data", str(text_data)])
+    assert res.exit_code == 2 and "Δw = 0" in res.output
