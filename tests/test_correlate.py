@@ -198,3 +198,106 @@ def test_report_renders_in_chromium_and_escapes_labels(study, tmp_path):
     assert dom.count("main-svg") >= 3  # scatter, surfaces, spectra drawn
     assert "scatterlayer" in dom and "contourlayer" in dom
     assert "<script>alert(1)</script>" not in dom.split("<body", 1)[1].replace("\\u003c", "<")
+
+
+def _hand_residual(v, Z):
+    """Residual of v after ordinary least squares on [1, Z] (numpy's lstsq, not our code)."""
+    A = np.column_stack([np.ones(len(v)), Z])
+    return v - A @ np.linalg.lstsq(A, v, rcond=None)[0]
+
+
+def test_partial_correlation_against_a_hand_computation():
+    g = np.random.default_rng(3)
+    n = 14
+    z1, z2 = g.normal(size=n), g.normal(size=n)
+    x = 0.8 * z1 + g.normal(scale=0.6, size=n)
+    y = -0.5 * z1 + 0.4 * z2 + 0.5 * x + g.normal(scale=0.5, size=n)
+    c = C.partial_correlation(x, y, {"z1": z1, "z2": z2}, n_boot=400, seed=0)
+    Z = np.column_stack([z1, z2])
+    r = np.corrcoef(_hand_residual(x, Z), _hand_residual(y, Z))[0, 1]
+    assert c["pearson"]["r"] == pytest.approx(r, abs=1e-10)
+    t = r * np.sqrt((n - 4) / (1 - r * r))
+    assert c["pearson"]["p"] == pytest.approx(2 * stats.t.sf(abs(t), n - 4), rel=1e-8)
+    rk = stats.rankdata
+    Zr = np.column_stack([rk(z1), rk(z2)])
+    rs = np.corrcoef(_hand_residual(rk(x), Zr), _hand_residual(rk(y), Zr))[0, 1]
+    assert c["spearman"]["r"] == pytest.approx(rs, abs=1e-10)
+    assert c["df"] == n - 4 and c["covariates"] == ["z1", "z2"]
+    lo, hi = c["pearson"]["ci"]
+    assert lo <= c["pearson"]["r"] <= hi
+    # with no covariate it is the ordinary correlation
+    c0 = C.partial_correlation(x, y, {}, n_boot=100)
+    assert c0["pearson"]["r"] == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
+    assert c0["spearman"]["r"] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+
+
+def test_a_metric_that_only_tracks_the_covariate_has_partial_correlation_near_zero():
+    g = np.random.default_rng(0)
+    n = 40
+    size = g.uniform(0.5, 3.0, size=n)  # e.g. ‖Δw‖: drives forgetting
+    forgetting = 0.3 * size + g.normal(scale=0.05, size=n)
+    tracker = 2.0 * size + g.normal(scale=0.05, size=n)  # a "metric" that is the update size again
+    real = g.normal(size=n)
+    forgetting = forgetting + 0.1 * real  # and one that adds something of its own
+    plain = C.correlation(tracker, forgetting, n_boot=200)
+    assert plain["spearman"]["r"] > 0.8  # looks like a strong predictor...
+    pc = C.partial_correlation(tracker, forgetting, {"delta_norm": size}, n_boot=400)
+    assert abs(pc["pearson"]["r"]) < 0.3 and pc["pearson"]["ci"][0] < 0 < pc["pearson"]["ci"][1]  # ...but is not
+    pr = C.partial_correlation(real, forgetting, {"delta_norm": size}, n_boot=400)
+    assert pr["pearson"]["r"] > 0.6 and pr["pearson"]["ci"][0] > 0
+    same = C.partial_correlation(size, forgetting, {"delta_norm": size})
+    assert same["pearson"]["r"] is None and "covariates" in same["reason"]
+    few = C.partial_correlation(size[:4], forgetting[:4], {"a": real[:4], "b": tracker[:4]})
+    assert few["spearman"]["r"] is None and "needs at least 6" in few["reason"]
+
+
+def test_rankings_per_target_and_partial_columns():
+    rows = [{"flatness": {"a": float(i), "b": float(-i * i), "c": float((i * 7) % 5)}} for i in range(8)]
+    targets = {"average": [0.1 * i for i in range(8)], "category:x": [0.1 * ((i * 7) % 5) for i in range(8)]}
+    t = C.correlate_table(rows, ["a", "b", "c"], targets, n_boot=100, covariates={"steps": [1, 2, 1, 2, 1, 2, 1, 3]})
+    assert [r["metric"] for r in t["rankings"]["category:x"]][0] == "c"
+    assert t["ranking"] == t["rankings"]["average"] and t["ranking"][-1]["metric"] == "c"
+    assert t["ranking"][0]["partial_spearman"] is not None and t["covariates"] == ["steps"]
+
+
+def test_predictors_and_covariates_through_the_manifest(study, tmp_path, monkeypatch):
+    m = yaml.safe_load(manifest(study).read_text())
+    m["flatness"]["metrics"] = ["sam"]
+    m["flatness"].pop("surface")
+    m["predictors"] = {"data": "task.jsonl", "batch_size": 4, "num_batches": 1, "line": "0:1:3", "max_iter": 10}
+    m["covariates"] = ["delta_norm", "task_loss"]
+    p = study / "pred.yaml"
+    p.write_text(yaml.safe_dump(m))
+    out = tmp_path / "p.html"
+    res = runner.run_manifest(p, out)
+    from landscape.foundation.configs import PREDICTOR_METRICS
+
+    assert set(res["metrics"]) == {"sam", *PREDICTOR_METRICS}
+    assert res["metric_info"]["kappa_base"]["where"] == "base" and res["metric_info"]["sam"]["where"] == "tuned"
+    assert res["metric_info"]["kappa_base"]["data"].endswith("task.jsonl")
+    assert res["covariates"] == ["delta_norm", "task_loss"]
+    assert res["partial"]["sam"]["average"]["covariates"] == ["delta_norm", "task_loss"]
+    assert "reason" in res["partial"]["delta_norm"]["average"]  # a covariate cannot explain itself away
+    # the batch path measures what `landscape predict` measures for the same pair
+    r = CliRunner().invoke(cli, ["predict", str(study / "ck0"), str(study / "ck2"), "--data", str(study / "task.jsonl"),
+                                 "--batch-size", "4", "--num-batches", "1", "--line", "0:1:3", "--max-iter", "10",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    one = json.loads(r.stdout)["results"][0]["metrics"]
+    row = next(x for x in res["checkpoints"] if x["path"].endswith("ck2"))
+    for k in PREDICTOR_METRICS:
+        assert row["flatness"][k] == pytest.approx(one[k], rel=1e-9), k
+    html = out.read_text()
+    assert "predicted" in html and "kappa_base" in html and "partial" in html
+    from landscape.measures import predictors
+
+    calls = []
+    monkeypatch.setattr(predictors.Session, "measure", lambda *a, **k: calls.append(1))
+    again = runner.run_manifest(p, out)
+    assert calls == [] and again["partial"] == res["partial"]
+    for bad, match in ((dict(m, covariates=["vibes"]), "covariates: unknown vibes"),
+                       (dict(m, predictors={**m["predictors"], "metrics": ["kappa"]}), "predictors.metrics"),
+                       (dict(m, predictors={**m["predictors"], "line": "0:0.5:3"}), "predictors.line")):
+        p.write_text(yaml.safe_dump(bad))
+        r = CliRunner().invoke(cli, ["correlate", str(p), "--out", str(tmp_path / "y.html")])
+        assert r.exit_code == 2 and match in r.stderr, (match, r.stderr)

@@ -4,8 +4,14 @@
 p-values, n, and percentile-bootstrap 95% intervals (pairs resampled with replacement, seeded;
 resamples where a side is constant are dropped and counted). With n < 3 or a constant side the
 coefficients are ``None`` and ``reason`` says why. Metrics are ranked by |Spearman ρ| against the
-average forgetting: rank correlation is what "flatter ⇒ forgets less" claims, and it does not
-assume a linear scale across metrics whose units differ by orders of magnitude.
+average forgetting and against each category's: rank correlation is what "flatter ⇒ forgets less"
+claims, and it does not assume a linear scale across metrics whose units differ by orders of magnitude.
+
+:func:`partial_correlation`: Pearson and Spearman correlation of x and y controlling for covariates
+Z (e.g. ‖Δw‖, the final task loss, steps): the correlation of the residuals of x and of y after a
+least-squares regression on [1, Z] (Spearman: on the ranks of x, y and every column of Z), its
+p-value from Student's t with n − 2 − k degrees of freedom, and a bootstrap interval over resampled
+checkpoints. A metric that only tracks a covariate has a partial correlation near 0.
 
 The manifest and the batch run that feed these statistics live in :mod:`landscape.study.manifest` and
 :mod:`landscape.study.runner`.
@@ -69,21 +75,108 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) ->
     return out
 
 
-def correlate_table(rows: list[dict], metrics: list[str], targets: dict[str, list], n_boot: int = 2000,
-                    seed: int = 0) -> dict:
-    """For every metric × forgetting target: :func:`correlation`; plus the ranking on ``average``."""
-    out: dict = {}
-    for m in metrics:
-        xs = [r["flatness"].get(m) for r in rows]
-        xs = [np.nan if v is None else v for v in xs]
-        out[m] = {t: correlation(xs, [np.nan if v is None else v for v in ys], n_boot=n_boot, seed=seed)
-                  for t, ys in targets.items()}
+def _residuals(Y: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """Residuals of each row of Y (B, n) after least squares on [1, Z] (Z: (B, n, k)), batched."""
+    Z1 = np.concatenate([np.ones(Z.shape[:2] + (1,)), Z], axis=2)  # (B, n, k+1)
+    G = np.einsum("bni,bnj->bij", Z1, Z1)
+    rhs = np.einsum("bni,bn->bi", Z1, Y)
+    beta = np.einsum("bij,bj->bi", np.linalg.pinv(G), rhs)  # pseudo-inverse: a resample may repeat rows
+    return Y - np.einsum("bni,bi->bn", Z1, beta)
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    from scipy import stats
+
+    return stats.rankdata(a, axis=-1)
+
+
+def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Pearson and Spearman partial correlations of x and y given ``covariates`` (name → values),
+    with t-test p-values and percentile-bootstrap intervals (see the module docstring)."""
+    from scipy import stats
+
+    names = list(covariates)
+    cols = [np.asarray(covariates[c], dtype=float) for c in names]
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    for c in cols:
+        ok &= np.isfinite(c)
+    x, y = x[ok], y[ok]
+    Z = np.stack([c[ok] for c in cols], axis=1) if cols else np.zeros((len(x), 0))
+    n, k = len(x), Z.shape[1]
+    out: dict = {"n": int(n), "covariates": names}
+    reason = None
+    if n < k + 4:
+        reason = f"{n} complete rows for {k} covariate(s): needs at least {k + 4}"
+    elif np.ptp(x) == 0 or np.ptp(y) == 0:
+        reason = "one side is constant"
+    if reason is None:
+        ex, ey = _residuals(x[None], Z[None])[0], _residuals(y[None], Z[None])[0]
+        scale = max(np.abs(x).max(), 1e-300)
+        if np.abs(ex).max() <= 1e-9 * scale:
+            reason = "the metric is explained exactly by the covariates (e.g. it is one of them)"
+    if reason is not None:
+        out["reason"] = reason
+        for kind in ("pearson", "spearman"):
+            out[kind] = {"r": None, "p": None, "ci": [None, None]}
+        return out
+    g = np.random.default_rng(seed)
+    idx = g.integers(0, n, size=(n_boot, n))
+    a = (1 - level) / 2
+    df = n - 2 - k
+    for kind, tf in (("pearson", lambda v: v), ("spearman", _ranks)):
+        xs, ys = tf(x), tf(y)
+        Zs = np.stack([tf(Z[:, j]) for j in range(k)], axis=1) if k else Z
+        r = float(_pearson_rows(_residuals(xs[None], Zs[None]), _residuals(ys[None], Zs[None]))[0])
+        t = r * np.sqrt(df / max(1e-300, 1 - r * r))
+        p = float(2 * stats.t.sf(abs(t), df))
+        bx, by, bZ = x[idx], y[idx], Z[idx]
+        if kind == "spearman":
+            bx, by = _ranks(bx), _ranks(by)
+            bZ = np.stack([_ranks(bZ[:, :, j]) for j in range(k)], axis=2) if k else bZ
+        b = _pearson_rows(_residuals(bx, bZ), _residuals(by, bZ))
+        b = b[np.isfinite(b)]
+        ci = [float(np.quantile(b, a)), float(np.quantile(b, 1 - a))] if len(b) else [None, None]
+        out[kind] = {"r": r, "p": p, "ci": ci, "boot_used": int(len(b))}
+    out["df"] = df
+    return out
+
+
+def _values(rows: list[dict], m: str) -> list:
+    return [np.nan if (v := r["flatness"].get(m)) is None else v for r in rows]
+
+
+def _rank(metrics: list[str], table: dict, partial: dict, target: str) -> list[dict]:
+    """Metrics ordered by |Spearman ρ| against ``target`` (None last)."""
     ranking = []
     for m in metrics:
-        c = out[m].get("average", {})
-        rho = c.get("spearman", {}).get("r")
-        ranking.append({"metric": m, "spearman": rho, "p": c.get("spearman", {}).get("p"),
-                        "kendall": c.get("kendall", {}).get("r"), "pearson": c.get("pearson", {}).get("r"),
-                        "n": c.get("n")})
+        c = table[m].get(target, {})
+        sp = c.get("spearman", {})
+        row = {"metric": m, "spearman": sp.get("r"), "ci": sp.get("ci"), "p": sp.get("p"),
+               "kendall": c.get("kendall", {}).get("r"), "pearson": c.get("pearson", {}).get("r"), "n": c.get("n")}
+        pc = partial.get(m, {}).get(target)
+        if pc:
+            row["partial_spearman"], row["partial_ci"] = pc["spearman"]["r"], pc["spearman"]["ci"]
+            row["partial_pearson"] = pc["pearson"]["r"]
+        ranking.append(row)
     ranking.sort(key=lambda r: -abs(r["spearman"]) if r["spearman"] is not None else 1.0)
-    return {"correlations": out, "ranking": ranking}
+    return ranking
+
+
+def correlate_table(rows: list[dict], metrics: list[str], targets: dict[str, list], n_boot: int = 2000,
+                    seed: int = 0, covariates: dict | None = None) -> dict:
+    """For every metric × forgetting target: :func:`correlation` and, given ``covariates`` (name →
+    one value per row), :func:`partial_correlation`; a ranking per target (``rankings``; ``ranking``
+    is the average's)."""
+    out: dict = {}
+    partial: dict = {}
+    for m in metrics:
+        xs = _values(rows, m)
+        out[m] = {t: correlation(xs, [np.nan if v is None else v for v in ys], n_boot=n_boot, seed=seed)
+                  for t, ys in targets.items()}
+        if covariates:
+            partial[m] = {t: partial_correlation(xs, [np.nan if v is None else v for v in ys], covariates,
+                                                 n_boot=n_boot, seed=seed) for t, ys in targets.items()}
+    rankings = {t: _rank(metrics, out, partial, t) for t in targets}
+    return {"correlations": out, "partial": partial, "covariates": list(covariates or {}),
+            "ranking": rankings.get("average", []), "rankings": rankings}

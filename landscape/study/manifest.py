@@ -9,9 +9,18 @@
       metrics: [lambda_max, trace, eps, sam, avg, surface_curvature]
       top_k: 3                                      # any SharpnessConfig key: top_k, trace_samples, eps, rho, ...
       surface: {x: "-1:1:11", y: "-1:1:11"}         # any SurfaceConfig key; needed by surface_* metrics
+    predictors:                                     # optional: forgetting predictors at the base (general data)
+      data: ../../data/eval.jsonl                   # DataConfig keys, and any PredictConfig key: line, lambda_max, ...
+      metrics: [kappa_base, quad_pred, bound]       # default: all of PREDICTOR_METRICS
+    covariates: [delta_norm, task_loss, steps]      # optional: partial correlations controlling for these
     checkpoints:
       - {path: ft/adamw-lr1e-3, label: adamw lr 1e-3, optimizer: adamw, lr: 1e-3, epochs: 1, dataset: reverse}
       - {path: ft/sam-rho0.05, label: sam ρ 0.05, optimizer: sam, rho: 0.05, lr: 1e-3, epochs: 1}
+
+``flatness`` metrics are measured at the tuned weights on ``flatness.data``; ``predictors`` metrics at
+the base (or along Δw, or at the tuned weights: see :data:`~landscape.foundation.configs.PREDICTOR_METRICS`)
+on ``predictors.data``. ``covariates`` names metrics, ``task_loss`` (the tuned checkpoint's loss on
+``flatness.data``) or the checkpoints' numeric labels (steps, lr, rho, epochs).
 
 The ``flatness`` keys are the fields of :class:`~landscape.foundation.configs.DataConfig`,
 :class:`~landscape.foundation.configs.SharpnessConfig` and (under ``surface``)
@@ -25,14 +34,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from landscape.foundation.configs import (SHARPNESS_METRICS, SURFACE_METRICS, DataConfig, SharpnessConfig,
-                                          SurfaceConfig)
+from landscape.foundation.configs import (PREDICTOR_METRICS, SHARPNESS_METRICS, SURFACE_METRICS, DataConfig,
+                                          PredictConfig, SharpnessConfig, SurfaceConfig)
 from landscape.foundation.errors import UserError
 
 ALL_METRICS = SHARPNESS_METRICS + SURFACE_METRICS
 DEFAULT_METRICS = ("lambda_max", "trace", "eps", "sam", "avg", "surface_curvature")
 LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset")
-TOP_KEYS = ("base", "checkpoints", "flatness", "suites", "categories", "title", "bootstrap", "seed")
+TOP_KEYS = ("base", "checkpoints", "flatness", "predictors", "covariates", "suites", "categories", "title",
+            "bootstrap", "seed")
+COVARIATE_LABELS = ("steps", "lr", "rho", "epochs")  # numeric checkpoint labels usable as covariates
 # Batches over many checkpoints default to a little more of the spectrum and fewer trace samples.
 FLATNESS_DEFAULTS = {"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20}
 DEFAULT_SURFACE = {"x": "-1:1:11"}
@@ -52,13 +63,31 @@ class Manifest:
     categories: Path | None = None
     bootstrap: int = 2000
     seed: int = 0
+    predictors: PredictConfig | None = None  # None: no predictors section
+    predict_data: DataConfig | None = None
+    covariates: tuple = ()
 
     @property
     def flatness_config(self) -> dict:
         """Every setting of the flatness measurements (for the report's JSON)."""
         return {"metrics": self.metrics, **self.data.as_dict(),
                 "sharpness": self.sharpness.as_dict() if self.sharpness else None,
-                "surface": self.surface.as_dict() if self.surface else None}
+                "surface": self.surface.as_dict() if self.surface else None,
+                "predictors": {**self.predict_data.as_dict(), **self.predictors.as_dict()} if self.predictors else None,
+                "covariates": list(self.covariates)}
+
+    def metric_info(self) -> dict:
+        """Where (base/tuned weights) and on what data each metric is measured, for every output."""
+        def label(d: DataConfig | None) -> str:
+            return d.data if d and d.data else "the embedded general eval data"
+
+        info = {m: {"where": "tuned", "data": label(self.data), "kind": "flatness"} for m in self.metrics
+                if m not in PREDICTOR_METRICS}
+        for m in self.metrics:
+            if m in PREDICTOR_METRICS:
+                where, what = PREDICTOR_METRICS[m]
+                info[m] = {"where": where, "data": label(self.predict_data), "kind": "predictor", "what": what}
+        return info
 
 
 def _read(p: Path) -> dict:
@@ -145,12 +174,51 @@ def _flatness(p: Path, fl, rel) -> tuple:
     return metrics, data, (sharp if sharp_names else None), surface
 
 
+def _predictors(p: Path, pr, rel) -> tuple:
+    """(metrics, DataConfig, PredictConfig) of the predictors section (None: no section)."""
+    if pr is None:
+        return [], None, None
+    if not isinstance(pr, dict):
+        raise UserError(f"{p}: 'predictors' must be a mapping (data, metrics, and PredictConfig keys)")
+    pr = dict(pr)
+    metrics = pr.pop("metrics", None) or [m for m in PREDICTOR_METRICS
+                                          if (m != "bound" or pr.get("lambda_max", True))
+                                          and (not m.endswith("_tuned") or pr.get("at_tuned", True))]
+    if isinstance(metrics, str):
+        metrics = [s.strip() for s in metrics.split(",") if s.strip()]
+    unknown = [x for x in metrics if x not in PREDICTOR_METRICS]
+    if not isinstance(metrics, list) or unknown:
+        raise UserError(f"{p}: predictors.metrics: unknown metric(s) {', '.join(map(str, unknown))}; choose from "
+                        f"{', '.join(PREDICTOR_METRICS)}")
+    data_keys = {k: pr.pop(k) for k in DataConfig.keys() if k in pr}
+    if data_keys.get("data"):
+        data_keys["data"] = str(rel(data_keys["data"], "predictors.data"))
+    data = DataConfig.from_mapping(data_keys, f"{p}: predictors")
+    cfg = PredictConfig.from_mapping(pr, f"{p}: predictors")
+    if "bound" in metrics and not cfg.lambda_max:
+        raise UserError(f"{p}: predictors: the metric 'bound' needs lambda_max: true")
+    return metrics, data, cfg
+
+
+def _covariates(p: Path, cov, metrics: list) -> tuple:
+    if cov is None:
+        return ()
+    cov = [cov] if isinstance(cov, str) else cov
+    allowed = [*metrics, "task_loss", *COVARIATE_LABELS]
+    bad = [c for c in cov if c not in allowed] if isinstance(cov, list) else [cov]
+    if bad:
+        raise UserError(f"{p}: covariates: unknown {', '.join(map(str, bad))}; choose from {', '.join(allowed)}")
+    return tuple(cov)
+
+
 def load_manifest(path: str | os.PathLike) -> Manifest:
     """Parse and validate; relative paths resolved against the manifest's directory."""
     p = Path(path)
     m = _read(p)
     rel = _resolver(p)
     metrics, data, sharp, surface = _flatness(p, m.get("flatness") or {}, rel)
+    pmetrics, pdata, pcfg = _predictors(p, m.get("predictors"), rel)
+    metrics = metrics + [x for x in pmetrics if x not in metrics]
     suites = m.get("suites")
     if suites is not None:
         suites = [rel(s, "suite") for s in (suites if isinstance(suites, list) else [suites])]
@@ -158,4 +226,5 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
                     base=rel(m["base"], "base"), checkpoints=_checkpoints(p, m.get("checkpoints"), rel),
                     metrics=metrics, data=data, sharpness=sharp, surface=surface, suites=suites,
                     categories=rel(m["categories"], "categories") if m.get("categories") else None,
-                    bootstrap=int(m.get("bootstrap", 2000)), seed=int(m.get("seed", 0)))
+                    bootstrap=int(m.get("bootstrap", 2000)), seed=int(m.get("seed", 0)),
+                    predictors=pcfg, predict_data=pdata, covariates=_covariates(p, m.get("covariates"), metrics))

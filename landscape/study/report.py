@@ -106,15 +106,21 @@ def _ci(c: dict) -> str:
     return f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]" if lo is not None else "–"
 
 
+def _where(result: dict, m: str) -> str:
+    """"kappa_base @ base, eval.jsonl": the metric with where and on what data it was measured."""
+    i = (result.get("metric_info") or {}).get(m)
+    return f"{m} @ {i['where']}, {Path(str(i['data'])).name}" if i else m
+
+
 def scatter_figure(result: dict):
-    """One panel per flatness metric: metric (x) against average forgetting (y), coloured by optimizer."""
+    """One panel per metric: metric (x) against average forgetting (y), coloured by optimizer."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     metrics = result["metrics"]
     cols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[html.escape(m) for m in metrics],
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[html.escape(_where(result, m)) for m in metrics],
                         horizontal_spacing=0.08, vertical_spacing=0.12)
     rows = result["checkpoints"]
     groups = sorted({str(r.get("optimizer") or "?") for r in rows})
@@ -137,6 +143,46 @@ def scatter_figure(result: dict):
                          row=r_, col=c_)
         fig.update_yaxes(title_text="forgetting (avg Δacc)" if c_ == 1 else None, row=r_, col=c_)
     fig.update_layout(height=330 * nrows + 80, width=1150, title_text="flatness vs forgetting")
+    return fig
+
+
+PREDICTED_PANELS = (("quad_pred", "general_loss_increase", "F̂ = gᵀΔw + ½ΔwᵀHΔw (base)", "measured F (general loss)"),
+                    ("bound", "general_loss_increase", "bound gᵀΔw + ½λ_max‖Δw‖²", "measured F (general loss)"),
+                    ("general_loss_increase", None, "measured F (general loss)", "forgetting (avg Δacc)"))
+
+
+def predicted_figure(result: dict):
+    """Predicted against measured forgetting: F̂ and the bound against the measured increase of the
+    general loss (with the line y = x), and that increase against the accuracy forgetting."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = [p for p in PREDICTED_PANELS if p[0] in result["metrics"] and (p[1] is None or p[1] in result["metrics"])]
+    if not panels:
+        return None
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[html.escape(f"{a} vs {b}") for _, _, a, b in panels])
+    rows = result["checkpoints"]
+    groups = sorted({str(r.get("optimizer") or "?") for r in rows})
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+    for i, (xm, ym, xt, yt) in enumerate(panels, 1):
+        for gi, g in enumerate(groups):
+            sel = [r for r in rows if str(r.get("optimizer") or "?") == g]
+            xs = [r["flatness"].get(xm) for r in sel]
+            ys = [r["flatness"].get(ym) if ym else (r["forgetting"]["average"] or {}).get("delta") for r in sel]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=html.escape(g), legendgroup=g, showlegend=i == 1,
+                                     marker=dict(size=10, color=palette[gi % len(palette)]),
+                                     text=[html.escape(r["label"]) for r in sel],
+                                     hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>"), row=1, col=i)
+        if ym:  # y = x: where a perfect prediction would lie
+            vals = [v for r in rows for v in (r["flatness"].get(xm), r["flatness"].get(ym))
+                    if isinstance(v, (int, float)) and np.isfinite(v)]
+            if vals:
+                fig.add_trace(go.Scatter(x=[min(vals), max(vals)], y=[min(vals), max(vals)], mode="lines",
+                                         line=dict(dash="dot", color="#888"), name="y = x", showlegend=i == 1),
+                              row=1, col=i)
+        fig.update_xaxes(title_text=html.escape(xt), row=1, col=i)
+        fig.update_yaxes(title_text=html.escape(yt), row=1, col=i)
+    fig.update_layout(height=420, width=1150, title_text="predicted vs measured forgetting")
     return fig
 
 
@@ -198,9 +244,22 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metrics, targets = result["metrics"], result["targets"]
-    rank_rows = [[html.escape(r["metric"]), _fmt(r["spearman"]),
-                  _ci(result["correlations"][r["metric"]]["average"]["spearman"]), _fmt(r["p"]),
-                  _fmt(r["kendall"]), _fmt(r["pearson"]), _fmt(r["n"])] for r in result["ranking"]]
+    info = result.get("metric_info") or {}
+    covs = result.get("covariates") or []
+    rank_rows = [[html.escape(r["metric"]), html.escape(info.get(r["metric"], {}).get("where", "tuned")),
+                  html.escape(Path(str(info.get(r["metric"], {}).get("data", "?"))).name), _fmt(r["spearman"]),
+                  _ci(result["correlations"][r["metric"]]["average"]["spearman"]), _fmt(r["p"])]
+                 + ([_fmt(r.get("partial_spearman")), _ci({"ci": r.get("partial_ci") or [None, None]}),
+                     _fmt(r.get("partial_pearson"))] if covs else [])
+                 + [_fmt(r["kendall"]), _fmt(r["pearson"]), _fmt(r["n"])] for r in result["ranking"]]
+    rank_head = ["metric", "where", "data", "Spearman ρ", "95% CI", "p"] + (
+        [f"partial ρ | {', '.join(covs)}", "95% CI", "partial r"] if covs else []) + ["Kendall τ", "Pearson r", "n"]
+    per_target = result.get("rankings") or {}
+    cat_rows = [[html.escape(m)] + [f"{_fmt(result['correlations'][m][t]['spearman']['r'])} "
+                                    f"{_ci(result['correlations'][m][t]['spearman'])}" for t in targets]
+                for m in [r["metric"] for r in result["ranking"]]]
+    best = [f"{html.escape(t)}: <b>{html.escape(rk[0]['metric'])}</b>" for t, rk in per_target.items()
+            if rk and rk[0]["spearman"] is not None]
     corr_rows = []
     for m in metrics:
         for t in targets:
@@ -217,6 +276,9 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
                        + [_fmt(fg["average"]["delta"] if fg["average"] else None)]
                        + [_fmt(fg["categories"].get(c, {}).get("delta")) for c in cats])
     figs = [("Flatness against forgetting", scatter_figure(result))]
+    pf = predicted_figure(result)
+    if pf is not None:
+        figs.append(("Predicted vs measured forgetting (general loss at the base along Δw)", pf))
     surf = [(r["label"], r["flatness"].get("surface_file")) for r in result["checkpoints"]]
     base_surf = result.get("base_flatness", {}).get("surface_file")
     surf = ([("base", base_surf)] if base_surf else []) + [s for s in surf if s[1]]
@@ -236,15 +298,21 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
         f"<p class='note'>base {html.escape(result['base'])} · {len(result['checkpoints'])} checkpoints · "
         f"forgetting Δ &gt; 0 = forgotten (base − tuned accuracy) · bootstrap 95% intervals · landscape "
         f"{html.escape(result['version'])}</p>",
-        "<h2>Which flatness metric tracks forgetting (ranked by |Spearman ρ| vs average forgetting)</h2>",
-        _table(["metric", "Spearman ρ", "95% CI", "p", "Kendall τ", "Pearson r", "n"], rank_rows, "ranking"),
-        parts[0],
+        "<h2>Which metric tracks forgetting (ranked by |Spearman ρ| vs average forgetting)</h2>",
+        "<p class='note'>where: the weights a metric is measured at (tuned, base, or base→tuned along the update "
+        "Δw); data: what it is measured on. Partial correlations control for the covariates (residuals of "
+        "regressions on them; ranks for Spearman).</p>",
+        _table(rank_head, rank_rows, "ranking"),
+        "<h2>Ranking per forgetting target (Spearman ρ [95% CI])</h2>",
+        f"<p class='note'>best per target: {' · '.join(best) or '–'}</p>",
+        _table(["metric", *targets], cat_rows, "per-target"),
+        *parts[:2 if pf is not None else 1],
         "<h2>Checkpoints</h2>",
         _table(["label", "optimizer", "ρ", "lr", "steps", "epochs", "dataset", *metrics, "forgetting avg",
                 *[f"forgetting {c}" for c in cats]], ck_rows, "checkpoints"),
         "<h2>All correlations</h2>",
         _table(["metric", "forgetting", "n", "Pearson r [CI] p", "Spearman ρ [CI] p", "Kendall τ [CI] p"],
                corr_rows, "correlations"),
-        *parts[1:], "</body></html>",
+        *parts[2 if pf is not None else 1:], "</body></html>",
     ]
     return write_text(out, "\n".join(page))

@@ -16,7 +16,7 @@ import landscape
 from landscape.foundation.configs import LoadConfig
 from landscape.foundation.errors import UserError
 from landscape.study.correlate import correlate_table
-from landscape.study.manifest import LABEL_KEYS, Manifest, load_manifest
+from landscape.study.manifest import COVARIATE_LABELS, LABEL_KEYS, Manifest, load_manifest
 
 
 def _slug(label: str) -> str:
@@ -73,6 +73,34 @@ def _surface_metrics(ck, m: Manifest, bs, store, h5: Path, label: str, progress:
     return {**{k: sm.get(k) for k in SURFACE_METRICS}, "surface_file": str(h5)}
 
 
+def predictor_session(base_ck, m: Manifest):
+    """The base model on the predictors' (general) data, or None when the manifest asks for none."""
+    if m.predictors is None:
+        return None
+    from landscape.foundation import data
+    from landscape.measures.predictors import Session
+
+    return Session(base_ck.model, data.batches_for(base_ck, m.predict_data), m.predictors)
+
+
+def measure_predictors(ck, session, m: Manifest, store, base_fp: str, progress: bool = False) -> dict:
+    """The forgetting predictors of the loaded fine-tune ``ck`` against the session's base, through the store."""
+    key = {**m.predictors.numbers(), "data": session.batches.fingerprint, "base": base_fp,
+           "version": landscape.__version__}
+    return store.cached(ck.fingerprint, "predictors", key,
+                        lambda: session.measure(dict(ck.model.named_parameters()), progress=progress))
+
+
+def _covariates(rows: list[dict], names) -> dict:
+    """One value per row for each covariate: a metric, ``task_loss`` or a numeric label."""
+    out = {}
+    for c in names:
+        vals = [r.get(c) if c in COVARIATE_LABELS else r["flatness"].get("loss" if c == "task_loss" else c)
+                for r in rows]
+        out[c] = [float("nan") if v is None else float(v) for v in vals]
+    return out
+
+
 def _targets(rows: list[dict]) -> dict:
     """Forgetting targets: the average and each category's, one value per checkpoint."""
     targets = {"average": [r["forgetting"]["average"]["delta"] if r["forgetting"]["average"] else None for r in rows]}
@@ -105,19 +133,28 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
     base_scores = FG.evaluate_checkpoint(base_ck, suites, store)
     base_fp = base_ck.fingerprint
     base_flat = measure_flatness(base_ck, m, store, surface_dir, "base", progress)
+    session = predictor_session(base_ck, m)  # keeps the base model while the fine-tunes are measured
     del base_ck
+    info = m.metric_info()
     rows = []
     for c in tqdm(m.checkpoints, desc="checkpoints", disable=not progress):
         ck = checkpoint.load_checkpoint(c["path"], load)
         fg = FG.compare(base_scores, FG.evaluate_checkpoint(ck, suites, store), suites)
         flat = measure_flatness(ck, m, store, surface_dir, c["label"], progress)
+        pred = measure_predictors(ck, session, m, store, base_fp, progress) if session else None
+        if pred:
+            flat.update({k: pred["metrics"].get(k) for k in m.metrics if info[k]["kind"] == "predictor"})
         rows.append({**{k: c[k] for k in ("label", *LABEL_KEYS)}, "path": str(c["path"]),
-                     "fingerprint": ck.fingerprint, "flatness": flat, "forgetting": fg})
+                     "fingerprint": ck.fingerprint, "flatness": flat, "forgetting": fg, "predictors": pred})
         del ck
+    lam = next((r["predictors"]["lambda_max_base"] for r in rows if r["predictors"]), None)
+    del session
     targets = _targets(rows)
-    stats = correlate_table(rows, m.metrics, targets, n_boot=m.bootstrap, seed=m.seed)
+    stats = correlate_table(rows, m.metrics, targets, n_boot=m.bootstrap, seed=m.seed,
+                            covariates=_covariates(rows, m.covariates))
     result = {"title": m.title, "manifest": m.path, "base": str(m.base), "base_fingerprint": base_fp,
-              "base_flatness": base_flat, "base_scores": base_scores, "metrics": m.metrics,
+              "base_flatness": base_flat, "base_scores": base_scores, "metrics": m.metrics, "metric_info": info,
+              "lambda_max_base_general": lam,
               "targets": list(targets), "checkpoints": rows, **stats, "flatness_config": m.flatness_config,
               "seconds": round(time.perf_counter() - t0, 2), "version": landscape.__version__,
               "store": str(store.path), "report": str(out_html)}
