@@ -33,6 +33,9 @@ def command(model, out, fast, as_json, quiet):
     emit(r, as_json, summary(r))
 
 
+TABLE_PREDICTORS = ("delta_norm", "kappa_base", "quad_pred", "general_loss_increase")
+
+
 def _g(v) -> str:
     if v is None:
         return "-"
@@ -41,7 +44,10 @@ def _g(v) -> str:
 
 def summary(r: dict) -> str:
     """The printed table, the SAM-vs-AdamW comparisons and the ranking of the metrics."""
-    s, how, metrics = r["model"], r["finetunes"], r["metrics"]
+    s, how = r["model"], r["finetunes"]
+    info = r.get("metric_info") or {}
+    # the table: every flatness metric and the headline predictors (all of them are in the ranking)
+    metrics = [m for m in r["metrics"] if info.get(m, {}).get("kind") != "predictor" or m in TABLE_PREDICTORS]
     made = f"{s['steps']} steps, " if "steps" in s else f"from {s.get('quantization')} GGUF, "
     lines = [f"{'demo ' if r.get('study') == 'toy' else ''}base model: {r['base']} ({s['n_params']:,} parameters, {made}"
              f"{'reused' if s['reused'] else 'built in %s s' % s.get('seconds', '?')})",
@@ -64,11 +70,26 @@ def summary(r: dict) -> str:
     for name, sc in r.get("base_scores", {}).items():
         chance = f"{sc['chance']:.2f}" if sc.get("chance") is not None else "-"  # rows cached before it was kept
         lines.append(f"  {name:<20} {sc['score']:.3f}  [{chance}]  n {sc.get('n')}")
-    lines += ["", "flatness metric vs average forgetting (Spearman ρ [95% bootstrap CI], p; n checkpoints):"]
+    lam = r.get("lambda_max_base_general")
+    if lam:
+        lines += ["", f"λ_max of the general loss's Hessian at the base: {_g(lam['lambda_max'])} "
+                      f"({lam['hvps']} HVPs, converged {lam['converged']})"]
+    covs = r.get("covariates") or []
+    lines += ["", "metric vs average forgetting, ranked (Spearman ρ [95% bootstrap CI], p"
+              + (f"; partial ρ given {', '.join(covs)} [CI]" if covs else "") + "; n checkpoints):"]
     for row in r["ranking"]:
-        c = r["correlations"][row["metric"]]["average"]["spearman"]
-        ci = c.get("ci") or [None, None]
-        lines.append(f"  {row['metric']:<20} ρ {_g(row['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  "
-                     f"p {_g(row['p'])}  n {row['n']}")
+        ci = row.get("ci") or [None, None]
+        i = info.get(row["metric"], {})
+        where = f"@{i.get('where', '?')}, {Path(str(i.get('data', '?'))).stem}"
+        part = ""
+        if covs:
+            pci = row.get("partial_ci") or [None, None]
+            part = f"  partial {_g(row.get('partial_spearman')):>7} [{_g(pci[0])}, {_g(pci[1])}]"
+        lines.append(f"  {row['metric']:<22} {where:<20} ρ {_g(row['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  "
+                     f"p {_g(row['p'])}{part}  n {row['n']}")
+    best = [f"{t.replace('category:', '')} {rk[0]['metric']} ({_g(rk[0]['spearman'])})"
+            for t, rk in (r.get("rankings") or {}).items() if t != "average" and rk and rk[0]["spearman"] is not None]
+    if best:
+        lines.append("  best per category: " + "; ".join(best))
     lines += ["", f"report: {r['report']}  (json: {Path(r['report']).with_suffix('.json')}); total {r['seconds']:.0f} s"]
     return "\n".join(lines)

@@ -24,6 +24,13 @@ def test_demo_fast_end_to_end(tmp_path):
     assert all(c["flatness"]["lambda_max"] > 0 for c in cks)
     assert [c["comparison"] for c in out["comparisons"]] == ["equal steps (150)", "equal compute (300 passes)"]
     assert all(r_["n"] == len(cks) for r_ in out["ranking"])
+    # the forgetting predictors at the base, on the general data, ranked beside the paper's protocol
+    ranked = {r_["metric"] for r_ in out["ranking"]}
+    assert {"kappa_base", "quad_pred", "bound", "delta_norm", "general_loss_increase"} <= ranked
+    assert out["metric_info"]["kappa_base"]["where"] == "base" and out["metric_info"]["sam"]["where"] == "tuned"
+    assert out["covariates"] == ["delta_norm", "task_loss", "steps"]
+    assert all("partial_spearman" in r_ for r_ in out["ranking"])
+    assert all(c["flatness"]["general_loss_increase"] > 0 for c in cks)  # fine-tuning on count hurts general text
     report = out_dir / "report.html"
     assert report.is_file() and (out_dir / "report.json").is_file() and (out_dir / "manifest.yaml").is_file()
     # a second run reuses the model and every fine-tune, and recomputes nothing

@@ -112,6 +112,9 @@ TOY = StudySpec(
                    "surface": {"x": "-1:1:11"}},
     comparisons=(("sam-rho0.05", "adamw-lr1e-3", "equal steps (150)"),
                  ("sam-rho0.05", "adamw-lr1e-3-s300", "equal compute (300 passes)")),
+    # Forgetting predictors: the general loss (held-out pretraining text) at the base, along each Δw.
+    predictors={"data": "eval.jsonl", "batch_size": 8, "num_batches": 4, "line": "0:1:11"},
+    covariates=("delta_norm", "task_loss", "steps"),
 )
 
 

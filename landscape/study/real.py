@@ -42,6 +42,10 @@ REAL = StudySpec(
     comparisons=(("sam-rho0.05", "adamw-lr3e-4", "equal steps (30)"),
                  ("sam-rho0.05", "adamw-lr3e-4-s60", "equal compute (60 passes)")),
     task_scoring_batch=16,
+    # Forgetting predictors on plain English (data/real/general.jsonl) at the base, along each Δw.
+    predictors={"data": "general.jsonl", "batch_size": 8, "num_batches": 2, "max_length": 48, "line": "0:1:6",
+                "max_iter": 30, "tol": 1e-3},
+    covariates=("delta_norm", "task_loss", "steps"),
 )
 
 

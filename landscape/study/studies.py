@@ -34,6 +34,8 @@ class StudySpec:
     fast_flatness: dict = field(default_factory=dict)  # overrides of ``flatness`` for fast=True
     comparisons: tuple = ()  # (sam label, adamw label, what is matched)
     task_scoring_batch: int = 32
+    predictors: dict | None = None  # the manifest's predictors section (its data relative to the data root)
+    covariates: tuple = ()  # partial correlations control for these (manifest ``covariates``)
 
 
 def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, progress: bool) -> str:
@@ -62,6 +64,9 @@ def study_manifest(spec: StudySpec, out: Path, root: Path, runs, fast: bool) -> 
          "checkpoints": [{"path": f"ft/{label}", "label": label, "optimizer": opt, "lr": lr, "steps": steps,
                           "rho": rho, "dataset": spec.task_dir.name} for label, opt, lr, steps, rho in runs],
          "bootstrap": 2000}
+    if spec.predictors:
+        m["predictors"] = {**spec.predictors, "data": str(root / spec.predictors["data"])}
+        m["covariates"] = list(spec.covariates)
     return write_text(out / "manifest.yaml", yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
 
 
@@ -90,6 +95,8 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
             "manifest": str(manifest), "model": model, "finetunes": how, "finetune_seconds": round(t_ft, 1),
             "task": spec.task_dir.name, "metrics": res["metrics"], "checkpoints": res["checkpoints"],
             "base_scores": res["base_scores"], "ranking": res["ranking"], "correlations": res["correlations"],
+            "rankings": res["rankings"], "partial": res["partial"], "covariates": res["covariates"],
+            "metric_info": res["metric_info"], "lambda_max_base_general": res["lambda_max_base_general"],
             "comparisons": comparisons(spec, res), "seconds": round(time.perf_counter() - t0, 1)}
 
 
