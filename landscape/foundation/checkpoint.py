@@ -72,14 +72,37 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_SAFE = "adapter_model.safetensors"
+ADAPTER_PICKLE = "adapter_model.bin"
+
+
+@dataclass
+class AdapterFiles:
+    """A PEFT adapter directory, validated: its config, its weights and the base it applies to."""
+
+    path: Path
+    config: Path
+    weights: Path
+    base: Path
+    peft_type: str
+
+
 @dataclass
 class CheckpointFiles:
-    """What a checkpoint directory holds, validated."""
+    """What a checkpoint directory holds, validated (for an adapter: its base's files, and the adapter)."""
 
     path: Path
     config: Path
     weights: list[Path]
     format: str  # "safetensors" | "pickle"
+    adapter: AdapterFiles | None = None
+
+    @property
+    def identity(self) -> list[Path]:
+        """The files a fingerprint covers: config and weights, and an adapter's own two files."""
+        extra = [self.adapter.config, self.adapter.weights] if self.adapter else []
+        return [self.config, *self.weights, *extra]
 
 
 def _shards_from_index(index_path: Path) -> list[Path]:
@@ -114,14 +137,61 @@ def _check_safetensors(f: Path) -> None:
         raise CheckpointError(f"{f}: corrupt safetensors file ({e})") from None
 
 
-def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> CheckpointFiles:
-    """Validate a checkpoint directory without loading it; raise :class:`CheckpointError` on problems."""
+def _adapter_base(p: Path, declared, base) -> Path:
+    """The base directory of the adapter at ``p``: ``base`` when given, else its declared
+    ``base_model_name_or_path`` when that is a local directory (absolute, or relative to the adapter
+    or the working directory)."""
+    if base is not None:
+        return Path(base)
+    if not isinstance(declared, str) or not declared:
+        raise CheckpointError(f"{p}: the adapter names no base model; give its base directory (adapter_base)",
+                              field="adapter_base")
+    for cand in (Path(declared), p / declared):
+        if (cand / "config.json").is_file():
+            return cand
+    raise CheckpointError(f"{p}: the adapter's base {declared!r} is not a local checkpoint directory (nothing is "
+                          "downloaded); give its base directory (adapter_base)", field="adapter_base")
+
+
+def inspect_adapter(p: Path, trust_pickle: bool = False, base=None) -> CheckpointFiles:
+    """Validate a PEFT adapter directory and its base; the base's files with the adapter attached."""
+    cfg_path = p / ADAPTER_CONFIG
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        if not isinstance(cfg, dict) or "peft_type" not in cfg:
+            raise ValueError("no peft_type")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: malformed adapter config ({e})") from None
+    if (p / ADAPTER_SAFE).is_file():
+        weights = p / ADAPTER_SAFE
+        _check_safetensors(weights)
+    elif (p / ADAPTER_PICKLE).is_file():
+        if not trust_pickle:
+            raise CheckpointError(f"{p}: adapter weights are pickle (.bin), which can run code when loaded; convert "
+                                  "them to safetensors or set trust_pickle (loaded with weights_only=True)",
+                                  field="trust_pickle")
+        weights = p / ADAPTER_PICKLE
+    else:
+        raise CheckpointError(f"{p}: adapter without weights (expected {ADAPTER_SAFE})")
+    base_dir = _adapter_base(p, cfg.get("base_model_name_or_path"), base)
+    if (base_dir / ADAPTER_CONFIG).is_file() and not (base_dir / "config.json").is_file():
+        raise CheckpointError(f"{p}: its base {base_dir} is itself an adapter; merge it first")
+    files = inspect_checkpoint(base_dir, trust_pickle=trust_pickle)
+    files.adapter = AdapterFiles(p, cfg_path, weights, files.path, str(cfg["peft_type"]))
+    return files
+
+
+def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, adapter_base=None) -> CheckpointFiles:
+    """Validate a checkpoint directory (or a PEFT adapter directory and its base) without loading it;
+    raise :class:`CheckpointError` on problems."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint directory")
     if not p.is_dir():
         raise CheckpointError(f"{p}: not a directory (a checkpoint is a directory with config.json and weights)")
     config = p / "config.json"
+    if not config.is_file() and (p / ADAPTER_CONFIG).is_file():
+        return inspect_adapter(p, trust_pickle, adapter_base)
     if not config.is_file():
         raise CheckpointError(f"{p}: not a Hugging Face checkpoint (no config.json)")
     try:
@@ -161,10 +231,11 @@ def fingerprint_files(files: list[Path], chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def fingerprint(path: str | os.PathLike, trust_pickle: bool = True) -> str:
-    """Content fingerprint of a checkpoint: SHA-256 of config.json and every weight file."""
-    files = inspect_checkpoint(path, trust_pickle=trust_pickle)
-    return fingerprint_files([files.config, *files.weights])
+def fingerprint(path: str | os.PathLike, trust_pickle: bool = True, adapter_base=None) -> str:
+    """Content fingerprint of a checkpoint: SHA-256 of config.json and every weight file (an adapter:
+    also its config and weights, so adapter and base are both covered)."""
+    files = inspect_checkpoint(path, trust_pickle=trust_pickle, adapter_base=adapter_base)
+    return fingerprint_files(files.identity)
 
 
 @dataclass
@@ -205,10 +276,12 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     Missing weights are an error, not a silent random initialisation.
     """
     cfg = (config or LoadConfig()).replace(**{k: str(v) if k == "device" else v for k, v in settings.items()})
-    files = inspect_checkpoint(path, trust_pickle=cfg.trust_pickle)
+    files = inspect_checkpoint(path, trust_pickle=cfg.trust_pickle, adapter_base=cfg.adapter_base)
     torch_dtype = resolve_dtype(cfg.dtype)
     dev = resolve_device(cfg.device)
     model, config_ = _from_pretrained(files, torch_dtype, cfg.trust_remote_code, cfg.attn)
+    if files.adapter is not None:
+        model = attach_adapter(model, files.adapter, merge=cfg.adapter == "merge")
     model.to(dev)
     model.eval()
     for p in model.parameters():
@@ -219,17 +292,41 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
         raise CheckpointError(
             f"{files.path}: tokenizer has {len(tokenizer)} tokens but the embedding only {rows} rows"
         )
+    adapter = files.adapter
     return Checkpoint(
-        path=files.path,
+        path=adapter.path if adapter else files.path,
         model=model,
         tokenizer=tokenizer,
-        fingerprint=fingerprint_files([files.config, *files.weights]),
+        fingerprint=fingerprint_files(files.identity),
         dtype=torch_dtype,
         device=dev,
         meta={"format": files.format, "model_type": config_.model_type, "n_params": count_params(model),
               "attn_implementation": getattr(model.config, "_attn_implementation", None),
-              **({"provenance": prov} if (prov := read_provenance(files.path)) else {})},
+              **({"provenance": prov} if (prov := read_provenance(files.path)) else {}),
+              **({"adapter": {"peft_type": adapter.peft_type, "base": str(adapter.base), "weights": cfg.adapter}}
+                 if adapter else {})},
     )
+
+
+def attach_adapter(model, adapter: AdapterFiles, merge: bool = True):
+    """The base ``model`` with the PEFT adapter applied: merged into its weights (a plain model of the
+    base's architecture, Δw = the adapter's update), or kept as a ``PeftModel`` whose adapter
+    parameters can be measured on their own (``params="adapter"``). Shape mismatches and unreadable
+    adapters are one :class:`CheckpointError` line."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise CheckpointError(f"{adapter.path}: a PEFT adapter needs the peft package (pip install "
+                              "'landscape[lora]')") from None
+    try:
+        pm = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
+        msg = _first_line(e)
+        if "size mismatch" in str(e):
+            msg = "adapter shapes do not match the base: " + next(
+                (ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), msg)
+        raise CheckpointError(f"{adapter.path}: cannot apply the adapter to {adapter.base} ({msg})") from None
+    return pm.merge_and_unload() if merge else pm
 
 
 def _first_line(e: Exception) -> str:

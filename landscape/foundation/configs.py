@@ -46,6 +46,7 @@ DIRECTION_MODES = ("auto", "held", "regenerated")
 OPTIMIZERS = ("adamw", "sam", "asam")
 DTYPE_NAMES = ("float32", "bfloat16", "float64", "float16")
 ATTN_IMPLS = ("auto", "sdpa", "eager")
+ADAPTER_MODES = ("merge", "keep")
 # Forgetting predictors of a (base, tuned) pair on general data (landscape.measures.predictors):
 # result key → (where it is measured, what it is). Every one is also a correlate metric.
 PREDICTOR_METRICS = {
@@ -248,6 +249,12 @@ class LoadConfig(Config):
     attn: str = option("auto", "Attention implementation: auto (SDPA where the architecture supports it, else "
                                "eager), sdpa or eager. Curvature always runs a twice-differentiable path.",
                        choices=ATTN_IMPLS, numbers=False)
+    adapter_base: str | None = option(None, "Base checkpoint dir of a PEFT adapter (default: the adapter's "
+                                            "base_model_name_or_path when it is a local directory).", kind="path",
+                                      numbers=False)
+    adapter: str = option("merge", "A PEFT adapter is measured merged into its base's weights, or kept apart so "
+                                   "that --params adapter measures in the adapter's own (LoRA A/B) space.",
+                          choices=ADAPTER_MODES, numbers=False)
 
 
 @dataclass(frozen=True)
@@ -374,6 +381,12 @@ class FinetuneConfig(Config):
     warmup: int = option(0, "Linear warm-up steps.", bounds=(0, None))
     grad_clip: float | None = option(1.0, "Max gradient norm (0 or None: off).", kind="float?", bounds=(0, None))
     bf16: bool = option(False, "Autocast forward passes to bfloat16.")
+    lora: int | None = option(None, "Train a LoRA adapter of this rank instead of every weight (peft; the output "
+                                    "is a PEFT adapter directory over the base).", kind="int", bounds=(1, None))
+    lora_alpha: float | None = option(None, "LoRA scaling α (the update is α/r·BA; default 2r).", kind="float?",
+                                      bounds="positive")
+    lora_targets: str = option("all-linear", "Comma list of module names LoRA adapts (e.g. q_proj,v_proj), or "
+                                             "all-linear (every linear layer but the output head).")
     seed: int = option(0, "Seed of the batch order and the train/eval split.")
     eval_data: str | None = option(None, "Held-out jsonl (default: eval_fraction of the data, split by seed).",
                                    kind="path", numbers=False)
@@ -388,6 +401,10 @@ class FinetuneConfig(Config):
     def check(self) -> None:
         if not self.eval_fraction < 1:
             raise ConfigError("eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        if self.lora is None and self.lora_alpha is not None:
+            raise ConfigError("lora_alpha", "is a LoRA setting: give the rank (lora) too")
+        if not [t for t in self.lora_targets.split(",") if t.strip()]:
+            raise ConfigError("lora_targets", "names no module")
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,24 @@ from landscape.foundation.configs import ConfigError
 
 Vector = list  # list[torch.Tensor], one per selected parameter
 
+# `params="adapter"`: the parameters of a PEFT adapter kept apart from its base (LoRA's A and B, DoRA's m)
+ADAPTER_PARAMS = r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\."
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
 
 
 def select(model: torch.nn.Module, regex: str | None = None) -> "OrderedDict[str, torch.nn.Parameter]":
     """Trainable parameters whose name matches ``regex`` (``re.search``); all when ``regex`` is None.
 
-    Tied parameters appear once (``named_parameters`` de-duplicates them).
+    Tied parameters appear once (``named_parameters`` de-duplicates them). ``"adapter"``: the
+    parameters of a PEFT adapter loaded with ``adapter="keep"`` (:data:`ADAPTER_PARAMS`).
     """
+    if regex == "adapter":
+        out = select(model, ADAPTER_PARAMS) if any(re.search(ADAPTER_PARAMS, n) for n, _ in model.named_parameters()) \
+            else None
+        if out is None:
+            raise ConfigError("params", "'adapter' selects a PEFT adapter's own parameters, and this model has none "
+                                        "(load the adapter with adapter='keep')")
+        return out
     try:
         pat = re.compile(regex) if regex else None
     except re.error as e:

@@ -270,6 +270,8 @@ def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _J
     partial = out.with_name(out.name + ".partial")
     _check_paths(out, partial, cfg)
     ck = checkpoint.load_checkpoint(base, load)
+    if cfg.lora:
+        ck.model = with_lora(ck.model, cfg, ck.path)
     records = data_mod.read_jsonl(data)
     if cfg.eval_data is not None:
         train_recs, eval_recs = records, data_mod.read_jsonl(cfg.eval_data)
@@ -288,6 +290,29 @@ def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _J
             "base": str(ck.path), "base_fingerprint": ck.fingerprint, "data": str(data),
             "data_fingerprint": train_b.fingerprint, "eval_fingerprint": eval_b.fingerprint if eval_b else None}
     return _Job(ck, train_b, eval_b, run_cfg, meta, out, partial, str(data))
+
+
+def with_lora(model, cfg: FinetuneConfig, base_path):
+    """``model`` wrapped in a fresh LoRA adapter (peft; A drawn from ``cfg.seed``, B = 0, so the run starts at
+    the base's function and is determined by its config): only the adapter's A and B train; the saved
+    directory is a standard PEFT adapter whose ``base_model_name_or_path`` is the base's absolute path."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("lora: fine-tuning a LoRA adapter needs the peft package (pip install 'landscape[lora]')") \
+            from None
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    lcfg = LoraConfig(r=cfg.lora, lora_alpha=cfg.lora_alpha or 2 * cfg.lora, lora_dropout=0.0, bias="none",
+                      task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets,
+                      base_model_name_or_path=str(Path(base_path).resolve()))
+    try:
+        with torch.random.fork_rng(devices=[]):  # A's random init follows the run's seed, not the global RNG
+            torch.manual_seed(cfg.seed)
+            pm = get_peft_model(model, lcfg)
+    except ValueError as e:  # e.g. target modules not found in the base model
+        raise ConfigError("lora_targets", str(e).strip().splitlines()[0]) from None
+    pm.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
+    return pm
 
 
 def _resume(job: _Job, opt) -> TrainState:
