@@ -40,10 +40,10 @@ from landscape.foundation.errors import UserError
 
 ALL_METRICS = SHARPNESS_METRICS + SURFACE_METRICS
 DEFAULT_METRICS = ("lambda_max", "trace", "eps", "sam", "avg", "surface_curvature")
-LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset")
+LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset", "lora")
 TOP_KEYS = ("base", "checkpoints", "flatness", "predictors", "covariates", "suites", "categories", "title",
             "bootstrap", "seed")
-COVARIATE_LABELS = ("steps", "lr", "rho", "epochs")  # numeric checkpoint labels usable as covariates
+COVARIATE_LABELS = ("steps", "lr", "rho", "epochs", "lora")  # numeric checkpoint labels usable as covariates
 # Batches over many checkpoints default to a little more of the spectrum and fewer trace samples.
 FLATNESS_DEFAULTS = {"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20}
 DEFAULT_SURFACE = {"x": "-1:1:11"}

@@ -31,7 +31,10 @@ REAL = StudySpec(
           ("adamw-lr1e-3", "adamw", 1e-3, 30, None),
           ("sam-rho0.05", "sam", 3e-4, 30, 0.05),
           ("sam-rho0.2", "sam", 3e-4, 30, 0.2),
-          ("asam-rho1.0", "asam", 3e-4, 30, 1.0)),
+          ("asam-rho1.0", "asam", 3e-4, 30, 1.0),
+          # LoRA rank 8, α 16 on every linear layer (2.4M adapter weights beside 134.5M frozen ones), lr 1e-3
+          ("lora-adamw-r8", "adamw", 1e-3, 30, None, 8),
+          ("lora-sam-r8", "sam", 1e-3, 30, 0.05, 8)),
     fast_runs=("adamw-lr1e-4", "adamw-lr3e-4", "sam-rho0.05"),
     finetune=FinetuneConfig(batch_size=8, warmup=3, seed=0, max_length=48),
     flatness={"batch_size": 8, "num_batches": 1, "max_length": 48, "top_k": 1, "max_iter": 12, "tol": 1e-2,
@@ -40,7 +43,8 @@ REAL = StudySpec(
     fast_flatness={"max_iter": 8, "metrics": ["lambda_max", "sam", "avg", "surface_curvature"],
                    "surface": {"x": "-1:1:5"}},
     comparisons=(("sam-rho0.05", "adamw-lr3e-4", "equal steps (30)"),
-                 ("sam-rho0.05", "adamw-lr3e-4-s60", "equal compute (60 passes)")),
+                 ("sam-rho0.05", "adamw-lr3e-4-s60", "equal compute (60 passes)"),
+                 ("lora-sam-r8", "lora-adamw-r8", "LoRA r8, equal steps (30)")),
     task_scoring_batch=16,
     # Forgetting predictors on plain English (data/real/general.jsonl) at the base, along each Δw.
     predictors={"data": "general.jsonl", "batch_size": 8, "num_batches": 2, "max_length": 48, "line": "0:1:6",

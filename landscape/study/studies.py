@@ -27,7 +27,7 @@ class StudySpec:
     title: str
     task_dir: Path  # relative to the data root: train.jsonl, eval.jsonl
     suites: Path  # relative to the data root: *.jsonl + categories.json
-    runs: tuple  # (label, optimizer, lr, steps, rho)
+    runs: tuple  # (label, optimizer, lr, steps, rho[, LoRA rank]): a rank makes it a LoRA run (a PEFT adapter)
     fast_runs: tuple  # labels kept by fast=True
     finetune: FinetuneConfig  # shared settings of every fine-tune
     flatness: dict  # the manifest's flatness section (data and suites are filled in)
@@ -46,7 +46,8 @@ def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneCon
     if cfg_file.is_file():
         try:
             have = json.loads(cfg_file.read_text())
-            if have["settings"] == run.as_dict() and have["base_fingerprint"] == base_fp:
+            # a setting added after that run was written had its default then
+            if {**FinetuneConfig().as_dict(), **have["settings"]} == run.as_dict() and have["base_fingerprint"] == base_fp:
                 return "reused"
         except (ValueError, KeyError, OSError):
             pass
@@ -55,14 +56,20 @@ def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneCon
     return "trained"
 
 
+def _run(run: tuple) -> tuple:
+    """(label, optimizer, lr, steps, rho, LoRA rank or None) of a spec's run."""
+    return (*run, None) if len(run) == 5 else tuple(run)
+
+
 def study_manifest(spec: StudySpec, out: Path, root: Path, runs, fast: bool) -> Path:
     """The study's manifest (YAML), written next to the fine-tunes."""
     import yaml
 
     flat = {**spec.flatness, **(spec.fast_flatness if fast else {}), "data": str(root / spec.task_dir / "eval.jsonl")}
     m = {"title": spec.title, "base": "base", "suites": [str(root / spec.suites)], "flatness": flat,
-         "checkpoints": [{"path": f"ft/{label}", "label": label, "optimizer": opt, "lr": lr, "steps": steps,
-                          "rho": rho, "dataset": spec.task_dir.name} for label, opt, lr, steps, rho in runs],
+         "checkpoints": [{"path": f"ft/{label}", "label": label, "optimizer": f"{opt}-lora" if rank else opt,
+                          "lr": lr, "steps": steps, "rho": rho, "lora": rank, "dataset": spec.task_dir.name}
+                         for label, opt, lr, steps, rho, rank in map(_run, runs)],
          "bootstrap": 2000}
     if spec.predictors:
         m["predictors"] = {**spec.predictors, "data": str(root / spec.predictors["data"])}
@@ -81,9 +88,9 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
     base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
     task = root / spec.task_dir
     how = {label: _finetuned(base, base_fp, out / "ft" / label, task / "train.jsonl",
-                             spec.finetune.replace(optimizer=opt, lr=lr, max_steps=n, rho=rho or 0.05,
+                             spec.finetune.replace(optimizer=opt, lr=lr, max_steps=n, rho=rho or 0.05, lora=rank,
                                                    eval_data=str(task / "eval.jsonl"), overwrite=True), progress)
-           for label, opt, lr, n, rho in runs}
+           for label, opt, lr, n, rho, rank in map(_run, runs)}
     t_ft = time.perf_counter() - t0
     manifest = study_manifest(spec, out, root, runs, fast)
     res = run_manifest(manifest, out / "report.html", progress=progress)
