@@ -177,6 +177,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     for path in tqdm(tuned, desc="checkpoints", disable=not progress or len(tuned) == 1):
         tk = checkpoint.load_checkpoint(path, load)
         r = session.measure(dict(tk.model.named_parameters()), progress=progress)
+        r.pop("lambda_max_run")  # reported once, at the top
         results.append({"tuned": str(path), "tuned_fingerprint": tk.fingerprint, **r})
         del tk
     return {"base": str(base), "base_fingerprint": ck.fingerprint,
@@ -211,4 +212,5 @@ class Session:
                 self._lambda = base_lambda_max(obj, self.cfg, progress)
             delta = update_vector(obj.names, obj.params, tuned_named)
             lam = self._lambda["lambda_max"] if self._lambda else None
-            return measure_pair(obj, delta, self.cfg, lambda_max=lam, groups=self.groups, progress=progress)
+            r = measure_pair(obj, delta, self.cfg, lambda_max=lam, groups=self.groups, progress=progress)
+        return {**r, "lambda_max_run": self._lambda}  # how λ_max(H_base) was found (HVPs, convergence)

@@ -147,7 +147,7 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
         rows.append({**{k: c[k] for k in ("label", *LABEL_KEYS)}, "path": str(c["path"]),
                      "fingerprint": ck.fingerprint, "flatness": flat, "forgetting": fg, "predictors": pred})
         del ck
-    lam = next((r["predictors"]["lambda_max_base"] for r in rows if r["predictors"]), None)
+    lam = next((r["predictors"].get("lambda_max_run") for r in rows if r["predictors"]), None)
     del session
     targets = _targets(rows)
     stats = correlate_table(rows, m.metrics, targets, n_boot=m.bootstrap, seed=m.seed,
