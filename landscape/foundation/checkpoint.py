@@ -137,6 +137,17 @@ def _check_safetensors(f: Path) -> None:
         raise CheckpointError(f"{f}: corrupt safetensors file ({e})") from None
 
 
+def _json_with(path: Path, key: str, what: str) -> dict:
+    """A JSON object file that has ``key``; else one CheckpointError line ``PATH: WHAT (why)``."""
+    try:
+        obj = json.loads(path.read_text())
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"no {key}")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: {what} ({e})") from None
+    return obj
+
+
 def _adapter_base(p: Path, declared, base) -> Path:
     """The base directory of the adapter at ``p``: ``base`` when given, else its declared
     ``base_model_name_or_path`` when that is a local directory (absolute, or relative to the adapter
@@ -156,12 +167,7 @@ def _adapter_base(p: Path, declared, base) -> Path:
 def inspect_adapter(p: Path, trust_pickle: bool = False, base=None) -> CheckpointFiles:
     """Validate a PEFT adapter directory and its base; the base's files with the adapter attached."""
     cfg_path = p / ADAPTER_CONFIG
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        if not isinstance(cfg, dict) or "peft_type" not in cfg:
-            raise ValueError("no peft_type")
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: malformed adapter config ({e})") from None
+    cfg = _json_with(cfg_path, "peft_type", "malformed adapter config")
     if (p / ADAPTER_SAFE).is_file():
         weights = p / ADAPTER_SAFE
         _check_safetensors(weights)
@@ -194,12 +200,7 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, adap
         return inspect_adapter(p, trust_pickle, adapter_base)
     if not config.is_file():
         raise CheckpointError(f"{p}: not a Hugging Face checkpoint (no config.json)")
-    try:
-        cfg = json.loads(config.read_text())
-        if not isinstance(cfg, dict) or "model_type" not in cfg:
-            raise ValueError("no model_type")
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{config}: malformed config.json ({e})") from None
+    _json_with(config, "model_type", "malformed config.json")
     if (p / SAFE_INDEX).is_file():
         weights, fmt = _shards_from_index(p / SAFE_INDEX), "safetensors"
     elif (p / SAFE_SINGLE).is_file():
