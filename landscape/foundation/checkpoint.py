@@ -13,6 +13,7 @@ so results are keyed by content, not by path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -309,6 +310,16 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     )
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """peft 0.21 calls transformers' deprecated ``is_gradient_checkpointing``: not the user's concern."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def attach_adapter(model, adapter: AdapterFiles, merge: bool = True):
     """The base ``model`` with the PEFT adapter applied: merged into its weights (a plain model of the
     base's architecture, Δw = the adapter's update), or kept as a ``PeftModel`` whose adapter
@@ -320,7 +331,8 @@ def attach_adapter(model, adapter: AdapterFiles, merge: bool = True):
         raise CheckpointError(f"{adapter.path}: a PEFT adapter needs the peft package (pip install "
                               "'landscape[lora]')") from None
     try:
-        pm = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False, local_files_only=True)
+        with quiet_peft():
+            pm = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as e:
         msg = _first_line(e)
         if "size mismatch" in str(e):

@@ -296,6 +296,8 @@ def with_lora(model, cfg: FinetuneConfig, base_path):
     """``model`` wrapped in a fresh LoRA adapter (peft; A drawn from ``cfg.seed``, B = 0, so the run starts at
     the base's function and is determined by its config): only the adapter's A and B train; the saved
     directory is a standard PEFT adapter whose ``base_model_name_or_path`` is the base's absolute path."""
+    from landscape.foundation.checkpoint import quiet_peft
+
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -306,7 +308,7 @@ def with_lora(model, cfg: FinetuneConfig, base_path):
                       task_type="CAUSAL_LM", target_modules="all-linear" if targets == ["all-linear"] else targets,
                       base_model_name_or_path=str(Path(base_path).resolve()))
     try:
-        with torch.random.fork_rng(devices=[]):  # A's random init follows the run's seed, not the global RNG
+        with torch.random.fork_rng(devices=[]), quiet_peft():  # A's init follows the run's seed, not the global RNG
             torch.manual_seed(cfg.seed)
             pm = get_peft_model(model, lcfg)
     except ValueError as e:  # e.g. target modules not found in the base model
