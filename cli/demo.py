@@ -80,12 +80,12 @@ def summary(r: dict) -> str:
     for row in r["ranking"]:
         ci = row.get("ci") or [None, None]
         i = info.get(row["metric"], {})
-        where = f"@{i.get('where', '?')}, {Path(str(i.get('data', '?'))).stem}"
+        where = f"@{i.get('where', '?')}, {i.get('data_label', '?')}"
         part = ""
         if covs:
             pci = row.get("partial_ci") or [None, None]
             part = f"  partial {_g(row.get('partial_spearman')):>7} [{_g(pci[0])}, {_g(pci[1])}]"
-        lines.append(f"  {row['metric']:<22} {where:<20} ρ {_g(row['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  "
+        lines.append(f"  {row['metric']:<22} {where:<28} ρ {_g(row['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  "
                      f"p {_g(row['p'])}{part}  n {row['n']}")
     best = [f"{t.replace('category:', '')} {rk[0]['metric']} ({_g(rk[0]['spearman'])})"
             for t, rk in (r.get("rankings") or {}).items() if t != "average" and rk and rk[0]["spearman"] is not None]

@@ -78,15 +78,17 @@ class Manifest:
 
     def metric_info(self) -> dict:
         """Where (base/tuned weights) and on what data each metric is measured, for every output."""
-        def label(d: DataConfig | None) -> str:
-            return d.data if d and d.data else "the embedded general eval data"
+        def label(d: DataConfig | None) -> dict:
+            path = d.data if d and d.data else None  # None: the embedded general eval data
+            short = "/".join(Path(path).parts[-2:]) if path else "embedded eval.jsonl"
+            return {"data": path or "embedded eval data", "data_label": short}
 
-        info = {m: {"where": "tuned", "data": label(self.data), "kind": "flatness"} for m in self.metrics
+        info = {m: {"where": "tuned", **label(self.data), "kind": "flatness"} for m in self.metrics
                 if m not in PREDICTOR_METRICS}
         for m in self.metrics:
             if m in PREDICTOR_METRICS:
                 where, what = PREDICTOR_METRICS[m]
-                info[m] = {"where": where, "data": label(self.predict_data), "kind": "predictor", "what": what}
+                info[m] = {"where": where, **label(self.predict_data), "kind": "predictor", "what": what}
         return info
 
 

@@ -109,7 +109,7 @@ def _ci(c: dict) -> str:
 def _where(result: dict, m: str) -> str:
     """"kappa_base @ base, eval.jsonl": the metric with where and on what data it was measured."""
     i = (result.get("metric_info") or {}).get(m)
-    return f"{m} @ {i['where']}, {Path(str(i['data'])).name}" if i else m
+    return f"{m} @ {i['where']}, {i['data_label']}" if i else m
 
 
 def scatter_figure(result: dict):
@@ -247,7 +247,7 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
     info = result.get("metric_info") or {}
     covs = result.get("covariates") or []
     rank_rows = [[html.escape(r["metric"]), html.escape(info.get(r["metric"], {}).get("where", "tuned")),
-                  html.escape(Path(str(info.get(r["metric"], {}).get("data", "?"))).name), _fmt(r["spearman"]),
+                  html.escape(str(info.get(r["metric"], {}).get("data_label", "?"))), _fmt(r["spearman"]),
                   _ci(result["correlations"][r["metric"]]["average"]["spearman"]), _fmt(r["p"])]
                  + ([_fmt(r.get("partial_spearman")), _ci({"ci": r.get("partial_ci") or [None, None]}),
                      _fmt(r.get("partial_pearson"))] if covs else [])
