@@ -239,13 +239,10 @@ margin:8px 0 24px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;f
 th{background:#f3f3f3}td:first-child{text-align:left}.note{color:#555;font-size:13px}"""
 
 
-def correlation_report(result: dict, out: str | os.PathLike) -> Path:
-    """The batch report: ranking, scatter plots, every correlation, every checkpoint, surfaces, spectra."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    metrics, targets = result["metrics"], result["targets"]
-    info = result.get("metric_info") or {}
-    covs = result.get("covariates") or []
+def _ranking_tables(result: dict) -> list[str]:
+    """The ranking against average forgetting (with where/data and partial correlations) and the
+    ranking per forgetting target, as HTML."""
+    targets, info, covs = result["targets"], result.get("metric_info") or {}, result.get("covariates") or []
     rank_rows = [[html.escape(r["metric"]), html.escape(info.get(r["metric"], {}).get("where", "tuned")),
                   html.escape(str(info.get(r["metric"], {}).get("data_label", "?"))), _fmt(r["spearman"]),
                   _ci(result["correlations"][r["metric"]]["average"]["spearman"]), _fmt(r["p"])]
@@ -254,12 +251,26 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
                  + [_fmt(r["kendall"]), _fmt(r["pearson"]), _fmt(r["n"])] for r in result["ranking"]]
     rank_head = ["metric", "where", "data", "Spearman ρ", "95% CI", "p"] + (
         [f"partial ρ | {', '.join(covs)}", "95% CI", "partial r"] if covs else []) + ["Kendall τ", "Pearson r", "n"]
-    per_target = result.get("rankings") or {}
-    cat_rows = [[html.escape(m)] + [f"{_fmt(result['correlations'][m][t]['spearman']['r'])} "
-                                    f"{_ci(result['correlations'][m][t]['spearman'])}" for t in targets]
-                for m in [r["metric"] for r in result["ranking"]]]
-    best = [f"{html.escape(t)}: <b>{html.escape(rk[0]['metric'])}</b>" for t, rk in per_target.items()
+    cat_rows = [[html.escape(r["metric"])] + [f"{_fmt(result['correlations'][r['metric']][t]['spearman']['r'])} "
+                                              f"{_ci(result['correlations'][r['metric']][t]['spearman'])}"
+                                              for t in targets] for r in result["ranking"]]
+    best = [f"{html.escape(t)}: <b>{html.escape(rk[0]['metric'])}</b>" for t, rk in (result.get("rankings") or {}).items()
             if rk and rk[0]["spearman"] is not None]
+    return ["<h2>Which metric tracks forgetting (ranked by |Spearman ρ| vs average forgetting)</h2>",
+            "<p class='note'>where: the weights a metric is measured at (tuned, base, or base→tuned along the update "
+            "Δw); data: what it is measured on. Partial correlations control for the covariates (residuals of "
+            "regressions on them; ranks for Spearman).</p>",
+            _table(rank_head, rank_rows, "ranking"),
+            "<h2>Ranking per forgetting target (Spearman ρ [95% CI])</h2>",
+            f"<p class='note'>best per target: {' · '.join(best) or '–'}</p>",
+            _table(["metric", *targets], cat_rows, "per-target")]
+
+
+def correlation_report(result: dict, out: str | os.PathLike) -> Path:
+    """The batch report: ranking, scatter plots, every correlation, every checkpoint, surfaces, spectra."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metrics, targets = result["metrics"], result["targets"]
     corr_rows = []
     for m in metrics:
         for t in targets:
@@ -298,14 +309,7 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
         f"<p class='note'>base {html.escape(result['base'])} · {len(result['checkpoints'])} checkpoints · "
         f"forgetting Δ &gt; 0 = forgotten (base − tuned accuracy) · bootstrap 95% intervals · landscape "
         f"{html.escape(result['version'])}</p>",
-        "<h2>Which metric tracks forgetting (ranked by |Spearman ρ| vs average forgetting)</h2>",
-        "<p class='note'>where: the weights a metric is measured at (tuned, base, or base→tuned along the update "
-        "Δw); data: what it is measured on. Partial correlations control for the covariates (residuals of "
-        "regressions on them; ranks for Spearman).</p>",
-        _table(rank_head, rank_rows, "ranking"),
-        "<h2>Ranking per forgetting target (Spearman ρ [95% CI])</h2>",
-        f"<p class='note'>best per target: {' · '.join(best) or '–'}</p>",
-        _table(["metric", *targets], cat_rows, "per-target"),
+        *_ranking_tables(result),
         *parts[:2 if pf is not None else 1],
         "<h2>Checkpoints</h2>",
         _table(["label", "optimizer", "ρ", "lr", "steps", "epochs", "dataset", *metrics, "forgetting avg",
