@@ -217,3 +217,39 @@ def test_bad_adapter_dirs_are_one_line_errors(lora_run, tmp_path, tokenizer):
     one_line(["info", str(empty)], "adapter without weights")
     one_line(["sharpness", str(lora_run["base"]), "--params", "adapter", "--data", str(lora_run["task"])],
              "adapter")
+
+
+def test_sam_trainer_on_a_peft_model_equals_sam_over_the_adapter(tokenizer, tmp_path):
+    """`SAMTrainer` with a PeftModel: one Trainer step equals one SAM step over the adapter parameters."""
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
+    from transformers import TrainingArguments
+
+    from landscape.training.sam import SAMTrainer
+    from tests.test_sam import BETAS, EPS, LR, sam_step, tiny_batch, tiny_model
+
+    def lora_model():
+        cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                              lora_dropout=0.0)
+        torch.manual_seed(1)
+        return peft.get_peft_model(tiny_model(tokenizer, dtype=torch.float32), cfg)
+
+    model, ref = lora_model(), lora_model()
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = tiny_batch(tokenizer)
+    rows = [{"input_ids": batch.input_ids[i], "attention_mask": batch.attention_mask[i], "labels": batch.labels[i]}
+            for i in range(batch.input_ids.shape[0])]
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=len(rows), max_steps=1,
+                             learning_rate=LR, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
+                             max_grad_norm=0.0, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1000,
+                             adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPS, optim="adamw_torch",
+                             disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    SAMTrainer(model=model, args=args, train_dataset=rows, sam_rho=0.05).train()
+    opt = SAM([p for p in ref.parameters() if p.requires_grad], torch.optim.AdamW, rho=0.05, lr=LR, betas=BETAS,
+              eps=EPS, weight_decay=0.0)
+    sam_step(ref, batch, opt)
+    moved = []
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6, msg=n)
+        if not torch.equal(p.detach(), init[n]):
+            moved.append(n)
+    assert len(moved) == 4 and all(".lora_" in n for n in moved)  # A and B of q_proj and v_proj; the base stays
