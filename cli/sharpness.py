@@ -28,14 +28,15 @@ def command(checkpoint, as_json, quiet, **kw):
     ck = load(checkpoint, kw)
     bs = batches(ck, kw)
     r = measure(ck.model, bs, cfg, progress=show_progress(quiet))
-    r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint, **r}
+    r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint,
+         "where": {"weights": str(checkpoint), "data": bs.source}, **r}  # which weights, which tokens
     r["config"]["data"] = {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}
     emit(r, as_json, _human(checkpoint, r))
 
 
 def _human(checkpoint, r: dict) -> str:
     m = r["metrics"]
-    lines = [f"{checkpoint}: loss {r['loss']:.6f} over {r['tokens']} tokens"]
+    lines = [f"{checkpoint}: loss {r['loss']:.6f} over {r['tokens']} tokens of {r['where']['data']}"]
     for k, v in m.items():
         if isinstance(v, float):
             lines.append(f"  {k:<24} {v:.6g}")

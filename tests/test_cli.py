@@ -149,5 +149,6 @@ def test_sharpness_cache_graph_modes_agree(llama_dir, text_data):
     assert outs["--cache-graph"]["cost"]["graph_cached"] is True
     assert outs["--cache-graph off"]["cost"]["graph_cached"] is False
     assert outs[""]["cost"]["graph_cached"] is True  # a tiny model's graphs fit
+    assert outs[""]["where"] == {"weights": str(llama_dir), "data": str(text_data)}  # which weights, which tokens
     vals = {k: (o["metrics"]["lambda_max"], o["metrics"]["hessian_trace"]) for k, o in outs.items()}
     assert len(set(vals.values())) == 1, vals
