@@ -49,6 +49,7 @@ REAL = StudySpec(
     # Forgetting predictors on plain English (data/real/general.jsonl) at the base, along each Δw.
     predictors={"data": "general.jsonl", "batch_size": 8, "num_batches": 2, "max_length": 48, "line": "0:1:6",
                 "max_iter": 30, "tol": 1e-3},
+    fast_predictors={"max_iter": 10, "line": "0:1:3"},
     covariates=("delta_norm", "task_loss", "steps"),
 )
 

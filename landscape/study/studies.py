@@ -35,6 +35,7 @@ class StudySpec:
     comparisons: tuple = ()  # (sam label, adamw label, what is matched)
     task_scoring_batch: int = 32
     predictors: dict | None = None  # the manifest's predictors section (its data relative to the data root)
+    fast_predictors: dict = field(default_factory=dict)  # overrides of ``predictors`` for fast=True
     covariates: tuple = ()  # partial correlations control for these (manifest ``covariates``)
 
 
@@ -72,7 +73,8 @@ def study_manifest(spec: StudySpec, out: Path, root: Path, runs, fast: bool) -> 
                          for label, opt, lr, steps, rho, rank in map(_run, runs)],
          "bootstrap": 2000}
     if spec.predictors:
-        m["predictors"] = {**spec.predictors, "data": str(root / spec.predictors["data"])}
+        m["predictors"] = {**spec.predictors, **(spec.fast_predictors if fast else {}),
+                           "data": str(root / spec.predictors["data"])}
         m["covariates"] = list(spec.covariates)
     return write_text(out / "manifest.yaml", yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
 
