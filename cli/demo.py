@@ -85,7 +85,7 @@ def summary(r: dict) -> str:
         if covs:
             pci = row.get("partial_ci") or [None, None]
             part = f"  partial {_g(row.get('partial_spearman')):>7} [{_g(pci[0])}, {_g(pci[1])}]"
-        lines.append(f"  {row['metric']:<22} {where:<28} ρ {_g(row['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  "
+        lines.append(f"  {row['metric']:<22} {where:<30} ρ {_g(row['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  "
                      f"p {_g(row['p'])}{part}  n {row['n']}")
     best = [f"{t.replace('category:', '')} {rk[0]['metric']} ({_g(rk[0]['spearman'])})"
             for t, rk in (r.get("rankings") or {}).items() if t != "average" and rk and rk[0]["spearman"] is not None]
