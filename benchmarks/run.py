@@ -288,6 +288,46 @@ def bench_sam(ck, bs, repeat: int) -> dict:
     return out
 
 
+def bench_predict_lora(ck, bs, repeat: int) -> dict:
+    """The forgetting predictors of one fine-tune (no λ_max: once per base) against one gradient; LoRA
+    (rank 8, every linear layer) steps with AdamW and SAM against a full AdamW step."""
+    import copy
+
+    from landscape.foundation.configs import PredictConfig
+    from landscape.measures import predictors
+    from landscape.training import finetune
+
+    g = torch.Generator().manual_seed(0)
+    tuned = {n: p.detach() + 1e-3 * torch.randn(p.shape, generator=g) for n, p in ck.model.named_parameters()}
+    session = predictors.Session(ck.model, bs, PredictConfig(lambda_max=False))
+    obj = objective.ModelObjective(ck.model, bs)
+    q_pred, t_grad, t_pred = paired(lambda: objective.gradient(obj), lambda: session.measure(tuned), max(3, repeat // 3))
+    out = {"grad_s": t_grad, "predict_s": t_pred, "predict_over_grad": q_pred}
+    full = ck.model
+    params = [p for p in full.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    adam_cfg = FinetuneConfig(optimizer="adamw", lr=1e-6)
+    full_opt = finetune.make_optimizer(params, adam_cfg)
+    lora = finetune.with_lora(copy.deepcopy(full), FinetuneConfig(lora=8), ck.path)
+    steps = {}
+    for name in ("adamw", "sam"):
+        cfg = FinetuneConfig(optimizer=name, lr=1e-6, lora=8)
+        opt = finetune.make_optimizer([p for p in lora.parameters() if p.requires_grad], cfg)
+        steps[name] = lambda opt=opt, cfg=cfg: finetune.train_step(lora, opt, bs.batches[:1], cfg, 1e-6)
+    full.train()
+    lora.train()
+    q_la, t_full, t_la = paired(lambda: finetune.train_step(full, full_opt, bs.batches[:1], adam_cfg, 1e-6),
+                                steps["adamw"], repeat)
+    q_ls, _, t_ls = paired(steps["adamw"], steps["sam"], repeat)
+    full.eval()
+    with torch.no_grad():
+        for p, w in zip(params, saved):
+            p.copy_(w)
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    return {**out, "adamw_step_s": t_full, "lora_adamw_step_s": t_la, "lora_sam_step_s": t_ls,
+            "lora_adamw_over_adamw": q_la, "lora_sam_over_lora_adamw": q_ls, "lora_trainable": trainable}
+
+
 SAM_MEM_CHILD = r"""from landscape.training import finetune
 cfg = FinetuneConfig(optimizer={name!r}, lr=1e-6)
 params = list(ck.model.parameters())
@@ -555,6 +595,15 @@ def table(res: dict) -> str:
                       f"{tr['top20_sum']:.1f}). Re-measured alone by `python benchmarks/run.py --only trace`:", "",
                   "| estimator | HVPs | RMS error over seeds | mean reported standard error |", "|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['hvps']} | {r['rms_error']:.2f} | {r['mean_stderr']:.2f} |" for r in tr["rows"]]
+    pl = res.get("predict_lora")
+    if pl:
+        lines += ["", "Forgetting predictors and LoRA steps on the demo model (re-measured alone by `python benchmarks/run.py "
+                      "--only predict_lora`):", "", "| figure | value |", "|---|---|",
+                  f"| predictors of one fine-tune (gradient + HVP at base and tuned, 11-point line; no λ_max) / one "
+                  f"gradient | {pl['predict_over_grad']:.1f} |",
+                  f"| LoRA r8 AdamW step / full AdamW step ({pl['lora_trainable']:,} adapter weights) | "
+                  f"{pl['lora_adamw_over_adamw']:.2f} |",
+                  f"| LoRA r8 SAM step / LoRA r8 AdamW step | {pl['lora_sam_over_lora_adamw']:.2f} |"]
     lines += ["", f"Produced by {cmd} (`python benchmarks/run.py`); raw numbers in `benchmarks/results.json`."]
     return "\n".join(lines)
 
@@ -573,7 +622,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="rewrite the README block from results.json")
-    ap.add_argument("--only", choices=["trace"], help="re-measure one section into the existing results.json")
+    ap.add_argument("--only", choices=["trace", "predict_lora"], help="re-measure one section into the existing results.json")
     args = ap.parse_args()
     if args.table_only:
         update_readme(table(json.loads((ROOT / "benchmarks" / "results.json").read_text())))
@@ -582,8 +631,10 @@ def main() -> None:
         res = json.loads((ROOT / "benchmarks" / "results.json").read_text())
         base = ROOT / "runs" / "demo" / "base"
         demo.ensure_demo_model(base, steps=demo.DEMO_TRAIN["steps"])
-        ck, bs = setup(base, 1)
-        res["trace"] = bench_trace(ck, bs, args.quick)
+        if args.only == "trace":
+            res["trace"] = bench_trace(*setup(base, 1), args.quick)
+        else:
+            res["predict_lora"] = bench_predict_lora(*setup(base, 4), repeat=5 if args.quick else 9)
         (ROOT / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
         if not args.no_readme:
             update_readme(table(res))
@@ -615,6 +666,8 @@ def main() -> None:
     res["loss_landscapes"] = bench_loss_landscapes(ck, bs)
     print("scaling with model size and sequence length ...", flush=True)
     res["scaling"] = bench_scaling(ck, args.quick)
+    print("forgetting predictors and LoRA steps ...", flush=True)
+    res["predict_lora"] = bench_predict_lora(ck, bs, repeat=5 if args.quick else 9)
     print("trace estimators at equal budgets ...", flush=True)
     res["trace"] = bench_trace(*setup(base, 1), args.quick)
     (ROOT / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
