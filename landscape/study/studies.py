@@ -47,8 +47,11 @@ def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneCon
     if cfg_file.is_file():
         try:
             have = json.loads(cfg_file.read_text())
-            # a setting added after that run was written had its default then
-            if {**FinetuneConfig().as_dict(), **have["settings"]} == run.as_dict() and have["base_fingerprint"] == base_fp:
+            # the settings that change the weights (not where the eval file lies); a setting added after
+            # that run was written had its default then
+            keys = {**run.numbers(), **({"eval_fraction": run.eval_fraction} if run.eval_data is None else {})}
+            theirs = {**FinetuneConfig().as_dict(), **have["settings"]}
+            if {k: theirs[k] for k in keys} == keys and have["base_fingerprint"] == base_fp:
                 return "reused"
         except (ValueError, KeyError, OSError):
             pass
