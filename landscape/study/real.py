@@ -32,7 +32,7 @@ REAL = StudySpec(
           ("sam-rho0.05", "sam", 3e-4, 30, 0.05),
           ("sam-rho0.2", "sam", 3e-4, 30, 0.2),
           ("asam-rho1.0", "asam", 3e-4, 30, 1.0),
-          # LoRA rank 8, α 16 on every linear layer (2.4M adapter weights beside 134.5M frozen ones), lr 1e-3
+          # LoRA rank 8, α 16 on every linear layer (2.44M adapter weights beside 134.5M frozen ones), lr 1e-3
           ("lora-adamw-r8", "adamw", 1e-3, 30, None, 8),
           ("lora-sam-r8", "sam", 1e-3, 30, 0.05, 8)),
     fast_runs=("adamw-lr1e-4", "adamw-lr3e-4", "sam-rho0.05"),
