@@ -222,10 +222,8 @@ def test_bad_adapter_dirs_are_one_line_errors(lora_run, tmp_path, tokenizer):
 def test_sam_trainer_on_a_peft_model_equals_sam_over_the_adapter(tokenizer, tmp_path):
     """`SAMTrainer` with a PeftModel: one Trainer step equals one SAM step over the adapter parameters."""
     pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
-    from transformers import TrainingArguments
-
     from landscape.training.sam import SAMTrainer
-    from tests.test_sam import BETAS, EPS, LR, sam_step, tiny_batch, tiny_model
+    from tests.test_sam import BETAS, EPS, LR, one_step_args, sam_step, tiny_batch, tiny_model
 
     def lora_model():
         cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
@@ -238,12 +236,7 @@ def test_sam_trainer_on_a_peft_model_equals_sam_over_the_adapter(tokenizer, tmp_
     batch = tiny_batch(tokenizer)
     rows = [{"input_ids": batch.input_ids[i], "attention_mask": batch.attention_mask[i], "labels": batch.labels[i]}
             for i in range(batch.input_ids.shape[0])]
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=len(rows), max_steps=1,
-                             learning_rate=LR, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
-                             max_grad_norm=0.0, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1000,
-                             adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPS, optim="adamw_torch",
-                             disable_tqdm=True, dataloader_num_workers=0, seed=0)
-    SAMTrainer(model=model, args=args, train_dataset=rows, sam_rho=0.05).train()
+    SAMTrainer(model=model, args=one_step_args(tmp_path, len(rows)), train_dataset=rows, sam_rho=0.05).train()
     opt = SAM([p for p in ref.parameters() if p.requires_grad], torch.optim.AdamW, rho=0.05, lr=LR, betas=BETAS,
               eps=EPS, weight_decay=0.0)
     sam_step(ref, batch, opt)

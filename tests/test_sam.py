@@ -329,10 +329,19 @@ def test_finetune_lowers_the_task_loss(llama_dir, task_data, tmp_path):
     assert r["eval_loss"] == pytest.approx(evaluate(ck.model, bs).loss, rel=1e-5)
 
 
-def test_sam_trainer_step_equals_sam(tokenizer, tmp_path):
-    pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
+def one_step_args(tmp_path, batch_size: int):
+    """transformers TrainingArguments for one plain AdamW step (lr LR, no decay, schedule or clipping) on the CPU."""
     from transformers import TrainingArguments
 
+    return TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=batch_size, max_steps=1,
+                             learning_rate=LR, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
+                             max_grad_norm=0.0, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1000,
+                             adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPS, optim="adamw_torch",
+                             disable_tqdm=True, dataloader_num_workers=0, seed=0)
+
+
+def test_sam_trainer_step_equals_sam(tokenizer, tmp_path):
+    pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
     from landscape.training.sam import SAMTrainer
 
     torch.manual_seed(0)
@@ -342,12 +351,7 @@ def test_sam_trainer_step_equals_sam(tokenizer, tmp_path):
     labels = batch.labels.clone()
     rows = [{"input_ids": batch.input_ids[i], "attention_mask": batch.attention_mask[i], "labels": labels[i]}
             for i in range(batch.input_ids.shape[0])]
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=len(rows), max_steps=1,
-                             learning_rate=LR, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
-                             max_grad_norm=0.0, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1000,
-                             adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPS, optim="adamw_torch",
-                             disable_tqdm=True, dataloader_num_workers=0, seed=0)
-    trainer = SAMTrainer(model=model, args=args, train_dataset=rows, sam_rho=0.05)
+    trainer = SAMTrainer(model=model, args=one_step_args(tmp_path, len(rows)), train_dataset=rows, sam_rho=0.05)
     trainer.train()
     opt = SAM(ref.parameters(), torch.optim.AdamW, rho=0.05, lr=LR, betas=BETAS, eps=EPS, weight_decay=0.0)
     sam_step(ref, batch, opt)
