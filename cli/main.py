@@ -11,7 +11,7 @@ import sys
 import click
 
 import landscape
-from landscape.foundation.errors import UserError
+from landscape.foundation.errors import UserError, one_line
 
 
 def _in_cli_terms(e: UserError) -> str:
@@ -36,7 +36,7 @@ class LandscapeGroup(click.Group):
                 raise
             what = e.strerror or str(e).splitlines()[0] if str(e) else type(e).__name__
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            click.echo(f"error: {where}{what}", err=True)
+            click.echo(one_line(f"error: {where}{what}"), err=True)
             ctx.exit(2)
 
     def main(self, args=None, prog_name=None, **extra):

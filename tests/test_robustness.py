@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from landscape.foundation import checkpoint, toy
@@ -208,6 +208,7 @@ def test_suite_and_data_parsers_fuzz(tmp_path, lines, junk):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=st.dictionaries(st.sampled_from(["base", "checkpoints", "flatness", "suites", "title", "bootstrap",
                                             "seed", "bogus"]), json_values, max_size=5))
+@example(doc={"base": None, "flatness": {"\n": None}})  # CI 2026-11-30: a key with a line break
 def test_manifest_parser_fuzz(tmp_path, doc):
     from landscape.study.manifest import load_manifest
 

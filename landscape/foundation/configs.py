@@ -222,7 +222,7 @@ class Config:
         mapping = dict(mapping or {})
         unknown = sorted(set(mapping) - set(cls.keys()))
         if unknown:
-            raise UserError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(cls.keys())}")
+            raise UserError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(cls.keys())}")
         try:
             return cls(**{**defaults, **mapping})
         except ConfigError as e:

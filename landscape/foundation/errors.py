@@ -4,6 +4,8 @@ The CLI turns a :class:`UserError` into one line on stderr and exit status 2; an
 is an internal bug and keeps its traceback.
 """
 
+import re
+
 
 class UserError(Exception):
     """A problem with the user's input, reported as one clear line.
@@ -15,6 +17,19 @@ class UserError(Exception):
     def __init__(self, *args, field: str | None = None):
         super().__init__(*args)
         self.field = field
+
+    def __str__(self) -> str:
+        # One line whatever the user's input held: a key, path or value with a newline or other
+        # control character in it is shown escaped ("\\n"), never as a line break.
+        return one_line(super().__str__())
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and other control characters escaped (``\\n``)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 class CheckpointError(UserError):

@@ -105,7 +105,7 @@ def _read(p: Path) -> dict:
         raise UserError(f"{p}: the manifest must be a mapping with base, checkpoints, flatness")
     unknown = set(m) - set(TOP_KEYS)
     if unknown:
-        raise UserError(f"{p}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        raise UserError(f"{p}: unknown key(s) {', '.join(sorted(map(repr, unknown)))}")
     if "base" not in m:
         raise UserError(f"{p}: missing 'base'")
     return m
@@ -132,7 +132,7 @@ def _checkpoints(p: Path, cks, rel) -> list[dict]:
             raise UserError(f"{p}: checkpoint {i} needs a 'path'")
         bad = set(c) - {"path", "label", *LABEL_KEYS}
         if bad:
-            raise UserError(f"{p}: checkpoint {i}: unknown key(s) {', '.join(sorted(map(str, bad)))}")
+            raise UserError(f"{p}: checkpoint {i}: unknown key(s) {', '.join(sorted(map(repr, bad)))}")
         path = rel(c["path"], f"checkpoint {i} path")
         if not path.exists():
             raise UserError(f"{p}: checkpoint {i}: {path} does not exist")
