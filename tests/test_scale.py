@@ -149,22 +149,26 @@ def test_default_basis_goes_to_disk_when_it_does_not_fit_the_budget(monkeypatch)
     assert hessian.basis.choose_basis(op, BasisPolicy(budget=200 * vec), 1, 100) == (100, "memory")
     assert hessian.basis.choose_basis(op, BasisPolicy(budget=30 * vec), 1, 100) == (20, "memory")
     assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 1, 100) == (20, "disk")
-    assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 8, 100) == (12, "memory")  # top-k
+    assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 8, 100) == (11, "memory")  # top-k
     with monkeypatch.context() as m:
         m.setattr(hessian.basis, "_spare", lambda device, vec: 0)  # not even that fits
         assert hessian.basis.choose_basis(op, BasisPolicy(budget=5 * vec), 8, 100) == (26, "disk")
-    sp = hessian.lanczos(op, k=1, tol=1e-10, max_iter=300, basis=BasisPolicy(budget=5 * vec, reorth="full"))
+        sp = hessian.lanczos(op, k=1, tol=1e-10, max_iter=300, basis=BasisPolicy(budget=5 * vec, reorth="full"))
     assert sp.basis["where"] == "disk" and sp.converged
     assert sp.lambda_max == pytest.approx(3.0, rel=1e-10)
     # "auto" drops the basis altogether for λ_max/λ_min when it does not fit in memory
     sp = hessian.lanczos(op, k=1, tol=1e-10, max_iter=300, basis=BasisPolicy(budget=5 * vec))
     assert sp.basis["where"] == "none" and sp.converged
     assert sp.lambda_max == pytest.approx(3.0, rel=1e-10)
-    # ... but never for a top-k (copies are not reliably merged at scale): the smallest
-    # thick-restart basis, in memory when half the free memory holds it
+    # ... but never for a top-k (copies are not reliably merged at scale): the top k with the smallest
+    # thick-restart basis (k + 3), in memory when half the free memory holds it, then λ_min alone
+    # without a basis, as λ_max above
     sp = hessian.lanczos(op, k=3, tol=1e-6, max_iter=3000, basis=BasisPolicy(budget=5 * vec))
-    assert sp.basis == {"where": "memory", "capacity": 8, "bytes": 8 * vec} and sp.converged
+    assert sp.basis == {"where": "memory", "capacity": 6, "bytes": 6 * vec,
+                        "lambda_min": "no basis (three vectors)"} and sp.converged
     np.testing.assert_allclose(sp.eigenvalues, np.linspace(-1, 3, 100)[::-1][:3], rtol=1e-5)
+    assert sp.lambda_min == pytest.approx(-1.0, rel=1e-5) and sp.residual_min <= 1e-6
+    assert sp.max_basis <= 6 and sp.restarts >= 1
 
 
 # --------------------------------------------------------------------------------------- traces

@@ -67,16 +67,18 @@ def _spare(device, vec: int) -> int:
     return 0 if free is None else free // 2 // vec
 
 
-def choose_basis(op, policy: BasisPolicy, wanted: int, max_iter: int) -> tuple[int, str]:
+def choose_basis(op, policy: BasisPolicy, wanted: int, max_iter: int, beyond: bool = True) -> tuple[int, str]:
     """(capacity, where) for a solve wanting ``wanted`` eigenpairs in at most ``max_iter`` products
     (``wanted=0``: a sketch of exactly ``policy.max_basis`` vectors).
 
     The whole run's basis (``max_iter`` vectors: no restart) when it fits the budget in memory
     (beside two working vectors); otherwise as many as fit, up to ``max(20, 2·wanted + 10)``, with
-    thick restarts, if that is at least ``wanted + 4``; for more than λ_max/λ_min (``wanted > 2``,
-    where a basis-free run is not reliable) ``wanted + 4`` vectors in memory if half the free memory
-    holds them; otherwise ``max(20, 2·wanted + 10)`` on disk.
-    An explicit ``policy.max_basis`` or ``policy.where`` wins.
+    thick restarts, if that is at least ``wanted + 3``; for more than one eigenpair (``wanted ≥ 2``;
+    :func:`resolve_reorth` sends λ_max/λ_min alone to the basis-free recurrence when the basis does
+    not fit) the smallest thick-restart basis, ``wanted + 3`` vectors, in memory if half the free
+    memory holds them; otherwise ``max(20, 2·wanted + 10)`` on disk.
+    An explicit ``policy.max_basis`` or ``policy.where`` wins; ``beyond=False`` never goes beyond
+    the budget.
     """
     n = op.shape[0]
     vec = n * torch.empty((), dtype=op.dtype).element_size()
@@ -87,13 +89,16 @@ def choose_basis(op, policy: BasisPolicy, wanted: int, max_iter: int) -> tuple[i
         cap = policy.max_basis
     elif max_iter <= fits:
         cap = max_iter
-    elif wanted and fits >= wanted + 4:
+    elif wanted and fits >= wanted + 3:
         cap = min(fits, restart)  # a smaller basis in memory, restarted more often
-    elif wanted > 2 and _spare(op.device, vec) >= wanted + 4:
-        cap = fits = wanted + 4  # top-k: the smallest thick-restart basis, in memory beyond the budget
+    elif beyond and wanted >= 2 and _spare(op.device, vec) >= wanted + 3:
+        # top-k: the smallest thick-restart basis (keeps the k wanted Ritz vectors and one more, adds
+        # two per cycle), in memory beyond the budget: on SmolLM2 top-5 this is 8 vectors, 1.93× the
+        # footprint of one HVP, where a disk basis was I/O-bound (0.5 GB/s, 35 s a step)
+        cap = fits = wanted + 3
     else:
         cap = restart
-    cap = max(cap, wanted + 4) if wanted else max(cap, 1)
+    cap = max(cap, wanted + 3) if wanted else max(cap, 1)
     where = policy.where
     if where == "auto":
         where = "memory" if cap <= fits else "disk"
@@ -113,7 +118,9 @@ def resolve_reorth(op, policy: BasisPolicy, wanted: int, max_iter: int) -> str:
         # on SmolLM2-135M its "top 5" were five copies of λ_max 1.5e-3 apart, where a thick-restarted
         # basis found 222.78, 186.85, 174.88, 145.51, 130.88
         return "full"
-    return "full" if choose_basis(op, policy, wanted, max_iter)[1] in ("memory", "host") else "none"
+    # λ_max/λ_min: a basis only when it fits the budget (three float64 vectors cost about as much
+    # as the smallest thick-restart basis and need no restarts)
+    return "full" if choose_basis(op, policy, wanted, max_iter, beyond=False)[1] in ("memory", "host") else "none"
 
 
 class Basis:

@@ -50,11 +50,25 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
     """Top-``k`` (and, with ``want_min``, the smallest) eigenvalues of the operator, in at most
     ``max_iter`` products, with the basis bounded by ``basis`` (see :mod:`.basis`); without a
     basis (``basis.reorth`` "none", or "auto" when it would not fit in memory) the three-vector
-    recurrence of :mod:`.cullum1985plain`."""
+    recurrence of :mod:`.cullum1985plain`.
+
+    A top-k (k > 1) with λ_min whose whole basis does not fit the budget (``reorth`` "auto") is
+    split: the top k with a thick-restarted basis of k + 3 vectors, then λ_min alone, like λ_max,
+    without a basis (three vectors) — the smallest footprint that gives correct top-k values."""
     op = Counted(op)
     policy = basis or BasisPolicy()
-    if resolve_reorth(op, policy, k + int(want_min), max_iter) == "none":
+    wanted = k + int(want_min)
+    if resolve_reorth(op, policy, wanted, max_iter) == "none":
         return plain_lanczos(op, k, max_iter, tol, seed, want_min, progress)
+    if want_min and k > 1 and _split(op, policy, wanted, max_iter):
+        top = _thick(op, k, max_iter, tol, seed, False, progress, policy)
+        neg = Counted(_Negated(op.op))
+        low = plain_lanczos(neg, 1, max(1, max_iter - top.hvps), tol, seed, False, progress)
+        return _joined(top, low)
+    return _thick(op, k, max_iter, tol, seed, want_min, progress, policy)
+
+
+def _thick(op, k, max_iter, tol, seed, want_min, progress, policy) -> Spectrum:
     run = _ThickRestart(op, k, want_min, tol, policy)
     bar = tqdm(total=max_iter, desc="lanczos", disable=not progress, leave=False)
     try:
@@ -63,6 +77,35 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
         run.close()
         bar.close()
     return run.spectrum(converged)
+
+
+def _split(op, policy: BasisPolicy, wanted: int, max_iter: int) -> bool:
+    """Whether a top-k + λ_min solve runs as two (see :func:`lanczos`): only when nothing was asked
+    explicitly and the whole run's basis would not fit the budget."""
+    if policy.reorth != "auto" or policy.where != "auto" or policy.max_basis:
+        return False
+    return choose_basis(op, policy, wanted, max_iter)[0] < min(max_iter, op.shape[0] + 1)
+
+
+class _Negated:
+    """−A: its largest eigenvalue is −λ_min(A)."""
+
+    def __init__(self, op):
+        self.op = op
+        self.shape, self.dtype, self.device, self.blocks = op.shape, op.dtype, op.device, op.blocks
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(v).neg_()
+
+
+def _joined(top: Spectrum, low: Spectrum) -> Spectrum:
+    """The top-k solve's spectrum with λ_min from the basis-free solve on −A."""
+    return Spectrum(
+        eigenvalues=top.eigenvalues, lambda_max=top.lambda_max, lambda_min=-low.lambda_max,
+        residuals=top.residuals, residual_min=low.residuals[0], converged=top.converged and low.converged,
+        hvps=top.hvps + low.hvps, iterations=top.iterations + low.iterations, method="lanczos",
+        history=top.history, restarts=top.restarts, max_basis=top.max_basis,
+        basis={**(top.basis or {}), "lambda_min": "no basis (three vectors)"}, noise=low.noise)
 
 
 def _wanted(n: int, k: int, want_min: bool) -> list[int]:
