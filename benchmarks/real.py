@@ -98,7 +98,8 @@ def child(what: str, ckpt: str, data_file: str) -> dict:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"memory child {what!r} failed:\n" + "\n".join(r.stderr.splitlines()[-15:]))
-    return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - t0, 1)}
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - t0, 1),
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def ratios(ck, bs, rounds: int) -> dict:
@@ -158,19 +159,46 @@ def table(res: dict) -> str:
             x = m[what]
             rows.append((f"peak memory, {label}: extra RSS / weights ({gb(w)})",
                          f"{x['extra'] / w:.2f} (peak RSS {gb(x['peak'])}; {x['seconds']} s)"))
-    if "top5" in m and "hvp" in m:
-        x = m["top5"]
-        rows.append(("same top-5 run: peak RSS / peak RSS of one HVP (weights + one batch's graph; target ≤ 2)",
-                     f"{x['peak'] / m['hvp']['peak']:.2f} ({x['hvps']} HVPs, converged: {x['converged']}, basis: "
-                     f"{(x.get('basis') or {}).get('where')}; top-5 {', '.join(f'{e:.3f}' for e in x['eigenvalues'])}; "
-                     f"λ_min {x['lambda_min']:.3f})"))
+    rows += _top5_rows(m)
     lines = [f"SmolLM2-135M-Instruct ({res['n_params']:,} parameters, float32), {res['machine']}, torch "
              f"{res['torch']}, {res['date']}; batch: 8 general-English texts, {res['tokens']} loss tokens.", "",
              "| quantity | measured |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
+    later = [f"{k} on {x['date']}" for k, x in m.items() if x.get("date", res["date"]) != res["date"]]
     lines += ["", "Produced by `make bench-real` (`python benchmarks/real.py`); raw numbers in "
-                  "`benchmarks/results_real.json`."]
+                  "`benchmarks/results_real.json`." + (f" Rows re-measured later with `--only` (same machine): "
+                                                       f"{', '.join(later)}." if later else "")]
     return "\n".join(lines)
+
+
+def _top5_rows(m: dict) -> list[tuple[str, str]]:
+    """The top-5 runs against each other and against ARPACK (float64 over the same float32 HVPs)."""
+    rows = []
+    for what, label in (("top5", "defaults"), ("top5_m14", "14-vector basis in memory, the reference"),
+                        ("top5_disk", "thick restarts on disk")):
+        if what in m and "hvp" in m:
+            x = m[what]
+            basis = x.get("basis") or {}
+            rows.append((f"top-5 run ({label}): peak RSS / peak RSS of one HVP (weights + one batch's graph; "
+                         "target ≤ 2)",
+                         f"{x['peak'] / m['hvp']['peak']:.2f} ({x['hvps']} HVPs, {x.get('restarts', 0)} restarts, "
+                         f"converged: {x['converged']}, basis: {basis.get('where')} × {basis.get('capacity')}; "
+                         f"top-5 {', '.join(f'{e:.3f}' for e in x['eigenvalues'])}; λ_min {x['lambda_min']:.3f}; "
+                         f"{x['seconds']} s)"))
+    if "top5" in m and "top5_m14" in m:
+        a, b = m["top5"], m["top5_m14"]
+        rel = max(abs(p - q) / abs(q) for p, q in zip(a["eigenvalues"] + [a["lambda_min"]],
+                                                        b["eigenvalues"] + [b["lambda_min"]]))
+        rows.append(("top-5 and λ_min, defaults vs the 14-vector basis: largest relative difference (target ≤ 1e-4)",
+                     f"{rel:.1e}"))
+    if "arpack" in m and "top5" in m:
+        r, a = m["arpack"], m["top5"]
+        rows.append(("λ_max / λ_min, ours (float32) vs scipy ARPACK in float64 over the same HVPs: relative "
+                     "difference (target ≤ 1e-5)",
+                     f"{abs(a['eigenvalues'][0] - r['eigenvalues'][0]) / abs(r['eigenvalues'][0]):.1e} / "
+                     f"{abs(a['lambda_min'] - r['lambda_min']) / abs(r['lambda_min']):.1e} (ARPACK "
+                     f"{r['eigenvalues'][0]:.4f} / {r['lambda_min']:.4f} in {r['hvps']} HVPs, {r['seconds']} s)"))
+    return rows
 
 
 def update_readme(text: str) -> None:
@@ -187,9 +215,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--skip-top5", action="store_true", help="leave out the long top-5 eigenvalue run")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the README block from results_real.json")
     ap.add_argument("--only", nargs="+", choices=["grad", "hvp", "hvp_off", "adamw", "sam", "top5", "top5_disk", "top5_m14", "arpack"],
                     help="re-measure these memory children into the existing results_real.json")
     args = ap.parse_args()
+    if args.table_only:
+        update_readme(table(json.loads((ROOT / "benchmarks" / "results_real.json").read_text())))
+        return
     if args.only:
         res = json.loads((ROOT / "benchmarks" / "results_real.json").read_text())
         for what in args.only:

@@ -592,7 +592,7 @@ def table(res: dict) -> str:
         lines += ["", f"Trace estimators at equal HVP budgets, trained demo model, one batch ({tr['rows'][0]['seeds']} "
                       f"seeds; reference {tr['reference']:.1f} ± {tr['reference_stderr']:.1f} from "
                       f"{tr['reference_hvps']} Hutchinson samples; the 20 largest eigenvalues sum to "
-                      f"{tr['top20_sum']:.1f}). Re-measured alone by `python benchmarks/run.py --only trace`:", "",
+                      f"{tr['top20_sum']:.1f}). Re-measured by `python benchmarks/run.py --only trace`:", "",
                   "| estimator | HVPs | RMS error over seeds | mean reported standard error |", "|---|---|---|---|"]
         lines += [f"| {r['method']} | {r['hvps']} | {r['rms_error']:.2f} | {r['mean_stderr']:.2f} |" for r in tr["rows"]]
     pl = res.get("predict_lora")

@@ -19,6 +19,13 @@ couplings β·sᵢ[last], and the recurrence goes on. Nothing is thrown away tha
 need, so a restarted run converges to the same values as an unbounded one (tested), in a few more
 products. ``restarts`` says how often it happened, ``basis`` where the vectors lived.
 
+When the whole run's basis does not fit the budget, a top-k with λ_min runs as two solves: the top
+k with the smallest thick-restart basis (k + 3 vectors: the k wanted Ritz vectors and one more are
+kept, two new Krylov vectors per cycle), then λ_min alone by the three-vector recurrence of
+:mod:`.cullum1985plain` on −A (as safe as λ_max there: no copies to tell apart). On SmolLM2-135M,
+top-5 then holds 8 vectors (4.3 GB) instead of 10–14, within twice the footprint of one HVP, for
+more products (restarts every two steps).
+
 Check: on ``DenseOperator(A)`` the values equal ``torch.linalg.eigvalsh(A)`` to the tolerance, with
 and without restarts, in memory and on disk (tests/test_hessian.py); on a 4.2M-parameter model the
 float32 values equal float64 ARPACK's to 1e-5 (tests/test_scale.py, slow tier).
