@@ -107,8 +107,10 @@ def test_sigint_during_finetune_keeps_the_state_and_resume_matches(llama_dir, tm
                           capture_output=True, text=True, env=env, timeout=300)
     assert full.returncode == 0, full.stderr
     cut = tmp_path / "cut"
+    # SIGINT as in a terminal even when pytest itself runs with it ignored (a background job)
     proc = subprocess.Popen([sys.executable, "-m", "landscape.cli", *args, "--out", str(cut)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = tmp_path / "cut.partial" / "train_state.pt"
     deadline = time.time() + 120
     while not state.exists() and proc.poll() is None and time.time() < deadline:
@@ -126,7 +128,8 @@ def test_sigint_during_finetune_keeps_the_state_and_resume_matches(llama_dir, tm
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sam"])
-def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir, tmp_path, monkeypatch, optimizer):
+def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir, tmp_path, monkeypatch, request,
+                                                                      optimizer):
     """SIGINT delivered inside a step (between SAM's passes / inside the optimizer update) must not
     save a half-updated state: the step finishes, its state is saved, and the resumed run ends with
     the uninterrupted run's weights, bit for bit."""
@@ -145,6 +148,10 @@ def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir,
         return real(model, opt, micro, cfg, lr, **k)
 
     monkeypatch.setattr(F, "train_step", step_with_a_signal_inside)
+    # Ctrl-C as in a terminal, whatever started pytest (a background job inherits SIGINT ignored,
+    # and then finetune leaves it ignored, as Python does: tested below)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt):
         finetune_(llama_dir, train, tmp_path / "cut", **kw)
     monkeypatch.setattr(F, "train_step", real)
@@ -152,6 +159,19 @@ def test_ctrl_c_in_the_middle_of_a_step_is_taken_at_the_step_boundary(llama_dir,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
     res = finetune_(llama_dir, train, tmp_path / "cut", resume=True, **kw)
     assert res["fingerprint"] == full["fingerprint"]
+
+
+def test_a_run_started_with_sigint_ignored_leaves_it_ignored(llama_dir, tmp_path, request):
+    """nohup and background jobs start us with SIGINT ignored; finetune must not make them
+    interruptible (nor put a different handler back)."""
+    train = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "task : reverse input : red output :", "completion": "der"}] * 4)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    seen = []
+    finetune_(llama_dir, train, tmp_path / "ft", max_steps=2, batch_size=4, eval_fraction=0, device="cpu",
+              on_step=lambda st, o: seen.append(signal.getsignal(signal.SIGINT)))
+    assert seen and all(h is signal.SIG_IGN for h in seen)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 # -------------------------------------------------------------------------------------------

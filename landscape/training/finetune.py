@@ -357,7 +357,10 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
             raise KeyboardInterrupt
         interrupt["at_boundary"] = False
 
-    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGINT ignored by whoever started us (nohup, a background job of a script) stays ignored, as
+    # Python itself leaves it
+    main_thread = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
     previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         train(job.ck.model, job.train_b, cfg, eval_batches=job.eval_b, opt=opt, state=state,
