@@ -87,7 +87,7 @@ elif what == 'arpack':  # the reference: scipy's ARPACK in float64 over our floa
     calls_top = calls[0]
     low = sla.eigsh(A, k=1, which='SA', ncv=8, tol=1e-7, v0=v0, maxiter=300, return_eigenvectors=False)
     out = {{'eigenvalues': [float(top[0])], 'lambda_min': float(low[0]), 'hvps': calls[0], 'hvps_top': calls_top,
-           'converged': True}}
+           'converged': True}}  # eigsh raises ArpackNoConvergence otherwise
 print(json.dumps({{'extra': rss('VmHWM') - before, 'peak': rss('VmHWM'), 'weights': weights, **out}}))
 """
 

@@ -359,9 +359,9 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
 
     # SIGINT ignored by whoever started us (nohup, a background job of a script) stays ignored, as
     # Python itself leaves it
-    main_thread = (threading.current_thread() is threading.main_thread()
-                   and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
-    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    own_sigint = (threading.current_thread() is threading.main_thread()
+                  and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, on_sigint) if own_sigint else None
     try:
         train(job.ck.model, job.train_b, cfg, eval_batches=job.eval_b, opt=opt, state=state,
               on_step=save_and_callback, progress=progress)
@@ -370,7 +370,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
             _save_state(job.partial, job.ck.model, opt, state, job.meta)  # a Ctrl-C loses nothing that finished
         raise
     finally:
-        if main_thread:
+        if own_sigint:
             signal.signal(signal.SIGINT, previous)
 
 

@@ -93,8 +93,9 @@ def choose_basis(op, policy: BasisPolicy, wanted: int, max_iter: int, beyond: bo
         cap = min(fits, restart)  # a smaller basis in memory, restarted more often
     elif beyond and wanted >= 2 and _spare(op.device, vec) >= wanted + 3:
         # top-k: the smallest thick-restart basis (keeps the k wanted Ritz vectors and one more, adds
-        # two per cycle), in memory beyond the budget: on SmolLM2 top-5 this is 8 vectors, 1.93× the
-        # footprint of one HVP, where a disk basis was I/O-bound (0.5 GB/s, 35 s a step)
+        # two per cycle), in memory beyond the budget: on SmolLM2 top-5 this is 8 vectors, a peak of
+        # 1.98× that of one HVP (benchmarks/real.py), where a disk basis was I/O-bound (0.5 GB/s,
+        # 35 s a step)
         cap = fits = wanted + 3
     else:
         cap = restart
