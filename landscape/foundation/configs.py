@@ -35,7 +35,7 @@ DEFAULT_SHARPNESS_METRICS = ("lambda_max", "lambda_min", "trace", "eps", "sam", 
 SURFACE_METRICS = ("surface_curvature", "average_gradient", "mean_absolute_gradient", "center_curvature",
                    "max_increase")
 EIGEN_METHODS = ("lanczos", "power")
-HVP_METHODS = ("reverse", "forward")
+HVP_METHODS = ("auto", "reverse", "forward", "fd")
 TRACE_METHODS = ("hutchinson", "hutchpp", "xtrace")
 BASIS_PLACES = ("auto", "memory", "host", "disk")
 REORTH = ("auto", "full", "none")
@@ -290,7 +290,7 @@ class SharpnessConfig(Config):
                                 "run), or disk (a temporary file, bounded RSS); auto: memory when they fit the "
                                 "budget, else disk.", choices=BASIS_PLACES, numbers=False)
     reorth: str = option("auto", "Lanczos (eigenvalues, density): reorthogonalise against a stored basis (full), or "
-                                 "run the three-vector recurrence and merge ghost copies (none: Cullum & Willoughby; "
+                                 "run the two-vector recurrence and merge ghost copies (none: Cullum & Willoughby; "
                                  "Papyan 2020 for the density); auto: full when the basis fits the budget in memory.",
                          choices=REORTH, numbers=False)
     basis_memory: float | None = option(None, "GB the basis may take in memory (default: what the process already "

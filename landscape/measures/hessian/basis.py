@@ -45,7 +45,7 @@ class BasisPolicy:
     may take in memory; None: the process's current footprint, at most half the free memory),
     ``directory`` (where a disk basis's temporary file goes; None: the system's temp dir) and
     ``reorth``: keep a basis to reorthogonalise against ("full"), none ("none": Lanczos runs the
-    three-term recurrence with three vectors), or "auto": full when the basis fits the budget in
+    three-term recurrence with two vectors), or "auto": full when the basis fits the budget in
     memory or a place was asked for explicitly, else none."""
 
     max_basis: int | None = None

@@ -17,7 +17,9 @@ eigenvalue of A. So eigenvalues are read off T as in exact arithmetic once copie
   copies of λ_max = 222.784 spread over 1.5e-3, far outside r + r' and tol·|θ| alone; on a
   matrix with injected noise of norm η per product, copies spread over ~2η and sit within ~3η of
   the eigenvalue (tests/test_scale.py), hence 4η — the factor is ours, from that test, not from
-  the literature;
+  the literature. η also carries the recurrence's own rounding, 3·√j·u·max|θ| after j steps (u the
+  vectors' unit roundoff: three float32 terms a step, summed like a random walk — our model,
+  checked on the 4.2M diagonal where float32 copies of 10 sat 2.2e-5 apart after ~100 steps);
 - an unconverged Ritz value within that window of an accepted one (its own residual left out) is a
   copy still forming and is skipped; any other unconverged value above the k-th distinct converged
   one blocks acceptance (it may be an eigenvalue not found yet: this costs products, never a wrong
@@ -28,13 +30,19 @@ Limit found on SmolLM2-135M (float32): its "top 5" came back as five copies of �
 222.78, 186.85, 174.88, 145.51, 130.88. λ_max itself agreed to 2e-7. So ``reorth="auto"`` uses this
 path only for λ_max/λ_min (top-1); asking for ``reorth="none"`` with k > 1 is at the user's risk.
 
-A genuine multiple eigenvalue shows once, as with any single-vector Lanczos. The three vectors are
-kept in float64 (the products run in the operator's dtype): a float32 recurrence lets copies drift
-by ~1e-5 relative. Cost: more products than with full reorthogonalisation (copies take steps), no
-reorthogonalisation work, no basis: 3.2 GB of vectors for a 135M-parameter model instead of
-0.54 GB per step. Check: equal to
-``torch.linalg.eigvalsh`` on dense matrices and a tiny transformer's dense Hessian, and to the
-full-basis run on a 4.2M float32 operator (tests/test_scale.py).
+A genuine multiple eigenvalue shows once, as with any single-vector Lanczos.
+
+Memory: **two** weight-sized vectors in the operator's dtype (float32 for float32 and bf16
+models), whatever the number of steps — Paige's two-vector form: the product is accumulated in
+place into the buffer that holds −β·q_prev (``matvec_add``), so q_prev, q and Aq never coexist.
+Earlier this recurrence kept three float64 vectors (6× float32 weights: 26 GB at 1.1B parameters)
+because a float32 recurrence had let copies drift by ~1e-5 relative; with the reductions accumulated
+in float64 (``operator.dot``) the float32 recurrence's rounding is u per entry, and on the 4.2M
+diagonal test λ_max = 10 comes back within 2e-7 (tests/test_hessian.py; the drift had come from
+float32 reductions, not from float32 storage). The start vector is regenerated from its seed
+instead of being kept while the products' noise is measured (one product more, no third vector).
+Check: equal to ``torch.linalg.eigvalsh`` on dense matrices and a tiny transformer's dense Hessian,
+and to the full-basis run on a 4.2M float32 operator (tests/test_scale.py).
 """
 
 from __future__ import annotations
@@ -44,31 +52,26 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from tqdm.auto import tqdm
 
-from landscape.measures.hessian.operator import dot, norm, random_unit
+from landscape.measures.hessian.operator import add_matvec, dot, norm, random_unit
 from landscape.measures.hessian.spectrum import Spectrum
 
 
 def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bool, progress: bool):
-    """Spectrum of ``op`` (already :class:`~.operator.Counted`) by the three-vector recurrence."""
-    # The recurrence's three vectors are float64 whatever the operator's dtype: in float32 its
-    # rounding makes converged copies disagree by ~1e-5 and lie above λ_max (measured on a 4.2M
-    # diagonal: 10.00011 for 10); in float64 the error is the HVP's own (7e-8 there).
-    wide = torch.promote_types(op.dtype, torch.float64)
-    q = random_unit(op, torch.Generator().manual_seed(seed)).to(wide)
-    q = q / norm(q)
-    q_prev = None
+    """Spectrum of ``op`` (already :class:`~.operator.Counted`) by the two-vector recurrence."""
+    q = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
+    w = torch.empty_like(q)
+    eta = _noise(op, seed, q, w)
+    unit = torch.finfo(op.dtype).eps / 2
+    random_unit(op, torch.Generator().manual_seed(seed), q)
+    w.zero_()
     alphas: list[float] = []
     betas: list[float] = []
     history: list[float] = []
     bar = tqdm(total=max_iter, desc="lanczos (no basis)", disable=not progress, leave=False)
-    found, converged, eta = None, False, None
+    found, converged = None, False
     try:
         while op.calls < max_iter:
-            w = op.matvec(q.to(op.dtype)).to(wide)
-            if eta is None:
-                eta = _noise(op, q, w, seed)
-            if q_prev is not None:
-                w.sub_(q_prev, alpha=betas[-1])
+            add_matvec(op, q, w)  # w = A q − β q_prev (w held −β q_prev)
             a = dot(w, q)
             w.sub_(q, alpha=a)
             a2 = dot(w, q)  # local reorthogonalisation against q only (one dot, one axpy)
@@ -80,12 +83,17 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
                 theta, last = _ritz(alphas, betas)  # O(j²): checked less often on long runs
                 res = np.abs(beta * last)
                 history.append(float(theta[-1]))
-                found = _accept(theta, res, k, want_min, (tol, eta))
+                # the float32 recurrence's own rounding (≤ 3u‖A‖ a step, a random walk over the steps)
+                # widens the window in which two copies are one eigenvalue (see the module docstring)
+                rec = 3.0 * len(alphas) ** 0.5 * unit * float(np.abs(theta).max())
+                found = _accept(theta, res, k, want_min, (tol, eta + rec))
                 if found[0] or beta < 1e-10 * max(1.0, float(np.abs(theta).max())):
                     converged = True
                     break
             betas.append(beta)
-            q_prev, q = q, w / beta
+            w.div_(beta)  # the next q
+            q.mul_(-beta)  # −β q: the next step's product is added to it
+            q, w = w, q
     finally:
         bar.close()
     _, top, bottom = found
@@ -93,18 +101,24 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
                     lambda_min=bottom[0] if want_min else None, residuals=[t[1] for t in top],
                     residual_min=bottom[1] if want_min else None, converged=converged, hvps=op.calls,
                     iterations=op.calls, method="lanczos", history=history,
-                    basis={"where": "none", "capacity": 3, "bytes": 3 * op.shape[0] * q.element_size()},
+                    basis={"where": "none", "capacity": 2, "bytes": 2 * op.shape[0] * q.element_size()},
                     noise=eta)
 
 
-def _noise(op, q, aq, seed: int) -> float:
-    """The products' own error: the linearity defect ‖A(q+u) − Aq − Au‖/√3 for a unit u."""
-    u = random_unit(op, torch.Generator().manual_seed(seed + 7919))
-    au = op.matvec(u)
-    u += q.to(op.dtype)
-    d = op.matvec(u).to(aq.dtype)
-    d -= aq
-    d -= au.to(aq.dtype)
+def _noise(op, seed: int, x: torch.Tensor, d: torch.Tensor) -> float:
+    """The products' own error: the linearity defect ‖A(q+u) − Au − Aq‖/√3 for the unit start q
+    and a unit u, formed in the two buffers ``x`` and ``d`` (q and u are redrawn from their seeds
+    rather than kept)."""
+    q_gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+    u_gen = lambda: torch.Generator().manual_seed(seed + 7919)  # noqa: E731
+    random_unit(op, u_gen(), d)
+    random_unit(op, q_gen(), x).add_(d)  # x = q + u
+    d.zero_()
+    add_matvec(op, x, d)
+    random_unit(op, u_gen(), x).neg_()
+    add_matvec(op, x, d)
+    random_unit(op, q_gen(), x).neg_()
+    add_matvec(op, x, d)
     return norm(d) / 3 ** 0.5
 
 

@@ -21,7 +21,7 @@ products. ``restarts`` says how often it happened, ``basis`` where the vectors l
 
 When the whole run's basis does not fit the budget, a top-k with λ_min runs as two solves: the top
 k with the smallest thick-restart basis (k + 3 vectors: the k wanted Ritz vectors and one more are
-kept, two new Krylov vectors per cycle), then λ_min alone by the three-vector recurrence of
+kept, two new Krylov vectors per cycle), then λ_min alone by the two-vector recurrence of
 :mod:`.cullum1985plain` on −A (as safe as λ_max there: no copies to tell apart). On SmolLM2-135M,
 top-5 then holds 8 vectors (4.3 GB) instead of 10–14, within twice the footprint of one HVP, for
 more products (restarts every two steps).
@@ -56,12 +56,12 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
             progress: bool = False, basis: BasisPolicy | None = None) -> Spectrum:
     """Top-``k`` (and, with ``want_min``, the smallest) eigenvalues of the operator, in at most
     ``max_iter`` products, with the basis bounded by ``basis`` (see :mod:`.basis`); without a
-    basis (``basis.reorth`` "none", or "auto" when it would not fit in memory) the three-vector
+    basis (``basis.reorth`` "none", or "auto" when it would not fit in memory) the two-vector
     recurrence of :mod:`.cullum1985plain`.
 
     A top-k (k > 1) with λ_min whose whole basis does not fit the budget (``reorth`` "auto") is
     split: the top k with a thick-restarted basis of k + 3 vectors, then λ_min alone, like λ_max,
-    without a basis (three vectors) — the smallest footprint that gives correct top-k values."""
+    without a basis (two vectors) — the smallest footprint that gives correct top-k values."""
     op = Counted(op)
     policy = basis or BasisPolicy()
     wanted = k + int(want_min)
@@ -112,7 +112,7 @@ def _joined(top: Spectrum, low: Spectrum) -> Spectrum:
         residuals=top.residuals, residual_min=low.residuals[0], converged=top.converged and low.converged,
         hvps=top.hvps + low.hvps, iterations=top.iterations + low.iterations, method="lanczos",
         history=top.history, restarts=top.restarts, max_basis=top.max_basis,
-        basis={**(top.basis or {}), "lambda_min": "no basis (three vectors)"}, noise=low.noise)
+        basis={**(top.basis or {}), "lambda_min": "no basis (two vectors)"}, noise=low.noise)
 
 
 def _wanted(n: int, k: int, want_min: bool) -> list[int]:

@@ -6,17 +6,22 @@ An operator is anything with
 - ``blocks``: the shapes of the tensors a flat vector of length n is made of (one parameter tensor
   each for a Hessian; ``[(n,)]`` for a matrix) — random vectors are drawn block by block, so a
   seed gives the same vector whether the estimator or a caller draws it per parameter,
-- ``matvec(v)``: A·v for a flat vector v of length n.
+- ``matvec(v)``: A·v for a flat vector v of length n;
+- optionally ``matvec_add(v, out)``: out ← out + A·v in place (no new weight-sized vector; the
+  two-vector Lanczos of :mod:`.cullum1985plain` relies on it; :func:`add_matvec` falls back to
+  ``out += matvec(v)``).
 
 Estimators (``lanczos1950``, ``mises1929power``, ``hutchinson1989``, ``ghorbani2019slq``) see only
 that, wrap the operator in :class:`Counted` and report *their own* number of products. So every
 estimator can be checked against a dense matrix (:class:`DenseOperator`), and the Hessian of a
 model (:class:`HessianOperator`) is one operator among others.
 
-:class:`HessianOperator` is exact: v ↦ ∇(∇L·v) by double backward (``method="reverse"``) or the
-objective's forward-over-reverse (``method="forward"``), accumulated term by term and reduced across
-processes. Second-order autograd through fused scaled-dot-product-attention kernels is not
-implemented in PyTorch, so every product runs under the math SDPA backend.
+:class:`HessianOperator` gives v ↦ H·v exactly by double backward (``method="reverse"``) or the
+objective's forward-over-reverse (``method="forward"``), or by central finite differences of
+gradients (``method="fd"``), accumulated term by term and reduced across processes. Second-order
+autograd through fused scaled-dot-product-attention kernels is not implemented in PyTorch, so the
+exact products run under the math SDPA backend; fd products need only first-order gradients and run
+on whatever attention and activation checkpointing the model uses (see :func:`fd_step`).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from typing import Protocol
 
 import torch
 
+from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
 from landscape.foundation.configs import CACHE_GRAPH, HVP_METHODS, ConfigError
+from landscape.foundation.objective import accumulate_grad
 
 
 class LinearOperator(Protocol):
@@ -53,6 +60,17 @@ class DenseOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.A @ v
 
+    def matvec_add(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out.addmv_(self.A, v)
+
+
+def add_matvec(op, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out ← out + A·v: in place where the operator can (``matvec_add``), else with one temporary."""
+    f = getattr(op, "matvec_add", None)
+    if f is not None:
+        return f(v, out)
+    return out.add_(op.matvec(v))
+
 
 class Counted:
     """An operator that counts its products and their seconds (each estimator wraps its own)."""
@@ -65,6 +83,13 @@ class Counted:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         out = self.op.matvec(v)
+        self.calls += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def matvec_add(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        add_matvec(self.op, v, out)
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return out
@@ -100,43 +125,100 @@ class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
         super().__init__(pack, lambda t: t)
 
 
+def fd_step(dtype: torch.dtype, weight_rms: float) -> float:
+    """The default step length h = ‖εv‖ of a finite-difference HVP (weight-space distance).
+
+    The central difference Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε has two errors, for ‖v‖ = 1:
+    truncation ≈ h²·‖∇³L[v, v, ·]‖ / 6 (it vanishes on a quadratic), and rounding ≈ u·(‖∇L‖·c +
+    ‖H‖·rms(w)·√n)/h — the gradients are computed to ~u relative, and w ± εv is stored with an error
+    of u·|w_i| per weight, which the difference divides by ε. Balancing them gives h ∝ u^{1/3};
+    the rounding term grows with the weights' size, hence
+
+        h = 2·u^{1/3} · max(rms(w), 0.01) · √(numel / numel) … written per weight:  h_i-scale = rms(w)
+
+    i.e. ``h = FD_C · u^(1/3) · max(rms(w), 0.01)``, u the unit roundoff of the parameters' dtype
+    (float32 6.0e-8, bf16 3.9e-3, float64 1.1e-16) and rms(w) = ‖w‖/√n. The constant FD_C was
+    measured, not derived: on the 1k-parameter float64 test model, a float32 copy and the 4.2M model
+    the relative error of Hv against the exact product was within 2× of its minimum over h for FD_C
+    in [0.3, 3] (tests/test_fd.py; benchmarks in README "Finite-difference HVPs"). Expected relative
+    accuracy: ~1e-5 in float32 (Lanczos λ_max ~1e-6, the Rayleigh quotient averages the noise),
+    ~1e-2 in bf16 (u^{2/3}); the operator's measured linearity defect (``Spectrum.noise``) reports the
+    actual figure with every eigenvalue.
+    """
+    u = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8,
+         torch.float16: 2.0 ** -11}.get(dtype, 2.0 ** -24)
+    return FD_C * u ** (1.0 / 3.0) * max(weight_rms, 0.01)
+
+
+FD_C = 1.0
+
+
 class HessianOperator:
     """v ↦ H v of an objective (see :mod:`landscape.foundation.objective`).
 
-    ``method``: ``"reverse"`` (double backward, ∇(∇L·v)) or ``"forward"`` (the objective's
-    forward-over-reverse). ``cache_graph``: ``"on"`` builds ∇L (create_graph) once and keeps every
-    term's graph, so each product is one backward instead of forward + two backwards; ``"off"``
-    rebuilds it per product with the memory of one term; ``"auto"`` measures the first term's graph
-    and keeps them all only if they fit in half the free memory. A kept graph is rebuilt when any
-    tensor the objective reads changes in place (its version counter). Same numbers either way.
+    ``method``: ``"reverse"`` (double backward, ∇(∇L·v)), ``"forward"`` (the objective's
+    forward-over-reverse) or ``"fd"`` (central differences of two streamed gradients at w ± εv,
+    ε = h/‖v‖ with h = ``step`` or :func:`fd_step`; the weights are put back bit-exactly from one
+    saved copy after every product; memory: that copy and one parameter's gradient at a time, no
+    second-order graph). ``cache_graph`` (exact methods only): ``"on"`` builds ∇L (create_graph) once
+    and keeps every term's graph, so each product is one backward instead of forward + two
+    backwards; ``"off"`` rebuilds it per product with the memory of one term; ``"auto"`` measures the
+    first term's graph and keeps them all only if they fit in half the free memory. A kept graph
+    (or fd's saved copy) is rebuilt when any tensor the objective reads changes in place (its
+    version counter). Same numbers either way.
 
-    Vectors are in ``dtype`` = the wider of float32 and the parameters' dtype (bf16 models get
-    float32 vectors so that Lanczos keeps its orthogonality; float64 stays float64).
+    Vectors are in ``dtype`` = ``vector_dtype`` or the wider of float32 and the parameters' dtype
+    (bf16 models get float32 vectors so that Lanczos keeps its orthogonality; float64 stays float64).
     """
 
-    def __init__(self, objective, method: str = "reverse", cache_graph: str = "auto"):
-        if method not in HVP_METHODS:
-            raise ConfigError("hvp_method", f"unknown HVP method {method!r}; choose from {', '.join(HVP_METHODS)}")
+    def __init__(self, objective, method: str = "reverse", cache_graph: str = "auto", step: float | None = None,
+                 vector_dtype: torch.dtype | None = None):
+        if method not in HVP_METHODS or method == "auto":
+            raise ConfigError("hvp_method", f"unknown HVP method {method!r}; choose from "
+                                            f"{', '.join(m for m in HVP_METHODS if m != 'auto')}")
         if cache_graph not in CACHE_GRAPH:
             raise ConfigError("cache_graph", f"unknown cache_graph mode {cache_graph!r}; choose from {', '.join(CACHE_GRAPH)}")
         self.obj = objective
         self.method = method
-        self.cached = None if cache_graph == "auto" else (cache_graph == "on" and method == "reverse")
+        self.cached = None if cache_graph == "auto" and method == "reverse" else \
+            (cache_graph == "on" and method == "reverse")
         self.graph_bytes = None  # measured size of one term's saved graph ("auto")
         self._grads = None
         self._versions = None
+        self._origin = None  # fd: the weights, to put back bit-exactly after each product
         self.calls = 0
         self.seconds = 0.0
         ps = objective.params
-        self.dtype = torch.promote_types(ps[0].dtype, torch.float32)
+        self.dtype = vector_dtype or torch.promote_types(ps[0].dtype, torch.float32)
         self.device = ps[0].device
         self.blocks = [p.shape for p in ps]
         n = P.numel(ps)
         self.shape = (n, n)
+        self.step, self.step_given = step, step is not None
+        if method == "fd" and step is None:
+            sq = sum(float(p.detach().double().square().sum()) for p in ps)
+            self.step = fd_step(ps[0].dtype, (sq / max(n, 1)) ** 0.5)
+
+    def describe(self) -> dict:
+        """How the products are formed (for the JSON of every curvature measure)."""
+        out = {"hvp_method": self.method, "vector_dtype": str(self.dtype).replace("torch.", "")}
+        if self.method == "fd":
+            out.update(fd_step=self.step, fd_rule="given" if self.step_given else
+                       "h = u^(1/3)·max(rms(w), 0.01), u the parameters' unit roundoff")
+        return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H·v for a flat vector (written into one flat output: no second weight-sized copy)."""
         out = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+        self._apply(P.unflatten(v, self.obj.params), P.unflatten(out, self.obj.params))
+        self.obj.reduce(P.unflatten(out, self.obj.params))  # torch.distributed: each process did its terms
+        return out
+
+    def matvec_add(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out ← out + H·v in place (under torch.distributed through one temporary, as the partial
+        products are summed over processes)."""
+        if dist.world() > 1:
+            return out.add_(self.matvec(v))
         self._apply(P.unflatten(v, self.obj.params), P.unflatten(out, self.obj.params))
         return out
 
@@ -144,23 +226,45 @@ class HessianOperator:
         """H·v for a vector given per parameter tensor (a list shaped like ``params``)."""
         out = [torch.zeros_like(p, dtype=self.dtype) for p in self.obj.params]
         self._apply(v, out)
+        self.obj.reduce(out)
         return out
 
     def _apply(self, v, out) -> None:
         t0 = time.perf_counter()
         if self.method == "reverse":
             self._reverse(v, out)
+        elif self.method == "fd":
+            self._fd(v, out)
         else:
             with math_attention():
                 for o, h in zip(out, self.obj.hvp_forward(v)):
                     o.add_(h.to(o.dtype))
-        self.obj.reduce(out)  # torch.distributed: each process did its terms
         self.calls += 1
         self.seconds += time.perf_counter() - t0
 
+    def _fd(self, v, out) -> None:
+        """out += (∇L(w + εv) − ∇L(w − εv)) / 2ε, each gradient streamed into ``out``."""
+        ps = self.obj.params
+        if self._origin is None or self._versions != [p._version for p in ps]:
+            self._origin = [p.detach().clone() for p in ps]
+        vn = float(P.norm(v))
+        if vn == 0.0:
+            return
+        eps = self.step / vn
+        try:
+            for sign in (1.0, -1.0):
+                P.set_offset(ps, self._origin, v, alpha=sign * eps)
+                accumulate_grad(self.obj, out, alpha=sign / (2.0 * eps))
+        finally:
+            with torch.no_grad():
+                for p, o in zip(ps, self._origin):
+                    p.copy_(o)
+            self._versions = [p._version for p in ps]
+
     def release(self) -> None:
-        """Drop the kept graphs (e.g. before the weights are moved for ε/SAM sharpness)."""
-        self._grads = self._versions = None
+        """Drop the kept graphs and fd's saved weights (e.g. before the weights are moved for ε/SAM
+        sharpness)."""
+        self._grads = self._versions = self._origin = None
 
     def _first_order(self):
         """Per-term gradients with their graphs: rebuilt every call, or kept (see ``cache_graph``)."""
@@ -222,17 +326,28 @@ class HessianOperator:
 # ---------------------------------------------------------------------------------------------
 # Vectors of an operator's space (flat tensors), shared by the estimators
 
-def randn(op: LinearOperator, generator: torch.Generator) -> torch.Tensor:
+def _fill(op: LinearOperator, draw, out: torch.Tensor | None) -> torch.Tensor:
+    """A flat vector filled block by block with ``draw(shape)`` (float64 on the CPU): only one
+    block's draw is in memory at a time, never a float64 copy of the whole vector (8.8 GB at 1.1B)."""
+    out = torch.empty(op.shape[0], dtype=op.dtype, device=op.device) if out is None else out
+    i = 0
+    for s in op.blocks:
+        k = int(torch.Size(s).numel())
+        out[i:i + k].copy_(draw(s).reshape(-1))
+        i += k
+    return out
+
+
+def randn(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
     """A Gaussian vector drawn block by block on the CPU in float64 (the same numbers on any
-    device, and the same as a per-parameter draw), in the operator's dtype and device."""
-    return torch.cat([torch.randn(s, generator=generator, dtype=torch.float64).reshape(-1) for s in op.blocks]) \
-        .to(op.device, op.dtype)
+    device, and the same as a per-parameter draw), in the operator's dtype and device (into
+    ``out`` when given)."""
+    return _fill(op, lambda s: torch.randn(s, generator=generator, dtype=torch.float64), out)
 
 
-def rademacher(op: LinearOperator, generator: torch.Generator) -> torch.Tensor:
+def rademacher(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
     """A vector of ±1, drawn block by block on the CPU."""
-    return torch.cat([(torch.randint(0, 2, s, generator=generator) * 2 - 1).reshape(-1) for s in op.blocks]) \
-        .to(op.device, op.dtype)
+    return _fill(op, lambda s: torch.randint(0, 2, s, generator=generator) * 2 - 1, out)
 
 
 DOT_CHUNK = 1 << 16
@@ -260,6 +375,6 @@ def norm(a: torch.Tensor) -> float:
     return dot(a, a) ** 0.5
 
 
-def random_unit(op: LinearOperator, generator: torch.Generator) -> torch.Tensor:
-    v = randn(op, generator)
-    return v / norm(v)
+def random_unit(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
+    v = randn(op, generator, out)
+    return v.div_(norm(v))
