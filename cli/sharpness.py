@@ -28,10 +28,21 @@ def command(checkpoint, as_json, quiet, **kw):
     ck = load(checkpoint, kw)
     bs = batches(ck, kw)
     r = measure(ck.model, bs, cfg, progress=show_progress(quiet))
+    if "plan" in r:
+        return emit({"checkpoint": str(checkpoint), **r}, as_json, human_plan(checkpoint, r["plan"]))
     r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint,
          "where": {"weights": str(checkpoint), "data": bs.source}, **r}  # which weights, which tokens
     r["config"]["data"] = {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}
     emit(r, as_json, _human(checkpoint, r))
+
+
+def human_plan(checkpoint, plan: dict) -> str:
+    lines = [f"{checkpoint}: {plan['command']} would peak at about {plan['peak_gb']:.2f} GB "
+             f"(starting from {plan['start_gb']:.2f} GB; one weight copy = {plan['weight_gb']:.2f} GB)"]
+    for k, v in plan["parts_gb"].items():
+        lines.append(f"  + {k:<22} {v:8.3f} GB  ({plan['in_weight_units'][k]:g} × weights)")
+    lines.append("  choices: " + ", ".join(f"{k}={v}" for k, v in plan["choices"].items()))
+    return "\n".join(lines)
 
 
 def _human(checkpoint, r: dict) -> str:
@@ -44,5 +55,7 @@ def _human(checkpoint, r: dict) -> str:
             lines.append(f"  {k:<24} {', '.join(f'{x:.6g}' for x in v)}")
     for g, row in m.get("per_layer", {}).items():
         lines.append(f"  λ_max[{g}]{'':<{max(0, 15 - len(g))}} {row['lambda_max']:.6g}")
-    lines.append(f"  cost: {r['cost']['hvps']} HVPs, {r['cost']['seconds']} s")
+    lines.append(f"  cost: {r['cost']['hvps']} HVPs ({r['hvp']['hvp_method']}), {r['cost']['seconds']} s, "
+                 f"peak {r['cost']['peak_rss_gb']} GB (planned {r['cost']['planned_peak_gb']} GB)")
+    lines += [f"  warning: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)

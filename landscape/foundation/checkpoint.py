@@ -270,6 +270,21 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
         raise CheckpointError(f"{p}: tokenizer files present but unreadable ({type(e).__name__}: {e})") from None
 
 
+def enable_grad_checkpointing(model: torch.nn.Module) -> int:
+    """Non-reentrant activation checkpointing of every decoder block (transformers' own), also in
+    eval mode: transformers checkpoints a block only when its ``training`` flag is set, so that flag
+    alone is set on each block — not on its children, so dropout stays off. Returns the blocks."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise CheckpointError(f"{type(model).__name__} does not support gradient checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for m in blocks:
+        m.training = True
+    return len(blocks)
+
+
 def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, **settings) -> Checkpoint:
     """Load a local HF causal-LM directory on ``config.device`` in ``config.dtype``, in eval mode.
 
@@ -288,6 +303,8 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
     tokenizer = load_tokenizer(files.path, trust_remote_code=cfg.trust_remote_code)
     rows = model.get_input_embeddings().num_embeddings
     if tokenizer is not None and len(tokenizer) > rows:

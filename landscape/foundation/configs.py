@@ -252,6 +252,10 @@ class LoadConfig(Config):
     adapter_base: str | None = option(None, "Base checkpoint dir of a PEFT adapter (default: the adapter's "
                                             "base_model_name_or_path when it is a local directory).", kind="path",
                                       numbers=False)
+    grad_checkpointing: bool = option(False, "Recompute each decoder block's activations in the backward pass "
+                                             "(non-reentrant activation checkpointing, in eval mode too): "
+                                             "activation memory of one block instead of all, for one more forward.",
+                                      numbers=False)
     adapter: str = option("merge", "A PEFT adapter is measured merged into its base's weights, or kept apart so "
                                    "that --params adapter measures in the adapter's own (LoRA A/B) space.",
                           choices=ADAPTER_MODES, numbers=False)
@@ -311,8 +315,19 @@ class SharpnessConfig(Config):
     sam_steps: int = option(1, "Ascent steps of SAM/ASAM sharpness (1 = SAM's own perturbation).", bounds=(1, None))
     sigma: float = option(0.01, "Noise scale of average sharpness.", bounds="positive")
     avg_samples: int = option(16, "Samples of average sharpness.", bounds=(1, None))
-    hvp_method: str = option("reverse", "HVP by double backward or forward-over-reverse (exact either way).",
+    hvp_method: str = option("auto", "Hessian-vector products: exact by double backward (reverse) or "
+                                     "forward-over-reverse (forward), or central differences of two gradients (fd: "
+                                     "gradient memory, any attention kernel and checkpointing, ~1e-4 relative in "
+                                     "float32); auto: reverse when its planned memory fits, else fd.",
                              choices=HVP_METHODS, numbers=False)
+    fd_step: float | None = option(None, "Step length ‖εv‖ of fd HVPs in weight space (default 0.2·u^(1/3)·‖w‖, u "
+                                         "the parameters' unit roundoff).", kind="float?", bounds="positive",
+                                   numbers=False)
+    vector_dtype: str = option("auto", "dtype of the estimators' weight-sized vectors (auto: float32, float64 for "
+                                       "float64 models).", choices=("auto", "float32", "float64", "bfloat16"),
+                               numbers=False)
+    dry_run: bool = option(False, "Print the memory plan (predicted peak, its parts, what auto chooses) and stop.",
+                           numbers=False)
     cache_graph: str = option("auto", "Keep the gradient's graph for all batches, so each HVP costs one backward "
                                       "(faster, more memory; a bare flag means on); auto: when one batch's measured "
                                       "graph × batches fits in half the free memory.", choices=CACHE_GRAPH,

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 import landscape
 from landscape.foundation import params as P
+from landscape.foundation import plan as plans
 from landscape.foundation.configs import SharpnessConfig
 from landscape.foundation.errors import UserError
 from landscape.foundation.objective import ModelObjective, gradient
@@ -96,28 +97,41 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
     Ascent runs in u = δ/T coordinates (T = 1, or |w| + η when adaptive) where the constraint is
     ‖u‖ ≤ ρ; ∂L/∂u = T⊙g. Where the gradient vanishes (a minimum), the first step starts from a
     seeded random direction.
+
+    Memory: the saved weights and one streamed gradient, which becomes u in place — three
+    weight-sized tensors with the weights for SAM's one step (1.1B float32: 13.2 GB), one more (u
+    beside the next gradient) for more steps, one more for ASAM's T.
     """
     ps = obj.params
     with P.perturbed(ps) as origin:
-        wide = [torch.promote_types(o.dtype, torch.float32) for o in origin]
+        wide = torch.promote_types(ps[0].dtype, torch.float32)
         # T = 1 is left implicit (a Python 1.0, not a vector of ones: one weight-sized vector less)
-        T = [(o.abs().to(d) + eta) for o, d in zip(origin, wide)] if adaptive else [1.0] * len(origin)
-        u = [torch.zeros_like(o, dtype=d) for o, d in zip(origin, wide)]
+        T = [(o.abs().to(wide) + eta) for o in origin] if adaptive else [1.0] * len(origin)
+        u = None  # zero until the first step
         L0 = obj.value()
         best = L0
         for t in tqdm(range(steps), desc="sam-sharpness", disable=not progress, leave=False):
-            P.set_offset(ps, origin, [ti * ui for ti, ui in zip(T, u)])
-            L, grad = gradient(obj)
+            if u is not None:
+                P.set_offset(ps, origin, [ti * ui for ti, ui in zip(T, u)])
+            L, gu = gradient(obj, dtype=wide)
             best = max(best, L)
-            gu = [ti * gi.to(d) for ti, gi, d in zip(T, grad, wide)]
+            if adaptive:
+                for gi, ti in zip(gu, T):
+                    gi.mul_(ti)  # ∂L/∂u = T⊙g, in place
             n = float(P.norm(gu))
             if n < 1e-12:
-                gu = P.randn_like(u, torch.Generator().manual_seed(seed + t))
+                gu = P.randn_like(gu, torch.Generator().manual_seed(seed + t))
                 n = float(P.norm(gu))
-            u = P.axpy(rho / n, gu, u)  # a step of ρ, then back onto the ball
+            if u is None:
+                u = [gi.mul_(rho / n) for gi in gu]  # a step of ρ from 0: on the ball already
+                continue
+            for ui, gi in zip(u, gu):
+                ui.add_(gi, alpha=rho / n)
+            del gu
             un = float(P.norm(u))
             if un > rho:
-                u = P.scale(u, rho / un)
+                for ui in u:
+                    ui.mul_(rho / un)  # back onto the ball
         P.set_offset(ps, origin, [ti * ui for ti, ui in zip(T, u)])
         best = max(best, obj.value())
     return {"sharpness": best - L0, "max_loss": best, "loss": L0, "rho": rho, "steps": steps,
@@ -176,11 +190,16 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
     stages = _Stages(cfg, progress)
     with P.grad_only(model, selected.values()):
         obj = ModelObjective(model, batches, selected)
+        pl = plan(model, obj, cfg)
+        if cfg.dry_run:
+            stages.close()
+            return {"plan": pl.as_dict(), "config": {**cfg.as_dict(), "n_params": P.numel(obj.params)}}
+        plans.check_fits(pl, plans.free_bytes(obj.device), "sharpness")
         L0 = obj.value()
         if not math.isfinite(L0):
             raise UserError(f"the loss at the checkpoint is {L0}: curvature is undefined (NaN/inf weights, or "
                             "an overflowing dtype: try float32)")
-        op = hessian.HessianOperator(obj, cfg.hvp_method, cfg.cache_graph)
+        op = _operator(obj, cfg, pl.choices["hvp_method"])
         out: dict = {}
         details: dict = {}
         hvps = _curvature(op, cfg, (out, details), stages)
@@ -189,16 +208,77 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
         _sharpness(obj, cfg, (out, details), stages)
     if cfg.per_layer:
         stages.next("per-layer")
-        out["per_layer"], layer_hvps = _per_layer(model, batches, cfg, progress)
+        out["per_layer"], layer_hvps = _per_layer(model, batches, cfg, progress, pl.choices["hvp_method"])
         hvps += layer_hvps
     stages.close()
     out["details"] = details
+    hvp = {**op.describe(), **_accuracy(details.get("eigen"), cfg)}
     config_out = {**cfg.as_dict(), "n_params": P.numel(obj.params),
                   "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
     cost = {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached,
-            "peak_rss_gb": round(P.peak_rss() / 2**30, 3),
+            "peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3),
             "basis": (details.get("eigen") or {}).get("basis")}
-    return {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "config": config_out, "cost": cost}
+    res = {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "hvp": hvp, "config": config_out, "cost": cost}
+    if hvp.get("warning"):
+        res["warnings"] = [hvp["warning"]]
+    return res
+
+
+def _vector_dtype(cfg: SharpnessConfig, params):
+    if cfg.vector_dtype == "auto":
+        return torch.promote_types(params[0].dtype, torch.float32)
+    return getattr(torch, cfg.vector_dtype)
+
+
+def _operator(obj, cfg: SharpnessConfig, method: str):
+    return hessian.HessianOperator(obj, method, cfg.cache_graph, step=cfg.fd_step,
+                                   vector_dtype=_vector_dtype(cfg, obj.params))
+
+
+def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:
+    """The products' measured error relative to λ_max, and a warning when it exceeds ``tol``: the
+    eigenvalue is then known only to that accuracy, whatever the residual test said."""
+    if not eigen or eigen.get("noise") is None or not eigen.get("lambda_max"):
+        return {}
+    rel = eigen["noise"] / max(abs(eigen["lambda_max"]), 1e-300)
+    out = {"noise": eigen["noise"], "noise_rel": rel}
+    if rel > cfg.tol:
+        out["warning"] = (f"the HVPs are accurate to {rel:.1e} of λ_max (measured linearity defect), above tol "
+                          f"{cfg.tol:g}: λ_max is known to about ±{4 * eigen['noise']:.3g}; use float32 weights or an "
+                          "exact --hvp-method for more")
+    return out
+
+
+def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
+    """The memory plan of :func:`measure` (before anything is allocated): the starting footprint,
+    one batch's measured activations, and the weight-sized tensors of the costliest requested
+    metric; ``choices["hvp_method"]`` is what ``auto`` picks."""
+    ps = obj.params
+    start = P.footprint(obj.device)
+    act = plans.activation_bytes(model, obj.batches)
+    free = plans.free_bytes(obj.device)
+    vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
+    curv = {"lambda_max", "lambda_min", "trace", "density"} & set(cfg.metrics)
+    method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize) if curv or cfg.per_layer \
+        else ("reverse" if cfg.hvp_method == "auto" else cfg.hvp_method)
+    unit, wide = P.nbytes(ps), P.numel(ps) * max(4, ps[0].element_size())
+    grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps)}
+    candidates = []
+    if curv or cfg.per_layer:
+        candidates.append(plans.curvature(ps, act, method, 2, vsize, start))
+    ball = [m for m in ("sam", "asam") if m in cfg.metrics]
+    if ball:
+        n = 1 + int(cfg.sam_steps > 1) + int("asam" in ball)  # the gradient/u, u beside it, ASAM's T
+        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": n * wide, **grad}, start, unit))
+    if {"eps", "eps_subspace"} & set(cfg.metrics):
+        n = 3 + (cfg.subspace if "eps_subspace" in cfg.metrics else 0)  # bound, z, gradient (+ the subspace)
+        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": n * wide, **grad}, start, unit))
+    if "avg" in cfg.metrics:
+        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "activations": act}, start, unit))
+    best = max(candidates, key=lambda p: p.peak) if candidates else plans.Plan("sharpness", {}, start, unit)
+    best.choices = {"hvp_method": method, "lanczos_vectors": 2 if curv else 0,
+                    "free_gb": None if free is None else round(free / 2**30, 3)}
+    return best
 
 
 class _Stages:
@@ -288,7 +368,7 @@ def _sharpness(obj, cfg: SharpnessConfig, into: tuple, stages) -> None:
         out["avg_sharpness"], out["avg_sharpness_stderr"] = r["avg_sharpness"], r["stderr"]
 
 
-def _per_layer(model, batches, cfg: SharpnessConfig, progress: bool) -> tuple[dict, int]:
+def _per_layer(model, batches, cfg: SharpnessConfig, progress: bool, method: str) -> tuple[dict, int]:
     """λ_max (and the trace, when asked) of each transformer block's own Hessian."""
     layers, hvps = {}, 0
     base_pat = re.compile(cfg.params) if cfg.params else None
@@ -297,7 +377,7 @@ def _per_layer(model, batches, cfg: SharpnessConfig, progress: bool) -> tuple[di
         if not sel:
             continue
         with P.grad_only(model, sel.values()):
-            op = hessian.HessianOperator(ModelObjective(model, batches, sel), cfg.hvp_method, cfg.cache_graph)
+            op = _operator(ModelObjective(model, batches, sel), cfg, method)
             sp = _eigen(op, cfg, 1, False, progress)
             row = {"lambda_max": sp.lambda_max, "converged": sp.converged, "n_params": P.numel(op.obj.params)}
             hvps += sp.hvps

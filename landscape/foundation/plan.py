@@ -1,0 +1,145 @@
+"""Memory plans: the peak a command will reach, predicted before it allocates, in weight-sized units.
+
+A measurement's memory is the process's footprint when it starts (runtime, weights) plus what it
+adds: the activations autograd saves for one batch (only one batch's graph exists at a time: terms
+are accumulated batch by batch), one parameter's gradient at a time (gradients are streamed, see
+``objective.accumulate_grad``), and the weight-sized vectors of the estimator. Every figure is in
+bytes; :func:`plan` also gives them in units of the selected weights' bytes, so "Lanczos with fd
+HVPs = weights + 1 copy + 2 vectors" reads as it is.
+
+The activations are *measured*, not modelled: one sequence of the batch's length is run forward
+with a counter on the tensors autograd saves (:func:`activation_bytes`), and scaled by the batch
+size — cheap at any model size (one sequence of 48 tokens on the 1.1B shape: 0.1 GB). The one
+factor that is a fit is the exact (double-backward) HVP's graph: EXACT_HVP_FACTOR weight copies and
+EXACT_ACT_FACTOR × the activations, fitted on the 4M toy and SmolLM2-135M (README "Memory plan").
+
+Commands refuse, with one line, a plan whose peak exceeds the memory the process may still take
+(:func:`check_fits`), instead of being killed by the OS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from landscape.foundation import params as P
+from landscape.foundation.errors import UserError
+
+# Fitted (see module docstring): double backward keeps the gradient with its graph and the
+# weight-shaped intermediates of every matmul's backward.
+EXACT_HVP_FACTOR = 7.0
+EXACT_ACT_FACTOR = 3.0
+# Safety margin of a refusal: a plan over this share of the free memory is refused.
+HEADROOM = 0.92
+
+
+@dataclass
+class Plan:
+    """Predicted peak of one command (bytes), its parts and the choices ``auto`` made."""
+
+    command: str
+    parts: dict = field(default_factory=dict)  # name → bytes added on top of the starting footprint
+    start: int = 0  # bytes held when the command starts (runtime + weights)
+    unit: int = 1  # bytes of one weight-sized vector of the selected parameters (parameter dtype)
+    choices: dict = field(default_factory=dict)
+
+    @property
+    def peak(self) -> int:
+        return self.start + sum(self.parts.values())
+
+    def as_dict(self) -> dict:
+        gb = lambda b: round(b / 2**30, 3)  # noqa: E731
+        return {"command": self.command, "peak_gb": gb(self.peak), "start_gb": gb(self.start),
+                "parts_gb": {k: gb(v) for k, v in self.parts.items()},
+                "in_weight_units": {k: round(v / max(self.unit, 1), 2) for k, v in self.parts.items()},
+                "weight_gb": gb(self.unit), "choices": dict(self.choices)}
+
+
+def activation_bytes(model: torch.nn.Module, batches) -> int:
+    """Bytes autograd saves for the largest batch's loss (its graph), measured on one sequence of
+    that batch's length and scaled by its number of sequences. Parameters' own storages are not
+    counted (they are the weights)."""
+    from landscape.foundation.data import Batch
+    from landscape.foundation.loss import nll_sum, param_device
+
+    big = max(batches, key=lambda b: b.input_ids.numel())
+    B = big.input_ids.shape[0]
+    one = Batch(big.input_ids[:1], big.attention_mask[:1], big.labels[:1]).to(param_device(model))
+    counter = _Saved([p for p in model.parameters()])
+    with torch.enable_grad(), counter:
+        loss = nll_sum(model, one)
+    del loss
+    return counter.bytes * B
+
+
+class _Saved(torch.autograd.graph.saved_tensors_hooks):
+    def __init__(self, params):
+        self.bytes = 0
+        skip = {p.untyped_storage().data_ptr() for p in params}
+        seen = set()
+
+        def pack(t):
+            st = t.untyped_storage()
+            if st.data_ptr() not in skip and st.data_ptr() not in seen:
+                seen.add(st.data_ptr())
+                self.bytes += st.nbytes()
+            return t
+
+        super().__init__(pack, lambda t: t)
+
+
+def _largest(params) -> int:
+    return max((p.numel() * p.element_size() for p in params), default=0)
+
+
+def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int,
+              command: str = "sharpness", extra: dict | None = None) -> Plan:
+    """Peak of an estimator holding ``vectors`` weight-sized vectors (of ``vector_itemsize`` bytes
+    an entry) over HVPs by ``hvp_method`` (fd: one saved copy of the weights; exact: the
+    double-backward graph)."""
+    ps = list(params)
+    n = P.numel(ps)
+    unit = P.nbytes(ps)
+    parts = {"vectors": vectors * n * vector_itemsize}
+    if hvp_method == "fd":
+        parts["fd_weight_copy"] = unit
+        parts["gradient_stream"] = _largest(ps)
+        parts["activations"] = act
+    elif hvp_method in ("reverse", "forward"):
+        parts["hvp_graph"] = int(EXACT_HVP_FACTOR * unit)
+        parts["activations"] = int(EXACT_ACT_FACTOR * act)
+    parts.update(extra or {})
+    return Plan(command, parts, start, unit, {"hvp_method": hvp_method, "vectors": vectors})
+
+
+def gradient_peak(params, act: int, start: int) -> int:
+    """Peak of one streamed gradient into a float32 buffer."""
+    return start + act + _largest(params) + P.numel(params) * 4
+
+
+def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | None, vector_itemsize: int = 4) -> str:
+    """``asked``, or for "auto" the exact double backward when its plan (with the two-vector
+    Lanczos) fits in the memory still free, else finite differences."""
+    if asked != "auto":
+        return asked
+    if free is None:
+        return "reverse"
+    exact = curvature(params, act, "reverse", 2, vector_itemsize, start)
+    return "reverse" if exact.peak - start <= HEADROOM * free else "fd"
+
+
+def check_fits(plan: Plan, free: int | None, what: str = "") -> None:
+    """A one-line :class:`UserError` when the plan's peak will not fit what the process may take."""
+    if free is None:
+        return
+    need = plan.peak - plan.start
+    if need > HEADROOM * free:
+        parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in plan.parts.items() if v)
+        raise UserError(f"{what or plan.command} needs about {need / 2**30:.1f} GB more ({parts}; peak "
+                        f"{plan.peak / 2**30:.1f} GB) and {free / 2**30:.1f} GB is free: use --hvp-method fd, "
+                        f"fewer/shorter batches, --params, or a larger machine (landscape plan shows the parts)")
+
+
+def free_bytes(device) -> int | None:
+    return P.free_memory(device)
