@@ -278,7 +278,11 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
 
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise CheckpointError(f"{type(model).__name__} does not support gradient checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.2 (the older name warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     blocks = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for m in blocks:
         m.training = True

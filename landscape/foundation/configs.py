@@ -320,7 +320,7 @@ class SharpnessConfig(Config):
                                      "gradient memory, any attention kernel and checkpointing, ~1e-4 relative in "
                                      "float32); auto: reverse when its planned memory fits, else fd.",
                              choices=HVP_METHODS, numbers=False)
-    fd_step: float | None = option(None, "Step length ‖εv‖ of fd HVPs in weight space (default 0.2·u^(1/3)·‖w‖, u "
+    fd_step: float | None = option(None, "Step length ‖εv‖ of fd HVPs in weight space (default 0.015·(u·‖w‖)^(1/3), u "
                                          "the parameters' unit roundoff).", kind="float?", bounds="positive",
                                    numbers=False)
     vector_dtype: str = option("auto", "dtype of the estimators' weight-sized vectors (auto: float32, float64 for "

@@ -51,6 +51,7 @@ class Plan:
     def as_dict(self) -> dict:
         gb = lambda b: round(b / 2**30, 3)  # noqa: E731
         return {"command": self.command, "peak_gb": gb(self.peak), "start_gb": gb(self.start),
+                "peak_bytes": self.peak, "start_bytes": self.start,
                 "parts_gb": {k: gb(v) for k, v in self.parts.items()},
                 "in_weight_units": {k: round(v / max(self.unit, 1), 2) for k, v in self.parts.items()},
                 "weight_gb": gb(self.unit), "choices": dict(self.choices)}
@@ -139,6 +140,18 @@ def check_fits(plan: Plan, free: int | None, what: str = "") -> None:
         raise UserError(f"{what or plan.command} needs about {need / 2**30:.1f} GB more ({parts}; peak "
                         f"{plan.peak / 2**30:.1f} GB) and {free / 2**30:.1f} GB is free: use --hvp-method fd, "
                         f"fewer/shorter batches, --params, or a larger machine (landscape plan shows the parts)")
+
+
+RUNTIME = int(0.35 * 2**30)  # RSS of Python + torch + transformers before any weights (measured: 0.31 GB)
+
+
+def start_bytes(model: torch.nn.Module, device) -> int:
+    """The footprint a command starts from: what the process holds now, or the runtime plus every
+    weight when more (weights memory-mapped from safetensors are not resident until first read)."""
+    held = P.footprint(device)
+    if torch.device(device).type == "cuda":
+        return held
+    return max(held, RUNTIME + P.nbytes(list(model.parameters())))
 
 
 def free_bytes(device) -> int | None:

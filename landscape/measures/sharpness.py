@@ -36,6 +36,7 @@ from landscape.foundation.configs import SharpnessConfig
 from landscape.foundation.errors import UserError
 from landscape.foundation.objective import ModelObjective, gradient
 from landscape.measures import hessian
+from landscape.measures.hessian.cullum1985plain import linearity_defect
 
 
 def matched_eps(params, rho: float) -> float:
@@ -254,7 +255,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     one batch's measured activations, and the weight-sized tensors of the costliest requested
     metric; ``choices["hvp_method"]`` is what ``auto`` picks."""
     ps = obj.params
-    start = P.footprint(obj.device)
+    start = plans.start_bytes(model, obj.device)
     act = plans.activation_bytes(model, obj.batches)
     free = plans.free_bytes(obj.device)
     vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
@@ -331,6 +332,10 @@ def _curvature(op, cfg: SharpnessConfig, into: tuple, stages) -> int:
             out["lambda_min"] = sp.lambda_min
         details["eigen"] = sp.as_dict()
         hvps += sp.hvps
+        if op.method == "fd" and sp.noise is None:  # a basis was kept: measure the products' error anyway
+            c = hessian.Counted(op)
+            details["eigen"]["noise"] = linearity_defect(c, cfg.seed)
+            hvps += c.calls
     if "trace" in names:
         stages.next(f"trace ({cfg.trace_method}, {cfg.trace_samples} HVPs)")
         tr = _trace(op, cfg, progress)

@@ -105,6 +105,12 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
                     noise=eta)
 
 
+def linearity_defect(op, seed: int = 0) -> float:
+    """The products' measured error ‖A(q+u) − Au − Aq‖/√3 (three products, two vectors)."""
+    x = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
+    return _noise(op, seed, x, torch.empty_like(x))
+
+
 def _noise(op, seed: int, x: torch.Tensor, d: torch.Tensor) -> float:
     """The products' own error: the linearity defect ‖A(q+u) − Au − Aq‖/√3 for the unit start q
     and a unit u, formed in the two buffers ``x`` and ``d`` (q and u are redrawn from their seeds

@@ -128,27 +128,37 @@ class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
 def fd_step(dtype: torch.dtype, weight_norm: float) -> float:
     """The default step length h = ‖εv‖ of a finite-difference HVP (a weight-space distance).
 
-    The central difference Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε, ‖v‖ = 1, has two errors:
-    truncation ≈ h²·‖∇³L[v, v, ·]‖/6 (zero on a quadratic) and rounding ≈ ‖H r‖/h, where r is the
-    error of storing w ± εv in the parameters' dtype (u·|w_i| per weight, ‖r‖ ≈ u‖w‖) plus the
-    gradients' own rounding. Balancing h² against u‖w‖/h gives h ∝ u^{1/3}·‖w‖, so
+    The central difference Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε, ‖v‖ = 1, has two errors: rounding
+    ≈ a·u‖w‖/h (w ± εv is stored with an error of u·|w_i| per weight, ‖r‖ ≈ u‖w‖, which the
+    difference divides by ε; the gradients' own rounding is of the same kind) and truncation
+    ≈ K·h² (K ~ ‖∇³L[v, v, ·]‖/6: zero on a quadratic). Their sum is smallest at
+    h = (a·u‖w‖ / 2K)^{1/3}, so
 
-        h = FD_C · u^(1/3) · max(‖w‖, 1e-3)
+        h = FD_C · (u · max(‖w‖, 1))^(1/3)
 
-    with u the unit roundoff of the parameters' dtype (float32 6.0e-8, bf16 3.9e-3, float64
-    1.1e-16). FD_C = 0.2 is *measured*, not derived: the relative error ‖Hv_fd − Hv‖/‖Hv‖ against
-    float64 double backward over a 5-point sweep of h (×3 apart) was smallest at h/‖w‖ = 7.7e-4
-    (22.7k-parameter Llama, float32; 4e-5 there) and 6e-4–2e-3 (4.0M-parameter Llama, float32:
-    1.3e-4–1.6e-4), and for bf16 weights at h/‖w‖ = 0.024–0.031 on both (6e-2) — i.e. at
-    0.15–0.26·u^{1/3} for both dtypes (README "Finite-difference HVPs"). So expect ~1e-4 per product in
-    float32 (the Rayleigh quotient, hence λ_max, is typically 3–10× better) and ~5e-2 in bf16; the
-    measured linearity defect of the products (``Spectrum.noise``) is reported with every eigenvalue.
+    with u the unit roundoff of the parameters' dtype (float32 6.0e-8, bf16 3.9e-3), never below
+    float32's: transformers runs RMSNorm and the attention softmax in float32 whatever the
+    parameters' dtype, so a float64 Llama's gradient is accurate to ~1e-7, not 1e-16 (measured: at a
+    float64-sized step the fd error was 5.8e-3, falling as 1/h — rounding, not truncation).
+
+    FD_C = 0.015 is *measured* (the constants a and K are not known a priori), on the eigenvalue,
+    not on a random product: along the top eigenvector the third derivative is far larger than along
+    a random direction, and the residual test cannot see the resulting bias (the fd operator is
+    consistent, only not H). Lanczos λ_max against double backward, float32, as the step shrinks
+    ×4 each time: 22.7k-parameter Llama (‖w‖ = 13) 2.0e-3, 8.0e-5, 3.6e-7, then rounding (1.2e-4);
+    4.0M-parameter Llama (‖w‖ = 70) 6.3e-3, 3.2e-4, 1.6e-5; best at h/(u‖w‖)^{1/3} ≈ 0.014–0.02 on
+    both (README "Finite-difference HVPs"). A random direction's product is then rounding-dominated
+    (~1e-2 relative at 4M) — the Rayleigh quotients Lanczos forms average that noise, and its
+    measured linearity defect (``Spectrum.noise``) is reported with every basis-free eigenvalue. In
+    bf16 the rounding is 6.5e4× larger: expect percent-level eigenvalues, and a warning. Richardson
+    extrapolation (4 gradients a product, O(h⁴)) or an adaptive step are the follow-ups.
     """
     u = torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 2.0 ** -24
-    return FD_C * u ** (1.0 / 3.0) * max(weight_norm, 1e-3)
+    u = max(u, 2.0 ** -24)
+    return FD_C * (u * max(weight_norm, 1.0)) ** (1.0 / 3.0)
 
 
-FD_C = 0.2
+FD_C = 0.015
 
 
 class HessianOperator:
@@ -201,7 +211,7 @@ class HessianOperator:
         out = {"hvp_method": self.method, "vector_dtype": str(self.dtype).replace("torch.", "")}
         if self.method == "fd":
             out.update(fd_step=self.step, fd_rule="given" if self.step_given else
-                       f"h = {FD_C}·u^(1/3)·‖w‖, u the parameters' unit roundoff")
+                       f"h = {FD_C}·(u·‖w‖)^(1/3), u the parameters' unit roundoff")
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
