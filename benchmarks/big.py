@@ -1,0 +1,164 @@
+"""The paper's smallest model size on this machine: a TinyLlama-1.1B-shaped Llama, random weights.
+
+    python benchmarks/big.py [--out runs/big] [--only ROW,ROW] [--timeout S] [--no-readme]
+
+Builds the checkpoint on the fly from a config (hidden 2048, 22 layers, 32 heads / 4 KV heads,
+intermediate 5632, vocabulary 32000: 1.10B parameters, 4.4 GB in float32) — nothing is downloaded;
+random weights are fine for memory and time, not for science. Each row is one `landscape` command
+in a fresh process, as a user would type it, on one batch of 4 × ≤48 tokens of data/real/general.jsonl
+(a word-level tokenizer built from that file), with its wall time, peak RSS (``ru_maxrss`` of the
+child) over the weights, its exit status (2 = refused with one line, -9 = killed by the OS) and, where
+the command has ``--dry-run``, the plan's predicted peak. Writes benchmarks/results_big.json and the
+README block between the ``bench-big`` markers. Rows run one after another, each under ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                 tie_word_embeddings=False)
+DATA = ROOT / "data" / "real" / "general.jsonl"
+BATCH = ["--data", str(DATA), "--batch-size", "4", "--num-batches", "1", "--max-length", "48"]
+
+
+def build(out: Path, seed: int = 0) -> Path:
+    """The 1.1B-shaped checkpoint (and a copy moved by 1e-3·N(0,1) per weight for `predict`)."""
+    import torch
+    import transformers
+
+    from landscape.foundation import toy
+
+    base = out / "tinyllama-shape"
+    if (base / "model.safetensors").exists() and (out / "tuned" / "model.safetensors").exists():
+        return base
+    texts = [json.loads(line)["text"] for line in DATA.read_text().splitlines() if line.strip()]
+    tok = toy.build_word_tokenizer(texts)
+    cfg = transformers.LlamaConfig(**TINYLLAMA, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():  # a "fine-tune": every weight moved a little, in place
+            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    model.save_pretrained(out / "tuned")
+    tok.save_pretrained(out / "tuned")
+    return base
+
+
+def rows(base: Path, out: Path) -> dict:
+    lc = [str(ROOT / ".venv" / "bin" / "landscape")] if (ROOT / ".venv" / "bin" / "landscape").exists() else \
+        [sys.executable, "-m", "landscape.cli.main"]
+    suite = sorted((ROOT / "data" / "suites").glob("*.jsonl"))[0]
+    return {
+        "loss": (lc + ["loss", str(base), *BATCH, "--json"], False),
+        "lambda_max_min": (lc + ["sharpness", str(base), *BATCH, "--metrics", "lambda_max,lambda_min", "--tol", "1e-3",
+                                 "--json", "--quiet"], True),
+        "trace_30": (lc + ["sharpness", str(base), *BATCH, "--metrics", "trace", "--trace-samples", "30", "--json",
+                           "--quiet"], True),
+        "sam_sharpness": (lc + ["sharpness", str(base), *BATCH, "--metrics", "sam", "--json", "--quiet"], True),
+        "surface_1d_5": (lc + ["surface", str(base), *BATCH, "--x", "-1:1:5", "--out", str(out / "surface.h5"),
+                               "--json", "--quiet"], False),
+        "predict": (lc + ["predict", str(base), str(out / "tuned"), *BATCH, "--no-lambda-max", "--line", "0:1:2",
+                          "--no-at-tuned", "--json", "--quiet"], False),
+        "forgetting_1_suite": (lc + ["forgetting", str(base), str(out / "tuned"), "--suite", str(suite), "--json", "--quiet"], False),
+        "sam_finetune_1_step": (lc + ["finetune", str(base), "--data", str(DATA), "--optimizer", "sam",
+                                      "--max-steps", "1", "--batch-size", "4", "--max-length", "48",
+                                      "--out", str(out / "ft"), "--overwrite", "--quiet"], False),
+    }
+
+
+def run_row(cmd: list, timeout: int) -> dict:
+    t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        rc, stdout, stderr = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, stdout, stderr = "timeout", (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), ""
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    row = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1),
+           "peak_rss_gb": round(peak * 1024 / 2**30, 2) if peak > before else None,
+           "stderr_tail": stderr.strip().splitlines()[-1][:300] if stderr.strip() else ""}
+    try:
+        row["result"] = json.loads(stdout)
+    except (json.JSONDecodeError, TypeError):
+        row["stdout_tail"] = (stdout or "").strip()[-300:]
+    return row
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "runs" / "big"))
+    ap.add_argument("--only", default=None, help="comma list of rows")
+    ap.add_argument("--timeout", type=int, default=3600)
+    ap.add_argument("--no-readme", action="store_true")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = build(out)
+    weights_gb = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 2**30
+    res_path = ROOT / "benchmarks" / "results_big.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    results.update(weights_gb=round(weights_gb, 2), config=TINYLLAMA, machine=f"{os.cpu_count()} cores")
+    table = rows(base, out)
+    for name, (cmd, has_plan) in table.items():
+        if a.only and name not in a.only.split(","):
+            continue
+        print(f"[big] {name}: {' '.join(cmd[1:])}", flush=True)
+        row = {"command": "landscape " + " ".join(Path(c).name if c.startswith(str(ROOT)) else c for c in cmd[1:])}
+        if has_plan:
+            plan = run_row(cmd + ["--dry-run"], 900)
+            row["plan"] = (plan.get("result") or {}).get("plan")
+        row.update(run_row(cmd, a.timeout))
+        row["peak_over_weights"] = round(row["peak_rss_gb"] / weights_gb, 2) if row.get("peak_rss_gb") else None
+        results.setdefault("rows", {})[name] = row
+        print(f"[big] {name}: rc {row['rc']}, {row['seconds']} s, peak {row['peak_rss_gb']} GB"
+              + (f", planned {row['plan']['peak_gb']} GB" if row.get("plan") else ""), flush=True)
+        res_path.write_text(json.dumps(results, indent=1, default=str))
+    if not a.no_readme:
+        write_readme(results)
+    return results
+
+
+def write_readme(results: dict) -> None:
+    """The README block between the bench-big markers."""
+    lines = ["| command | exit | time (s) | peak RSS (GB) | peak / weights | planned peak (GB) | result |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.get("rows", {}).items():
+        res = r.get("result") or {}
+        m = res.get("metrics") or {}
+        shown = {k: m[k] for k in ("lambda_max", "lambda_min", "hessian_trace", "sam_sharpness") if k in m}
+        if "loss" in res and not shown:
+            shown["loss"] = res["loss"]
+        text = ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
+        if r.get("rc") not in (0, None) and r.get("stderr_tail"):
+            text = r["stderr_tail"][:120].replace("|", "/")
+        plan = r.get("plan") or {}
+        lines.append(f"| `{name}` | {r.get('rc')} | {r.get('seconds')} | {r.get('peak_rss_gb')} | "
+                     f"{r.get('peak_over_weights')} | {plan.get('peak_gb', '')} | {text} |")
+    block = "\n".join(lines)
+    readme = ROOT / "README.md"
+    s = readme.read_text()
+    a, b = "<!-- bench-big:start -->", "<!-- bench-big:end -->"
+    if a in s and b in s:
+        s = s[:s.index(a) + len(a)] + "\n" + block + "\n" + s[s.index(b):]
+        readme.write_text(s)
+
+
+if __name__ == "__main__":
+    main()
