@@ -7,7 +7,7 @@ intermediate 5632, vocabulary 32000: 1.10B parameters, 4.4 GB in float32) — no
 random weights are fine for memory and time, not for science. Each row is one `landscape` command
 in a fresh process, as a user would type it, on one batch of 4 × ≤48 tokens of data/real/general.jsonl
 (a word-level tokenizer built from that file), with its wall time, peak RSS (``ru_maxrss`` of the
-child) over the weights, its exit status (2 = refused with one line, -9 = killed by the OS) and, where
+child) over the weights, its exit status (2 = refused with one line, 137 = killed by the OS) and, where
 the command has ``--dry-run``, the plan's predicted peak. Writes benchmarks/results_big.json and the
 README block between the ``bench-big`` markers. Rows run one after another, each under ``--timeout``.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -82,17 +81,24 @@ def rows(base: Path, out: Path) -> dict:
     }
 
 
+# runs the command and prints its own peak RSS (KiB) as the last line of stderr
+PEAK = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+        "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(128 - rc if rc < 0 else rc)")
+
+
 def run_row(cmd: list, timeout: int) -> dict:
     t0 = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        p = subprocess.run([sys.executable, "-c", PEAK, *cmd], capture_output=True, text=True, timeout=timeout,
+                           cwd=ROOT)
         rc, stdout, stderr = p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired as e:
         rc, stdout, stderr = "timeout", (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), ""
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    lines = stderr.strip().splitlines()
+    peak = int(lines.pop().split()[1]) if lines and lines[-1].startswith("PEAK_KIB") else None
+    stderr = "\n".join(lines)
     row = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1),
-           "peak_rss_gb": round(peak * 1024 / 2**30, 2) if peak > before else None,
+           "peak_rss_gb": round(peak * 1024 / 2**30, 2) if peak else None,
            "stderr_tail": stderr.strip().splitlines()[-1][:300] if stderr.strip() else ""}
     try:
         row["result"] = json.loads(stdout)

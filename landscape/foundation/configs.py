@@ -455,6 +455,9 @@ class PredictConfig(Config):
                                 kind="str")
     max_iter: int = option(100, "Lanczos steps for λ_max.", bounds=(1, None))
     tol: float = option(1e-3, "Relative residual that stops λ_max's Lanczos.", bounds="positive")
+    hvp_method: str = option("auto", "Hessian-vector products (κ, F̂, λ_max): exact (reverse, forward) or finite "
+                                     "differences (fd); auto: exact when its planned memory fits, else fd.",
+                             choices=HVP_METHODS, numbers=False)
     seed: int = option(0, "Random seed of λ_max's start vector (recorded in outputs).")
 
     def check(self) -> None:

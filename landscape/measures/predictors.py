@@ -55,12 +55,24 @@ def update_vector(names: list, base_params: list, tuned_named: dict) -> P.Vector
     return out
 
 
-def _curvature_along(obj, delta: P.Vector) -> tuple[float, float, float]:
-    """(L, gᵀΔw, ΔwᵀHΔw) of ``obj`` at its current weights: one gradient and one HVP."""
+def hvp_method(obj, asked: str = "auto") -> str:
+    """The HVP method for ``obj``: ``asked``, or for "auto" exact when its plan fits the free memory."""
+    from landscape.foundation import plan as plans
+
+    if asked != "auto":
+        return asked
+    act = plans.activation_bytes(obj.model, obj.batches) if hasattr(obj, "model") else 0
+    return plans.resolve_hvp_method(obj.params, act, "auto", P.footprint(obj.params[0].device),
+                                    plans.free_bytes(obj.params[0].device))
+
+
+def _curvature_along(obj, delta: P.Vector, method: str = "reverse", origin=None) -> tuple[float, float, float]:
+    """(L, gᵀΔw, ΔwᵀHΔw) of ``obj`` at its current weights: one gradient and one HVP (``origin``: an
+    exact copy of the current weights the caller holds, which fd products restore from)."""
     L, g = gradient(obj)
     g_delta = float(P.dot(g, delta))
     del g
-    op = hessian.HessianOperator(obj, "reverse", "off")  # one product: no graph worth keeping
+    op = hessian.HessianOperator(obj, method, "off", origin=origin)  # one product: no graph worth keeping
     hd = op.hvp(delta)
     return L, g_delta, float(P.dot(delta, hd))
 
@@ -106,14 +118,15 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
     dn2 = float(P.dot(delta, delta))
     if dn2 == 0:
         raise UserError("the tuned weights equal the base's (Δw = 0): nothing to predict")
+    method = hvp_method(obj, cfg.hvp_method)
     with P.perturbed(ps) as origin:
         wn = float(P.norm(origin))
-        L0, g_delta, dhd = _curvature_along(obj, delta)
+        L0, g_delta, dhd = _curvature_along(obj, delta, method, origin)
         losses = _line(obj, origin, delta, ts, progress)
         tuned = None
         if cfg.at_tuned:
             P.set_offset(ps, origin, delta)
-            L1, gt_delta, dhd_t = _curvature_along(obj, delta)
+            L1, gt_delta, dhd_t = _curvature_along(obj, delta, method)
             tuned = {"loss": L1, "grad_delta_tuned": gt_delta, "kappa_tuned": dhd_t / dn2,
                      "quad_pred_tuned": gt_delta - 0.5 * dhd_t, "delta_hessian_delta": dhd_t}
         blocks = _block_norms(getattr(obj, "names", [str(i) for i in range(len(ps))]), origin, delta, groups) \
@@ -137,7 +150,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
         "residual": F - quad,
         "line": {"t": ts.tolist(), "loss": losses, "quadratic": (losses[i0] + q_line).tolist(),
                  "r2": 1.0 - float(((dl - q_line) ** 2).sum()) / ss_tot if ss_tot > 0 else None},
-        "tuned": tuned, "per_block": blocks,
+        "tuned": tuned, "per_block": blocks, "hvp_method": method,
         "where": {k: PREDICTOR_METRICS[k][0] for k in metrics},
     }
 
@@ -145,7 +158,8 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
 def base_lambda_max(obj, config: PredictConfig | None = None, progress: bool = False) -> dict:
     """λ_max of the general Hessian at the base (Lanczos; its memory policy as `landscape sharpness`)."""
     cfg = config or PredictConfig()
-    op = hessian.HessianOperator(obj, "reverse", "auto")
+    method = hvp_method(obj, cfg.hvp_method)
+    op = hessian.HessianOperator(obj, method, "auto")
     sp = hessian.lanczos(op, k=1, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=False,
                          progress=progress)
     op.release()

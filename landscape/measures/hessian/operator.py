@@ -180,7 +180,7 @@ class HessianOperator:
     """
 
     def __init__(self, objective, method: str = "reverse", cache_graph: str = "auto", step: float | None = None,
-                 vector_dtype: torch.dtype | None = None):
+                 vector_dtype: torch.dtype | None = None, origin: list | None = None):
         if method not in HVP_METHODS or method == "auto":
             raise ConfigError("hvp_method", f"unknown HVP method {method!r}; choose from "
                                             f"{', '.join(m for m in HVP_METHODS if m != 'auto')}")
@@ -193,7 +193,10 @@ class HessianOperator:
         self.graph_bytes = None  # measured size of one term's saved graph ("auto")
         self._grads = None
         self._versions = None
-        self._origin = None  # fd: the weights, to put back bit-exactly after each product
+        # fd: the weights, to put back bit-exactly after each product (a caller that already holds
+        # an exact copy of the current weights, e.g. ``params.perturbed``'s origin, passes it: one
+        # weight-sized copy less)
+        self._origin = origin
         self.calls = 0
         self.seconds = 0.0
         ps = objective.params
@@ -252,7 +255,7 @@ class HessianOperator:
     def _fd(self, v, out) -> None:
         """out += (∇L(w + εv) − ∇L(w − εv)) / 2ε, each gradient streamed into ``out``."""
         ps = self.obj.params
-        if self._origin is None or self._versions != [p._version for p in ps]:
+        if self._origin is None or (self._versions is not None and self._versions != [p._version for p in ps]):
             self._origin = [p.detach().clone() for p in ps]
         vn = float(P.norm(v))
         if vn == 0.0:
