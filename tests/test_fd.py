@@ -164,3 +164,21 @@ def test_bf16_fd_says_how_accurate_it_is(llama_dir, text_data):
                                                         tol=1e-4))
     assert r["hvp"]["vector_dtype"] == "float32" and r["hvp"]["noise_rel"] > 1e-4
     assert "accurate to" in r["warnings"][0]
+
+
+def test_finetune_refuses_a_step_that_cannot_fit(llama_dir, text_data, tmp_path, monkeypatch):
+    from landscape.training import finetune
+
+    monkeypatch.setattr(plans, "free_bytes", lambda device: 1000)
+    r = CliRunner().invoke(cli, ["finetune", str(llama_dir), "--data", str(text_data), "--optimizer", "sam",
+                                 "--max-steps", "1", "--out", str(tmp_path / "ft"), "--quiet"])
+    assert r.exit_code == 2 and "finetune --optimizer sam needs about" in r.output
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "ft.partial").exists()
+    ck = load_checkpoint(llama_dir)
+    from landscape.foundation import data
+    from landscape.foundation.configs import FinetuneConfig
+
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=2)
+    sam, adam = (finetune.plan(ck.model, bs, FinetuneConfig(optimizer=o)) for o in ("sam", "adamw"))
+    unit = sum(p.numel() * 4 for p in ck.model.parameters())
+    assert sum(sam.parts.values()) - sum(adam.parts.values()) == 2 * unit and adam.parts["adamw_moments"] == 2 * unit

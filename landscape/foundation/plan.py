@@ -114,6 +114,20 @@ def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: 
     return Plan(command, parts, start, unit, {"hvp_method": hvp_method, "vectors": vectors})
 
 
+def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False) -> Plan:
+    """Peak of one fine-tune step: the gradients (``.grad``), AdamW's two moments, and for SAM/ASAM
+    the perturbation kept to restore the weights and pass 1's gradient tuple (both weight-sized,
+    alive together with the moments), plus one micro-batch's activations (twice: SAM runs two
+    passes, one at a time)."""
+    ps = list(params)
+    unit = P.nbytes(ps)
+    parts = {"gradients": unit, "adamw_moments": 2 * unit, "activations": act}
+    if optimizer in ("sam", "asam"):
+        parts["sam_perturbation"] = unit
+        parts["sam_pass1_gradient"] = unit
+    return Plan("finetune", parts, start, unit, {"optimizer": optimizer, "bf16_autocast": bf16})
+
+
 def gradient_peak(params, act: int, start: int) -> int:
     """Peak of one streamed gradient into a float32 buffer."""
     return start + act + _largest(params) + P.numel(params) * 4

@@ -247,11 +247,30 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     Steps: ``max_steps`` if given, else ``ceil(epochs · n_train_batches / (grad_accum · processes))``.
     """
     job = _prepare(base, data, Path(out), config or FinetuneConfig(), load or LoadConfig())
+    _check_memory(job)
     opt = make_optimizer([p for p in job.ck.model.parameters() if p.requires_grad], job.cfg)
     state = _resume(job, opt) if job.cfg.resume else TrainState()
     start, t0 = state.step, time.perf_counter()
     _run(job, opt, state, progress, on_step)
     return _save(job, state, start, time.perf_counter() - t0)
+
+
+def plan(model, train_batches, cfg: FinetuneConfig):
+    """The memory plan of one step (:func:`landscape.foundation.plan.finetune`), before any state
+    is allocated; one micro-batch's activations measured on one sequence."""
+    from landscape.foundation import plan as plans
+
+    ps = [p for p in model.parameters() if p.requires_grad]
+    act = plans.activation_bytes(model, train_batches.batches[:1])
+    return plans.finetune(ps, act, cfg.optimizer, plans.start_bytes(model, param_device(model)), cfg.bf16)
+
+
+def _check_memory(job) -> None:
+    """Refuse, with one line, a run whose first step would not fit (rather than be killed by the OS)."""
+    from landscape.foundation import plan as plans
+
+    pl = plan(job.ck.model, job.train_b, job.cfg)
+    plans.check_fits(pl, plans.free_bytes(job.ck.device), f"finetune --optimizer {job.cfg.optimizer}")
 
 
 def _check_paths(out: Path, partial: Path, cfg: FinetuneConfig) -> None:
