@@ -266,7 +266,10 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps)}
     candidates = []
     if curv or cfg.per_layer:
-        candidates.append(plans.curvature(ps, act, method, 2, vsize, start))
+        # basis-free Lanczos and Hutchinson: two vectors (a basis is only kept within its budget);
+        # power iteration: the k found vectors, v, Av and two temporaries
+        vecs = cfg.top_k + 4 if cfg.method == "power" else 2
+        candidates.append(plans.curvature(ps, act, method, vecs, vsize, start))
     ball = [m for m in ("sam", "asam") if m in cfg.metrics]
     if ball:
         n = 1 + int(cfg.sam_steps > 1) + int("asam" in ball)  # the gradient/u, u beside it, ASAM's T
@@ -277,7 +280,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     if "avg" in cfg.metrics:
         candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "activations": act}, start, unit))
     best = max(candidates, key=lambda p: p.peak) if candidates else plans.Plan("sharpness", {}, start, unit)
-    best.choices = {"hvp_method": method, "lanczos_vectors": 2 if curv else 0,
+    best.choices = {"hvp_method": method, "eigen_vectors": (cfg.top_k + 4 if cfg.method == "power" else 2) if curv else 0,
                     "free_gb": None if free is None else round(free / 2**30, 3)}
     return best
 

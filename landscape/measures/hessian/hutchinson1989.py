@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from landscape.measures.hessian.operator import Counted, dot, rademacher
+from landscape.measures.hessian.operator import Counted, add_matvec, dot, rademacher
 
 
 @dataclass
@@ -37,13 +37,15 @@ class Trace:
 
 def hutchinson_trace(op, samples: int = 50, seed: int = 0, progress: bool = False, basis=None) -> Trace:
     """tr(A) ± standard error from ``samples`` Rademacher probes (``basis`` is accepted for the
-    signature the sketched estimators share; Hutchinson keeps no vectors)."""
+    signature the sketched estimators share; Hutchinson keeps no basis: two vectors, z and Az, reused)."""
     op = Counted(op)
     g = torch.Generator().manual_seed(seed)
     est = []
+    z = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
+    az = torch.empty_like(z)  # two vectors, reused by every probe
     for _ in tqdm(range(samples), desc="trace", disable=not progress, leave=False):
-        z = rademacher(op, g)
-        est.append(dot(z, op.matvec(z)))
+        rademacher(op, g, z)
+        est.append(dot(z, add_matvec(op, z, az.zero_())))
     a = np.asarray(est)
     se = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
     return Trace(float(a.mean()), se, len(a), op.calls, est)
