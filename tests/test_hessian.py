@@ -297,3 +297,18 @@ def test_lanczos_with_a_bounded_basis_restarts_to_the_same_eigenvalues():
         assert sp.lambda_min == pytest.approx(truth[0], rel=1e-7)
     assert small.max_basis <= 10 and small.restarts >= 1 and full.restarts == 0
     assert small.hvps == small.iterations and small.hvps > full.hvps  # restarts cost products, not memory
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_eigenvalue_stopping_bounds_the_error_and_spends_fewer_products(seed):
+    """stop="eigenvalue": the Kato–Temple bound min(r, r²/gap) is a true bound on |θ − λ| at every
+    accepted value, the answer is within tol, and it takes fewer products than the residual test."""
+    eigs = [10.0, 8.0, 7.5, -3.0] + list(np.linspace(-1.0, 1.0, 396))
+    op = hessian.DenseOperator(symmetric(eigs, seed=seed))
+    tol = 1e-6
+    res = hessian.lanczos(op, k=2, tol=tol, max_iter=400, seed=seed)
+    ev = hessian.lanczos(op, k=2, tol=tol, max_iter=400, seed=seed, basis=hessian.BasisPolicy(stop="eigenvalue"))
+    assert ev.converged and ev.stop == "eigenvalue" and ev.hvps < res.hvps
+    for got, truth, bound in zip(ev.eigenvalues, [10.0, 8.0], ev.error_bounds):
+        assert abs(got - truth) <= bound <= tol * abs(truth)
+    assert ev.lambda_min == pytest.approx(-3.0, rel=tol)

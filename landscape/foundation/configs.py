@@ -302,7 +302,11 @@ class SharpnessConfig(Config):
                                         kind="float?", bounds="positive", numbers=False)
     basis_dir: str | None = option(None, "Directory of a disk basis's temporary file (default: the system's).",
                                    kind="str", numbers=False)
-    tol: float = option(1e-3, "Relative residual ‖Hv−λv‖/|λ| to stop.", bounds="positive")
+    tol: float = option(1e-3, "Relative accuracy to stop at (see --stop).", bounds="positive")
+    stop: str = option("eigenvalue", "Lanczos with a basis stops when the eigenvalue's error bound min(r, r²/gap) "
+                                     "(Kato–Temple) is ≤ tol·|λ| (eigenvalue), or when the residual r = ‖Hv−λv‖ is "
+                                     "(residual: the eigenvector too). Power iteration and basis-free Lanczos always "
+                                     "use the residual.", choices=("eigenvalue", "residual"))
     trace_samples: int = option(30, "HVPs for the trace (Hutchinson: one per sample).", bounds=(1, None))
     trace_method: str = option("hutchinson", "Trace estimator at that budget: Hutchinson, Hutch++ (Meyer et al. "
                                              "2021) or XTrace (Epperly et al. 2024).", choices=TRACE_METHODS)
@@ -343,7 +347,7 @@ class SharpnessConfig(Config):
         """The :class:`~landscape.measures.hessian.basis.BasisPolicy` these settings ask for (as a dict)."""
         budget = None if self.basis_memory is None else int(self.basis_memory * 2**30)
         return {"max_basis": self.max_basis, "where": self.basis, "budget": budget, "directory": self.basis_dir,
-                "reorth": self.reorth}
+                "reorth": self.reorth, "stop": self.stop}
 
 
 @dataclass(frozen=True)

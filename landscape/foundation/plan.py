@@ -152,8 +152,8 @@ def check_fits(plan: Plan, free: int | None, what: str = "") -> None:
     if need > HEADROOM * free:
         parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in plan.parts.items() if v)
         raise UserError(f"{what or plan.command} needs about {need / 2**30:.1f} GB more ({parts}; peak "
-                        f"{plan.peak / 2**30:.1f} GB) and {free / 2**30:.1f} GB is free: use --hvp-method fd, "
-                        f"fewer/shorter batches, --params, or a larger machine (landscape plan shows the parts)")
+                        f"{plan.peak / 2**30:.1f} GB) and {free / 2**30:.1f} GB is free: use hvp_method fd, fewer or "
+                        f"shorter batches, a params subset, or a larger machine (dry_run shows the plan)")
 
 
 RUNTIME = int(0.35 * 2**30)  # RSS of Python + torch + transformers before any weights (measured: 0.31 GB)

@@ -46,13 +46,15 @@ class BasisPolicy:
     ``directory`` (where a disk basis's temporary file goes; None: the system's temp dir) and
     ``reorth``: keep a basis to reorthogonalise against ("full"), none ("none": Lanczos runs the
     three-term recurrence with two vectors), or "auto": full when the basis fits the budget in
-    memory or a place was asked for explicitly, else none."""
+    memory or a place was asked for explicitly, else none. ``stop`` (Lanczos with a basis only):
+    what ``tol`` bounds, the residual or the eigenvalue's error (see :func:`~.lanczos1950.lanczos`)."""
 
     max_basis: int | None = None
     where: str = "auto"
     budget: int | None = None
     directory: str | None = None
     reorth: str = "auto"
+    stop: str = "residual"  # Lanczos with a basis: what tol bounds ("residual" or "eigenvalue", see lanczos)
 
 
 def default_budget(device) -> int:

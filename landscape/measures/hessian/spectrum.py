@@ -23,8 +23,10 @@ class Spectrum:
     max_basis: int | None = None  # Lanczos: the most basis vectors held at once
     basis: dict | None = None  # Lanczos: where the basis lived and its size
     noise: float | None = None  # Lanczos without a basis: the products' measured rounding error ‖δ(Av)‖
+    stop: str = "residual"  # Lanczos: what ``tol`` bounded (the residual, or the eigenvalue's error)
+    error_bounds: list | None = None  # Lanczos with a basis: bound on |θ − λ| of each of ``eigenvalues``
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("eigenvalues", "lambda_max", "lambda_min", "residuals",
                                               "residual_min", "converged", "hvps", "iterations", "method",
-                                              "restarts", "max_basis", "basis", "noise")}
+                                              "restarts", "max_basis", "basis", "noise", "stop", "error_bounds")}
