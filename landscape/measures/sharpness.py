@@ -113,7 +113,7 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
         best = L0
         for t in tqdm(range(steps), desc="sam-sharpness", disable=not progress, leave=False):
             if u is not None:
-                P.set_offset(ps, origin, [ti * ui for ti, ui in zip(T, u)])
+                P.set_offset(ps, origin, (ti * ui for ti, ui in zip(T, u)))
             L, gu = gradient(obj, dtype=wide)
             best = max(best, L)
             if adaptive:
@@ -133,7 +133,7 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
             if un > rho:
                 for ui in u:
                     ui.mul_(rho / un)  # back onto the ball
-        P.set_offset(ps, origin, [ti * ui for ti, ui in zip(T, u)])
+        P.set_offset(ps, origin, (ti * ui for ti, ui in zip(T, u)))
         best = max(best, obj.value())
     return {"sharpness": best - L0, "max_loss": best, "loss": L0, "rho": rho, "steps": steps,
             "adaptive": adaptive, "eta": eta if adaptive else None}
