@@ -303,10 +303,11 @@ class SharpnessConfig(Config):
     basis_dir: str | None = option(None, "Directory of a disk basis's temporary file (default: the system's).",
                                    kind="str", numbers=False)
     tol: float = option(1e-3, "Relative accuracy to stop at (see --stop).", bounds="positive")
-    stop: str = option("eigenvalue", "Lanczos with a basis stops when the eigenvalue's error bound min(r, r²/gap) "
-                                     "(Kato–Temple) is ≤ tol·|λ| (eigenvalue), or when the residual r = ‖Hv−λv‖ is "
-                                     "(residual: the eigenvector too). Power iteration and basis-free Lanczos always "
-                                     "use the residual.", choices=("eigenvalue", "residual"))
+    stop: str = option("residual", "Lanczos with a basis stops when the residual r = ‖Hv−λv‖ is ≤ tol·|λ| "
+                                   "(residual), or when the Kato–Temple bound min(r, r²/gap) is (eigenvalue: fewer "
+                                   "HVPs, but the Ritz gap can overstate the true gap early on, and then the bound "
+                                   "fails). Power iteration and basis-free Lanczos always use the residual.",
+                       choices=("residual", "eigenvalue"))
     trace_samples: int = option(30, "HVPs for the trace (Hutchinson: one per sample).", bounds=(1, None))
     trace_method: str = option("hutchinson", "Trace estimator at that budget: Hutchinson, Hutch++ (Meyer et al. "
                                              "2021) or XTrace (Epperly et al. 2024).", choices=TRACE_METHODS)
