@@ -181,4 +181,6 @@ def test_finetune_refuses_a_step_that_cannot_fit(llama_dir, text_data, tmp_path,
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=2)
     sam, adam = (finetune.plan(ck.model, bs, FinetuneConfig(optimizer=o)) for o in ("sam", "adamw"))
     unit = sum(p.numel() * 4 for p in ck.model.parameters())
-    assert sum(sam.parts.values()) - sum(adam.parts.values()) == 2 * unit and adam.parts["adamw_moments"] == 2 * unit
+    assert sum(sam.parts.values()) - sum(adam.parts.values()) == unit and adam.parts["adamw_moments"] == 2 * unit
+    accum = finetune.plan(ck.model, bs, FinetuneConfig(optimizer="sam", grad_accum=2))
+    assert accum.parts["sam_pass1_gradient"] == unit

@@ -213,7 +213,9 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
         hvps += layer_hvps
     stages.close()
     out["details"] = details
-    hvp = {**op.describe(), **_accuracy(details.get("eigen"), cfg)}
+    eig = {**details["eigen"], "weights_dtype": str(obj.params[0].dtype).replace("torch.", "")} \
+        if details.get("eigen") else None
+    hvp = {**op.describe(), **_accuracy(eig, cfg)}
     config_out = {**cfg.as_dict(), "n_params": P.numel(obj.params),
                   "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
     cost = {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached,
@@ -245,8 +247,9 @@ def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:
     out = {"noise": eigen["noise"], "noise_rel": rel}
     if rel > cfg.tol:
         out["warning"] = (f"the HVPs are accurate to {rel:.1e} of λ_max (measured linearity defect), above tol "
-                          f"{cfg.tol:g}: λ_max is known to about ±{4 * eigen['noise']:.3g}; use float32 weights or an "
-                          "exact --hvp-method for more")
+                          f"{cfg.tol:g}: λ_max is known to about ±{4 * eigen['noise']:.3g}; for more, "
+                          + ("float32 weights" if eigen.get("weights_dtype") in ("bfloat16", "float16") else
+                             "an exact hvp_method (reverse)") + " where it fits")
     return out
 
 
@@ -263,7 +266,8 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize) if curv or cfg.per_layer \
         else ("reverse" if cfg.hvp_method == "auto" else cfg.hvp_method)
     unit, wide = P.nbytes(ps), P.numel(ps) * max(4, ps[0].element_size())
-    grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps)}
+    grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps),
+            "transients": plans.transients(ps)}
     candidates = []
     if curv or cfg.per_layer:
         # basis-free Lanczos and Hutchinson: two vectors (a basis is only kept within its budget);

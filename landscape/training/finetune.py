@@ -112,7 +112,13 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
         with _no_sync(model, True):  # pass 1: the local gradient at w, forward included
             with _autocast(device, cfg.bf16):
                 loss = batch_term(model, b, n_tok)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            if len(micro) == 1:  # into .grad, then dropped: no second gradient buffer (one W less)
+                loss.backward()
+                grads = [p.grad for p in params]
+                for p in params:
+                    p.grad = None
+            else:  # .grad accumulates pass 2 of the earlier micro-batches: keep pass 1 apart
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
         loss_sum += float(loss.detach())
         norms.append(sam.first_step(list(grads), zero_grad=False))
         del grads
@@ -262,7 +268,8 @@ def plan(model, train_batches, cfg: FinetuneConfig):
 
     ps = [p for p in model.parameters() if p.requires_grad]
     act = plans.activation_bytes(model, train_batches.batches[:1])
-    return plans.finetune(ps, act, cfg.optimizer, plans.start_bytes(model, param_device(model)), cfg.bf16)
+    return plans.finetune(ps, act, cfg.optimizer, plans.start_bytes(model, param_device(model)), cfg.bf16,
+                          cfg.grad_accum)
 
 
 def _check_memory(job) -> None:
@@ -270,7 +277,8 @@ def _check_memory(job) -> None:
     from landscape.foundation import plan as plans
 
     pl = plan(job.ck.model, job.train_b, job.cfg)
-    plans.check_fits(pl, plans.free_bytes(job.ck.device), f"finetune --optimizer {job.cfg.optimizer}")
+    plans.check_fits(pl, plans.free_bytes(job.ck.device), f"finetune --optimizer {job.cfg.optimizer}",
+                     hint="a LoRA adapter (lora), bfloat16 weights, shorter batches, or a larger machine")
 
 
 def _check_paths(out: Path, partial: Path, cfg: FinetuneConfig) -> None:
