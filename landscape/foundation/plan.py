@@ -67,24 +67,28 @@ def activation_bytes(model: torch.nn.Module, batches) -> int:
     big = max(batches, key=lambda b: b.input_ids.numel())
     B = big.input_ids.shape[0]
     one = Batch(big.input_ids[:1], big.attention_mask[:1], big.labels[:1]).to(param_device(model))
-    counter = _Saved([p for p in model.parameters()])
+    counter = SavedBytes(list(model.parameters()))
     with torch.enable_grad(), counter:
         loss = nll_sum(model, one)
     del loss
     return counter.bytes * B
 
 
-class _Saved(torch.autograd.graph.saved_tensors_hooks):
+class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes of distinct storages autograd saves inside the block (the graph's memory),
+    leaving out the parameters' own storages (the activation probe here, the kept-graph decision of
+    ``HessianOperator``)."""
+
     def __init__(self, params):
         self.bytes = 0
         skip = {p.untyped_storage().data_ptr() for p in params}
         seen = set()
 
         def pack(t):
-            st = t.untyped_storage()
-            if st.data_ptr() not in skip and st.data_ptr() not in seen:
-                seen.add(st.data_ptr())
-                self.bytes += st.nbytes()
+            key = t.untyped_storage().data_ptr()
+            if key not in skip and key not in seen:
+                seen.add(key)
+                self.bytes += t.untyped_storage().nbytes()
             return t
 
         super().__init__(pack, lambda t: t)
@@ -101,8 +105,7 @@ def transients(params) -> int:
     return 4 * max((p.numel() * max(4, p.element_size()) for p in params), default=0)
 
 
-def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int,
-              command: str = "sharpness", extra: dict | None = None) -> Plan:
+def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int) -> Plan:
     """Peak of an estimator holding ``vectors`` weight-sized vectors (of ``vector_itemsize`` bytes
     an entry) over HVPs by ``hvp_method`` (fd: one saved copy of the weights; exact: the
     double-backward graph)."""
@@ -118,8 +121,7 @@ def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: 
     elif hvp_method in ("reverse", "forward"):
         parts["hvp_graph"] = int(EXACT_HVP_FACTOR * unit)
         parts["activations"] = int(EXACT_ACT_FACTOR * act)
-    parts.update(extra or {})
-    return Plan(command, parts, start, unit, {"hvp_method": hvp_method, "vectors": vectors})
+    return Plan("sharpness", parts, start, unit, {"hvp_method": hvp_method, "vectors": vectors})
 
 
 def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False, grad_accum: int = 1) -> Plan:
@@ -135,11 +137,6 @@ def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False, g
         if grad_accum > 1:
             parts["sam_pass1_gradient"] = unit
     return Plan("finetune", parts, start, unit, {"optimizer": optimizer, "bf16_autocast": bf16})
-
-
-def gradient_peak(params, act: int, start: int) -> int:
-    """Peak of one streamed gradient into a float32 buffer."""
-    return start + act + _largest(params) + P.numel(params) * 4
 
 
 def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | None, vector_itemsize: int = 4) -> str:

@@ -61,9 +61,11 @@ def hvp_method(obj, asked: str = "auto") -> str:
 
     if asked != "auto":
         return asked
-    act = plans.activation_bytes(obj.model, obj.batches) if hasattr(obj, "model") else 0
-    return plans.resolve_hvp_method(obj.params, act, "auto", P.footprint(obj.params[0].device),
-                                    plans.free_bytes(obj.params[0].device))
+    dev = obj.params[0].device
+    if not hasattr(obj, "model"):  # a closed form: no activations, nothing but its tensors
+        return plans.resolve_hvp_method(obj.params, 0, "auto", P.footprint(dev), plans.free_bytes(dev))
+    return plans.resolve_hvp_method(obj.params, plans.activation_bytes(obj.model, obj.batches), "auto",
+                                    plans.start_bytes(obj.model, dev), plans.free_bytes(dev))
 
 
 def _curvature_along(obj, delta: P.Vector, method: str = "reverse", origin=None) -> tuple[float, float, float]:

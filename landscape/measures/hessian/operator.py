@@ -37,6 +37,7 @@ from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
 from landscape.foundation.configs import CACHE_GRAPH, HVP_METHODS, ConfigError
 from landscape.foundation.objective import accumulate_grad
+from landscape.foundation.plan import SavedBytes
 
 
 class LinearOperator(Protocol):
@@ -103,26 +104,6 @@ def math_attention():
         return sdpa_kernel(SDPBackend.MATH)
     except ImportError:  # pragma: no cover - very old torch
         return contextlib.nullcontext()
-
-
-class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
-    """Counts the bytes of distinct storages autograd saves inside the block (the graph's memory),
-    leaving out the parameters' own storages."""
-
-    def __init__(self, params):
-        self.bytes = 0
-        skip = {p.untyped_storage().data_ptr() for p in params}
-        seen = set()
-
-        def pack(t):
-            st = t.untyped_storage()
-            key = st.data_ptr()
-            if key not in skip and key not in seen:
-                seen.add(key)
-                self.bytes += st.nbytes()
-            return t
-
-        super().__init__(pack, lambda t: t)
 
 
 def fd_step(dtype: torch.dtype, weight_norm: float) -> float:
@@ -304,7 +285,7 @@ class HessianOperator:
         ps = self.obj.params
         dev = ps[0].device
         cuda0 = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
-        sb = _SavedBytes(ps)
+        sb = SavedBytes(ps)
         first = None
         with sb:
             for term in terms:
