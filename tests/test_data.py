@@ -64,7 +64,7 @@ def test_ids_outside_vocabulary_rejected(tmp_path):
     ('{"text": "ok"}\n{"txt": "a"}\n', r":2: unknown key\(s\) 'txt'"),
     ('{"prompt": "a", "complection": "b"}\n', r":1: unknown key\(s\) 'complection'"),
     ('{"prompt": "a"}\n', r":1: keys \['prompt'\]"),
-    ('[1, 2]\n', ":1: each line must be a JSON object"),
+    ('[1, 2]\n', ":1: each record must be a JSON object"),
     ('{"text": 3}\n', "'text' must be a string"),
     ('{"input_ids": [1, "a"]}\n', "list of integers"),
     ('{"input_ids": []}\n', "list of integers"),

@@ -270,6 +270,21 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
         raise CheckpointError(f"{p}: tokenizer files present but unreadable ({type(e).__name__}: {e})") from None
 
 
+def with_chat_template(tokenizer, template_file: str | os.PathLike, where):
+    """``tokenizer`` with its chat template replaced by the Jinja text of ``template_file``."""
+    if tokenizer is None:
+        raise CheckpointError(f"{where}: a chat template was given but the checkpoint has no tokenizer")
+    p = Path(template_file)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("chat_template", f"{p}: cannot read ({type(e).__name__}: {e})") from None
+    if not text.strip():
+        raise ConfigError("chat_template", f"{p}: empty template")
+    tokenizer.chat_template = text
+    return tokenizer
+
+
 def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     """Non-reentrant activation checkpointing of every decoder block (transformers' own), also in
     eval mode: transformers checkpoints a block only when its ``training`` flag is set, so that flag
@@ -310,6 +325,8 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     tokenizer = load_tokenizer(files.path, trust_remote_code=cfg.trust_remote_code)
+    if cfg.chat_template is not None:
+        tokenizer = with_chat_template(tokenizer, cfg.chat_template, files.path)
     rows = model.get_input_embeddings().num_embeddings
     if tokenizer is not None and len(tokenizer) > rows:
         raise CheckpointError(

@@ -259,14 +259,19 @@ class LoadConfig(Config):
     adapter: str = option("merge", "A PEFT adapter is measured merged into its base's weights, or kept apart so "
                                    "that --params adapter measures in the adapter's own (LoRA A/B) space.",
                           choices=ADAPTER_MODES, numbers=False)
+    chat_template: str | None = option(None, "A Jinja chat-template file that replaces the tokenizer's own (chat data "
+                                             "is rendered with it; the batches' fingerprint follows the tokens).",
+                                       kind="path", numbers=False)
 
 
 @dataclass(frozen=True)
 class DataConfig(Config):
-    """Which tokens a measurement sees: a jsonl file cut into fixed batches."""
+    """Which tokens a measurement sees: a data file (or datasets directory) cut into fixed batches."""
 
-    data: str | None = option(None, "jsonl of {text} | {prompt, completion} | {input_ids}. Default: embedded "
-                                    "eval data.", kind="path")
+    data: str | None = option(None, "Records {text} | {prompt, completion} | {input_ids} | chat {messages}: a "
+                                    ".jsonl/.json/.parquet/.csv file or a datasets save_to_disk directory. "
+                                    "Default: embedded eval data.", kind="path")
+    data_split: str | None = option(None, "The split of a DatasetDict directory given as data.", kind="str")
     batch_size: int = option(8, "Sequences per batch.", bounds=(1, None))
     max_length: int | None = option(None, "Tokens per sequence (longer ones are cut). Default: min(128, model "
                                           "positions).", kind="int", bounds=(2, None))
@@ -408,7 +413,11 @@ class FinetuneConfig(Config):
     lora_targets: str = option("all-linear", "Comma list of module names LoRA adapts (e.g. q_proj,v_proj), or "
                                              "all-linear (every linear layer but the output head).")
     seed: int = option(0, "Seed of the batch order and the train/eval split.")
-    eval_data: str | None = option(None, "Held-out jsonl (default: eval_fraction of the data, split by seed).",
+    data_split: str | None = option(None, "The split of a DatasetDict directory given as the training data.",
+                                    kind="str")
+    eval_split: str | None = option(None, "The split of a DatasetDict directory given as eval_data.", kind="str")
+    eval_data: str | None = option(None, "Held-out records, any data format (default: eval_fraction of the data, "
+                                         "split by seed).",
                                    kind="path", numbers=False)
     eval_fraction: float = option(0.1, "Share of the data held out for evaluation when no eval_data.", bounds=(0, None),
                                   numbers=False)

@@ -1,17 +1,36 @@
-"""jsonl → fixed, deterministic, tokenized batches.
+"""Records → fixed, deterministic, tokenized batches.
 
-Each line of the input is one JSON object of exactly one of three shapes:
+Where records come from (:func:`read_records`): a jsonl file (one JSON object per line), a ``.json``
+file (JSON lines, or one JSON array of objects), a ``.parquet`` or ``.csv`` file, or a directory
+written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (``split`` names one of a
+DatasetDict's splits). Column names are the keys below; a tabular row's empty (null) cells are
+absent keys, since a table gives every row every column.
+
+Each record is one object of exactly one of these shapes:
 
 - ``{"text": "..."}``: loss on every token after the first;
 - ``{"prompt": "...", "completion": "..."}``: loss on the completion tokens only (the EOS token the
   tokenizer appends after the completion counts as a completion token, so the model learns to stop);
-- ``{"input_ids": [int, ...]}``: pre-tokenized; loss on every position after the first.
+- ``{"input_ids": [int, ...]}``: pre-tokenized; loss on every position after the first;
+- chat ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}``, any number of
+  turns, rendered with the tokenizer's own chat template; loss on the assistant turns only;
+- conversational ``{"prompt": [messages], "completion": [messages]}``: loss on the assistant turns of
+  the completion;
+- ShareGPT ``{"conversations": [{"from": "system"|"human"|"gpt", "value": "..."}, ...]}``, read as
+  messages.
 
-An optional ``"id"`` key is allowed on any line; any other key is an error (a typo such as
+Chat loss rule (TRL's conversational prompt-completion rule, applied turn by turn): for each
+loss-bearing assistant message i, the tokens of ``render(messages[:i+1])`` that follow
+``render(messages[:i], add_generation_prompt=True)`` — for a ChatML template the content, the
+``<|im_end|>`` and the newline after it. A template whose renderings are not token prefixes of each
+other cannot locate those tokens and is an error, as are chat records for a tokenizer without a
+template and conversations without an assistant turn.
+
+An optional ``"id"`` key is allowed on any record; any other key is an error (a typo such as
 ``"complection"`` would otherwise silently change what the loss measures).
 
-Batches keep the file order (no shuffling), are right-padded, and carry ``labels`` with ``-100``
-wherever no loss is taken, so that a measurement is a pure function of (file, tokenizer, options).
+Batches keep the record order (no shuffling), are right-padded, and carry ``labels`` with ``-100``
+wherever no loss is taken, so that a measurement is a pure function of (records, tokenizer, options).
 """
 
 from __future__ import annotations
@@ -28,9 +47,11 @@ from landscape.foundation.configs import ConfigError, DataConfig
 from landscape.foundation.errors import DataError
 
 IGNORE = -100
-SHAPES = ({"text"}, {"prompt", "completion"}, {"input_ids"})
+SHAPES = ({"text"}, {"prompt", "completion"}, {"input_ids"}, {"messages"}, {"conversations"})
 OPTIONAL_KEYS = {"id"}
-
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+TABULAR = {".parquet": "parquet", ".csv": "csv"}
 
 @dataclass
 class Batch:
@@ -100,38 +121,172 @@ def read_json_lines(path: str | os.PathLike, what: str = "data file") -> tuple[b
     return raw, lines
 
 
-def _read_records(path: str | os.PathLike) -> tuple[bytes, list[dict]]:
-    """The file's bytes (its fingerprint) and its validated records, from one read."""
-    raw, lines = read_json_lines(path)
-    records = [validate_record(rec, f"{path}:{lineno}") for lineno, rec in lines]
+def _json_array(p: Path) -> tuple[bytes, list[tuple[str, object]]] | None:
+    """A ``.json`` file holding one JSON array of records, or None when it is JSON lines."""
+    raw = p.read_bytes()
+    try:
+        whole = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(whole, list):
+        return None
+    return raw, [(f"{p}: item {i}", rec) for i, rec in enumerate(whole, 1)]
+
+
+def _rows(rows: list[dict], where: str) -> list[tuple[str, dict]]:
+    """Table rows as records: a null cell is an absent key (a table gives every row every column)."""
+    def strip(v):
+        if isinstance(v, list):
+            return [{k: x for k, x in m.items() if x is not None} if isinstance(m, dict) else m for m in v]
+        return v
+
+    return [(f"{where}: row {i}", {k: strip(v) for k, v in r.items() if v is not None}) for i, r in enumerate(rows, 1)]
+
+
+def _canonical(rows: list[tuple[str, dict]]) -> bytes:
+    return json.dumps([r for _, r in rows], sort_keys=True, ensure_ascii=False).encode()
+
+
+def _read_table(p: Path, kind: str) -> list[tuple[str, dict]]:
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(p).to_pylist()
+        else:
+            import csv
+
+            with open(p, newline="", encoding="utf-8") as f:
+                rows = [{k: (v if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)]
+    except ImportError as e:
+        raise DataError(f"{p}: reading {kind} needs {e.name} (pip install pyarrow)") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: not a readable {kind} file ({type(e).__name__}: {e})") from None
+    return _rows(rows, str(p))
+
+
+def _read_dataset_dir(p: Path, split: str | None) -> list[tuple[str, dict]]:
+    """Rows of a ``save_to_disk`` directory (a Dataset, or one split of a DatasetDict)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{p}: a datasets directory needs the datasets package (pip install datasets)") from None
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise DataError(f"{p}: not a readable datasets directory ({type(e).__name__}: {e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = sorted(ds)
+        if split is None and len(names) == 1:
+            split = names[0]
+        if split not in ds:
+            what = "holds several splits" if split is None else f"has no split {split!r}"
+            raise ConfigError("data_split", f"{p} {what}; choose one of {', '.join(names)}")
+        ds, where = ds[split], f"{p}[{split}]"
+    else:
+        if split is not None:
+            raise ConfigError("data_split", f"{p} is a single Dataset without splits (got {split!r})")
+        where = str(p)
+    return _rows(ds.to_list(), where)
+
+
+def read_records(path: str | os.PathLike, split: str | None = None) -> tuple[bytes, list[tuple[str, dict]]]:
+    """The data's identity bytes and its records as (where, record), not yet validated.
+
+    jsonl: the file's bytes are its identity; other formats: the canonical JSON of their records.
+    ``split`` names a split of a DatasetDict directory (needed when it holds several).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such data file")
+    if p.is_dir():
+        if not any((p / f).is_file() for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
+            raise DataError(f"{p}: is a directory but not a datasets directory (save_to_disk); "
+                            "expected a .jsonl, .json, .parquet or .csv file")
+        rows = _read_dataset_dir(p, split)
+        return _canonical(rows), rows
+    if split is not None:
+        raise ConfigError("data_split", f"{p} is a file; only a datasets directory has splits")
+    kind = TABULAR.get(p.suffix.lower())
+    if kind:
+        rows = _read_table(p, kind)
+        return _canonical(rows), rows
+    if p.suffix.lower() == ".json" and (arr := _json_array(p)) is not None:
+        return arr
+    raw, lines = read_json_lines(p)
+    return raw, [(f"{p}:{lineno}", rec) for lineno, rec in lines]
+
+
+def _read_records(path: str | os.PathLike, split: str | None = None) -> tuple[bytes, list[dict]]:
+    """The data's identity bytes and its validated records, from one read."""
+    raw, rows = read_records(path, split)
+    records = [validate_record(rec, where) for where, rec in rows]
     if not records:
-        raise DataError(f"{path}: empty data file (no JSON lines)")
+        raise DataError(f"{path}: empty data file (no records)")
     return raw, records
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Parse and validate a jsonl file; errors name the file and the line number."""
-    return _read_records(path)[1]
+def read_jsonl(path: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """Read and validate the records of any accepted format; errors name the file and the line/row."""
+    return _read_records(path, split)[1]
+
+
+def _validate_messages(msgs, where: str, key: str, from_key: str = "role", text_key: str = "content") -> list[dict]:
+    """A list of chat messages, as ``{"role", "content"}`` dicts (ShareGPT's from/value translated)."""
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: {key!r} must be a non-empty list of messages")
+    out = []
+    for j, m in enumerate(msgs, 1):
+        if not isinstance(m, dict) or set(m) != {from_key, text_key}:
+            got = sorted(m) if isinstance(m, dict) else type(m).__name__
+            raise DataError(f"{where}: {key}[{j}] must be {{{from_key!r}, {text_key!r}}}, got {got}")
+        role, content = m[from_key], m[text_key]
+        roles = SHAREGPT_ROLES if from_key == "from" else {r: r for r in ROLES}
+        if role not in roles:
+            raise DataError(f"{where}: {key}[{j}] has {from_key} {role!r}; expected one of {', '.join(roles)}")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {key}[{j}] {text_key} must be a string, got {type(content).__name__}")
+        out.append({"role": roles[role], "content": content})
+    return out
+
+
+def _validate_chat(rec: dict, shape: set, where: str) -> dict:
+    """Chat records in one form: ``{"messages": [...], "loss_from": index of the first trained message}``."""
+    if shape == {"conversations"}:
+        msgs, first = _validate_messages(rec["conversations"], where, "conversations", "from", "value"), 0
+    elif shape == {"messages"}:
+        msgs, first = _validate_messages(rec["messages"], where, "messages"), 0
+    else:
+        prompt = _validate_messages(rec["prompt"], where, "prompt")
+        msgs, first = prompt + _validate_messages(rec["completion"], where, "completion"), len(prompt)
+    if not any(m["role"] == "assistant" for m in msgs[first:]):
+        part = "completion" if first else "conversation"
+        raise DataError(f"{where}: the {part} has no assistant turn (the loss is taken on assistant turns)")
+    out = {"messages": msgs, "loss_from": first}
+    if "id" in rec:
+        out["id"] = rec["id"]
+    return out
 
 
 def validate_record(rec, where: str) -> dict:
-    """Check one record against the three accepted shapes; return it unchanged."""
+    """Check one record against the accepted shapes; return it (chat shapes in one normalized form)."""
     if not isinstance(rec, dict):
-        raise DataError(f"{where}: each line must be a JSON object, got {type(rec).__name__}")
+        raise DataError(f"{where}: each record must be a JSON object, got {type(rec).__name__}")
     keys = set(rec) - OPTIONAL_KEYS
     shape = next((s for s in SHAPES if keys == s), None)
     if shape is None:
         unknown = sorted(keys - set().union(*SHAPES))
         detail = f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown else f"keys {sorted(keys)}"
-        raise DataError(
-            f"{where}: {detail}; expected one of {{\"text\"}}, {{\"prompt\", \"completion\"}}, {{\"input_ids\"}}"
-        )
+        raise DataError(f"{where}: {detail}; expected one of {{\"text\"}}, {{\"prompt\", \"completion\"}}, "
+                        "{\"input_ids\"}, {\"messages\"}, {\"conversations\"}")
     if shape == {"input_ids"}:
         ids = rec["input_ids"]
         if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise DataError(f"{where}: input_ids must be a non-empty list of integers")
         if min(ids) < 0:
             raise DataError(f"{where}: input_ids must be non-negative")
+    elif shape in ({"messages"}, {"conversations"}) or isinstance(rec.get("prompt"), list):
+        return _validate_chat(rec, shape, where)
     else:
         for k in shape:
             if not isinstance(rec[k], str):
@@ -143,11 +298,40 @@ def validate_record(rec, where: str) -> dict:
     return rec
 
 
+def _render_ids(tokenizer, messages: list[dict], generation_prompt: bool, where: str) -> list[int]:
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as e:  # jinja's TemplateError and whatever the template itself raises
+        raise DataError(f"{where}: the chat template failed on this conversation ({type(e).__name__}: {e})") from None
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_chat(messages: list[dict], loss_from: int, tokenizer, where: str = "") -> tuple[list[int], list[bool]]:
+    """Token ids of the rendered conversation and the loss mask of its assistant turns (the module's rule)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"{where}: chat data needs a chat template, and the checkpoint's tokenizer has none "
+                        "(load it with a chat_template file, or give text records)")
+    ids = _render_ids(tokenizer, messages, False, where)
+    mask = [False] * len(ids)
+    for i in range(loss_from, len(messages)):
+        if messages[i]["role"] != "assistant":
+            continue
+        before = _render_ids(tokenizer, messages[:i], True, where) if i else []
+        upto = _render_ids(tokenizer, messages[:i + 1], False, where)
+        if upto[:len(before)] != before or ids[:len(upto)] != upto:
+            raise DataError(f"{where}: the chat template's renderings of this conversation are not prefixes of "
+                            f"each other, so assistant turn {i + 1}'s tokens cannot be located")
+        mask[len(before):len(upto)] = [True] * (len(upto) - len(before))
+    return ids, mask
+
+
 def encode_record(rec: dict, tokenizer, where: str = "") -> tuple[list[int], list[bool]]:
-    """Token ids and a per-position 'loss is taken here' mask for one record."""
+    """Token ids and a per-position 'loss is taken here' mask for one (validated) record."""
     if "input_ids" in rec:
         ids = list(rec["input_ids"])
         return ids, [False] + [True] * (len(ids) - 1)
+    if "messages" in rec:
+        return encode_chat(rec["messages"], rec.get("loss_from", 0), tokenizer, where)
     if tokenizer is None:
         raise DataError(f"{where}: text data needs a tokenizer, and the checkpoint has none "
                         "(add tokenizer files or give pre-tokenized input_ids)")
@@ -170,11 +354,13 @@ def load_batches(
     vocab_size: int | None = None,
     pad_id: int | None = None,
     records: list[dict] | None = None,
+    split: str | None = None,
 ) -> Batches:
     """Read ``path`` and build fixed batches.
 
     ``records`` (already validated, e.g. one side of a train/eval split of ``path``) are used instead
-    of the file's lines; the fingerprint then covers those records, not the whole file.
+    of the file's lines; the fingerprint then covers those records, not the whole file. ``split``: the
+    split of a DatasetDict directory (see :func:`read_records`).
 
     Sequences longer than ``max_length`` are cut (their tail dropped); a record left with no
     loss-bearing token (e.g. a prompt that fills ``max_length``) is dropped and counted.
@@ -188,7 +374,7 @@ def load_batches(
         raise DataError(f"number of batches must be >= 1, got {num_batches}")
     subset = records is not None
     if records is None:
-        raw, records = _read_records(path)
+        raw, records = _read_records(path, split)
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
@@ -288,5 +474,5 @@ def batches_for(ckpt, cfg: DataConfig | None = None) -> Batches:
     cfg = cfg or DataConfig()
     bs = load_batches(cfg.data or default_eval_data(), ckpt.tokenizer, batch_size=cfg.batch_size,
                       max_length=resolve_max_length(ckpt.model.config, cfg.max_length),
-                      num_batches=cfg.num_batches, vocab_size=ckpt.vocab_size)
+                      num_batches=cfg.num_batches, vocab_size=ckpt.vocab_size, split=cfg.data_split)
     return bs.to(ckpt.device)

@@ -8,7 +8,9 @@ A suite is one jsonl file (its name is the file's stem); every line is one item,
   choice's length in characters (lm-evaluation-harness's length normalisation);
 - generation ``{"prompt": str, "completion": str}`` — ``exact_match`` of the greedy continuation
   (up to EOS, whitespace-normalised) with the completion;
-- text ``{"text": str}`` — the shared token-weighted ``loss`` (and its ``perplexity``).
+- text ``{"text": str}`` — the shared token-weighted ``loss`` (and its ``perplexity``);
+- chat ``{"messages": [{"role", "content"}, ...]}`` — the same loss on the assistant turns, rendered
+  with the checkpoint's chat template (the rule of :mod:`landscape.foundation.data`).
 
 An optional ``"id"`` is allowed on any line. Suites are grouped into categories by a
 ``categories.json`` next to them (``{"knowledge": ["facts_color", ...], ...}``); a suite in no
@@ -40,8 +42,9 @@ from landscape.foundation.configs import ForgettingConfig, LoadConfig
 from landscape.foundation.data import position_limit
 from landscape.foundation.errors import DataError, UserError
 
-KINDS = {"mc": {"context", "choices", "answer"}, "generation": {"prompt", "completion"}, "text": {"text"}}
-METRIC = {"mc": "acc", "generation": "exact_match", "text": "loss"}
+KINDS = {"mc": {"context", "choices", "answer"}, "generation": {"prompt", "completion"}, "text": {"text"},
+         "chat": {"messages"}}
+METRIC = {"mc": "acc", "generation": "exact_match", "text": "loss", "chat": "loss"}
 LOWER_IS_BETTER = {"loss", "perplexity"}
 
 
@@ -69,8 +72,12 @@ def _validate_item(rec, where: str) -> str:
         missing = [f"{k!r}" for k in ("answer", "choices") if "context" in keys and k not in keys]
         hint = f"missing {', '.join(missing)}; " if missing else ""
         raise DataError(f"{where}: {hint}keys {sorted(keys)}; expected {{context, choices, answer}} (multiple "
-                        "choice), {prompt, completion} (generation) or {text}")
-    if kind == "mc":
+                        "choice), {prompt, completion} (generation), {text} or {messages} (chat)")
+    if kind == "chat":
+        from landscape.foundation.data import validate_record
+
+        validate_record(rec, where)
+    elif kind == "mc":
         ch, ans = rec["choices"], rec["answer"]
         if not isinstance(rec["context"], str):
             raise DataError(f"{where}: 'context' must be a string")
@@ -352,7 +359,8 @@ def score_text(model, tok, items: list[dict], batch_size: int = 16) -> dict:
 
     from landscape.foundation import data, loss
 
-    recs = [{"text": it["text"]} for it in items]
+    recs = [{"text": it["text"]} if "text" in it else data.validate_record({"messages": it["messages"]}, "suite")
+            for it in items]
     bs = data.load_batches("suite", tok, batch_size=batch_size, max_length=position_limit(model.config),
                            records=recs, vocab_size=model.get_input_embeddings().num_embeddings)
     r = loss.evaluate(model, bs)
@@ -376,10 +384,15 @@ def score_suite(model, tok, suite: Suite, batch_size: int = 32) -> dict:
     return {"metric": suite.metric, "score": r[suite.metric], **r}
 
 
-def scorer_config(suite: Suite) -> dict:
-    """What a cached score depends on (not the batch size: it only changes float rounding)."""
-    return {"suite": suite.name, "suite_fingerprint": suite.fingerprint, "kind": suite.kind,
-            "version": landscape.__version__}
+def scorer_config(suite: Suite, tokenizer=None) -> dict:
+    """What a cached score depends on (not the batch size: it only changes float rounding); a chat
+    suite's score also depends on the chat template it is rendered with."""
+    out = {"suite": suite.name, "suite_fingerprint": suite.fingerprint, "kind": suite.kind,
+           "version": landscape.__version__}
+    if suite.kind == "chat":
+        template = getattr(tokenizer, "chat_template", None) or ""
+        out["chat_template"] = hashlib.sha256(str(template).encode()).hexdigest()[:16]
+    return out
 
 
 def evaluate_checkpoint(ck, suites: list[Suite], store=None, batch_size: int = 32, progress: bool = False) -> dict:
@@ -391,7 +404,7 @@ def evaluate_checkpoint(ck, suites: list[Suite], store=None, batch_size: int = 3
     store = store or Store(None)
     out = {}
     for s in tqdm(suites, desc=f"suites {Path(ck.path).name}", disable=not progress, leave=False):
-        out[s.name] = store.cached(ck.fingerprint, "suite", scorer_config(s),
+        out[s.name] = store.cached(ck.fingerprint, "suite", scorer_config(s, ck.tokenizer),
                                    lambda s=s: score_suite(ck.model, ck.tokenizer, s, batch_size))
     return out
 

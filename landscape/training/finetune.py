@@ -299,9 +299,9 @@ def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _J
     ck = checkpoint.load_checkpoint(base, load)
     if cfg.lora:
         ck.model = with_lora(ck.model, cfg, ck.path)
-    records = data_mod.read_jsonl(data)
+    records = data_mod.read_jsonl(data, cfg.data_split)
     if cfg.eval_data is not None:
-        train_recs, eval_recs = records, data_mod.read_jsonl(cfg.eval_data)
+        train_recs, eval_recs = records, data_mod.read_jsonl(cfg.eval_data, cfg.eval_split)
     else:
         train_recs, eval_recs = split_records(records, cfg.eval_fraction, cfg.seed)
     mk = dict(tokenizer=ck.tokenizer, max_length=data_mod.resolve_max_length(ck.model.config, cfg.max_length),
