@@ -183,46 +183,70 @@ class SAM(torch.optim.Optimizer):
         self.perturbation.eta = float(s.get("eta", self.perturbation.eta))
 
 
+class SAMMixin:
+    """SAM/ASAM for any ``transformers.Trainer`` subclass: ``class SAMSFT(SAMMixin, trl.SFTTrainer)``.
+
+    Keyword arguments ``sam_rho`` (0.05), ``sam_adaptive`` (False: SAM; True: ASAM) and ``sam_eta``
+    join the trainer's own. Every micro-batch is a SAM micro-step: the first-pass gradient at w is
+    taken with the trainer's own ``compute_loss`` (under ``no_sync`` when distributed), the weights move
+    to w + ε, the trainer's own ``training_step`` does the second pass (its backward accumulates into
+    ``.grad`` as usual: mixed precision, accumulation and clipping untouched) and the weights are put
+    back bit-exactly. The optimizer step the trainer takes afterwards is SAM's base step, with
+    per-micro-batch perturbations (see the module docstring). The loss the trainer logs is the
+    second pass's, L(w + ε) (as SAMTrainer always did).
+
+    Metrics a trainer's ``compute_loss`` records on every call (TRL's token count and its
+    entropy/token-accuracy, the attributes named in ``sam_quiet_state``) are kept from the first pass
+    only: counted once per micro-batch and measured at the unperturbed weights. A trainer with other
+    such state extends ``sam_quiet_state``.
+    """
+
+    sam_quiet_state: tuple = ("_metrics", "_total_train_tokens")
+
+    def __init__(self, *args, sam_rho: float = 0.05, sam_adaptive: bool = False, sam_eta: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sam_rho, self.sam_adaptive, self.sam_eta = sam_rho, sam_adaptive, sam_eta
+        self._sam = None
+
+    def _sam_first_pass(self, model, inputs, num_items_in_batch, params) -> list:
+        """∇L(w) of this micro-batch through the trainer's own loss, without touching ``.grad``."""
+        first = self._prepare_inputs(dict(inputs))
+        sync = self.accelerator.no_sync(model) if self.accelerator.num_processes > 1 else _null()
+        with sync:
+            with self.compute_loss_context_manager():
+                loss1 = self.compute_loss(model, first, num_items_in_batch=num_items_in_batch)
+            return list(torch.autograd.grad(loss1, params, allow_unused=True))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        import copy
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self._sam is None or self._sam.params != params:
+            self._sam = Perturbation(params, rho=self.sam_rho, adaptive=self.sam_adaptive, eta=self.sam_eta)
+        model.train()
+        grads = self._sam_first_pass(model, inputs, num_items_in_batch, params)
+        self._sam.perturb(grads)
+        del grads
+        kept = {k: copy.deepcopy(getattr(self, k)) for k in self.sam_quiet_state if hasattr(self, k)}
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._sam.restore()
+            for k, v in kept.items():  # the perturbed pass's metrics are dropped
+                setattr(self, k, v)
+
+
 def _make_sam_trainer():
     from transformers import Trainer
 
-    class SAMTrainer(Trainer):
-        """A ``transformers.Trainer`` whose every micro-batch is a SAM (or ASAM) micro-step.
+    class SAMTrainer(SAMMixin, Trainer):
+        """A ``transformers.Trainer`` whose every micro-batch is a SAM (or ASAM) micro-step
+        (:class:`SAMMixin` over the stock Trainer).
 
         Drop-in: ``SAMTrainer(model=..., args=..., train_dataset=..., sam_rho=0.05,
         sam_adaptive=False)``. The Trainer's own optimizer, scheduler, clipping, mixed precision,
-        gradient accumulation and accelerate/torchrun set-up are untouched: each ``training_step``
-        takes the first-pass gradient (under ``no_sync`` when distributed, forward included),
-        perturbs the weights, lets the stock ``training_step`` do the second pass (its backward
-        accumulates into ``.grad`` exactly as usual) and restores the weights. The optimizer step
-        the Trainer takes afterwards is therefore the base step of SAM, with per-micro-batch
-        perturbations (see the module docstring).
+        gradient accumulation and accelerate/torchrun set-up are untouched.
         """
-
-        def __init__(self, *args, sam_rho: float = 0.05, sam_adaptive: bool = False, sam_eta: float = 0.0,
-                     **kwargs):
-            super().__init__(*args, **kwargs)
-            self.sam_rho, self.sam_adaptive, self.sam_eta = sam_rho, sam_adaptive, sam_eta
-            self._sam = None
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            params = [p for p in model.parameters() if p.requires_grad]
-            if self._sam is None or self._sam.params != params:
-                self._sam = Perturbation(params, rho=self.sam_rho, adaptive=self.sam_adaptive, eta=self.sam_eta)
-            model.train()
-            first = self._prepare_inputs(dict(inputs))
-            sync = self.accelerator.no_sync(model) if self.accelerator.num_processes > 1 else _null()
-            with sync:
-                with self.compute_loss_context_manager():
-                    loss1 = self.compute_loss(model, first, num_items_in_batch=num_items_in_batch)
-                grads = torch.autograd.grad(loss1, params, allow_unused=True)
-            del first, loss1
-            self._sam.perturb(list(grads))
-            del grads
-            try:
-                return super().training_step(model, inputs, num_items_in_batch)
-            finally:
-                self._sam.restore()
 
     return SAMTrainer
 
