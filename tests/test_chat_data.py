@@ -141,11 +141,12 @@ def test_every_format_gives_the_batches_of_the_jsonl(tmp_path, chat_tok):
     ds.save_to_disk(tmp_path / "saved")
     _same(ref4, data.load_batches(tmp_path / "saved", chat_tok, batch_size=2))
     datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(tmp_path / "dd")
-    _same(ref4, data.load_batches(tmp_path / "dd", chat_tok, batch_size=2, split="train"))
+    _same(ref4, data.load_batches(tmp_path / "dd", chat_tok, batch_size=2,
+                                  records=data.read_jsonl(tmp_path / "dd", "train")))
     with pytest.raises(ConfigError, match="several splits; choose one of test, train"):
         data.load_batches(tmp_path / "dd", chat_tok)
     with pytest.raises(ConfigError, match="no split 'dev'"):
-        data.load_batches(tmp_path / "dd", chat_tok, split="dev")
+        data.read_jsonl(tmp_path / "dd", "dev")
     (tmp_path / "d.csv").write_text('text,prompt,completion\n"the cat sat on the mat .",,\n,one plus,two\n')
     _same(data.load_batches(tmp_path / "d.jsonl", chat_tok, records=[RECORDS[0], RECORDS[2]]),
           data.load_batches(tmp_path / "d.csv", chat_tok))
@@ -164,4 +165,4 @@ def test_tabular_errors_name_the_row(tmp_path, chat_tok):
     with pytest.raises(DataError, match="not a datasets directory"):
         data.load_batches(tmp_path / "plain", chat_tok)
     with pytest.raises(ConfigError, match="only a datasets directory has splits"):
-        data.load_batches(write_jsonl(tmp_path / "x.jsonl", RECORDS[:1]), chat_tok, split="train")
+        data.read_jsonl(write_jsonl(tmp_path / "x.jsonl", RECORDS[:1]), "train")

@@ -388,6 +388,33 @@ class SurfaceConfig(Config):
         return parse_grid(v, axis) if isinstance(v, str) else np.asarray(v, dtype=float)
 
 
+PROBE_METRICS = ("loss", "lambda_max", "predictors", "forgetting")
+
+
+@dataclass(frozen=True)
+class ProbeConfig(Config):
+    """`LandscapeCallback` (and `finetune --probe-every`): what is measured while training runs."""
+
+    probe_every: int | None = option(None, "Measure every N optimizer steps (and at steps 0 and the last); off when "
+                                           "not given.", kind="int", bounds=(1, None))
+    probe_data: str | None = option(None, "General data the measurements use, any data format (default: the "
+                                          "embedded eval data).", kind="path")
+    probe_metrics: tuple = option(("loss", "lambda_max"), "Comma list of " + ",".join(PROBE_METRICS) + " (predictors: "
+                                  "‖Δw‖, gᵀΔw, κ, F̂ and the measured general-loss rise against step 0).",
+                                  choices=PROBE_METRICS)
+    probe_suites: tuple = option((), "Suite file or directory for the forgetting metric (repeatable; default the "
+                                     "embedded suites).", flag="probe-suite")
+    probe_batch_size: int = option(8, "Sequences per probe batch.", bounds=(1, None))
+    probe_num_batches: int = option(1, "Probe batches (the first N of the data).", bounds=(1, None))
+    probe_max_length: int | None = option(None, "Tokens per probe sequence (default: min(128, positions)).",
+                                          kind="int", bounds=(2, None))
+    probe_max_iter: int = option(20, "Lanczos steps (HVPs) per λ_max: the bound on its cost.", bounds=(1, None))
+    probe_tol: float = option(1e-3, "Relative residual that stops λ_max's Lanczos early.", bounds="positive")
+    probe_hvp_method: str = option("auto", "HVPs of λ_max and κ: auto (exact when it fits, fd under gradient "
+                                           "checkpointing), reverse, forward or fd.", choices=HVP_METHODS,
+                                   numbers=False)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig(Config):
     """`landscape finetune`: everything that determines a run (hashed: a resume under another

@@ -354,13 +354,12 @@ def load_batches(
     vocab_size: int | None = None,
     pad_id: int | None = None,
     records: list[dict] | None = None,
-    split: str | None = None,
 ) -> Batches:
     """Read ``path`` and build fixed batches.
 
     ``records`` (already validated, e.g. one side of a train/eval split of ``path``) are used instead
-    of the file's lines; the fingerprint then covers those records, not the whole file. ``split``: the
-    split of a DatasetDict directory (see :func:`read_records`).
+    of the file's lines; the fingerprint then covers those records, not the whole file (one split of
+    a DatasetDict directory: ``records=read_jsonl(path, split)``).
 
     Sequences longer than ``max_length`` are cut (their tail dropped); a record left with no
     loss-bearing token (e.g. a prompt that fills ``max_length``) is dropped and counted.
@@ -374,7 +373,7 @@ def load_batches(
         raise DataError(f"number of batches must be >= 1, got {num_batches}")
     subset = records is not None
     if records is None:
-        raw, records = _read_records(path, split)
+        raw, records = _read_records(path)
     if pad_id is None:
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
@@ -472,7 +471,8 @@ def batches_for(ckpt, cfg: DataConfig | None = None) -> Batches:
     """:func:`load_batches` with the tokenizer, vocabulary and position limit of a loaded checkpoint,
     on the checkpoint's device. ``cfg.data`` None: the embedded eval data."""
     cfg = cfg or DataConfig()
-    bs = load_batches(cfg.data or default_eval_data(), ckpt.tokenizer, batch_size=cfg.batch_size,
-                      max_length=resolve_max_length(ckpt.model.config, cfg.max_length),
-                      num_batches=cfg.num_batches, vocab_size=ckpt.vocab_size, split=cfg.data_split)
+    path = cfg.data or default_eval_data()
+    bs = load_batches(path, ckpt.tokenizer, batch_size=cfg.batch_size,
+                      max_length=resolve_max_length(ckpt.model.config, cfg.max_length), num_batches=cfg.num_batches,
+                      vocab_size=ckpt.vocab_size, records=read_jsonl(path, cfg.data_split) if cfg.data_split else None)
     return bs.to(ckpt.device)

@@ -1,0 +1,305 @@
+"""``LandscapeCallback``: curvature and forgetting of the model *while* a ``transformers.Trainer`` trains it.
+
+Every ``every`` optimizer steps, at step 0 and at the end of training, the callback measures the model
+being trained on fixed general data (:class:`~landscape.foundation.configs.ProbeConfig`):
+
+- ``loss``: the general loss at the current weights;
+- ``lambda_max``: λ_max of the general-loss Hessian at the current weights, over the trainable
+  parameters (all weights of a full fine-tune; the adapter's A/B of a LoRA run), Lanczos with at most
+  ``max_iter`` HVPs — the bound on its cost;
+- ``predictors``: the forgetting predictors of the update so far, Δw = w_now − w_step0, measured at
+  the step-0 weights (:func:`landscape.measures.predictors.measure_pair`): ‖Δw‖, gᵀΔw, κ = ΔwᵀHΔw/‖Δw‖²,
+  F̂ = gᵀΔw + ½ΔwᵀHΔw and the measured general-loss rise F. For a PEFT model they are in merged
+  space: Δw is each adapted matrix's ``get_delta_weight`` (the BA·α/r the merge would add), measured
+  with the adapter disabled, so no copy of the step-0 weights is kept;
+- ``forgetting``: the suites' scores now against step 0 (positive = forgotten), and their average.
+
+Nothing of the run changes: the weights are bit-identical after every measurement (points are set from
+saved copies), dropout is off meanwhile (eval mode, put back), the global torch RNG states (CPU and
+every CUDA device) are saved and restored, gradients are taken into buffers (``.grad`` untouched).
+So a run with the callback has the same weights and losses as one without it (tested).
+
+Results are logged as ``landscape/<metric>`` through the trainer's own ``Trainer.log`` — into
+``state.log_history`` and every ``report_to`` integration (TensorBoard, W&B) — and, when ``out`` is
+given, written (atomically, after each measurement) to a trajectory JSON that ``landscape plot`` draws.
+The trainer is the one given, or else the one whose ``train()`` called the callback (found on the call
+stack at step 0). Its cost is kept: ``landscape/probe_seconds`` per measurement and, at the end, the
+share of the run's wall time spent measuring.
+
+Under torchrun every rank measures (the callback runs on each): the probe batches are split across
+ranks and the sums all-reduced, as in the measuring commands; rank 0 writes the JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from landscape.foundation import params as P
+from landscape.foundation.configs import ProbeConfig, PredictConfig
+from landscape.foundation.errors import UserError
+
+try:  # transformers is a dependency; the base class only has to exist for the class statement
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover
+    TrainerCallback = object
+
+LINE = "0:1:2"  # predictors: L at t = 0 and t = 1 only (F measured, no line)
+PREDICTOR_KEYS = ("delta_norm", "grad_delta", "kappa_base", "quad_pred", "general_loss_increase")
+
+
+@contextlib.contextmanager
+def frozen_run(model):
+    """Eval mode and the global RNG states of the run, both put back on exit."""
+    was = model.training
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def lora_deltas(model) -> tuple[dict, list] | None:
+    """For a PEFT LoRA model: ({name of each adapted base weight: parameter}, [its merged Δw]), else None."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return None
+    named, deltas = {}, []
+    for name, mod in model.named_modules():
+        if isinstance(mod, LoraLayer) and hasattr(mod, "base_layer") and mod.active_adapters:
+            w = mod.base_layer.weight
+            with torch.no_grad():
+                d = sum(mod.get_delta_weight(a) for a in mod.active_adapters if a in mod.lora_A)
+            if isinstance(d, torch.Tensor):
+                named[f"{name}.base_layer.weight"] = w
+                deltas.append(d.detach().to(torch.promote_types(w.dtype, torch.float32)))
+    return (named, deltas) if named else None
+
+
+def _find_trainer(callback):
+    """The Trainer whose ``train()`` is running this callback (a frame up the stack), or None."""
+    import inspect
+
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        me = frame.f_locals.get("self")
+        if isinstance(me, Trainer) and callback in getattr(me.callback_handler, "callbacks", ()):
+            return me
+        frame = frame.f_back
+    return None
+
+
+class LandscapeCallback(TrainerCallback):
+    """Measure sharpness/forgetting every ``every`` steps of a Trainer run (see the module docstring).
+
+    ``LandscapeCallback(data="general.jsonl", every=50, metrics=["lambda_max"])`` in ``callbacks=[...]``;
+    ``config`` (a :class:`ProbeConfig`) holds the other settings (batches, HVP bound); ``suites`` the
+    forgetting suites; ``out`` the trajectory JSON; ``trainer`` the trainer to log through.
+    """
+
+    def __init__(self, data=None, every: int = 100, metrics=("loss", "lambda_max"), *, suites=(), out=None,
+                 trainer=None, config: ProbeConfig | None = None):
+        base = config or ProbeConfig()
+        self.cfg = base.replace(probe_every=every, probe_data=None if data is None else str(data),
+                                probe_metrics=tuple(metrics), probe_suites=tuple(map(str, suites)) or base.probe_suites)
+        self.out, self.trainer = (Path(out) if out else None), trainer
+        self.records: list[dict] = []
+        self.seconds = 0.0
+        self._batches = self._suites = self._w0 = self._scores0 = None
+        self._t_start = None
+
+    # -- Trainer events ------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+        self.trainer = self.trainer or _find_trainer(self)
+        self._t_start = time.perf_counter()
+        self._tokenizer = processing_class or kw.get("tokenizer")
+        self._setup(model)
+        self._probe(model, state, step=state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % self.cfg.probe_every == 0 and state.global_step < state.max_steps:
+            self._probe(model, state, step=state.global_step)
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        if not self.records or self.records[-1]["step"] != state.global_step:
+            self._probe(model, state, step=state.global_step)
+        total = time.perf_counter() - (self._t_start or time.perf_counter())
+        share = self.seconds / total if total > 0 else None
+        self.summary = {"probes": len(self.records), "probe_seconds": round(self.seconds, 3),
+                        "run_seconds": round(total, 3), "share": share}
+        self._write()
+        if state.is_world_process_zero:
+            import sys
+
+            pct = f"{100 * share:.1f}%" if share is not None else "?"
+            print(f"landscape: {len(self.records)} probes took {self.seconds:.1f} s, {pct} of the run's "
+                  f"{total:.1f} s", file=sys.stderr)
+
+    # -- measurement ---------------------------------------------------------------------------
+    def _setup(self, model) -> None:
+        from landscape.foundation import data as D
+        from landscape.foundation.loss import param_device
+
+        tok = self._tokenizer
+        if hasattr(tok, "tokenizer") and not hasattr(tok, "apply_chat_template"):
+            tok = tok.tokenizer  # a processor: its text tokenizer
+        dev = param_device(model)
+        self._batches = D.load_batches(self.cfg.probe_data or D.default_eval_data(), tok,
+                                       batch_size=self.cfg.probe_batch_size,
+                                       max_length=D.resolve_max_length(model.config, self.cfg.probe_max_length),
+                                       num_batches=self.cfg.probe_num_batches,
+                                       vocab_size=model.get_input_embeddings().num_embeddings).to(dev)
+        metrics = self.cfg.probe_metrics
+        if "predictors" in metrics and lora_deltas(model) is None:
+            self._w0 = [p.detach().clone() for p in P.select(model).values()]
+        if "forgetting" in metrics:
+            from landscape.measures.forgetting import load_suites
+
+            self._suites = load_suites(list(self.cfg.probe_suites) or None)
+
+    def _probe(self, model, state, step: int) -> None:
+        t0 = time.perf_counter()
+        with frozen_run(model):
+            values = self._measure(model, step)
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        values["probe_seconds"] = round(dt, 3)
+        self.records.append({"step": step, **values})
+        self._log(state, {f"landscape/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+        self._write()
+
+    def _measure(self, model, step: int) -> dict:
+        from landscape.foundation.objective import ModelObjective
+
+        out: dict = {}
+        metrics = self.cfg.probe_metrics
+        trainable = P.select(model)
+        with P.grad_only(model, trainable.values()):
+            obj = ModelObjective(model, self._batches, trainable)
+            if "loss" in metrics:
+                out["loss"] = obj.value()
+            if "lambda_max" in metrics:
+                out.update(self._lambda_max(model, obj))
+        if "predictors" in metrics and step > 0:
+            out.update(self._predictors(model, trainable))
+        if "forgetting" in metrics:
+            out.update(self._forgetting(model, step))
+        return out
+
+    def _hvp_method(self, model) -> str:
+        asked = self.cfg.probe_hvp_method
+        if asked == "auto" and _checkpointing(model):
+            return "fd"  # checkpointed blocks cannot be differentiated twice
+        return asked
+
+    def _lambda_max(self, model, obj) -> dict:
+        from landscape.measures import hessian
+        from landscape.measures.predictors import hvp_method
+
+        op = hessian.HessianOperator(obj, hvp_method(obj, self._hvp_method(model)), "auto")
+        try:
+            sp = hessian.lanczos(op, k=1, max_iter=self.cfg.probe_max_iter, tol=self.cfg.probe_tol, seed=0,
+                                 want_min=False)
+        finally:
+            op.release()
+        d = sp.as_dict()
+        return {"lambda_max": d["lambda_max"], "lambda_max_hvps": d["hvps"], "lambda_max_converged": bool(d["converged"])}
+
+    def _predictors(self, model, trainable) -> dict:
+        from landscape.foundation.objective import ModelObjective
+        from landscape.measures.predictors import measure_pair
+
+        cfg = PredictConfig(line=LINE, lambda_max=False, at_tuned=False, hvp_method=self._hvp_method(model))
+        lora = lora_deltas(model)
+        if lora is not None:  # merged space, at the base: the adapter disabled, Δw along the base weights
+            named, delta = lora
+            with model.disable_adapter(), P.grad_only(model, named.values()):
+                r = measure_pair(ModelObjective(model, self._batches, named), delta, cfg)
+        else:
+            ps = list(trainable.values())
+            delta = [p.detach().to(t := torch.promote_types(p.dtype, torch.float32)) - w.to(t)
+                     for p, w in zip(ps, self._w0)]
+            with P.grad_only(model, ps), P.perturbed(ps) as now:
+                P.set_offset(ps, self._w0, [torch.zeros_like(w) for w in self._w0])  # the step-0 weights
+                del now
+                r = measure_pair(ModelObjective(model, self._batches, trainable), delta, cfg)
+        return {k: r["metrics"][k] for k in PREDICTOR_KEYS}
+
+    def _forgetting(self, model, step: int) -> dict:
+        from landscape.measures.forgetting import compare, score_suite
+
+        scores = {s.name: score_suite(model, self._tokenizer, s) for s in self._suites}
+        if self._scores0 is None:
+            self._scores0 = scores
+        c = compare(self._scores0, scores, self._suites)
+        out = {f"forgetting/{n}": row["delta"] for n, row in c["suites"].items()}
+        if c["average"] is not None:
+            out["forgetting"] = c["average"]["delta"]
+        return out
+
+    # -- output --------------------------------------------------------------------------------
+    def _log(self, state, logs: dict) -> None:
+        if self.trainer is not None:
+            from transformers import Trainer
+
+            control = self.trainer.control
+            flags = (control.should_log, control.should_evaluate, control.should_save)
+            Trainer.log(self.trainer, dict(logs))  # the stock log: a subclass's own metrics are not mixed in
+            # Trainer.log's on_log event clears should_log; the step's own loss log must still happen
+            control.should_log, control.should_evaluate, control.should_save = flags
+        else:  # no trainer found: the history only (report_to integrations do not see these)
+            state.log_history.append({**logs, "step": state.global_step})
+
+    def _write(self) -> None:
+        if self.out is None or not _is_main():
+            return
+        from landscape.foundation.io import dumps
+
+        doc = {"kind": "landscape-trajectory", "config": self.cfg.as_dict(), "records": self.records,
+               "cost": getattr(self, "summary", {"probe_seconds": round(self.seconds, 3)})}
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        tmp.write_text(dumps(doc))
+        os.replace(tmp, self.out)
+
+
+def _is_main() -> bool:
+    from landscape.foundation import distributed
+
+    return distributed.is_main()
+
+
+def read_trajectory(path) -> dict:
+    """A trajectory JSON written by :class:`LandscapeCallback` (errors: one line naming the file)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{p}: not a readable trajectory JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "landscape-trajectory":
+        raise UserError(f"{p}: not a trajectory written by LandscapeCallback")
+    return doc
+
+
+def _checkpointing(model) -> bool:
+    """Whether the model recomputes activations (transformers ≥ 5.2 names it activation checkpointing)."""
+    from landscape.foundation.checkpoint import quiet_peft
+
+    with quiet_peft():  # the older name warns
+        for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+            if hasattr(model, attr):
+                return bool(getattr(model, attr))
+    return False

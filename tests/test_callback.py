@@ -1,0 +1,123 @@
+"""LandscapeCallback: measurements while a transformers.Trainer trains, without changing the run."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from landscape.foundation import data, toy
+from landscape.foundation.configs import ProbeConfig
+from landscape.training import LandscapeCallback
+from tests.conftest import write_jsonl
+
+pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
+
+TEXTS = ["the cat sat on the mat .", "the dog is red .", "one plus two is three .", "the color of the cat is blue .",
+         "the dog lives in the forest .", "red blue green is a color ."]
+
+
+def model_of(tokenizer, dropout=0.1, seed=0):
+    cfg = toy.tiny_config("llama", vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=16, layers=1, heads=2)
+    cfg.attention_dropout = dropout  # dropout draws from the global RNG: the callback must not move it
+    return toy.build_model(cfg, seed=seed, dtype=torch.float32)
+
+
+def rows(tokenizer):
+    b = data.load_batches("mem", tokenizer, batch_size=len(TEXTS), max_length=16,
+                          records=[{"text": t} for t in TEXTS]).batches[0]
+    return [{"input_ids": b.input_ids[i], "attention_mask": b.attention_mask[i], "labels": b.labels[i]}
+            for i in range(len(TEXTS))]
+
+
+def train(model, tokenizer, tmp_path, callbacks=(), steps=5, trainer_cls=None):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=2, max_steps=steps,
+                             learning_rate=5e-2, lr_scheduler_type="constant", report_to=[], use_cpu=True,
+                             save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+                             seed=0)
+    tr = (trainer_cls or Trainer)(model=model, args=args, train_dataset=rows(tokenizer), callbacks=list(callbacks),
+                                  processing_class=tokenizer)
+    tr.train()
+    return tr
+
+
+@pytest.fixture()
+def probe_data(tmp_path):
+    return write_jsonl(tmp_path / "general.jsonl", [{"text": t} for t in TEXTS[:4]])
+
+
+def test_the_run_is_unchanged_and_lambda_max_is_logged_every_n_steps(tokenizer, tmp_path, probe_data):
+    plain = train(model_of(tokenizer), tokenizer, tmp_path / "a")
+    cb = LandscapeCallback(data=probe_data, every=2, metrics=["loss", "lambda_max", "predictors"],
+                           out=tmp_path / "traj.json")
+    probed = train(model_of(tokenizer), tokenizer, tmp_path / "b", [cb])
+    for (n, p), q in zip(plain.model.named_parameters(), probed.model.parameters()):
+        assert torch.equal(p, q), n  # bit-identical weights
+    loss = lambda tr: [e["loss"] for e in tr.state.log_history if "loss" in e]  # noqa: E731
+    assert loss(plain) == loss(probed) and len(loss(plain)) == 5
+    steps = [e["step"] for e in probed.state.log_history if "landscape/lambda_max" in e]
+    assert steps == [0, 2, 4, 5]
+    traj = json.loads((tmp_path / "traj.json").read_text())
+    assert [r["step"] for r in traj["records"]] == steps and traj["cost"]["share"] > 0
+    assert all(r["lambda_max_hvps"] <= 20 for r in traj["records"])
+    assert "delta_norm" not in traj["records"][0] and traj["records"][-1]["delta_norm"] > 0
+
+
+def test_values_equal_the_commands(tokenizer, tmp_path, probe_data):
+    """λ_max at step 0 = `sharpness`'s λ_max on the same batches; at the end ‖Δw‖ and the general-loss
+    rise F equal a hand computation against the step-0 weights."""
+    from landscape.foundation.loss import evaluate
+    from landscape.measures import sharpness
+    from landscape.foundation.configs import SharpnessConfig
+
+    model = model_of(tokenizer, dropout=0.0)
+    w0 = copy.deepcopy(model)
+    cb = LandscapeCallback(data=probe_data, every=10, metrics=["loss", "lambda_max", "predictors"],
+                           config=ProbeConfig(probe_max_iter=40, probe_tol=1e-6))
+    train(model, tokenizer, tmp_path, [cb], steps=3)
+    first, last = cb.records[0], cb.records[-1]
+    bs = cb._batches
+    ref = sharpness.measure(w0, bs, SharpnessConfig(metrics=("lambda_max",), max_iter=40, tol=1e-6))
+    assert first["lambda_max"] == pytest.approx(ref["metrics"]["lambda_max"], rel=1e-6)
+    assert first["loss"] == pytest.approx(evaluate(w0, bs).loss, rel=1e-6)
+    dn = sum(float(((p.double() - q.double()) ** 2).sum()) for p, q in zip(model.parameters(), w0.parameters()))
+    assert last["delta_norm"] == pytest.approx(dn ** 0.5, rel=1e-6)
+    F = evaluate(model, bs).loss - evaluate(w0, bs).loss
+    assert last["general_loss_increase"] == pytest.approx(F, rel=1e-5, abs=1e-7)
+    assert last["loss"] == pytest.approx(evaluate(model, bs).loss, rel=1e-6)
+
+
+def test_lora_predictors_are_in_merged_space(tokenizer, tmp_path, probe_data):
+    peft = pytest.importorskip("peft")
+    from landscape.foundation.loss import evaluate
+
+    base = model_of(tokenizer, dropout=0.0)
+    ref_base = copy.deepcopy(base)
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                                      init_lora_weights="gaussian"))
+    cb = LandscapeCallback(data=probe_data, every=10, metrics=["predictors", "lambda_max"])
+    train(model, tokenizer, tmp_path, [cb], steps=2)
+    merged = copy.deepcopy(model).merge_and_unload()
+    dn = sum(float(((p.double() - q.double()) ** 2).sum())
+             for p, q in zip(merged.parameters(), ref_base.parameters()))
+    last = cb.records[-1]
+    assert last["delta_norm"] == pytest.approx(dn ** 0.5, rel=1e-5)
+    F = evaluate(merged, cb._batches).loss - evaluate(ref_base, cb._batches).loss
+    assert last["general_loss_increase"] == pytest.approx(F, rel=1e-4, abs=1e-6)
+    assert cb.records[0]["lambda_max"] > 0
+
+
+def test_sam_trainer_with_the_callback_is_unchanged(tokenizer, tmp_path, probe_data):
+    from landscape.training import SAMTrainer
+
+    class SAM(SAMTrainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, sam_rho=0.05, **k)
+
+    plain = train(model_of(tokenizer), tokenizer, tmp_path / "a", steps=3, trainer_cls=SAM)
+    cb = LandscapeCallback(data=probe_data, every=1, metrics=["lambda_max", "predictors"])
+    probed = train(model_of(tokenizer), tokenizer, tmp_path / "b", [cb], steps=3, trainer_cls=SAM)
+    for p, q in zip(plain.model.parameters(), probed.model.parameters()):
+        assert torch.equal(p, q)
