@@ -1,7 +1,7 @@
 import click
 
 from landscape.cli._common import config_from, config_options, emit, load_options, output_options, show_progress, with_seed
-from landscape.foundation.configs import FinetuneConfig, LoadConfig
+from landscape.foundation.configs import FinetuneConfig, LoadConfig, ProbeConfig
 
 
 @click.command("finetune")
@@ -11,6 +11,7 @@ from landscape.foundation.configs import FinetuneConfig, LoadConfig
                    ".jsonl/.json/.parquet/.csv file or a datasets save_to_disk directory.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output checkpoint directory.")
 @config_options(FinetuneConfig)
+@config_options(ProbeConfig)
 @load_options
 @output_options
 @with_seed
@@ -21,6 +22,10 @@ def command(base, data, out, as_json, quiet, **kw):
     bit-exactly); weight decay, the schedule and clipping act on the base AdamW step. Ctrl-C or a
     kill keeps the last saved state in OUT.partial; run the same command with --resume.
 
+    --probe-every N measures the model while it trains (LandscapeCallback): the general loss, λ_max
+    and, with --probe-metrics, the forgetting predictors against step 0 or the suites' forgetting;
+    the trajectory lands in OUT/trajectory.json (`landscape plot OUT/trajectory.json` draws it).
+
     \b
     Example:
       landscape finetune runs/demo/base --data data/tasks/reverse/train.jsonl \\
@@ -29,7 +34,14 @@ def command(base, data, out, as_json, quiet, **kw):
     from landscape.training.finetune import finetune
 
     cfg = config_from(FinetuneConfig, kw)  # options fail fast, before anything is loaded
-    r = finetune(base, data, out, cfg, load=config_from(LoadConfig, kw), progress=show_progress(quiet))
+    probe_cfg = config_from(ProbeConfig, kw)
+    probe = None
+    if probe_cfg.probe_every is not None:
+        from landscape.training.callback import LandscapeCallback
+
+        probe = LandscapeCallback(data=probe_cfg.probe_data, every=probe_cfg.probe_every,
+                                  metrics=probe_cfg.probe_metrics, config=probe_cfg)
+    r = finetune(base, data, out, cfg, load=config_from(LoadConfig, kw), progress=show_progress(quiet), probe=probe)
     ev = f", eval loss {r['eval_loss']:.4f}" if r["eval_loss"] is not None else ""
     emit(r, as_json, f"{r['out']}: {r['optimizer']} {r['steps']} steps, train loss "
                      f"{r['train_loss_first']:.4f} → {r['train_loss_last']:.4f}{ev} ({r['seconds']} s)")

@@ -121,3 +121,38 @@ def test_sam_trainer_with_the_callback_is_unchanged(tokenizer, tmp_path, probe_d
     probed = train(model_of(tokenizer), tokenizer, tmp_path / "b", [cb], steps=3, trainer_cls=SAM)
     for p, q in zip(plain.model.parameters(), probed.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_finetune_probe_every_writes_a_trajectory_and_plot_draws_it(llama_dir, tmp_path, probe_data):
+    from click.testing import CliRunner
+
+    from landscape.cli.main import cli
+
+    train_f = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in TEXTS])
+    outs = []
+    for opt in ("adamw", "sam"):
+        out = tmp_path / f"<{opt}>"
+        r = CliRunner().invoke(cli, ["finetune", str(llama_dir), "--data", str(train_f), "--out", str(out),
+                                     "--optimizer", opt, "--max-steps", "4", "--batch-size", "2", "--lr", "1e-2",
+                                     "--eval-fraction", "0", "--probe-every", "2", "--probe-data", str(probe_data),
+                                     "--probe-metrics", "loss,lambda_max,predictors", "--json"])
+        assert r.exit_code == 0, r.output
+        traj = json.loads((out / "trajectory.json").read_text())
+        assert [x["step"] for x in traj["records"]] == [0, 2, 4]
+        assert traj["records"][-1]["delta_norm"] > traj["records"][1]["delta_norm"] > 0
+        outs.append(str(out / "trajectory.json"))
+    # the probe changes nothing: the same fine-tune without it gives the same weights
+    r = CliRunner().invoke(cli, ["finetune", str(llama_dir), "--data", str(train_f), "--out", str(tmp_path / "plain"),
+                                 "--max-steps", "4", "--batch-size", "2", "--lr", "1e-2", "--eval-fraction", "0"])
+    assert r.exit_code == 0, r.output
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "<adamw>" / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    html_out = tmp_path / "t.html"
+    r = CliRunner().invoke(cli, ["plot", *outs, "--out", str(html_out)])
+    assert r.exit_code == 0, r.output
+    page = html_out.read_text()
+    assert "&lt;adamw&gt;" in page and "<adamw>" not in page and "lambda_max" in page
+    r = CliRunner().invoke(cli, ["plot", outs[0], "x.h5", "--out", str(html_out)])
+    assert r.exit_code == 2 and "not both" in r.output

@@ -82,6 +82,51 @@ def plot_surfaces(paths: list, out: str | os.PathLike, log: bool = False, clip: 
                       title="loss surfaces: " + ", ".join(Path(p).name for p in paths))
 
 
+TRAJECTORY_METRICS = ("loss", "lambda_max", "delta_norm", "kappa_base", "quad_pred", "general_loss_increase",
+                      "forgetting")
+
+
+def _run_label(path) -> str:
+    p = Path(path)
+    return p.parent.name if p.name == "trajectory.json" else p.stem
+
+
+def trajectory_figure(paths: list):
+    """One panel per measured metric, metric vs optimizer step, one line per run (trajectory JSONs of
+    :class:`landscape.training.callback.LandscapeCallback`)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from landscape.training.callback import read_trajectory
+
+    runs = [(html.escape(_run_label(p)), read_trajectory(p)["records"]) for p in paths]
+    present = [m for m in TRAJECTORY_METRICS if any(m in r for _, recs in runs for r in recs)]
+    if not present:
+        from landscape.foundation.errors import UserError
+
+        raise UserError(f"{paths[0]}: the trajectory holds no metric to plot")
+    cols = min(3, len(present))
+    nrows = math.ceil(len(present) / cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=present)
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+    for k, m in enumerate(present):
+        r, c = k // cols + 1, k % cols + 1
+        for j, (label, recs) in enumerate(runs):
+            pts = [(x["step"], x[m]) for x in recs if isinstance(x.get(m), (int, float))]
+            fig.add_trace(go.Scatter(x=[a for a, _ in pts], y=[b for _, b in pts], mode="lines+markers", name=label,
+                                     legendgroup=label, showlegend=k == 0,
+                                     line={"color": palette[j % len(palette)]}), row=r, col=c)
+        fig.update_xaxes(title_text="step", row=r, col=c)
+    fig.update_layout(height=320 * nrows, width=max(420 * cols, 700), title_text="measured while training")
+    return fig
+
+
+def plot_trajectories(paths: list, out: str | os.PathLike) -> Path:
+    """`landscape plot RUN/trajectory.json ...`: metric-vs-step curves of several runs, overlaid."""
+    return write_html(trajectory_figure(paths), out,
+                      title="trajectories: " + ", ".join(_run_label(p) for p in paths))
+
+
 # --------------------------------------------------------------------------------------------
 # The correlation report: one page, several figures, plotly.js inlined once.
 

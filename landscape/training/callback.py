@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+import landscape
 from landscape.foundation import params as P
 from landscape.foundation.configs import ProbeConfig, PredictConfig
 from landscape.foundation.errors import UserError
@@ -124,29 +125,45 @@ class LandscapeCallback(TrainerCallback):
     # -- Trainer events ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
         self.trainer = self.trainer or _find_trainer(self)
-        self._t_start = time.perf_counter()
-        self._tokenizer = processing_class or kw.get("tokenizer")
-        self._setup(model)
-        self._probe(model, state, step=state.global_step)
+        self.begin(model, processing_class or kw.get("tokenizer"), state.global_step, state=state)
 
     def on_step_end(self, args, state, control, model=None, **kw):
-        if state.global_step % self.cfg.probe_every == 0 and state.global_step < state.max_steps:
-            self._probe(model, state, step=state.global_step)
+        self.at_step(model, state.global_step, state.max_steps, state=state)
 
     def on_train_end(self, args, state, control, model=None, **kw):
-        if not self.records or self.records[-1]["step"] != state.global_step:
-            self._probe(model, state, step=state.global_step)
+        self.end(model, state.global_step, state=state, main=state.is_world_process_zero)
+
+    # -- any training loop (landscape finetune drives these) -------------------------------------
+    def begin(self, model, tokenizer, step: int = 0, state=None, out=None) -> None:
+        """Before the first step: the probe batches (and step-0 weights/scores), then a measurement."""
+        self._t_start = time.perf_counter()
+        self._tokenizer = tokenizer
+        self.out = Path(out) if out is not None else self.out
+        self._setup(model)
+        if not self.records or self.records[0]["step"] != step:  # a resumed trajectory has its step 0
+            self._probe(model, step, state)
+
+    def at_step(self, model, step: int, max_steps: int, state=None) -> None:
+        """After optimizer step ``step``: a measurement every ``every`` steps (the last one in :meth:`end`)."""
+        if step % self.cfg.probe_every == 0 and step < max_steps:
+            self._probe(model, step, state)
+
+    def end(self, model, step: int, state=None, main: bool = True) -> dict:
+        """After training: the last step's measurement and the cost summary (printed on rank 0)."""
+        if not self.records or self.records[-1]["step"] != step:
+            self._probe(model, step, state)
         total = time.perf_counter() - (self._t_start or time.perf_counter())
         share = self.seconds / total if total > 0 else None
         self.summary = {"probes": len(self.records), "probe_seconds": round(self.seconds, 3),
                         "run_seconds": round(total, 3), "share": share}
         self._write()
-        if state.is_world_process_zero:
+        if main:
             import sys
 
             pct = f"{100 * share:.1f}%" if share is not None else "?"
             print(f"landscape: {len(self.records)} probes took {self.seconds:.1f} s, {pct} of the run's "
                   f"{total:.1f} s", file=sys.stderr)
+        return self.document()
 
     # -- measurement ---------------------------------------------------------------------------
     def _setup(self, model) -> None:
@@ -170,7 +187,7 @@ class LandscapeCallback(TrainerCallback):
 
             self._suites = load_suites(list(self.cfg.probe_suites) or None)
 
-    def _probe(self, model, state, step: int) -> None:
+    def _probe(self, model, step: int, state=None) -> None:
         t0 = time.perf_counter()
         with frozen_run(model):
             values = self._measure(model, step)
@@ -178,7 +195,8 @@ class LandscapeCallback(TrainerCallback):
         self.seconds += dt
         values["probe_seconds"] = round(dt, 3)
         self.records.append({"step": step, **values})
-        self._log(state, {f"landscape/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+        if state is not None:
+            self._log(state, {f"landscape/{k}": v for k, v in values.items() if isinstance(v, (int, float))})
         self._write()
 
     def _measure(self, model, step: int) -> dict:
@@ -268,12 +286,16 @@ class LandscapeCallback(TrainerCallback):
             return
         from landscape.foundation.io import dumps
 
-        doc = {"kind": "landscape-trajectory", "config": self.cfg.as_dict(), "records": self.records,
-               "cost": getattr(self, "summary", {"probe_seconds": round(self.seconds, 3)})}
         self.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out.with_name(self.out.name + ".tmp")
-        tmp.write_text(dumps(doc))
+        tmp.write_text(dumps(self.document()))
         os.replace(tmp, self.out)
+
+    def document(self) -> dict:
+        """The trajectory as JSON-ready data (what ``out`` holds)."""
+        return {"kind": "landscape-trajectory", "config": self.cfg.as_dict(), "records": self.records,
+                "cost": getattr(self, "summary", {"probe_seconds": round(self.seconds, 3)}),
+                "version": landscape.__version__}
 
 
 def _is_main() -> bool:

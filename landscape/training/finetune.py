@@ -36,7 +36,7 @@ import landscape
 from landscape.foundation import distributed as dist
 from landscape.foundation.configs import ConfigError, FinetuneConfig, LoadConfig
 from landscape.foundation.errors import UserError
-from landscape.foundation.io import atomic_write
+from landscape.foundation.io import atomic_write, dumps
 from landscape.foundation.loss import batch_term, evaluate, param_device
 from landscape.training.sam import SAM
 
@@ -243,7 +243,7 @@ class _Job:
 
 
 def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: LoadConfig | None = None,
-             progress: bool = False, on_step=None) -> dict:
+             progress: bool = False, on_step=None, probe=None) -> dict:
     """Fine-tune the checkpoint ``base`` on the jsonl ``data``; write an HF checkpoint dir at ``out``.
 
     ``out`` gets the weights, the tokenizer, ``training_log.json`` (loss per step, eval losses,
@@ -251,14 +251,41 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     state lives in ``out.partial/`` (saved every ``save_every`` steps, atomically); ``config.resume``
     continues from it and refuses a state written under another configuration.
     Steps: ``max_steps`` if given, else ``ceil(epochs · n_train_batches / (grad_accum · processes))``.
+
+    ``probe``: a :class:`landscape.training.callback.LandscapeCallback` driven by this loop (measured
+    at step 0, every ``probe_every`` steps and at the end; its trajectory goes into ``out`` as
+    ``trajectory.json``, and into ``out.partial`` while running, so a resumed run keeps it).
     """
     job = _prepare(base, data, Path(out), config or FinetuneConfig(), load or LoadConfig())
     _check_memory(job)
+    if probe is not None:
+        _begin_probe(job, probe)
     opt = make_optimizer([p for p in job.ck.model.parameters() if p.requires_grad], job.cfg)
     state = _resume(job, opt) if job.cfg.resume else TrainState()
     start, t0 = state.step, time.perf_counter()
-    _run(job, opt, state, progress, on_step)
-    return _save(job, state, start, time.perf_counter() - t0)
+    _run(job, opt, state, progress, _probing(on_step, probe, job))
+    traj = probe.end(job.ck.model, state.step, main=dist.is_main()) if probe is not None else None
+    return _save(job, state, start, time.perf_counter() - t0, traj)
+
+
+def _begin_probe(job, probe) -> None:
+    """The probe's step-0 state at the base weights (before a resume loads the saved ones); a resumed
+    run continues the trajectory kept in ``out.partial``."""
+    kept = job.partial / "trajectory.json"
+    if job.cfg.resume and kept.is_file():
+        probe.records = json.loads(kept.read_text()).get("records", [])
+    probe.begin(job.ck.model, job.ck.tokenizer, 0, out=kept)
+
+
+def _probing(on_step, probe, job):
+    if probe is None:
+        return on_step
+
+    def hook(st, o):
+        probe.at_step(job.ck.model, st.step, job.cfg.max_steps)
+        if on_step is not None:
+            on_step(st, o)
+    return hook
 
 
 def plan(model, train_batches, cfg: FinetuneConfig):
@@ -401,7 +428,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _save(job: _Job, state: TrainState, start: int, seconds: float) -> dict:
+def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: dict | None = None) -> dict:
     """Phase 4: the checkpoint dir with its log and configuration, atomically; the partial state goes."""
     from landscape.foundation import checkpoint
 
@@ -419,7 +446,8 @@ def _save(job: _Job, state: TrainState, start: int, seconds: float) -> dict:
     if dist.is_main():
         checkpoint.save_checkpoint(job.ck.model, job.ck.tokenizer, job.out, extra_files={
             "training_log.json": json.dumps({"summary": summary, "log": log, "evals": state.evals}, indent=1),
-            "finetune_config.json": json.dumps(config, indent=1)})
+            "finetune_config.json": json.dumps(config, indent=1),
+            **({"trajectory.json": dumps(trajectory)} if trajectory is not None else {})})
         shutil.rmtree(job.partial, ignore_errors=True)
     dist.barrier()
     summary["fingerprint"] = checkpoint.fingerprint(job.out)
