@@ -74,7 +74,25 @@ def cli(debug: bool) -> None:
     """
     from landscape.foundation import distributed
 
+    if not debug:
+        quiet_third_party()
     distributed.init_from_env()  # under torchrun: join the process group; otherwise nothing
+
+
+THIRD_PARTY = r"(transformers|peft|trl|datasets|accelerate|torch|huggingface_hub|tokenizers)(\.|$)"
+
+
+def quiet_third_party() -> None:
+    """Normal output carries no third-party warnings a user cannot act on (deprecations inside
+    transformers/peft/torch, renamed config keys); ``--debug`` shows them. Our own warnings, and the
+    libraries' errors, are untouched."""
+    import os
+    import warnings
+
+    for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
+        warnings.filterwarnings("ignore", category=category, module=THIRD_PARTY)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
 
 
 

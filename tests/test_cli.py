@@ -152,3 +152,15 @@ def test_sharpness_cache_graph_modes_agree(llama_dir, text_data):
     assert outs[""]["where"] == {"weights": str(llama_dir), "data": str(text_data)}  # which weights, which tokens
     vals = {k: (o["metrics"]["lambda_max"], o["metrics"]["hessian_trace"]) for k, o in outs.items()}
     assert len(set(vals.values())) == 1, vals
+
+
+def test_third_party_warnings_are_quiet_unless_debug():
+    import subprocess
+    import sys
+
+    code = ("import warnings, sys; from landscape.cli.main import quiet_third_party; quiet_third_party(); "
+            "warnings.warn_explicit('peft says', UserWarning, 'x.py', 1, module='peft.config'); "
+            "warnings.warn_explicit('torch says', FutureWarning, 'y.py', 1, module='torch.nn'); "
+            "warnings.warn_explicit('ours', UserWarning, 'z.py', 1, module='landscape.measures')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "peft says" not in r.stderr and "torch says" not in r.stderr and "ours" in r.stderr

@@ -8,7 +8,7 @@ being trained on fixed general data (:class:`~landscape.foundation.configs.Probe
   parameters (all weights of a full fine-tune; the adapter's A/B of a LoRA run), Lanczos with at most
   ``max_iter`` HVPs — the bound on its cost;
 - ``predictors``: the forgetting predictors of the update so far, Δw = w_now − w_step0, measured at
-  the step-0 weights (:func:`landscape.measures.predictors.measure_pair`): ‖Δw‖, gᵀΔw, κ = ΔwᵀHΔw/‖Δw‖²,
+  the step-0 weights (where this ``train()`` began: a Trainer resumed from a checkpoint starts there) (:func:`landscape.measures.predictors.measure_pair`): ‖Δw‖, gᵀΔw, κ = ΔwᵀHΔw/‖Δw‖²,
   F̂ = gᵀΔw + ½ΔwᵀHΔw and the measured general-loss rise F. For a PEFT model they are in merged
   space: Δw is each adapted matrix's ``get_delta_weight`` (the BA·α/r the merge would add), measured
   with the adapter disabled, so no copy of the step-0 weights is kept;
