@@ -57,6 +57,8 @@ PREDICTOR_METRICS = {
     "quad_pred": ("base", "F̂ = gᵀΔw + ½ΔwᵀHΔw (second-order forgetting of the general loss)"),
     "bound": ("base", "gᵀΔw + ½ λ_max(H) ‖Δw‖² (upper bound of F̂)"),
     "general_loss_increase": ("base→tuned", "F = L_general(w_tuned) − L_general(w_base), measured"),
+    "critical_sharpness": ("base", "λc = 2/t_c, t_c the smallest t > 0 with L_general(w_base + tΔw) > L_general(w_base) "
+                                   "(Kalra et al. 2026's relative critical sharpness; forward passes only)"),
     "grad_delta_tuned": ("tuned", "g_tᵀΔw, g_t = ∇L_general(w_tuned)"),
     "kappa_tuned": ("tuned", "ΔwᵀH_tΔw / ‖Δw‖², H_t = ∇²L_general(w_tuned)"),
     "quad_pred_tuned": ("tuned", "g_tᵀΔw − ½ΔwᵀH_tΔw (F expanded around the tuned weights)"),

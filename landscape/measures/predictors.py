@@ -40,6 +40,7 @@ from landscape.foundation.configs import PREDICTOR_METRICS, DataConfig, LoadConf
 from landscape.foundation.errors import UserError
 from landscape.foundation.objective import ModelObjective, gradient
 from landscape.measures import hessian
+from landscape.measures.critical import critical_step
 
 
 def update_vector(names: list, base_params: list, tuned_named: dict) -> P.Vector:
@@ -97,11 +98,13 @@ def _block_norms(names: list, base: list, delta: P.Vector, groups: dict) -> dict
 
 def _line(obj, origin, delta, ts, progress: bool) -> list[float]:
     """L(w_base + tΔw) for each t, each point set from the saved origin (no walk)."""
-    losses = []
-    for t in tqdm(ts, desc="line base→tuned", disable=not progress, leave=False):
-        P.set_offset(obj.params, origin, delta, alpha=float(t))
-        losses.append(obj.value())
-    return losses
+    return [_loss_at(obj, origin, delta, t) for t in tqdm(ts, desc="line base→tuned", disable=not progress,
+                                                             leave=False)]
+
+
+def _loss_at(obj, origin, delta, t: float) -> float:
+    P.set_offset(obj.params, origin, delta, alpha=float(t))
+    return obj.value()
 
 
 def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lambda_max: float | None = None,
@@ -125,6 +128,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
         wn = float(P.norm(origin))
         L0, g_delta, dhd = _curvature_along(obj, delta, method, origin)
         losses = _line(obj, origin, delta, ts, progress)
+        crit = critical_step(lambda t: _loss_at(obj, origin, delta, t) > L0)
         tuned = None
         if cfg.at_tuned:
             P.set_offset(ps, origin, delta)
@@ -142,7 +146,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
     metrics = {"delta_norm": math.sqrt(dn2), "delta_rel": math.sqrt(dn2) / wn if wn > 0 else None,
                "grad_delta": g_delta, "kappa_base": dhd / dn2, "quad_pred": quad,
                "bound": g_delta + 0.5 * lambda_max * dn2 if lambda_max is not None else None,
-               "general_loss_increase": F}
+               "general_loss_increase": F, "critical_sharpness": crit["lambda_c"]}
     if tuned:
         metrics.update({k: tuned[k] for k in ("grad_delta_tuned", "kappa_tuned", "quad_pred_tuned")})
     return {
@@ -152,7 +156,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
         "residual": F - quad,
         "line": {"t": ts.tolist(), "loss": losses, "quadratic": (losses[i0] + q_line).tolist(),
                  "r2": 1.0 - float(((dl - q_line) ** 2).sum()) / ss_tot if ss_tot > 0 else None},
-        "tuned": tuned, "per_block": blocks, "hvp_method": method,
+        "tuned": tuned, "per_block": blocks, "hvp_method": method, "critical": crit,
         "where": {k: PREDICTOR_METRICS[k][0] for k in metrics},
     }
 

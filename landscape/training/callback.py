@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover
     TrainerCallback = object
 
 LINE = "0:1:2"  # predictors: L at t = 0 and t = 1 only (F measured, no line)
-PREDICTOR_KEYS = ("delta_norm", "grad_delta", "kappa_base", "quad_pred", "general_loss_increase")
+PREDICTOR_KEYS = ("delta_norm", "grad_delta", "kappa_base", "quad_pred", "general_loss_increase", "critical_sharpness")
 
 
 @contextlib.contextmanager
