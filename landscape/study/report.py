@@ -83,7 +83,10 @@ def plot_surfaces(paths: list, out: str | os.PathLike, log: bool = False, clip: 
 
 
 TRAJECTORY_METRICS = ("loss", "lambda_max", "delta_norm", "kappa_base", "quad_pred", "general_loss_increase",
-                      "forgetting")
+                      "critical_sharpness", "forgetting")
+
+
+LOG_AXES = {"lambda_max", "critical_sharpness"}  # spans decades along a run
 
 
 def _run_label(path) -> str:
@@ -117,6 +120,8 @@ def trajectory_figure(paths: list):
                                      legendgroup=label, showlegend=k == 0,
                                      line={"color": palette[j % len(palette)]}), row=r, col=c)
         fig.update_xaxes(title_text="step", row=r, col=c)
+        if m in LOG_AXES:
+            fig.update_yaxes(type="log", row=r, col=c)
     fig.update_layout(height=320 * nrows, width=max(420 * cols, 700), title_text="measured while training")
     return fig
 
