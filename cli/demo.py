@@ -66,6 +66,10 @@ def summary(r: dict) -> str:
         lines.append(f"SAM ρ=0.05 vs AdamW at {c['comparison']}: λ_max {_g(ls)} vs {_g(la)} ({flatter}); "
                      f"forgetting {fs:.3f} vs {fa:.3f} ({less} forgetting); task EM {c['task_exact_match'][0]:.2f} "
                      f"vs {c['task_exact_match'][1]:.2f}")
+    trade = (r.get("tradeoff") or {}).get("pairs") or []
+    if trade:
+        lines += ["", "forgetting at matched task EM (frontiers of each family; + = the first forgets more):"]
+        lines += [f"  {c['line']}" for c in trade]
     lines += ["", "base model's suite scores (accuracy; chance in brackets):"]
     for name, sc in r.get("base_scores", {}).items():
         chance = f"{sc['chance']:.2f}" if sc.get("chance") is not None else "-"  # rows cached before it was kept

@@ -109,7 +109,24 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
             "base_scores": res["base_scores"], "ranking": res["ranking"], "correlations": res["correlations"],
             "rankings": res["rankings"], "partial": res["partial"], "covariates": res["covariates"],
             "metric_info": res["metric_info"], "lambda_max_base_general": res["lambda_max_base_general"],
-            "comparisons": comparisons(spec, res), "seconds": round(time.perf_counter() - t0, 1)}
+            "comparisons": comparisons(spec, res), "tradeoff": study_tradeoff(spec, res["checkpoints"]),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+PAIRS = (("sam", "adamw"), ("asam", "adamw"), ("lora-adamw", "adamw"), ("lora-sam", "lora-adamw"))
+
+
+def study_tradeoff(spec: StudySpec, checkpoints: list[dict]) -> dict:
+    """Forgetting at matched task exact match between the optimizer families of the study's runs
+    (:mod:`landscape.study.tradeoff`); the seed is the fine-tunes' (one seed: points are resampled)."""
+    from landscape.study.tradeoff import tradeoff
+
+    family = {label: f"lora-{opt}" if rank else opt for label, opt, _, _, _, rank in map(_run, spec.runs)}
+    rows = [{"label": c["label"], "family": family.get(c["label"], "other"), "seed": spec.finetune.seed,
+             "task": c["task_exact_match"], "forgetting": c["forgetting"]["average"]["delta"]}
+            for c in checkpoints if c.get("task_exact_match") is not None]
+    present = {r["family"] for r in rows}
+    return tradeoff(rows, [p for p in PAIRS if set(p) <= present], task_name="EM")
 
 
 def comparisons(spec: StudySpec, res: dict) -> list[dict]:
