@@ -47,6 +47,8 @@ def test_seed_bootstrap_covers_the_true_difference_and_one_seed_says_points():
     assert mid["ci"][0] <= -0.05 <= mid["ci"][1]
     one = T.compare([r for r in rows if r["seed"] == 0], "sam", "adamw", n_boot=200)
     assert one["resampled"] == "points"
+    two = T.compare([r for r in rows if r["seed"] == 0 and r["task"] > 0.6], "sam", "adamw", n_boot=200)
+    assert two["resampled"].startswith("none") and two["ci"] is None  # 2 points each: no interval
     out = T.tradeoff(rows, [("sam", "adamw")], task_name="EM", n_boot=200)
     line = out["pairs"][0]["line"]
     assert line.startswith("sam vs adamw at EM 0.5: forgetting") and "bootstrap over seeds" in line

@@ -16,7 +16,8 @@ score, higher = learned more — exact match, or minus the task loss) and how mu
 - **Uncertainty**: a bootstrap over seeds (the unit that repeats a run): each replicate draws seeds with
   replacement and rebuilds both frontiers from those seeds' points; percentile intervals. With one
   seed the replicates draw points instead, and the result says so (``resampled: "points"``): that
-  interval ignores run-to-run variation and is optimistic.
+  interval ignores run-to-run variation and is optimistic; with one seed and fewer than three points
+  in a family there is no interval (null).
 
 All choices here (Pareto frontier, linear interpolation, the three levels, percentile bootstrap) are
 ours, stated because the paper names no procedure for them.
@@ -108,9 +109,16 @@ def compare(rows: list[dict], a: str, b: str, n_boot: int = 2000, seed: int = 0,
         return None
     seeds = {f: {r.get("seed") for r in rows if r["family"] == f} for f in (a, b)}
     by_seed = min(len(seeds[a]), len(seeds[b])) >= 2
-    rng = np.random.default_rng(seed)
-    _intervals(m, [_replicate(rows, a, b, rng, by_seed) for _ in range(n_boot)], level)
-    m.update({"a": a, "b": b, "resampled": "seeds" if by_seed else "points", "n_boot": n_boot,
+    n_points = min(sum(r["family"] == f for r in rows) for f in (a, b))
+    how = "seeds" if by_seed else "points" if n_points >= 3 else "none (one seed and fewer than 3 points)"
+    if how.startswith("none"):  # a bootstrap of one or two points is no interval at all
+        m["ci"] = None
+        for lv in m["levels"]:
+            lv["ci"], lv["ci_replicates"] = None, 0
+    else:
+        rng = np.random.default_rng(seed)
+        _intervals(m, [_replicate(rows, a, b, rng, by_seed) for _ in range(n_boot)], level)
+    m.update({"a": a, "b": b, "resampled": how, "n_boot": n_boot,
               "n_seeds": [len(seeds[a]), len(seeds[b])], "frontier_a": fa, "frontier_b": fb})
     return m
 
