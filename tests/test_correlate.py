@@ -106,6 +106,14 @@ def test_correlate_end_to_end_and_rerun_is_free(study, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert len(res["checkpoints"]) == 4 and res["targets"] == ["average", "category:other"]
+    from landscape.study.tradeoff import frontier
+
+    tr = res["tradeoff"]  # families from the optimizer labels, learning = minus the task loss
+    assert set(tr["families"]) == {"sam", "adamw"} and tr["task"] == "-task_loss"
+    for fam, f in tr["families"].items():
+        pts = [(-row["flatness"]["loss"], row["forgetting"]["average"]["delta"]) for row in res["checkpoints"]
+               if row["optimizer"] == fam]
+        assert [tuple(p) for p in f["frontier"]] == frontier(pts)
     assert {x["metric"] for x in res["ranking"]} == {"lambda_max", "trace", "sam", "surface_curvature"}
     c = res["correlations"]["lambda_max"]["average"]
     xs = [row["flatness"]["lambda_max"] for row in res["checkpoints"]]

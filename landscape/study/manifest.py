@@ -20,7 +20,9 @@
 ``flatness`` metrics are measured at the tuned weights on ``flatness.data``; ``predictors`` metrics at
 the base (or along Δw, or at the tuned weights: see :data:`~landscape.foundation.configs.PREDICTOR_METRICS`)
 on ``predictors.data``. ``covariates`` names metrics, ``task_loss`` (the tuned checkpoint's loss on
-``flatness.data``) or the checkpoints' numeric labels (steps, lr, rho, epochs).
+``flatness.data``) or the checkpoints' numeric labels (steps, lr, rho, epochs). ``family`` (default: the
+``optimizer`` label) and ``seed`` group checkpoints for the learning–forgetting trade-off
+(:mod:`landscape.study.tradeoff`: forgetting at matched task loss, bootstrap over seeds).
 
 The ``flatness`` keys are the fields of :class:`~landscape.foundation.configs.DataConfig`,
 :class:`~landscape.foundation.configs.SharpnessConfig` and (under ``surface``)
@@ -40,7 +42,7 @@ from landscape.foundation.errors import UserError
 
 ALL_METRICS = SHARPNESS_METRICS + SURFACE_METRICS
 DEFAULT_METRICS = ("lambda_max", "trace", "eps", "sam", "avg", "surface_curvature")
-LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset", "lora")
+LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset", "lora", "family", "seed")
 TOP_KEYS = ("base", "checkpoints", "flatness", "predictors", "covariates", "suites", "categories", "title",
             "bootstrap", "seed")
 COVARIATE_LABELS = ("steps", "lr", "rho", "epochs", "lora")  # numeric checkpoint labels usable as covariates

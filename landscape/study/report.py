@@ -316,6 +316,38 @@ def _ranking_tables(result: dict) -> list[str]:
             _table(["metric", *targets], cat_rows, "per-target")]
 
 
+def tradeoff_figure(trade: dict):
+    """Forgetting against task learned, one colour per family: its checkpoints and its frontier."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+    for j, (fam, f) in enumerate(sorted(trade["families"].items())):
+        color, name = palette[j % len(palette)], html.escape(fam)
+        pts = f["points"]
+        fig.add_trace(go.Scatter(x=[p["task"] for p in pts], y=[p["forgetting"] for p in pts], mode="markers",
+                                 name=name, legendgroup=name, marker={"color": color, "size": 9},
+                                 text=[html.escape(str(p["label"])) for p in pts], hoverinfo="text+x+y"))
+        fig.add_trace(go.Scatter(x=[x for x, _ in f["frontier"]], y=[y for _, y in f["frontier"]], mode="lines",
+                                 name=f"{name} frontier", legendgroup=name, line={"color": color}, showlegend=False))
+    fig.update_layout(height=480, width=760, xaxis_title=html.escape(trade["task"]) + " (higher = learned more)",
+                      yaxis_title="forgetting (average Δ)")
+    return fig
+
+
+def _tradeoff_section(result: dict) -> list[str]:
+    """The learning–forgetting trade-off: the frontier plot and one line per family pair."""
+    trade = result.get("tradeoff") or {}
+    if not trade.get("families"):
+        return []
+    lines = "".join(f"<li>{html.escape(c['line'])}</li>" for c in trade.get("pairs", []))
+    return ["<h2>Forgetting at matched learning</h2>",
+            "<p class='note'>frontier = the family's Pareto points (learned as much, forgot less) joined by lines; "
+            "differences on the overlap of two frontiers only; + = the first family forgets more</p>",
+            f"<ul>{lines}</ul>" if lines else "",
+            tradeoff_figure(trade).to_html(full_html=False, include_plotlyjs=False, div_id="tradeoff")]
+
+
 def correlation_report(result: dict, out: str | os.PathLike) -> Path:
     """The batch report: ranking, scatter plots, every correlation, every checkpoint, surfaces, spectra."""
     out = Path(out)
@@ -361,6 +393,7 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
         f"{html.escape(result['version'])}</p>",
         *_ranking_tables(result),
         *parts[:2 if pf is not None else 1],
+        *_tradeoff_section(result),
         "<h2>Checkpoints</h2>",
         _table(["label", "optimizer", "ρ", "lr", "steps", "epochs", "dataset", *metrics, "forgetting avg",
                 *[f"forgetting {c}" for c in cats]], ck_rows, "checkpoints"),

@@ -156,11 +156,30 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
               "base_flatness": base_flat, "base_scores": base_scores, "metrics": m.metrics, "metric_info": info,
               "lambda_max_base_general": lam,
               "targets": list(targets), "checkpoints": rows, **stats, "flatness_config": m.flatness_config,
+              "tradeoff": manifest_tradeoff(rows, m.bootstrap, m.seed),
               "seconds": round(time.perf_counter() - t0, 2), "version": landscape.__version__,
               "store": str(store.path), "report": str(out_html)}
     if write:
         _write(result, out_html)
     return result
+
+
+def manifest_tradeoff(rows: list[dict], n_boot: int, seed: int) -> dict:
+    """Forgetting at matched learning (minus the task loss on ``flatness.data``: higher = learned more)
+    between checkpoint families (label ``family``, else ``optimizer``): every family against AdamW
+    (or the first family), LoRA families also against ``adamw-lora``."""
+    from landscape.study.tradeoff import tradeoff
+
+    pts = [{"label": r["label"], "family": str(r.get("family") or r.get("optimizer") or "all"), "seed": r.get("seed"),
+            "task": -r["flatness"]["loss"], "forgetting": r["forgetting"]["average"]["delta"]}
+           for r in rows if r["flatness"].get("loss") is not None and r["forgetting"].get("average")]
+    fams = sorted({p["family"] for p in pts})
+    if not fams:
+        return {"task": "-task_loss", "families": {}, "pairs": []}
+    ref = "adamw" if "adamw" in fams else fams[0]
+    pairs = [(f, ref) for f in fams if f != ref]
+    pairs += [(f, "adamw-lora") for f in fams if f.endswith("-lora") and f != "adamw-lora" and "adamw-lora" in fams]
+    return tradeoff(pts, pairs, task_name="-task_loss", n_boot=n_boot, seed=seed)
 
 
 def _write(result: dict, out_html: Path) -> None:

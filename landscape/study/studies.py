@@ -113,7 +113,7 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-PAIRS = (("sam", "adamw"), ("asam", "adamw"), ("lora-adamw", "adamw"), ("lora-sam", "lora-adamw"))
+PAIRS = (("sam", "adamw"), ("asam", "adamw"), ("adamw-lora", "adamw"), ("sam-lora", "adamw-lora"))
 
 
 def study_tradeoff(spec: StudySpec, checkpoints: list[dict]) -> dict:
@@ -121,7 +121,7 @@ def study_tradeoff(spec: StudySpec, checkpoints: list[dict]) -> dict:
     (:mod:`landscape.study.tradeoff`); the seed is the fine-tunes' (one seed: points are resampled)."""
     from landscape.study.tradeoff import tradeoff
 
-    family = {label: f"lora-{opt}" if rank else opt for label, opt, _, _, _, rank in map(_run, spec.runs)}
+    family = {label: f"{opt}-lora" if rank else opt for label, opt, _, _, _, rank in map(_run, spec.runs)}
     rows = [{"label": c["label"], "family": family.get(c["label"], "other"), "seed": spec.finetune.seed,
              "task": c["task_exact_match"], "forgetting": c["forgetting"]["average"]["delta"]}
             for c in checkpoints if c.get("task_exact_match") is not None]
