@@ -156,3 +156,21 @@ def test_finetune_probe_every_writes_a_trajectory_and_plot_draws_it(llama_dir, t
     assert "&lt;adamw&gt;" in page and "<adamw>" not in page and "lambda_max" in page
     r = CliRunner().invoke(cli, ["plot", outs[0], "x.h5", "--out", str(html_out)])
     assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_task_loss_trajectory_gives_frontier_points(tokenizer, tmp_path, probe_data):
+    from landscape.foundation.loss import evaluate
+    from landscape.study.tradeoff import frontier, trajectory_points
+
+    task = write_jsonl(tmp_path / "task.jsonl", [{"text": t} for t in TEXTS[4:]])
+    model = model_of(tokenizer, dropout=0.0)
+    cb = LandscapeCallback(data=probe_data, every=1, metrics=["task_loss", "predictors"],
+                           config=ProbeConfig(probe_task_data=str(task)))
+    train(model, tokenizer, tmp_path, [cb], steps=3)
+    assert cb.records[-1]["task_loss"] == pytest.approx(evaluate(model, cb._task).loss, rel=1e-6)
+    rows = trajectory_points(cb.document(), "adamw", seed=0, forgetting="general_loss_increase", label="a")
+    assert [r["label"] for r in rows] == ["a@1", "a@2", "a@3"]
+    assert frontier([(r["task"], r["forgetting"]) for r in rows])  # a non-empty frontier from one run
+    with pytest.raises(Exception, match="probe_task_data"):
+        train(model_of(tokenizer), tokenizer, tmp_path / "x", [LandscapeCallback(data=probe_data, every=1,
+                                                                                  metrics=["task_loss"])], steps=1)

@@ -390,7 +390,7 @@ class SurfaceConfig(Config):
         return parse_grid(v, axis) if isinstance(v, str) else np.asarray(v, dtype=float)
 
 
-PROBE_METRICS = ("loss", "lambda_max", "predictors", "forgetting")
+PROBE_METRICS = ("loss", "lambda_max", "predictors", "forgetting", "task_loss")
 
 
 @dataclass(frozen=True)
@@ -406,6 +406,9 @@ class ProbeConfig(Config):
                                   choices=PROBE_METRICS)
     probe_suites: tuple = option((), "Suite file or directory for the forgetting metric (repeatable; default the "
                                      "embedded suites).", flag="probe-suite")
+    probe_task_data: str | None = option(None, "Held-out task data for the task_loss metric (how much the run has "
+                                               "learned: with forgetting, a point of the trade-off frontier).",
+                                         kind="path")
     probe_batch_size: int = option(8, "Sequences per probe batch.", bounds=(1, None))
     probe_num_batches: int = option(1, "Probe batches (the first N of the data).", bounds=(1, None))
     probe_max_length: int | None = option(None, "Tokens per probe sequence (default: min(128, positions)).",

@@ -123,6 +123,16 @@ def compare(rows: list[dict], a: str, b: str, n_boot: int = 2000, seed: int = 0,
     return m
 
 
+def trajectory_points(doc: dict, family: str, seed=None, forgetting: str = "forgetting", label: str = "run") -> list[dict]:
+    """Rows for :func:`tradeoff` from a LandscapeCallback trajectory (metrics ``task_loss`` and
+    ``forgetting``, or another forgetting key such as ``general_loss_increase``): one point per probe
+    after step 0, learned = minus the task loss."""
+    return [{"label": f"{label}@{r['step']}", "family": family, "seed": seed, "task": -r["task_loss"],
+             "forgetting": r[forgetting], "step": r["step"]}
+            for r in doc["records"] if r["step"] > 0 and r.get("task_loss") is not None
+            and r.get(forgetting) is not None]
+
+
 def tradeoff(rows: list[dict], pairs: list[tuple[str, str]], task_name: str = "task", **boot) -> dict:
     """Frontiers of every family in ``rows`` and the matched comparisons of ``pairs`` (a, b)."""
     fams = sorted({r["family"] for r in rows})

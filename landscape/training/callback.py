@@ -12,7 +12,10 @@ being trained on fixed general data (:class:`~landscape.foundation.configs.Probe
   F̂ = gᵀΔw + ½ΔwᵀHΔw and the measured general-loss rise F. For a PEFT model they are in merged
   space: Δw is each adapted matrix's ``get_delta_weight`` (the BA·α/r the merge would add), measured
   with the adapter disabled, so no copy of the step-0 weights is kept;
-- ``forgetting``: the suites' scores now against step 0 (positive = forgotten), and their average.
+- ``forgetting``: the suites' scores now against step 0 (positive = forgotten), and their average;
+- ``task_loss``: the loss on held-out task data (``probe_task_data``): how much has been learned, so
+  that each probe is a (learned, forgotten) point of the trade-off frontier
+  (:func:`landscape.study.tradeoff.trajectory_points`).
 
 Nothing of the run changes: the weights are bit-identical after every measurement (points are set from
 saved copies), dropout is off meanwhile (eval mode, put back), the global torch RNG states (CPU and
@@ -119,7 +122,7 @@ class LandscapeCallback(TrainerCallback):
         self.out, self.trainer = (Path(out) if out else None), trainer
         self.records: list[dict] = []
         self.seconds = 0.0
-        self._batches = self._suites = self._w0 = self._scores0 = None
+        self._batches = self._suites = self._w0 = self._scores0 = self._task = None
         self._t_start = None
 
     # -- Trainer events ------------------------------------------------------------------------
@@ -180,6 +183,12 @@ class LandscapeCallback(TrainerCallback):
                                        num_batches=self.cfg.probe_num_batches,
                                        vocab_size=model.get_input_embeddings().num_embeddings).to(dev)
         metrics = self.cfg.probe_metrics
+        if "task_loss" in metrics:
+            if self.cfg.probe_task_data is None:
+                raise UserError("the task_loss metric needs probe_task_data (held-out task records)")
+            self._task = D.load_batches(self.cfg.probe_task_data, tok, batch_size=self.cfg.probe_batch_size,
+                                        max_length=D.resolve_max_length(model.config, self.cfg.probe_max_length),
+                                        vocab_size=model.get_input_embeddings().num_embeddings).to(dev)
         if "predictors" in metrics and lora_deltas(model) is None:
             self._w0 = [p.detach().clone() for p in P.select(model).values()]
         if "forgetting" in metrics:
@@ -215,6 +224,10 @@ class LandscapeCallback(TrainerCallback):
             out.update(self._predictors(model, trainable))
         if "forgetting" in metrics:
             out.update(self._forgetting(model, step))
+        if "task_loss" in metrics:
+            from landscape.foundation.loss import evaluate
+
+            out["task_loss"] = evaluate(model, self._task).loss
         return out
 
     def _hvp_method(self, model) -> str:
