@@ -157,13 +157,9 @@ def write_readme(results: dict) -> None:
         plan = r.get("plan") or {}
         lines.append(f"| `{name}` | {r.get('rc')} | {r.get('seconds')} | {r.get('peak_rss_gb')} | "
                      f"{r.get('peak_over_weights')} | {plan.get('peak_gb', '')} | {text} |")
-    block = "\n".join(lines)
-    readme = ROOT / "README.md"
-    s = readme.read_text()
-    a, b = "<!-- bench-big:start -->", "<!-- bench-big:end -->"
-    if a in s and b in s:
-        s = s[:s.index(a) + len(a)] + "\n" + block + "\n" + s[s.index(b):]
-        readme.write_text(s)
+    from benchmarks._readme import replace_block
+
+    replace_block("bench-big", "\n".join(lines))
 
 
 if __name__ == "__main__":

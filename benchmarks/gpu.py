@@ -252,11 +252,9 @@ def main() -> None:
     t = table(res)
     print(t)
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        s = readme.read_text()
-        a, b = "<!-- bench-gpu:start -->", "<!-- bench-gpu:end -->"
-        if a in s and b in s:
-            readme.write_text(s[: s.index(a) + len(a)] + "\n" + t + "\n" + s[s.index(b):])
+        from benchmarks._readme import replace_block
+
+        replace_block("bench-gpu", t)
 
 
 if __name__ == "__main__":

@@ -202,11 +202,9 @@ def _top5_rows(m: dict) -> list[tuple[str, str]]:
 
 
 def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    s = readme.read_text()
-    a, b = "<!-- bench-real:start -->", "<!-- bench-real:end -->"
-    if a in s and b in s:
-        readme.write_text(s[: s.index(a) + len(a)] + "\n" + text + "\n" + s[s.index(b):])
+    from benchmarks._readme import replace_block
+
+    replace_block("bench-real", text)
 
 
 def main() -> None:

@@ -618,12 +618,9 @@ def table(res: dict) -> str:
 
 
 def update_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    s = readme.read_text()
-    a, b = "<!-- bench:start -->", "<!-- bench:end -->"
-    if a in s and b in s:
-        s = s[: s.index(a) + len(a)] + "\n" + text + "\n" + s[s.index(b):]
-        readme.write_text(s)
+    from benchmarks._readme import replace_block
+
+    replace_block("bench", text)
 
 
 def main() -> None:
