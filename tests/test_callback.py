@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from landscape.foundation import data, toy
-from landscape.foundation.configs import ProbeConfig
+from landscape.foundation.configs import ConfigError, ProbeConfig
 from landscape.training import LandscapeCallback
 from tests.conftest import write_jsonl
 
@@ -171,6 +171,29 @@ def test_task_loss_trajectory_gives_frontier_points(tokenizer, tmp_path, probe_d
     rows = trajectory_points(cb.document(), "adamw", seed=0, forgetting="general_loss_increase", label="a")
     assert [r["label"] for r in rows] == ["a@1", "a@2", "a@3"]
     assert frontier([(r["task"], r["forgetting"]) for r in rows])  # a non-empty frontier from one run
-    with pytest.raises(Exception, match="probe_task_data"):
-        train(model_of(tokenizer), tokenizer, tmp_path / "x", [LandscapeCallback(data=probe_data, every=1,
-                                                                                  metrics=["task_loss"])], steps=1)
+    with pytest.raises(ConfigError, match="probe_task_data"):  # at construction, before any training
+        LandscapeCallback(data=probe_data, every=1, metrics=["task_loss"])
+
+
+def test_a_resumed_probed_finetune_has_the_uninterrupted_trajectory(llama_dir, tmp_path, probe_data):
+    from landscape.foundation.configs import FinetuneConfig, LoadConfig
+    from landscape.training.finetune import finetune
+
+    train_f = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in TEXTS])
+    kw = dict(lr=1e-2, max_steps=6, batch_size=2, save_every=2, eval_fraction=0.0)
+    probe = lambda: LandscapeCallback(data=probe_data, every=2, metrics=["loss", "predictors", "forgetting"])  # noqa: E731
+    load = LoadConfig(device="cpu")
+    finetune(llama_dir, train_f, tmp_path / "full", FinetuneConfig(**kw), load=load, probe=probe())
+
+    def stop_at_3(state, opt):
+        if state.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(llama_dir, train_f, tmp_path / "cut", FinetuneConfig(**kw), load=load, probe=probe(), on_step=stop_at_3)
+    finetune(llama_dir, train_f, tmp_path / "cut", FinetuneConfig(**kw, resume=True), load=load, probe=probe())
+    a, b = (json.loads((tmp_path / k / "trajectory.json").read_text())["records"] for k in ("full", "cut"))
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [0, 2, 4, 6]
+    for x, y in zip(a, b):  # the same values (forgetting against the base's scores, Δw against the base)
+        assert {k: v for k, v in x.items() if k != "probe_seconds"} == {k: v for k, v in y.items()
+                                                                        if k != "probe_seconds"}

@@ -419,6 +419,10 @@ class ProbeConfig(Config):
                                            "checkpointing), reverse, forward or fd.", choices=HVP_METHODS,
                                    numbers=False)
 
+    def check(self) -> None:
+        if "task_loss" in self.probe_metrics and self.probe_task_data is None:
+            raise ConfigError("probe_task_data", "is needed by the task_loss metric (held-out task records)")
+
 
 @dataclass(frozen=True)
 class FinetuneConfig(Config):

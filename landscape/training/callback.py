@@ -143,8 +143,13 @@ class LandscapeCallback(TrainerCallback):
         self._tokenizer = tokenizer
         self.out = Path(out) if out is not None else self.out
         self._setup(model)
-        if not self.records or self.records[0]["step"] != step:  # a resumed trajectory has its step 0
+        if not self.records or self.records[0]["step"] != step:
             self._probe(model, step, state)
+        elif self._suites is not None:  # a resumed trajectory has its step 0, but not the step-0 scores
+            from landscape.measures.forgetting import score_suite
+
+            with frozen_run(model):
+                self._scores0 = {s.name: score_suite(model, self._tokenizer, s) for s in self._suites}
 
     def at_step(self, model, step: int, max_steps: int, state=None) -> None:
         """After optimizer step ``step``: a measurement every ``every`` steps (the last one in :meth:`end`)."""
@@ -176,19 +181,15 @@ class LandscapeCallback(TrainerCallback):
         tok = self._tokenizer
         if hasattr(tok, "tokenizer") and not hasattr(tok, "apply_chat_template"):
             tok = tok.tokenizer  # a processor: its text tokenizer
-        dev = param_device(model)
-        self._batches = D.load_batches(self.cfg.probe_data or D.default_eval_data(), tok,
-                                       batch_size=self.cfg.probe_batch_size,
-                                       max_length=D.resolve_max_length(model.config, self.cfg.probe_max_length),
-                                       num_batches=self.cfg.probe_num_batches,
-                                       vocab_size=model.get_input_embeddings().num_embeddings).to(dev)
+        def batches(path, num_batches):
+            return D.load_batches(path, tok, batch_size=self.cfg.probe_batch_size, num_batches=num_batches,
+                                  max_length=D.resolve_max_length(model.config, self.cfg.probe_max_length),
+                                  vocab_size=model.get_input_embeddings().num_embeddings).to(param_device(model))
+
+        self._batches = batches(self.cfg.probe_data or D.default_eval_data(), self.cfg.probe_num_batches)
         metrics = self.cfg.probe_metrics
         if "task_loss" in metrics:
-            if self.cfg.probe_task_data is None:
-                raise UserError("the task_loss metric needs probe_task_data (held-out task records)")
-            self._task = D.load_batches(self.cfg.probe_task_data, tok, batch_size=self.cfg.probe_batch_size,
-                                        max_length=D.resolve_max_length(model.config, self.cfg.probe_max_length),
-                                        vocab_size=model.get_input_embeddings().num_embeddings).to(dev)
+            self._task = batches(self.cfg.probe_task_data, None)
         if "predictors" in metrics and lora_deltas(model) is None:
             self._w0 = [p.detach().clone() for p in P.select(model).values()]
         if "forgetting" in metrics:
