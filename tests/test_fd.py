@@ -184,3 +184,16 @@ def test_finetune_refuses_a_step_that_cannot_fit(llama_dir, text_data, tmp_path,
     assert sum(sam.parts.values()) - sum(adam.parts.values()) == unit and adam.parts["adamw_moments"] == 2 * unit
     accum = finetune.plan(ck.model, bs, FinetuneConfig(optimizer="sam", grad_accum=2))
     assert accum.parts["sam_pass1_gradient"] == unit
+
+
+def test_predict_plans_its_peak_and_refuses_what_cannot_fit(llama_dir, tiny_ckpts, text_data, monkeypatch):
+    tuned = str(tiny_ckpts["llama"].parent / "llama")  # the same weights: refused for Δw = 0 after the plan
+    base = ["predict", str(llama_dir), str(tuned), "--data", str(text_data), "--no-lambda-max", "--json"]
+    ck = load_checkpoint(llama_dir)
+    unit = sum(p.numel() * 4 for p in ck.model.parameters())
+    p = plans.predict(list(ck.model.parameters()), 0, "fd", 0)
+    assert p.parts["vectors"] == 2 * unit and p.parts["base_copy"] == unit and "fd_weight_copy" not in p.parts
+    assert plans.predict(list(ck.model.parameters()), 0, "reverse", 0).parts["hvp_graph"] == 7 * unit
+    monkeypatch.setattr(plans, "free_bytes", lambda device: 1000)
+    r = CliRunner().invoke(cli, base)
+    assert r.exit_code == 2 and "predict needs about" in r.output and len(r.output.strip().splitlines()) == 1

@@ -124,6 +124,18 @@ def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: 
     return Plan("sharpness", parts, start, unit, {"hvp_method": hvp_method, "vectors": vectors})
 
 
+def predict(params, act: int, hvp_method: str, start: int) -> Plan:
+    """Peak of `predict` per fine-tune (the tuned weights are freed once Δw is formed): Δw and H·Δw
+    (float32, or the parameters' dtype when wider), the base weights saved for the line and for fd
+    products to restore from, and one HVP (fd: a streamed gradient; exact: its graph)."""
+    ps = list(params)
+    itemsize = max(4, max((p.element_size() for p in ps), default=4))
+    p = curvature(ps, act, hvp_method, 2, itemsize, start)
+    parts = {k: v for k, v in p.parts.items() if k != "fd_weight_copy"}
+    parts["base_copy"] = p.unit
+    return Plan("predict", parts, start, p.unit, {"hvp_method": hvp_method})
+
+
 def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False, grad_accum: int = 1) -> Plan:
     """Peak of one fine-tune step: the gradients (``.grad``), AdamW's two moments, and for SAM/ASAM
     the weights saved to restore after the ascent, plus pass 1's own gradient buffer when several

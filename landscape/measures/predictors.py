@@ -181,6 +181,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     to form Δw. Returns ``{"base", "data", "lambda_max_base", "results": [...], "config", "cost"}``.
     """
     from landscape.foundation import checkpoint
+    from landscape.foundation import plan as plans
     from landscape.foundation.data import batches_for
 
     cfg, load = config or PredictConfig(), load or LoadConfig()
@@ -193,18 +194,24 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     ck = checkpoint.load_checkpoint(base, load)
     bs = batches_for(ck, data)
     session = Session(ck.model, bs, cfg)
+    pl = session.plan()
+    plans.check_fits(pl, plans.free_bytes(ck.device), "predict",
+                     hint="hvp_method fd, fewer or shorter batches, a params subset, or a larger machine")
     results = []
     for path in tqdm(tuned, desc="checkpoints", disable=not progress or len(tuned) == 1):
         tk = checkpoint.load_checkpoint(path, load)
-        r = session.measure(dict(tk.model.named_parameters()), progress=progress)
+        delta, fp = session.delta(dict(tk.model.named_parameters())), tk.fingerprint
+        del tk  # Δw is formed: the tuned weights are not needed for the measurement
+        r = session.measure(delta=delta, progress=progress)
         r.pop("lambda_max_run")  # reported once, at the top
-        results.append({"tuned": str(path), "tuned_fingerprint": tk.fingerprint, **r})
-        del tk
+        results.append({"tuned": str(path), "tuned_fingerprint": fp, **r})
+        del delta
     return {"base": str(base), "base_fingerprint": ck.fingerprint,
             "data": {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}, "tokens": bs.n_tokens,
             "lambda_max_base": session.lambda_max, "results": results,
             "config": {**cfg.as_dict(), "version": landscape.__version__},
-            "cost": {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_gb": round(P.peak_rss() / 2**30, 3)}}
+            "cost": {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_gb": round(P.peak_rss() / 2**30, 3),
+                     "planned_peak_gb": round(pl.peak / 2**30, 3), "plan": pl.as_dict()}}
 
 
 class Session:
@@ -224,13 +231,30 @@ class Session:
     def _objective(self):
         return ModelObjective(self.model, self.batches, self.selected)
 
-    def measure(self, tuned_named: dict, progress: bool = False) -> dict:
-        """Predictors of the fine-tune whose parameters are ``tuned_named`` (name → tensor)."""
+    def plan(self) -> "plans.Plan":
+        """The memory plan of one fine-tune's measurement (:func:`landscape.foundation.plan.predict`)."""
+        from landscape.foundation import plan as plans
+
+        with P.grad_only(self.model, self.selected.values()):
+            obj = self._objective()
+            dev = obj.params[0].device
+            act = plans.activation_bytes(obj.model, obj.batches)
+            method = plans.resolve_hvp_method(obj.params, act, self.cfg.hvp_method, plans.start_bytes(obj.model, dev),
+                                              plans.free_bytes(dev))
+            return plans.predict(obj.params, act, method, plans.start_bytes(obj.model, dev))
+
+    def delta(self, tuned_named: dict) -> P.Vector:
+        """Δw = w_tuned − w_base over the selected parameters (the tuned model may go afterwards)."""
+        return update_vector(list(self.selected), list(self.selected.values()), tuned_named)
+
+    def measure(self, tuned_named: dict | None = None, progress: bool = False, delta: P.Vector | None = None) -> dict:
+        """Predictors of the fine-tune whose parameters are ``tuned_named`` (name → tensor), or of
+        its update ``delta`` (:meth:`delta`)."""
+        delta = self.delta(tuned_named) if delta is None else delta
         with P.grad_only(self.model, self.selected.values()):
             obj = self._objective()
             if self.cfg.lambda_max and self._lambda is None:
                 self._lambda = base_lambda_max(obj, self.cfg, progress)
-            delta = update_vector(obj.names, obj.params, tuned_named)
             lam = self._lambda["lambda_max"] if self._lambda else None
             r = measure_pair(obj, delta, self.cfg, lambda_max=lam, groups=self.groups, progress=progress)
         return {**r, "lambda_max_run": self._lambda}  # how λ_max(H_base) was found (HVPs, convergence)
