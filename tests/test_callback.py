@@ -61,7 +61,7 @@ def test_the_run_is_unchanged_and_lambda_max_is_logged_every_n_steps(tokenizer, 
     assert steps == [0, 2, 4, 5]
     traj = json.loads((tmp_path / "traj.json").read_text())
     assert [r["step"] for r in traj["records"]] == steps and traj["cost"]["share"] > 0
-    assert all(r["lambda_max_hvps"] <= 20 for r in traj["records"])
+    assert all(r["lambda_max_hvps"] <= 20 + 3 for r in traj["records"])  # 20 steps (+3 measure the noise)
     assert "delta_norm" not in traj["records"][0] and traj["records"][-1]["delta_norm"] > 0
 
 

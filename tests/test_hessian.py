@@ -312,3 +312,16 @@ def test_eigenvalue_stopping_bounds_the_error_and_spends_fewer_products(seed):
     for got, truth, bound in zip(ev.eigenvalues, [10.0, 8.0], ev.error_bounds):
         assert abs(got - truth) <= bound <= tol * abs(truth)
     assert ev.lambda_min == pytest.approx(-3.0, rel=tol)
+
+
+def test_basis_free_lanczos_spends_max_iter_steps_after_measuring_its_noise():
+    """The two-vector Lanczos measures its products' noise with three products first; ``max_iter``
+    counts Lanczos steps after them (a budget of 3 used to leave no step at all and crash, 4 gave
+    λ_max = one Rayleigh quotient)."""
+    d = torch.cat([torch.linspace(-1.0, 1.0, 200, dtype=torch.float64), torch.tensor([50.0], dtype=torch.float64)])
+    none = hessian.BasisPolicy(reorth="none")
+    for n in (1, 3, 6):
+        sp = hessian.lanczos(Diagonal(d), k=1, tol=1e-12, max_iter=n, basis=none, want_min=False)
+        assert sp.iterations == n and sp.hvps == n + 3 and np.isfinite(sp.lambda_max)
+    sp = hessian.lanczos(Diagonal(d), k=1, tol=1e-12, max_iter=6, basis=none, want_min=False)
+    assert sp.lambda_max > 45  # six steps already see the outlier

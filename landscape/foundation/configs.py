@@ -413,7 +413,8 @@ class ProbeConfig(Config):
     probe_num_batches: int = option(1, "Probe batches (the first N of the data).", bounds=(1, None))
     probe_max_length: int | None = option(None, "Tokens per probe sequence (default: min(128, positions)).",
                                           kind="int", bounds=(2, None))
-    probe_max_iter: int = option(20, "Lanczos steps (HVPs) per λ_max: the bound on its cost.", bounds=(1, None))
+    probe_max_iter: int = option(20, "Lanczos steps per λ_max, the bound on its cost (HVPs: these, plus three "
+                                     "that measure the products' noise when no basis is kept).", bounds=(1, None))
     probe_tol: float = option(1e-3, "Relative residual that stops λ_max's Lanczos early.", bounds="positive")
     probe_hvp_method: str = option("auto", "HVPs of λ_max and κ: auto (exact when it fits, fd under gradient "
                                            "checkpointing), reverse, forward or fd.", choices=HVP_METHODS,

@@ -6,7 +6,7 @@ being trained on fixed general data (:class:`~landscape.foundation.configs.Probe
 - ``loss``: the general loss at the current weights;
 - ``lambda_max``: λ_max of the general-loss Hessian at the current weights, over the trainable
   parameters (all weights of a full fine-tune; the adapter's A/B of a LoRA run), Lanczos with at most
-  ``max_iter`` HVPs — the bound on its cost;
+  ``probe_max_iter`` steps — the bound on its cost (+3 HVPs measuring the products' noise);
 - ``predictors``: the forgetting predictors of the update so far, Δw = w_now − w_step0, measured at
   the step-0 weights (where this ``train()`` began: a Trainer resumed from a checkpoint starts there) (:func:`landscape.measures.predictors.measure_pair`): ‖Δw‖, gᵀΔw, κ = ΔwᵀHΔw/‖Δw‖²,
   F̂ = gᵀΔw + ½ΔwᵀHΔw and the measured general-loss rise F. For a PEFT model they are in merged

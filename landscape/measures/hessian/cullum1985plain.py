@@ -61,6 +61,7 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
     q = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
     w = torch.empty_like(q)
     eta = _noise(op, seed, q, w)
+    limit = op.calls + max_iter  # max_iter Lanczos steps after the noise's three products (not instead of them)
     unit = torch.finfo(op.dtype).eps / 2
     random_unit(op, torch.Generator().manual_seed(seed), q)
     w.zero_()
@@ -70,7 +71,7 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
     bar = tqdm(total=max_iter, desc="lanczos (no basis)", disable=not progress, leave=False)
     found, converged = None, False
     try:
-        while op.calls < max_iter:
+        while op.calls < limit:
             add_matvec(op, q, w)  # w = A q − β q_prev (w held −β q_prev)
             a = dot(w, q)
             w.sub_(q, alpha=a)
@@ -79,7 +80,7 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
             alphas.append(a + a2)
             beta = norm(w)
             bar.update(1)
-            if len(alphas) <= 100 or len(alphas) % (len(alphas) // 100 + 1) == 0 or op.calls >= max_iter:
+            if len(alphas) <= 100 or len(alphas) % (len(alphas) // 100 + 1) == 0 or op.calls >= limit:
                 theta, last = _ritz(alphas, betas)  # O(j²): checked less often on long runs
                 res = np.abs(beta * last)
                 history.append(float(theta[-1]))
@@ -100,7 +101,7 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
     return Spectrum(eigenvalues=[t[0] for t in top], lambda_max=top[0][0],
                     lambda_min=bottom[0] if want_min else None, residuals=[t[1] for t in top],
                     residual_min=bottom[1] if want_min else None, converged=converged, hvps=op.calls,
-                    iterations=op.calls, method="lanczos", history=history,
+                    iterations=len(alphas), method="lanczos", history=history,
                     basis={"where": "none", "capacity": 2, "bytes": 2 * op.shape[0] * q.element_size()},
                     noise=eta)
 
