@@ -39,8 +39,7 @@ def command(base, data, out, as_json, quiet, **kw):
     if probe_cfg.probe_every is not None:
         from landscape.training.callback import LandscapeCallback
 
-        probe = LandscapeCallback(data=probe_cfg.probe_data, every=probe_cfg.probe_every,
-                                  metrics=probe_cfg.probe_metrics, config=probe_cfg)
+        probe = LandscapeCallback(config=probe_cfg)
     r = finetune(base, data, out, cfg, load=config_from(LoadConfig, kw), progress=show_progress(quiet), probe=probe)
     ev = f", eval loss {r['eval_loss']:.4f}" if r["eval_loss"] is not None else ""
     emit(r, as_json, f"{r['out']}: {r['optimizer']} {r['steps']} steps, train loss "

@@ -197,3 +197,11 @@ def test_a_resumed_probed_finetune_has_the_uninterrupted_trajectory(llama_dir, t
     for x, y in zip(a, b):  # the same values (forgetting against the base's scores, Δw against the base)
         assert {k: v for k, v in x.items() if k != "probe_seconds"} == {k: v for k, v in y.items()
                                                                         if k != "probe_seconds"}
+
+
+def test_settings_come_from_the_config_unless_given():
+    cb = LandscapeCallback(config=ProbeConfig(probe_every=7, probe_metrics=("loss",), probe_data="g.jsonl"))
+    assert (cb.cfg.probe_every, cb.cfg.probe_metrics, cb.cfg.probe_data) == (7, ("loss",), "g.jsonl")
+    cb = LandscapeCallback(data="h.jsonl", every=3, metrics=["lambda_max"], config=cb.cfg)
+    assert (cb.cfg.probe_every, cb.cfg.probe_metrics, cb.cfg.probe_data) == (3, ("lambda_max",), "h.jsonl")
+    assert LandscapeCallback().cfg.probe_every == 100 and LandscapeCallback().cfg.probe_metrics == ("loss", "lambda_max")

@@ -53,6 +53,7 @@ try:  # transformers is a dependency; the base class only has to exist for the c
 except ImportError:  # pragma: no cover
     TrainerCallback = object
 
+DEFAULT_EVERY = 100
 LINE = "0:1:2"  # predictors: L at t = 0 and t = 1 only (F measured, no line)
 PREDICTOR_KEYS = ("delta_norm", "grad_delta", "kappa_base", "quad_pred", "general_loss_increase", "critical_sharpness")
 
@@ -114,11 +115,13 @@ class LandscapeCallback(TrainerCallback):
     forgetting suites; ``out`` the trajectory JSON; ``trainer`` the trainer to log through.
     """
 
-    def __init__(self, data=None, every: int = 100, metrics=("loss", "lambda_max"), *, suites=(), out=None,
-                 trainer=None, config: ProbeConfig | None = None):
-        base = config or ProbeConfig()
-        self.cfg = base.replace(probe_every=every, probe_data=None if data is None else str(data),
-                                probe_metrics=tuple(metrics), probe_suites=tuple(map(str, suites)) or base.probe_suites)
+    def __init__(self, data=None, every: int | None = None, metrics=None, *, suites=(), out=None, trainer=None,
+                 config: ProbeConfig | None = None):
+        base = config or ProbeConfig()  # arguments given here override its fields; every defaults to 100
+        self.cfg = base.replace(probe_every=every or base.probe_every or DEFAULT_EVERY,
+                                probe_data=base.probe_data if data is None else str(data),
+                                probe_metrics=base.probe_metrics if metrics is None else tuple(metrics),
+                                probe_suites=tuple(map(str, suites)) or base.probe_suites)
         self.out, self.trainer = (Path(out) if out else None), trainer
         self.records: list[dict] = []
         self.seconds = 0.0
@@ -264,9 +267,10 @@ class LandscapeCallback(TrainerCallback):
             ps = list(trainable.values())
             delta = [p.detach().to(t := torch.promote_types(p.dtype, torch.float32)) - w.to(t)
                      for p, w in zip(ps, self._w0)]
-            with P.grad_only(model, ps), P.perturbed(ps) as now:
-                P.set_offset(ps, self._w0, [torch.zeros_like(w) for w in self._w0])  # the step-0 weights
-                del now
+            with P.grad_only(model, ps), P.perturbed(ps):  # the current weights come back bit-exactly
+                with torch.no_grad():
+                    for p, w in zip(ps, self._w0):  # the step-0 weights
+                        p.copy_(w)
                 r = measure_pair(ModelObjective(model, self._batches, trainable), delta, cfg)
         return {k: r["metrics"][k] for k in PREDICTOR_KEYS}
 
