@@ -315,10 +315,15 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     files = inspect_checkpoint(path, trust_pickle=cfg.trust_pickle, adapter_base=cfg.adapter_base)
     torch_dtype = resolve_dtype(cfg.dtype)
     dev = resolve_device(cfg.device)
-    model, config_ = _from_pretrained(files, torch_dtype, cfg.trust_remote_code, cfg.attn)
+    sharded = shard_mode(cfg.shard, files, torch_dtype, dev) == "fsdp"
+    if sharded:
+        model, config_ = _sharded(files, torch_dtype, cfg, dev)
+    else:
+        model, config_ = _from_pretrained(files, torch_dtype, cfg.trust_remote_code, cfg.attn)
     if files.adapter is not None:
         model = attach_adapter(model, files.adapter, merge=cfg.adapter == "merge")
-    model.to(dev)
+    if not sharded:
+        model.to(dev)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -341,6 +346,7 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
         dtype=torch_dtype,
         device=dev,
         meta={"format": files.format, "model_type": config_.model_type, "n_params": count_params(model),
+              "shard": "fsdp" if sharded else "none",
               "attn_implementation": getattr(model.config, "_attn_implementation", None),
               **({"provenance": prov} if (prov := read_provenance(files.path)) else {}),
               **({"adapter": {"peft_type": adapter.peft_type, "base": str(adapter.base), "weights": cfg.adapter}}
@@ -378,6 +384,44 @@ def attach_adapter(model, adapter: AdapterFiles, merge: bool = True):
                 (ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), msg)
         raise CheckpointError(f"{adapter.path}: cannot apply the adapter to {adapter.base} ({msg})") from None
     return pm.merge_and_unload() if merge else pm
+
+
+def shard_mode(mode: str, files: CheckpointFiles, dtype: torch.dtype, device: torch.device) -> str:
+    """"none" or "fsdp" for a ``LoadConfig.shard`` mode. "auto": fsdp under torchrun (2+ processes)
+    when three copies of the weights (the weights, a gradient and one more weight-sized vector — the
+    least any curvature command needs) exceed this process's free memory; none otherwise."""
+    from landscape.foundation import distributed as dist
+    from landscape.foundation.params import free_memory
+    from landscape.foundation.sharding import weight_bytes
+
+    if mode != "auto":
+        return mode
+    if dist.world() < 2 or files.format != "safetensors" or files.adapter is not None:
+        return "none"
+    free = free_memory(device)
+    return "fsdp" if free is not None and 3 * weight_bytes(files.weights, dtype) > free else "none"
+
+
+def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device):
+    """(model, config) built shard-wise (see :mod:`landscape.foundation.sharding`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from landscape.foundation.sharding import load_sharded
+
+    if files.format != "safetensors" or files.adapter is not None:
+        what = "a PEFT adapter" if files.adapter is not None else "pickle weights"
+        raise CheckpointError(f"{files.path}: sharded loading reads safetensors checkpoints; this is {what} "
+                              "(merge or convert it first)")
+    try:
+        config = AutoConfig.from_pretrained(files.path, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{files.config}: cannot build a config ({_first_line(e)})") from None
+
+    def build():
+        return with_attention(lambda impl: AutoModelForCausalLM.from_config(
+            config, dtype=torch_dtype, attn_implementation=impl, trust_remote_code=cfg.trust_remote_code), cfg.attn)
+
+    return load_sharded(build, files.weights, torch_dtype, device, files.path), config
 
 
 def _first_line(e: Exception) -> str:

@@ -47,6 +47,7 @@ OPTIMIZERS = ("adamw", "sam", "asam")
 DTYPE_NAMES = ("float32", "bfloat16", "float64", "float16")
 ATTN_IMPLS = ("auto", "sdpa", "eager")
 ADAPTER_MODES = ("merge", "keep")
+SHARD_MODES = ("none", "fsdp", "auto")
 # Forgetting predictors of a (base, tuned) pair on general data (landscape.measures.predictors):
 # result key → (where it is measured, what it is). Every one is also a correlate metric.
 PREDICTOR_METRICS = {
@@ -261,6 +262,10 @@ class LoadConfig(Config):
     adapter: str = option("merge", "A PEFT adapter is measured merged into its base's weights, or kept apart so "
                                    "that --params adapter measures in the adapter's own (LoRA A/B) space.",
                           choices=ADAPTER_MODES, numbers=False)
+    shard: str = option("none", "Under torchrun: fsdp splits every parameter's rows across the processes "
+                                "(FSDP2; each reads only its rows of the safetensors); auto: fsdp when three "
+                                "copies of the weights do not fit one process; none: each holds the model.",
+                        choices=SHARD_MODES, numbers=False)
     chat_template: str | None = option(None, "A Jinja chat-template file that replaces the tokenizer's own (chat data "
                                              "is rendered with it; the batches' fingerprint follows the tokens).",
                                        kind="path", numbers=False)

@@ -11,6 +11,19 @@ all batches are built identically on every rank; the work is split, never the mo
 - SAM/AdamW fine-tuning: DDP; each step's micro-batches are dealt out across ranks (global batch =
   ``grad_accum × N`` micro-batches), the SAM first pass runs under ``no_sync``.
 
+With ``--shard fsdp`` (:func:`landscape.foundation.checkpoint.load_checkpoint`) the model itself is
+split: each decoder block and the model are wrapped with FSDP2's ``fully_shard``, every rank holds
+rows of each parameter (dim-0 shards), and :func:`sharded` is true. Then
+
+- a weight-sized vector is the list of this rank's *local shards* (``params.local``); dots and norms
+  of vectors are summed over ranks (:func:`sharded_sum`); random vectors are drawn whole on every
+  rank from the same generator and cut to the local rows, so they equal the one-process draw;
+- gradients need no all-reduce: FSDP's reduce-scatter (set to a plain sum) already leaves each rank
+  its rows of the global gradient; only scalars (loss sums) are all-reduced;
+- every rank runs the same number of forward passes (FSDP all-gathers inside them): :func:`share`
+  pads a short rank's share with zero-weight repeats;
+- work over points (surface grid points) is not split: all ranks evaluate each point together.
+
 Without ``torchrun`` (no ``WORLD_SIZE``) nothing here touches ``torch.distributed``.
 """
 
@@ -21,6 +34,53 @@ import os
 import torch
 
 from landscape.foundation import params as P
+
+
+_SHARDED = False
+
+
+def sharded() -> bool:
+    """True once a model was loaded FSDP-sharded in this process (vectors are local shards)."""
+    return _SHARDED and available()
+
+
+def set_sharded(flag: bool) -> None:
+    global _SHARDED
+    _SHARDED = bool(flag)
+
+
+def sharded_sum(x):
+    """Σ over ranks of a partial sum over local shards (a float, a 0-d tensor or a numpy array);
+    unchanged when vectors are not sharded."""
+    if not sharded():
+        return x
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.array(x, dtype=np.float64))
+        if torch.distributed.get_backend() == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t)
+        return t.cpu().numpy()
+    if torch.is_tensor(x):
+        return torch.tensor(all_reduce_scalar(float(x)), dtype=x.dtype, device=x.device)
+    return all_reduce_scalar(float(x))
+
+
+def share(items: list) -> list:
+    """This rank's share of ``items`` as (item, weight) pairs: :func:`shard` with weight 1, and under
+    FSDP sharding padded with (items[0], 0.0) so every rank runs the same number of passes."""
+    items = list(items)
+    mine = [(x, 1.0) for x in shard(items)]
+    if sharded() and items:
+        mine += [(items[0], 0.0)] * (-(-len(items) // world()) - len(mine))
+    return mine
+
+
+def point_workers() -> tuple[int, int]:
+    """(workers, my index) for work split by points (surface grid points): every rank under
+    sharding (they evaluate each point together), else (world, rank)."""
+    return (1, 0) if sharded() else (world(), rank())
 
 
 def available() -> bool:

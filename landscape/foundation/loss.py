@@ -81,7 +81,7 @@ def evaluate(model: torch.nn.Module, batches, reduce: bool = True) -> LossResult
     device = param_device(model)
     n = total_tokens(batches)
     acc = torch.zeros((), dtype=torch.float64, device=device)
-    for b in (dist.shard(list(batches)) if reduce else batches):
-        acc += nll_sum(model, b.to(device)).double()
+    for b, weight in (dist.share(list(batches)) if reduce else [(b, 1.0) for b in batches]):
+        acc += weight * nll_sum(model, b.to(device)).double()  # weight 0: a sharded rank's padding pass
     total = dist.all_reduce_scalar(float(acc)) if reduce else float(acc)
     return LossResult(total / n, n)

@@ -4,6 +4,10 @@ The protocol (:class:`Objective`), which the Hessian operator, the sharpness mea
 references rely on — nothing else about the objective is probed:
 
 - ``params``: the tensors L is differentiated with respect to (the rest of a model is held fixed);
+  under FSDP sharding, this rank's local rows of them (plain tensors sharing the parameters'
+  storage), with ``leaves`` the sharded parameters themselves (autograd's leaves, and the layout
+  random vectors are drawn in: :func:`landscape.foundation.params.draw`); ``leaves`` is ``params``
+  otherwise;
 - ``terms()``: differentiable scalars whose sum over this process, then over processes
   (:meth:`reduce`), is L — one per batch, so gradients and HVPs accumulate batch by batch;
 - ``reduce(tensors)``: sum per-process partial results in place (identity on one process);
@@ -26,6 +30,7 @@ from typing import Iterator, Protocol
 import torch
 
 from landscape.foundation import distributed as dist
+from landscape.foundation import params as P
 from landscape.foundation.loss import batch_term, functional, param_device, total_tokens
 
 
@@ -52,6 +57,7 @@ class FunctionObjective:
     def __init__(self, fn, params):
         self.fn = fn
         self.params = list(params)
+        self.leaves = self.params
         self.names = [f"p{i}" for i in range(len(self.params))]
 
     def terms(self):
@@ -88,39 +94,47 @@ class ModelObjective:
         self.n_tokens = total_tokens(self.batches)
         named = select(model) if params is None else params
         self.names = list(named.keys())
-        self.params = list(named.values())
+        self.leaves = list(named.values())
+        self.sharded = any(P.is_sharded(p) for p in self.leaves)
+        self.params = [P.local(p) for p in self.leaves] if self.sharded else self.leaves
 
     @property
     def local_batches(self) -> list:
-        """This process's share of the batches (all of them on one process)."""
-        return dist.shard(self.batches)
+        """This process's share of the batches (all of them on one process) as (batch, weight)
+        pairs; under sharding padded with weight-0 repeats so that every rank runs as many passes."""
+        return dist.share(self.batches)
 
     @property
     def n_terms(self) -> int:
         return len(self.local_batches)
 
     def terms(self):
-        for b in self.local_batches:
-            yield batch_term(self.model, b, self.n_tokens)
+        for b, weight in self.local_batches:
+            term = batch_term(self.model, b, self.n_tokens)
+            yield term if weight == 1.0 else term * weight
 
     def reduce(self, tensors: list) -> list:
-        return dist.all_reduce_(tensors)
+        """Sum per-process partial vectors; under sharding FSDP's reduce-scatter already summed
+        them (each rank holds its rows of the global gradient): nothing to do."""
+        return tensors if self.sharded else dist.all_reduce_(tensors)
 
     @torch.no_grad()
     def value(self) -> float:
         return dist.all_reduce_scalar(float(sum(t.double() for t in self.terms())))
 
     def versions(self) -> list:
-        return [p._version for p in self.model.parameters()]  # the fixed parameters are in the graph too
+        return [P.local(p)._version for p in self.model.parameters()]  # the fixed ones are in the graph too
 
     def hvp_forward(self, v: list) -> list:
         """H·v as the jvp of the gradient (forward-over-reverse), batch by batch; not reduced."""
         from torch.func import grad, jvp
 
+        if self.sharded:
+            raise NotImplementedError("forward-over-reverse HVPs do not run on a sharded model")
         base = dict(zip(self.names, [p.detach() for p in self.params]))
         tangent = dict(zip(self.names, [x.to(p.dtype) for x, p in zip(v, self.params)]))
         out = [torch.zeros_like(p) for p in self.params]
-        for b in self.local_batches:
+        for b, _ in self.local_batches:
             def f(pdict, b=b):
                 return batch_term(functional(self.model, pdict), b, self.n_tokens)
 
@@ -137,9 +151,13 @@ def accumulate_grad(obj: Objective, out: list, alpha: float = 1.0) -> float:
     has it (a post-accumulate hook) and dropped at once, so besides ``out`` only one parameter's
     gradient exists at a time — a full gradient tuple (one weight-sized vector: 4.4 GB at 1.1B
     float32) is never materialised. The parameters' own ``.grad`` are put back afterwards. Falls
-    back to ``torch.autograd.grad`` when a parameter is not a leaf tensor.
+    back to ``torch.autograd.grad`` when a parameter is not a leaf tensor. Under FSDP sharding the
+    hooks sit on the sharded parameters and fire after the reduce-scatter, so ``out`` receives this
+    rank's rows of the *global* gradient (the backward then runs without ``inputs=``: FSDP's
+    parameters are not the graph's leaves; ``grad_only`` keeps the rest out of the graph).
     """
-    ps = obj.params
+    ps = getattr(obj, "leaves", obj.params)
+    sharded = getattr(obj, "sharded", False)
     total = 0.0
     if not all(p.is_leaf and p.requires_grad for p in ps):
         for term in obj.terms():
@@ -152,7 +170,7 @@ def accumulate_grad(obj: Objective, out: list, alpha: float = 1.0) -> float:
     slot = {id(p): o for p, o in zip(ps, out)}
 
     def hook(p):
-        slot[id(p)].add_(p.grad.to(slot[id(p)].dtype), alpha=alpha)
+        slot[id(p)].add_(P.local(p.grad).to(slot[id(p)].dtype), alpha=alpha)
         p.grad = None
 
     handles = [p.register_post_accumulate_grad_hook(hook) for p in ps]
@@ -160,7 +178,10 @@ def accumulate_grad(obj: Objective, out: list, alpha: float = 1.0) -> float:
         for p in ps:
             p.grad = None
         for term in obj.terms():
-            term.backward(inputs=ps)
+            if sharded:
+                term.backward()
+            else:
+                term.backward(inputs=ps)
             total += float(term.detach().double())
     finally:
         for h in handles:
@@ -175,6 +196,8 @@ def gradient(obj: Objective, dtype: torch.dtype | None = None) -> tuple[float, l
     reduced over processes; ``dtype``: the gradient's (default: each parameter's)."""
     grads = [torch.zeros_like(p, dtype=dtype or p.dtype) for p in obj.params]
     total = torch.tensor(accumulate_grad(obj, grads), dtype=torch.float64, device=obj.params[0].device)
+    if getattr(obj, "sharded", False):
+        return dist.all_reduce_scalar(float(total)), grads  # the gradient rows are global already
     obj.reduce(grads + [total])  # one all-reduce for the gradient and the loss
     return float(total), grads
 

@@ -2,6 +2,11 @@
 
 A "vector" here is a list of tensors shaped like the selected parameters (a pytree), so a vector over
 a 7B model never needs one flat 7B buffer. Reductions accumulate in float64.
+
+Under FSDP2 sharding (``LoadConfig.shard="fsdp"``) a parameter is a ``DTensor`` holding rows of the
+whole tensor on each rank; a vector then holds this rank's rows (:func:`local`), :func:`dot` sums
+over ranks, and random vectors are drawn whole and cut to the local rows (:func:`draw`), so every
+estimator runs unchanged and gives the one-process numbers.
 """
 
 from __future__ import annotations
@@ -56,8 +61,41 @@ def layer_groups(model: torch.nn.Module) -> "OrderedDict[str, str]":
 
 
 def dot(a: Vector, b: Vector) -> torch.Tensor:
-    """Σ_i ⟨a_i, b_i⟩ as a float64 0-d tensor."""
-    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
+    """Σ_i ⟨a_i, b_i⟩ as a float64 0-d tensor (summed over ranks when vectors are shards)."""
+    from landscape.foundation.distributed import sharded_sum
+
+    return sharded_sum(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+
+def is_sharded(t) -> bool:
+    """A DTensor (an FSDP2-sharded parameter or its gradient)."""
+    return type(t).__name__ == "DTensor"
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of a sharded tensor (a plain tensor sharing its storage: writes reach the
+    parameter), the tensor itself otherwise."""
+    if not is_sharded(t):
+        return t
+    with torch.no_grad():
+        return t.to_local().detach()
+
+
+def rows(t) -> tuple[torch.Size, int, int]:
+    """(global shape, first row, end row) of the dim-0 slice this rank holds — FSDP2's ``torch.chunk``
+    rule: rank r holds rows [r·c, (r+1)·c) ∩ [0, n), c = ⌈n / world⌉; the whole tensor when unsharded."""
+    if not is_sharded(t):
+        return t.shape, 0, (t.shape[0] if t.dim() else 1)
+    n, W, r = t.shape[0], t.device_mesh.size(), t.device_mesh.get_local_rank()
+    c = -(-n // W)
+    return t.shape, min(n, r * c), min(n, (r + 1) * c)
+
+
+def draw(t, fn) -> torch.Tensor:
+    """``fn(global shape)`` cut to this rank's rows: a random draw that equals the one-process one."""
+    shape, a, b = rows(t)
+    full = fn(shape)
+    return full if not is_sharded(t) else full[a:b]
 
 
 def norm(a: Vector) -> torch.Tensor:
@@ -88,7 +126,8 @@ def unflatten(flat: torch.Tensor, like) -> Vector:
 
 
 def numel(a: Vector) -> int:
-    return sum(x.numel() for x in a)
+    """Entries held by this process (a sharded parameter counts its local rows)."""
+    return sum(local(x).numel() for x in a)
 
 
 def zeros_like(params) -> Vector:
@@ -97,12 +136,12 @@ def zeros_like(params) -> Vector:
 
 def randn_like(params, generator: torch.Generator, dtype=None) -> Vector:
     """Gaussian vector, drawn on the CPU from ``generator`` (so any device gives the same numbers)."""
-    return [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, dtype or p.dtype)
+    return [draw(p, lambda s: torch.randn(s, generator=generator, dtype=torch.float64)).to(p.device, dtype or p.dtype)
             for p in params]
 
 
 def rademacher_like(params, generator: torch.Generator, dtype=None) -> Vector:
-    return [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.device, dtype or p.dtype)
+    return [draw(p, lambda s: torch.randint(0, 2, s, generator=generator) * 2 - 1).to(p.device, dtype or p.dtype)
             for p in params]
 
 
@@ -192,4 +231,5 @@ def free_memory(device) -> int | None:
 
 
 def nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes held by this process (a sharded parameter counts its local rows)."""
+    return sum(local(t).numel() * t.element_size() for t in tensors)

@@ -81,7 +81,7 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
 
     def __init__(self, params):
         self.bytes = 0
-        skip = {p.untyped_storage().data_ptr() for p in params}
+        skip = {P.local(p).untyped_storage().data_ptr() for p in params}
         seen = set()
 
         def pack(t):
@@ -95,14 +95,14 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
 
 
 def _largest(params) -> int:
-    return max((p.numel() * p.element_size() for p in params), default=0)
+    return max((P.local(p).numel() * p.element_size() for p in params), default=0)
 
 
 def transients(params) -> int:
     """Per-parameter temporaries of the vector algebra (a float64 pair in a dot, w + εv before its
     cast): four of the largest parameter (the embedding, usually) — measured as the gap between the
     plan without them and the peak on SmolLM2 (0.8 GB of 3.5) and the 1.1B shape (1.6 of 18.9)."""
-    return 4 * max((p.numel() * max(4, p.element_size()) for p in params), default=0)
+    return 4 * max((P.local(p).numel() * max(4, p.element_size()) for p in params), default=0)
 
 
 def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int) -> Plan:

@@ -18,6 +18,7 @@ import hashlib
 
 import torch
 
+from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
 from landscape.foundation.errors import UserError
 
@@ -38,14 +39,19 @@ def _check(norm: str, ignore: str) -> None:
 
 
 def random_tensor(name: str, w: torch.Tensor, seed: int, axis: str, norm: str, ignore: str,
-                  on_device: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+                  on_device: bool = False, out: torch.Tensor | None = None, layout=None) -> torch.Tensor:
     """One parameter's normalised direction (float32, on w's device).
 
     Drawn on the CPU (the same numbers whatever the device), or with ``on_device`` by a generator on
     w's own device: the same numbers on the CPU, a device-specific but reproducible stream on CUDA.
     ``out``: a float32 buffer on w's device to draw into (``on_device`` only), so that rebuilding
-    directions point after point allocates nothing.
+    directions point after point allocates nothing. ``layout``: the sharded parameter whose local
+    rows ``w`` holds (FSDP): the whole tensor is drawn and cut to those rows, the one-process numbers.
     """
+    if layout is not None and P.is_sharded(layout):
+        g = _generator(seed, axis, name)
+        d = P.draw(layout, lambda s: torch.randn(s, generator=g, dtype=torch.float32))
+        return normalize(d.to(w.device), w.detach(), norm, ignore)
     dev = w.device if on_device else torch.device("cpu")
     g = _generator(seed, axis, name, dev)
     if out is not None and on_device:
@@ -55,10 +61,13 @@ def random_tensor(name: str, w: torch.Tensor, seed: int, axis: str, norm: str, i
     return normalize(d.to(w.device), w.detach(), norm, ignore)
 
 
-def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ignore: str = "biasbn") -> list:
-    """A normalised Gaussian direction, regenerable from (seed, axis, parameter name)."""
+def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ignore: str = "biasbn",
+                     layouts: dict | None = None) -> list:
+    """A normalised Gaussian direction, regenerable from (seed, axis, parameter name); ``layouts``:
+    name → sharded parameter, when ``named`` holds local rows (see :func:`random_tensor`)."""
     _check(norm, ignore)
-    return [random_tensor(name, w, seed, axis, norm, ignore) for name, w in named.items()]
+    return [random_tensor(name, w, seed, axis, norm, ignore, layout=(layouts or {}).get(name))
+            for name, w in named.items()]
 
 
 @torch.no_grad()
@@ -75,6 +84,9 @@ def normalize(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> torch
         wn = w.reshape(w.shape[0], -1).norm(dim=1)
         scale = wn / (dn + 1e-10)
         return d.mul_(scale.reshape(-1, *([1] * (d.dim() - 1))))
+    if norm == "layer" and dist.sharded():  # whole-tensor norms: sums of squares over the ranks' rows
+        wn, dn = (float(dist.sharded_sum(t.double().pow(2).sum())) ** 0.5 for t in (w, d))
+        return d.mul_(wn / (dn + 1e-10))
     if norm == "layer":
         return d.mul_(w.norm() / (d.norm() + 1e-10))
     return d

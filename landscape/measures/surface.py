@@ -101,6 +101,7 @@ class _Grid:
     origin: list = field(default_factory=list)
     dx: object = None
     dy: object = None
+    layouts: dict | None = None  # FSDP: name → sharded parameter (``named`` holds its local rows)
 
     @property
     def ps(self) -> list:
@@ -132,7 +133,10 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
     """
     cfg, targets, control = config or SurfaceConfig(), targets or Targets(), control or RunControl()
     out = Path(out)
-    grid = _Grid(model, batches, P.select(model, cfg.params), cfg.coords("x"), cfg.coords("y"), control.loss_fn)
+    selected = P.select(model, cfg.params)
+    layouts = _check_sharded(selected, cfg, targets)
+    named = {n: P.local(p) for n, p in selected.items()} if layouts else selected
+    grid = _Grid(model, batches, named, cfg.coords("x"), cfg.coords("y"), control.loss_fn, layouts=layouts)
     if cfg.points_per_pass > 1 and grid.loss_fn is not None:
         raise ConfigError("points_per_pass", "> 1 needs a model objective (not loss_fn)")
     mode = _direction_mode(cfg, grid)
@@ -161,9 +165,28 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
             "complete": complete, "directions": mode, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _direction_mode(cfg: SurfaceConfig, grid: _Grid) -> str:
-    """held or regenerated: K > 1 stacks whole direction tensors; auto holds them when they fit."""
+def _check_sharded(selected: dict, cfg: SurfaceConfig, targets: Targets) -> dict | None:
+    """name → sharded parameter on an FSDP-sharded model (None otherwise), after refusing what does
+    not run there: several points per pass (vmap over whole weights), regenerated directions and
+    checkpoint axes (both read whole tensors)."""
+    if not any(P.is_sharded(p) for p in selected.values()):
+        return None
     if cfg.points_per_pass > 1:
+        raise ConfigError("points_per_pass", "a sharded model evaluates one grid point per pass")
+    if cfg.directions == "regenerated":
+        raise ConfigError("directions", "a sharded model holds its directions (each rank its rows); use held or auto")
+    if cfg.save_directions:
+        raise ConfigError("save_directions", "a sharded model's directions are split across ranks; they are "
+                                             "regenerable from the seed recorded in the file")
+    if targets.to is not None or targets.to_y is not None:
+        raise UserError("checkpoint axes (a target checkpoint) are not available on a sharded model yet")
+    return selected
+
+
+def _direction_mode(cfg: SurfaceConfig, grid: _Grid) -> str:
+    """held or regenerated: K > 1 stacks whole direction tensors; auto holds them when they fit;
+    a sharded model holds them (its rows of them)."""
+    if cfg.points_per_pass > 1 or grid.layouts:
         return "held"
     if cfg.directions != "auto":
         return cfg.directions
@@ -217,7 +240,7 @@ def _walk(grid: _Grid, K: int, state: tuple, files: tuple, control: RunControl, 
     blocks = [blk for blk in (points[i:i + K] for i in range(0, len(points), K)) if not all(done[j] for j in blk)]
     if control.max_points is not None:
         blocks = blocks[:max(1, control.max_points // K) if control.max_points else 0]
-    W, R = dist.world(), dist.rank()
+    W, R = dist.point_workers()
     computed, last_save = 0, time.perf_counter()
     bar = tqdm(total=sum(len(b) for b in blocks), desc="surface", disable=not progress or not dist.is_main(),
                leave=False)
@@ -226,7 +249,7 @@ def _walk(grid: _Grid, K: int, state: tuple, files: tuple, control: RunControl, 
         result = None
         if mine is not None:
             result = [(mine[0], _point_loss(grid, mine[0]))] if K == 1 else list(zip(mine, _block_losses(grid, mine)))
-        for got in dist.all_gather_object(result):
+        for got in (dist.all_gather_object(result) if W > 1 else [result]):  # sharded: every rank has it
             for idx, value in got or []:
                 loss[idx], done[idx] = value, 1
                 computed += 1
@@ -251,11 +274,11 @@ def _directions(grid: _Grid, mode: str, cfg: SurfaceConfig, targets: Targets):
                         against=dx if cfg.orthogonal else None)
         return dx, dy
     dx = D.target_direction(named, to) if to is not None else D.random_direction(named, cfg.seed, "x", cfg.norm,
-                                                                                 cfg.ignore)
+                                                                                 cfg.ignore, grid.layouts)
     dy = None
     if plane:
         dy = D.target_direction(named, to_y) if to_y is not None else \
-            D.random_direction(named, cfg.seed, "y", cfg.norm, cfg.ignore)
+            D.random_direction(named, cfg.seed, "y", cfg.norm, cfg.ignore, grid.layouts)
         if cfg.orthogonal:
             dy = D.orthogonalize(dy, dx)
     return dx, dy
@@ -283,7 +306,10 @@ def _point_loss(grid: _Grid, idx) -> float:
                 for c, e in rest:
                     v = v + c * e
                 p.copy_(v.to(p.dtype))
-    return grid.loss_fn() if grid.loss_fn is not None else evaluate(grid.model, grid.batches, reduce=False).loss
+    if grid.loss_fn is not None:
+        return grid.loss_fn()
+    # one process per point, every batch; sharded: all ranks on this point, the batches split among them
+    return evaluate(grid.model, grid.batches, reduce=bool(grid.layouts)).loss
 
 
 def _block_losses(grid: _Grid, block) -> list[float]:

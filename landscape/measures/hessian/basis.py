@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from landscape.foundation import distributed as dist
 from landscape.foundation.params import footprint, free_memory
 
 CHUNK = 1 << 16  # entries per row per chunk in memory
@@ -215,7 +216,7 @@ class Basis:
             for a in range(0, stop - start, CHUNK):
                 b = min(stop - start, a + CHUNK)
                 h += (block[:, a:b] @ w[start + a:start + b].to(block.dtype)).double().cpu().numpy()
-        return h
+        return dist.sharded_sum(h)  # FSDP: each rank projected its rows
 
     def subtract(self, w: torch.Tensor, h: np.ndarray) -> None:
         """w ← w − Q h (in place), Q the first ``len(h)`` vectors."""

@@ -79,6 +79,7 @@ class Counted:
     def __init__(self, op: LinearOperator):
         self.op = op
         self.shape, self.dtype, self.device, self.blocks = op.shape, op.dtype, op.device, op.blocks
+        self.layouts = getattr(op, "layouts", None)
         self.calls, self.seconds = 0, 0.0
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -181,9 +182,13 @@ class HessianOperator:
         self.calls = 0
         self.seconds = 0.0
         ps = objective.params
+        if getattr(objective, "sharded", False) and method != "fd":
+            raise ConfigError("hvp_method", f"{method!r} HVPs need double backward or torch.func, which do not "
+                                            "run on an FSDP-sharded model; use 'fd' (or 'auto')")
         self.dtype = vector_dtype or torch.promote_types(ps[0].dtype, torch.float32)
         self.device = ps[0].device
         self.blocks = [p.shape for p in ps]
+        self.layouts = [P.rows(p) for p in getattr(objective, "leaves", ps)]  # where a block's rows sit
         n = P.numel(ps)
         self.shape = (n, n)
         self.step, self.step_given = step, step is not None
@@ -208,7 +213,7 @@ class HessianOperator:
     def matvec_add(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out ← out + H·v in place (under torch.distributed through one temporary, as the partial
         products are summed over processes)."""
-        if dist.world() > 1:
+        if dist.world() > 1 and not getattr(self.obj, "sharded", False):
             return out.add_(self.matvec(v))
         self._apply(P.unflatten(v, self.obj.params), P.unflatten(out, self.obj.params))
         return out
@@ -319,12 +324,16 @@ class HessianOperator:
 
 def _fill(op: LinearOperator, draw, out: torch.Tensor | None) -> torch.Tensor:
     """A flat vector filled block by block with ``draw(shape)`` (float64 on the CPU): only one
-    block's draw is in memory at a time, never a float64 copy of the whole vector (8.8 GB at 1.1B)."""
+    block's draw is in memory at a time, never a float64 copy of the whole vector (8.8 GB at 1.1B).
+    Where the operator's blocks are row shards of larger tensors (``layouts``: FSDP), each block is
+    drawn whole and cut to its rows, so the vector equals the one-process draw."""
     out = torch.empty(op.shape[0], dtype=op.dtype, device=op.device) if out is None else out
+    layouts = getattr(op, "layouts", None) or [(s, 0, None) for s in op.blocks]
     i = 0
-    for s in op.blocks:
+    for s, (whole, a, b) in zip(op.blocks, layouts):
         k = int(torch.Size(s).numel())
-        out[i:i + k].copy_(draw(s).reshape(-1))
+        full = draw(whole)
+        out[i:i + k].copy_((full if b is None or tuple(whole) == tuple(s) else full[a:b]).reshape(-1))
         i += k
     return out
 
@@ -356,9 +365,9 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> float:
     """
     n = a.numel()
     if n <= DOT_CHUNK:
-        return float(torch.dot(a, b))
+        return dist.sharded_sum(float(torch.dot(a, b)))
     parts = [torch.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK]) for i in range(0, n, DOT_CHUNK)]
-    return float(torch.stack(parts).sum(dtype=torch.float64))
+    return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)))  # over ranks' rows
 
 
 def norm(a: torch.Tensor) -> float:
