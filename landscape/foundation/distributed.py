@@ -33,7 +33,6 @@ import os
 
 import torch
 
-from landscape.foundation import params as P
 
 
 _SHARDED = False
@@ -130,20 +129,23 @@ def all_reduce_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)
     for ts in groups.values():
-        flat = P.flatten(ts)
+        flat = torch.cat([t.reshape(-1) for t in ts])
         torch.distributed.all_reduce(flat)
-        for t, summed in zip(ts, P.unflatten(flat, ts)):
-            t.copy_(summed)
+        for t, summed in zip(ts, flat.split([t.numel() for t in ts])):
+            t.copy_(summed.view(t.shape))
     return tensors
 
 
-def all_reduce_scalar(x: float) -> float:
+def all_reduce_scalar(x: float, op: str = "sum") -> float:
+    """Σ (or min, max) of ``x`` over ranks."""
     if not available():
         return x
     t = torch.tensor([x], dtype=torch.float64)
     if torch.distributed.get_backend() == "nccl":
         t = t.cuda()
-    torch.distributed.all_reduce(t)
+    ops = {"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN,
+           "max": torch.distributed.ReduceOp.MAX}
+    torch.distributed.all_reduce(t, op=ops[op])
     return float(t[0])
 
 

@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 import torch
 
+from landscape.foundation import distributed as dist
 from landscape.foundation.configs import ConfigError
 
 Vector = list  # list[torch.Tensor], one per selected parameter
@@ -62,9 +63,7 @@ def layer_groups(model: torch.nn.Module) -> "OrderedDict[str, str]":
 
 def dot(a: Vector, b: Vector) -> torch.Tensor:
     """Σ_i ⟨a_i, b_i⟩ as a float64 0-d tensor (summed over ranks when vectors are shards)."""
-    from landscape.foundation.distributed import sharded_sum
-
-    return sharded_sum(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+    return dist.sharded_sum(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
 
 
 def is_sharded(t) -> bool:
@@ -217,17 +216,22 @@ def free_memory(device) -> int | None:
     """Bytes this process may still allocate on ``device``: free CUDA memory, or MemAvailable of the
     host (divided among the processes of this node under torchrun); None when unknown."""
     device = torch.device(device)
+    free = None
     try:
         if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
-        if device.type == "cpu":
+            free = int(torch.cuda.mem_get_info(device)[0])
+        elif device.type == "cpu":
             with open("/proc/meminfo") as f:
                 for line in f:
                     if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+                        free = int(line.split()[1]) * 1024 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+                        break
     except (OSError, RuntimeError, ValueError):
-        return None
-    return None
+        free = None
+    if dist.sharded():  # every rank must make the same memory-driven choice (they run in lockstep)
+        free = dist.all_reduce_scalar(float(free if free is not None else -1), op="min")
+        free = None if free < 0 else int(free)
+    return free
 
 
 def nbytes(tensors) -> int:

@@ -153,9 +153,14 @@ def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False, g
 
 def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | None, vector_itemsize: int = 4) -> str:
     """``asked``, or for "auto" the exact double backward when its plan (with the two-vector
-    Lanczos) fits in the memory still free, else finite differences."""
+    Lanczos) fits in the memory still free, else finite differences — always on a sharded model
+    (double backward does not run through FSDP: pytorch#172543)."""
+    from landscape.foundation import distributed as dist
+
     if asked != "auto":
         return asked
+    if dist.sharded():
+        return "fd"
     if free is None:
         return "reverse"
     exact = curvature(params, act, "reverse", 2, vector_itemsize, start)

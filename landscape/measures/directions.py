@@ -39,19 +39,19 @@ def _check(norm: str, ignore: str) -> None:
 
 
 def random_tensor(name: str, w: torch.Tensor, seed: int, axis: str, norm: str, ignore: str,
-                  on_device: bool = False, out: torch.Tensor | None = None, layout=None) -> torch.Tensor:
+                  on_device: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """One parameter's normalised direction (float32, on w's device).
 
     Drawn on the CPU (the same numbers whatever the device), or with ``on_device`` by a generator on
     w's own device: the same numbers on the CPU, a device-specific but reproducible stream on CUDA.
     ``out``: a float32 buffer on w's device to draw into (``on_device`` only), so that rebuilding
-    directions point after point allocates nothing. ``layout``: the sharded parameter whose local
-    rows ``w`` holds (FSDP): the whole tensor is drawn and cut to those rows, the one-process numbers.
+    directions point after point allocates nothing. ``w`` a sharded parameter (FSDP): the whole
+    tensor is drawn and cut to this rank's rows — the one-process numbers, normalised by those rows.
     """
-    if layout is not None and P.is_sharded(layout):
+    if P.is_sharded(w):
         g = _generator(seed, axis, name)
-        d = P.draw(layout, lambda s: torch.randn(s, generator=g, dtype=torch.float32))
-        return normalize(d.to(w.device), w.detach(), norm, ignore)
+        d = P.draw(w, lambda s: torch.randn(s, generator=g, dtype=torch.float32))
+        return normalize(d.to(w.device), P.local(w), norm, ignore)
     dev = w.device if on_device else torch.device("cpu")
     g = _generator(seed, axis, name, dev)
     if out is not None and on_device:
@@ -66,8 +66,7 @@ def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ig
     """A normalised Gaussian direction, regenerable from (seed, axis, parameter name); ``layouts``:
     name → sharded parameter, when ``named`` holds local rows (see :func:`random_tensor`)."""
     _check(norm, ignore)
-    return [random_tensor(name, w, seed, axis, norm, ignore, layout=(layouts or {}).get(name))
-            for name, w in named.items()]
+    return [random_tensor(name, (layouts or {}).get(name, w), seed, axis, norm, ignore) for name, w in named.items()]
 
 
 @torch.no_grad()

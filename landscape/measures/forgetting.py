@@ -181,10 +181,11 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], batch
 
 def _sharded(score, model, items: list, batch_size: int) -> list:
     """``score(model, items, batch_size)``; under torchrun each rank scores its share and every rank
-    gets every score, in the order of ``items``."""
+    gets every score, in the order of ``items``. A sharded model is one model across the ranks:
+    they score every item together (each forward gathers the weights on all of them)."""
     from landscape.foundation import distributed as dist
 
-    if dist.world() == 1:
+    if dist.world() == 1 or dist.sharded():
         return score(model, items, batch_size)
     mine = dist.shard(list(range(len(items))))
     part = score(model, [items[i] for i in mine], batch_size)

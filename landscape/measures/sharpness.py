@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 import landscape
+from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
 from landscape.foundation import plan as plans
 from landscape.foundation.configs import SharpnessConfig
@@ -47,7 +48,7 @@ def matched_eps(params, rho: float) -> float:
     nothing. Matched to SAM's ρ (0.05) the box fits inside SAM's ball at any model size: ε ≈ 4.3e-6
     for SmolLM2-135M, 5.6e-5 for the 0.72M demo model.
     """
-    sq = sum(float(((p.detach().abs().double() + 1.0) ** 2).sum()) for p in params)
+    sq = dist.sharded_sum(sum(float(((p.detach().abs().double() + 1.0) ** 2).sum()) for p in params))
     return rho / math.sqrt(sq)
 
 
@@ -62,7 +63,7 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
         L0 = obj.value()
         if subspace:
             g = torch.Generator().manual_seed(seed)
-            A = [P.randn_like(ps, g, dtype=torch.float64) for _ in range(subspace)]
+            A = [P.randn_like(obj.leaves, g, dtype=torch.float64) for _ in range(subspace)]
             G = np.array([[float(P.dot(a, b)) for b in A] for a in A])
             Atw = np.array([float(P.dot(a, origin)) for a in A])
             bound = eps * (np.abs(np.linalg.solve(G, Atw)) + 1.0)  # ε(|A⁺w| + 1)
@@ -121,7 +122,7 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
                     gi.mul_(ti)  # ∂L/∂u = T⊙g, in place
             n = float(P.norm(gu))
             if n < 1e-12:
-                gu = P.randn_like(gu, torch.Generator().manual_seed(seed + t))
+                gu = P.randn_like(obj.leaves, torch.Generator().manual_seed(seed + t), dtype=wide)
                 n = float(P.norm(gu))
             if u is None:
                 u = [gi.mul_(rho / n) for gi in gu]  # a step of ρ from 0: on the ball already
@@ -148,7 +149,7 @@ def avg_sharpness(obj, sigma: float = 0.01, samples: int = 16, adaptive: bool = 
         L0 = obj.value()
         inc = []
         for _ in tqdm(range(samples), desc="avg-sharpness", disable=not progress, leave=False):
-            _set_noise(ps, origin, g, sigma, adaptive)
+            _set_noise(ps, origin, g, sigma, adaptive, obj.leaves)
             inc.append(obj.value() - L0)
     a = np.asarray(inc)
     return {"avg_sharpness": float(a.mean()), "stderr": float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else None,
@@ -156,12 +157,13 @@ def avg_sharpness(obj, sigma: float = 0.01, samples: int = 16, adaptive: bool = 
 
 
 @torch.no_grad()
-def _set_noise(ps, origin, g: torch.Generator, sigma: float, adaptive: bool) -> None:
+def _set_noise(ps, origin, g: torch.Generator, sigma: float, adaptive: bool, leaves) -> None:
     """p ← w + δ, δ ∼ N(0, σ²) (adaptive: σ|w|), drawn parameter by parameter in float64 on the CPU:
     the numbers of a whole-vector draw, with one parameter's draw in memory instead of two
-    weight-sized float64 vectors (2.2 GB for a 135M model)."""
-    for p, o in zip(ps, origin):
-        d = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.device) * sigma
+    weight-sized float64 vectors (2.2 GB for a 135M model); each drawn whole and cut to the local
+    rows on a sharded model (``leaves``: the parameters whose layout ``ps`` hold)."""
+    for p, o, leaf in zip(ps, origin, leaves):
+        d = P.draw(leaf, lambda s: torch.randn(s, generator=g, dtype=torch.float64)).to(p.device) * sigma
         if adaptive:
             d *= o.abs().double()
         wide = torch.promote_types(p.dtype, torch.float32)
@@ -216,11 +218,14 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
     eig = {**details["eigen"], "weights_dtype": str(obj.params[0].dtype).replace("torch.", "")} \
         if details.get("eigen") else None
     hvp = {**op.describe(), **_accuracy(eig, cfg)}
-    config_out = {**cfg.as_dict(), "n_params": P.numel(obj.params),
-                  "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__}
+    config_out = {**cfg.as_dict(), "n_params": sum(p.numel() for p in obj.leaves),
+                  "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__,
+                  "shard": {"mode": "fsdp" if obj.sharded else "none", "processes": dist.world()}}
     cost = {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached,
             "peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3),
             "basis": (details.get("eigen") or {}).get("basis")}
+    if dist.world() > 1:  # every process's own peak (under sharding each holds its rows only)
+        cost["peak_rss_gb_per_process"] = [round(b / 2**30, 3) for b in dist.all_gather_object(P.peak_rss())]
     res = {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "hvp": hvp, "config": config_out, "cost": cost}
     if hvp.get("warning"):
         res["warnings"] = [hvp["warning"]]

@@ -1,0 +1,44 @@
+"""Run under ``torchrun --nproc-per-node 2`` by tests/test_fsdp.py: invariants of a sharded model that
+the CLI cannot show — each rank's rows equal the file's, and every measurement leaves them bit-identical.
+
+Usage: fsdp_check.py CKPT DATA OUT.json
+"""
+
+import json
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from landscape.foundation import checkpoint, data, params
+from landscape.foundation import distributed as dist
+from landscape.foundation.configs import DataConfig, SharpnessConfig, SurfaceConfig
+from landscape.measures import sharpness, surface
+
+
+def main(ckpt, data_path, out):
+    dist.init_from_env()
+    ck = checkpoint.load_checkpoint(ckpt, device="cpu", shard="fsdp")
+    whole = load_file(f"{ckpt}/model.safetensors")
+    named = dict(ck.model.named_parameters())
+    rows_match = all(torch.equal(params.local(p), whole[n][params.rows(p)[1]:params.rows(p)[2]])
+                     for n, p in named.items())
+    held = sum(params.local(p).numel() for p in named.values())
+    before = {n: params.local(p).clone() for n, p in named.items()}
+    bs = data.batches_for(ck, DataConfig(data=data_path, batch_size=3))
+    cfg = SharpnessConfig(metrics=("lambda_max", "sam", "asam", "eps", "avg", "trace"), hvp_method="fd",
+                          trace_samples=3, max_iter=20)
+    sharpness.measure(ck.model, bs, cfg)
+    surface.surface(ck.model, bs, f"{out}.h5", SurfaceConfig(x="-1:1:3", y="-1:1:2", norm="layer"))
+    unchanged = all(torch.equal(params.local(p), before[n]) for n, p in named.items())
+    got = dist.all_gather_object({"rows_match": rows_match, "held": held, "unchanged": unchanged,
+                                  "sharded": all(params.is_sharded(p) for p in named.values())})
+    if dist.is_main():
+        total = sum(p.numel() for p in named.values())
+        with open(out, "w") as f:
+            json.dump({"ranks": got, "total": total}, f)
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
