@@ -5,7 +5,8 @@
 Builds the checkpoint on the fly from a config (hidden 2048, 22 layers, 32 heads / 4 KV heads,
 intermediate 5632, vocabulary 32000: 1.10B parameters, 4.4 GB in float32) — nothing is downloaded;
 random weights are fine for memory and time, not for science. Each row is one `landscape` command
-in a fresh process, as a user would type it, on one batch of 4 × ≤48 tokens of data/real/general.jsonl
+in a fresh process (``*_fsdp2`` rows: under ``torchrun --nproc-per-node 2`` with ``--shard fsdp``;
+their peak is the largest one process reached), as a user would type it, on one batch of 4 × ≤48 tokens of data/real/general.jsonl
 (a word-level tokenizer built from that file), with its wall time, peak RSS (``ru_maxrss`` of the
 child) over the weights, its exit status (2 = refused with one line, 137 = killed by the OS) and, where
 the command has ``--dry-run``, the plan's predicted peak. Writes benchmarks/results_big.json and the
@@ -78,6 +79,25 @@ def rows(base: Path, out: Path) -> dict:
         "sam_finetune_1_step": (lc + ["finetune", str(base), "--data", str(DATA), "--optimizer", "sam",
                                       "--max-steps", "1", "--batch-size", "4", "--max-length", "48",
                                       "--out", str(out / "ft"), "--overwrite", "--quiet"], False),
+        **sharded_rows(base, out),
+    }
+
+
+def sharded_rows(base: Path, out: Path) -> dict:
+    """The same commands with the model FSDP2-sharded over two processes (``--shard fsdp``), beside a
+    one-process reference where the table above has none (a short λ_max: 8 Lanczos steps)."""
+    lc = [str(ROOT / ".venv" / "bin" / "landscape")]
+    tr = [str(ROOT / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "landscape.cli"]
+    lam = ["--metrics", "lambda_max", "--max-iter", "8", "--hvp-method", "fd", "--json", "--quiet"]
+    fsdp = ["--shard", "fsdp"]
+    return {
+        "loss_fsdp2": (tr + ["loss", str(base), *BATCH, "--json", *fsdp], False),
+        "sam_sharpness_fsdp2": (tr + ["sharpness", str(base), *BATCH, "--metrics", "sam", "--json", "--quiet", *fsdp],
+                                False),
+        "lambda_max_8": (lc + ["sharpness", str(base), *BATCH, *lam], False),
+        "lambda_max_8_fsdp2": (tr + ["sharpness", str(base), *BATCH, *lam, *fsdp], False),
+        "surface_1d_5_fsdp2": (tr + ["surface", str(base), *BATCH, "--x", "-1:1:5", "--out",
+                                     str(out / "surface_fsdp.h5"), "--json", "--quiet", *fsdp], False),
     }
 
 
