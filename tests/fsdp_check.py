@@ -1,7 +1,7 @@
 """Run under ``torchrun --nproc-per-node 2`` by tests/test_fsdp.py: invariants of a sharded model that
 the CLI cannot show — each rank's rows equal the file's, and every measurement leaves them bit-identical.
 
-Usage: fsdp_check.py CKPT DATA OUT.json
+Usage: fsdp_check.py measure CKPT DATA OUT.json | fsdp_check.py resume CKPT TRAIN OUTDIR
 """
 
 import json
@@ -16,8 +16,7 @@ from landscape.foundation.configs import DataConfig, SharpnessConfig, SurfaceCon
 from landscape.measures import sharpness, surface
 
 
-def main(ckpt, data_path, out):
-    dist.init_from_env()
+def measure(ckpt, data_path, out):
     ck = checkpoint.load_checkpoint(ckpt, device="cpu", shard="fsdp")
     whole = load_file(f"{ckpt}/model.safetensors")
     named = dict(ck.model.named_parameters())
@@ -37,8 +36,37 @@ def main(ckpt, data_path, out):
         total = sum(p.numel() for p in named.values())
         with open(out, "w") as f:
             json.dump({"ranks": got, "total": total}, f)
-    dist.shutdown()
+
+
+def resume(ckpt, train, out):
+    """A sharded SAM fine-tune cut after step 3 (Ctrl-C at a step boundary) and resumed, beside the
+    uninterrupted run: their fingerprints go to OUT/result.json."""
+    from landscape.foundation.configs import FinetuneConfig, LoadConfig
+    from landscape.training.finetune import finetune
+
+    cfg = FinetuneConfig(optimizer="sam", lr=3e-3, max_steps=5, batch_size=3, grad_accum=2, save_every=2,
+                         eval_fraction=0.0)
+    load = LoadConfig(device="cpu", shard="fsdp")
+    full = finetune(ckpt, train, f"{out}/full", cfg, load=load)
+
+    def stop_at_3(state, opt):
+        if state.step == 3:
+            raise KeyboardInterrupt
+
+    try:
+        finetune(ckpt, train, f"{out}/cut", cfg, load=load, on_step=stop_at_3)
+    except KeyboardInterrupt:
+        pass
+    states = sorted(p.name for p in __import__("pathlib").Path(f"{out}/cut.partial").glob("*.pt"))
+    dist.barrier()
+    resumed = finetune(ckpt, train, f"{out}/cut", cfg.replace(resume=True), load=load)
+    if dist.is_main():
+        with open(f"{out}/result.json", "w") as f:
+            json.dump({"full": full["fingerprint"], "resumed": resumed["fingerprint"],
+                       "resumed_from": resumed["resumed_from"], "states": states}, f)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    dist.init_from_env()
+    {"measure": measure, "resume": resume}[sys.argv[1]](*sys.argv[2:5])
+    dist.shutdown()

@@ -17,6 +17,14 @@ from tests.test_distributed import TORCHRUN, pytestmark, run  # noqa: F401 (the 
 HERE = Path(__file__).resolve().parent
 
 
+def check(mode, *args):
+    """tests/fsdp_check.py MODE ARGS under torchrun (two gloo ranks); the last arg is the cwd."""
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node=2", str(HERE / "fsdp_check.py"), mode, *map(str, args[:-1])]
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent), "PATH": str(Path(sys.executable).parent)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=args[-1])
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def evald(tmp_path_factory):
     texts = ["the cat sat on the mat .", "the dog is red .", "one plus two is three .", "the a cat .",
@@ -69,11 +77,7 @@ def test_sharded_loss_and_forgetting_equal_one_process(llama_dir, evald, tmp_pat
 
 def test_each_rank_holds_and_reads_its_rows_and_measurements_leave_them_bit_identical(llama_dir, evald, tmp_path):
     out = tmp_path / "check.json"
-    cmd = [TORCHRUN, "--standalone", "--nproc-per-node=2", str(HERE / "fsdp_check.py"), str(llama_dir), str(evald),
-           str(out)]
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent), "PATH": str(Path(sys.executable).parent)}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    check("measure", llama_dir, evald, out, tmp_path)
     got = json.loads(out.read_text())
     for rank in got["ranks"]:
         assert rank == {**rank, "rows_match": True, "unchanged": True, "sharded": True}
@@ -93,3 +97,44 @@ def test_sharding_refusals_are_one_line(llama_dir, evald):
                        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent),
                             "PATH": str(Path(sys.executable).parent)})
     assert r.returncode != 0 and "fd" in r.stderr and "double backward" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory):
+    rows = [{"prompt": f"task : reverse input : {a} {b} output :", "completion": f"{b} {a}"}
+            for a in ("red", "blue", "cat") for b in ("one", "two", "mat", "dog")]
+    return write_jsonl(tmp_path_factory.mktemp("fsdp_train") / "train.jsonl", rows)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sam", "asam"])
+def test_sharded_finetune_equals_one_process(llama_dir, train, tmp_path, optimizer):
+    """Each micro-batch's rows are split across the ranks and FSDP sums their gradients: the
+    one-process gradient of that micro-batch, so SAM's per-micro-batch ε is the one-process ε."""
+    import torch
+
+    from landscape.foundation import checkpoint
+
+    common = ["finetune", llama_dir, "--data", train, "--optimizer", optimizer, "--rho", 0.05, "--lr", 3e-3,
+              "--max-steps", 3, "--batch-size", 3, "--grad-accum", 2, "--eval-fraction", 0, "--device", "cpu",
+              "--quiet"]
+    run([*common, "--out", tmp_path / "one"])
+    run([*common, "--out", tmp_path / "two", "--shard", "fsdp"], n=2)
+    a = checkpoint.load_checkpoint(tmp_path / "one").model.state_dict()  # the gathered dir loads as any HF dir
+    b = checkpoint.load_checkpoint(tmp_path / "two").model.state_dict()
+    base = checkpoint.load_checkpoint(llama_dir).model.state_dict()
+    moved = max(float((a[k] - base[k]).abs().max()) for k in a)
+    assert moved > 1e-3
+    # summation order differs; AdamW's g/√v turns that rounding into up to ~3e-5 on the odd weight
+    # whose gradient is ~0 (measured: 1 of 2048 entries), so: no entry off by 1e-4, 99.9% within 1e-6
+    diff = torch.cat([(a[k] - b[k]).abs().reshape(-1) for k in a])
+    assert float(diff.max()) < 1e-4 and float((diff > 1e-6).float().mean()) < 1e-3
+    log = json.loads((tmp_path / "two" / "training_log.json").read_text())["log"]
+    log1 = json.loads((tmp_path / "one" / "training_log.json").read_text())["log"]
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in log1], rel=1e-5)
+
+
+def test_a_resumed_sharded_finetune_equals_an_uninterrupted_one(llama_dir, train, tmp_path):
+    check("resume", llama_dir, train, tmp_path, tmp_path)
+    got = json.loads((tmp_path / "result.json").read_text())
+    assert got["states"] == ["train_state.rank0-of-2.pt", "train_state.rank1-of-2.pt"]  # each rank its rows
+    assert got["resumed_from"] == 3 and got["resumed"] == got["full"]  # bit-identical weights

@@ -469,16 +469,18 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_checkpoint(model, tokenizer, out: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
+def save_checkpoint(model, tokenizer, out: str | os.PathLike, extra_files: dict[str, str] | None = None,
+                    state_dict: dict | None = None) -> Path:
     """Write an HF checkpoint dir (safetensors + tokenizer) atomically (:func:`io.atomic_dir`).
 
-    An existing ``out`` is replaced only after the new one is complete.
+    An existing ``out`` is replaced only after the new one is complete. ``state_dict``: the weights
+    to write instead of the model's own (a sharded model's, gathered whole).
     """
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own commands own the terminal
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():

@@ -67,6 +67,13 @@ class Batch:
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
 
+    def rows(self, r: int, n: int) -> "Batch":
+        """Rows r, r+n, r+2n, ... (one of n ranks' share of this batch, for FSDP data parallelism); a
+        rank left without a row gets row 0 with no loss-bearing token, so every rank runs a pass."""
+        if r < self.input_ids.shape[0]:
+            return Batch(self.input_ids[r::n], self.attention_mask[r::n], self.labels[r::n])
+        return Batch(self.input_ids[:1], self.attention_mask[:1], torch.full_like(self.labels[:1], IGNORE))
+
 
 @dataclass
 class Batches:

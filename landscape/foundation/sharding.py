@@ -71,8 +71,12 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if not blocks:
         raise CheckpointError(f"{type(model).__name__}: no decoder blocks found to shard")
     mesh = init_device_mesh(device.type, (dist.world(),))
-    for b in blocks:
-        fully_shard(b, mesh=mesh, reshard_after_forward=True)
+    units = list(blocks)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is not None and head.weight is not emb.weight:  # untied: each its own unit, gathered alone
+        units += [emb, head]  # (vocabulary × hidden each: 0.26 GB at TinyLlama's shape, in float32)
+    for u in units:
+        fully_shard(u, mesh=mesh, reshard_after_forward=True)
     # the root too (FSDP would keep its parameters gathered after a forward, for training's backward):
     # between passes every parameter must be its shard, which perturbations write and forwards read
     fully_shard(model, mesh=mesh, reshard_after_forward=True)
@@ -90,24 +94,25 @@ def load_sharded(build, weights: list[Path], dtype: torch.dtype, device: torch.d
         raise CheckpointError(f"{where}: FSDP sharding needs torchrun with 2 or more processes")
     with parameters_on_meta():
         model = build()
-    shard(model, device)
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    model.to_empty(device=device)
     files = _tensor_files(weights)
-    named = dict(model.named_parameters())
-    missing = sorted(n for n in named if n not in files)
+    missing = sorted(n for n, _ in model.named_parameters() if n not in files)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(f"{where}: weights missing for {', '.join(missing[:3])}{more} (sharded loading "
                               "reads tensors by parameter name)")
-    _read_rows(named, files, dtype)
+    shard(model, device)
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    model.to_empty(device=device)  # untouched storage: not resident until written
+    # FSDP moves each rank's rows into a padded buffer of its own at the first forward (lazy init).
+    # Run one token through the still-empty model now (its output is discarded), so that the rows
+    # are read straight into their final storage — read first, the re-pad would copy every row once
+    # more, with the old storage still held: a second shard at the peak (+2 GB a rank at 1.1B).
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    _read_rows(dict(model.named_parameters()), files, dtype)
     with torch.no_grad():
         for n, b in model.named_buffers():
             b.copy_(_read_rows_one(files, n, None, b.dtype) if n in files else buffers[n])
-    # FSDP re-pads each rank's rows into its own buffer at the first forward (lazy init): run one
-    # token through now, so the local shards every vector and perturbation writes to are final
-    with torch.no_grad():
-        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
     dist.set_sharded(True)
     return model
 

@@ -269,7 +269,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
     curv = {"lambda_max", "lambda_min", "trace", "density"} & set(cfg.metrics)
     method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize) if curv or cfg.per_layer \
-        else ("reverse" if cfg.hvp_method == "auto" else cfg.hvp_method)
+        else (("fd" if obj.sharded else "reverse") if cfg.hvp_method == "auto" else cfg.hvp_method)
     unit, wide = P.nbytes(ps), P.numel(ps) * max(4, ps[0].element_size())
     grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps),
             "transients": plans.transients(ps)}

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 import landscape
 from landscape.foundation import distributed as dist
+from landscape.foundation import params as P
 from landscape.foundation.configs import ConfigError, FinetuneConfig, LoadConfig
 from landscape.foundation.errors import UserError
 from landscape.foundation.io import atomic_write, dumps
@@ -112,11 +113,17 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
         with _no_sync(model, True):  # pass 1: the local gradient at w, forward included
             with _autocast(device, cfg.bf16):
                 loss = batch_term(model, b, n_tok)
-            if len(micro) == 1:  # into .grad, then dropped: no second gradient buffer (one W less)
-                loss.backward()
-                grads = [p.grad for p in params]
+            if len(micro) == 1 or dist.sharded():
+                # into .grad (with one micro-batch: dropped before pass 2, no second gradient buffer);
+                # FSDP gradients exist only in .grad (reduce-scattered there): pass 2's sum so far
+                # is set aside meanwhile
+                kept = [p.grad for p in params]
                 for p in params:
                     p.grad = None
+                loss.backward()
+                grads = [p.grad for p in params]
+                for p, g in zip(params, kept):
+                    p.grad = g
             else:  # .grad accumulates pass 2 of the earlier micro-batches: keep pass 1 apart
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
         loss_sum += float(loss.detach())
@@ -131,14 +138,28 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
             sam.restore()
     gnorm = None
     if cfg.grad_clip:
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        gnorm = clip_grad_norm(params, cfg.grad_clip)
     (sam.base_step if sam is not None else opt.step)()
     opt.zero_grad(set_to_none=True)
-    row = {"loss": dist.all_reduce_scalar(loss_sum) if scale > 1 else loss_sum, "lr": lr, "grad_norm": gnorm,
+    row = {"loss": dist.all_reduce_scalar(loss_sum) if dist.world() > 1 else loss_sum, "lr": lr, "grad_norm": gnorm,
            "tokens": n_tok}
     if sam is not None:
         row["sam_grad_norm"] = sum(norms) / len(norms) if norms else None
     return row
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Scale the gradients so that their global ℓ2 norm is at most ``max_norm``; returns the norm
+    before clipping. FSDP2 gradients (DTensors): each rank's rows, the squared norms all-reduced."""
+    if not any(P.is_sharded(p) for p in params):
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grads = [P.local(p.grad) for p in params if p.grad is not None]
+    total = dist.sharded_sum(sum(float(g.double().pow(2).sum()) for g in grads)) ** 0.5
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return total
 
 
 def train(model: torch.nn.Module, batches, cfg: FinetuneConfig, *, eval_batches=None, opt=None,
@@ -155,9 +176,13 @@ def train(model: torch.nn.Module, batches, cfg: FinetuneConfig, *, eval_batches=
     opt = opt or make_optimizer(params, cfg)
     state = state or TrainState()
     steps, W, R = cfg.max_steps, dist.world(), dist.rank()
-    G = cfg.grad_accum * W  # micro-batches per global step, dealt out across ranks
+    sharded = dist.sharded()
+    # micro-batches per global step: dealt out across DDP ranks; under FSDP each micro-batch's rows
+    # are split across the ranks instead (FSDP's reduce-scatter sums their gradients: the one-process
+    # gradient of that micro-batch, so SAM's per-micro-batch ε is the one-process ε)
+    G = cfg.grad_accum * (1 if sharded else W)
     order = batch_order(len(batches), steps * G, cfg.seed)
-    net = _ddp(model) if W > 1 else model  # DDP: pass 2 all-reduces gradients; SAM's pass 1 runs under no_sync
+    net = _ddp(model) if W > 1 and not sharded else model  # DDP: pass 2 all-reduces; SAM's pass 1 under no_sync
     model.train()
     t0 = time.perf_counter() - (state.log[-1]["seconds"] if state.log else 0.0)
     try:
@@ -165,8 +190,9 @@ def train(model: torch.nn.Module, batches, cfg: FinetuneConfig, *, eval_batches=
                    leave=False, initial=state.step, total=steps)
         for step in bar:
             glob = [batches.batches[i] for i in order[step * G:(step + 1) * G]]
-            row = train_step(net, opt, glob[R::W], cfg, lr_at(step, steps, cfg.lr, cfg.warmup),
-                             n_tok=sum(b.n_tokens for b in glob), scale=W)
+            micro, scale = ([b.rows(R, W) for b in glob], 1) if sharded else (glob[R::W], W)
+            row = train_step(net, opt, micro, cfg, lr_at(step, steps, cfg.lr, cfg.warmup),
+                             n_tok=sum(b.n_tokens for b in glob), scale=scale)
             if not math.isfinite(row["loss"]):
                 raise UserError(f"the training loss became {row['loss']} at step {step + 1} (the weights are now "
                                 "unusable; lower lr, keep grad_clip, or train in float32); the last saved "
@@ -220,12 +246,43 @@ def split_records(records: list[dict], eval_fraction: float, seed: int) -> tuple
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def state_file(partial: Path) -> Path:
+    """The training state of this process: one file, or under FSDP one per rank (its rows)."""
+    return partial / (f"train_state.rank{dist.rank()}-of-{dist.world()}.pt" if dist.sharded() else STATE_FILE)
+
+
 def _save_state(path: Path, model, opt, state: TrainState, meta: dict) -> None:
-    """Atomic: temp file, fsync, rename."""
+    """Atomic: temp file, fsync, rename. Sharded: every rank its own rows of the weights and moments."""
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path / STATE_FILE) as tmp:
-        torch.save({"step": state.step, "log": state.log, "evals": state.evals, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "meta": meta}, tmp)
+    with atomic_write(state_file(path)) as tmp:
+        torch.save({"step": state.step, "log": state.log, "evals": state.evals,
+                    "model": {k: P.local(v) for k, v in model.state_dict().items()},
+                    "optimizer": _map_tensors(opt.state_dict(), P.local), "meta": meta}, tmp)
+
+
+def _map_tensors(obj, fn):
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return fn(obj) if torch.is_tensor(obj) else obj
+
+
+def _load_sharded_state(model, opt, saved: dict) -> None:
+    """This rank's saved rows back into the sharded weights and AdamW moments (as DTensors again)."""
+    from torch.distributed.tensor import DTensor
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            P.local(v).copy_(saved["model"][k])
+    params = [p for g in opt.param_groups for p in g["params"]]
+    sd = saved["optimizer"]
+    for i, st in (sd["base"] if "base" in sd else sd)["state"].items():  # SAM's: its base optimizer's
+        p = params[int(i)]
+        for k, v in st.items():
+            if torch.is_tensor(v) and P.is_sharded(p) and v.shape == P.local(p).shape and v.dim() > 0:
+                st[k] = DTensor.from_local(v, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+    opt.load_state_dict(sd)
 
 
 @dataclass
@@ -257,6 +314,9 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     ``trajectory.json``, and into ``out.partial`` while running, so a resumed run keeps it).
     """
     job = _prepare(base, data, Path(out), config or FinetuneConfig(), load or LoadConfig())
+    if probe is not None and dist.sharded():
+        raise ConfigError("probe_every", "probes during a sharded fine-tune are not supported yet; measure the "
+                                         "saved checkpoints instead")
     _check_memory(job)
     if probe is not None:
         _begin_probe(job, probe)
@@ -315,7 +375,7 @@ def _check_paths(out: Path, partial: Path, cfg: FinetuneConfig) -> None:
         raise ConfigError("overwrite", f"is off and {out} already exists (set it to replace the directory)")
     if partial.exists() and not cfg.resume:
         raise ConfigError("resume", f"is off and {partial} holds an interrupted run: resume it, or remove it")
-    if cfg.resume and not (partial / STATE_FILE).is_file():
+    if cfg.resume and not state_file(partial).is_file():
         raise ConfigError("resume", f"is on but there is no interrupted run at {partial}")
 
 
@@ -325,6 +385,9 @@ def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _J
 
     partial = out.with_name(out.name + ".partial")
     _check_paths(out, partial, cfg)
+    if load.shard != "none" and cfg.lora:
+        raise ConfigError("lora", "a LoRA adapter is not trained on an FSDP-sharded model yet (its base would need "
+                                  "sharding after the adapter is attached); train it unsharded")
     ck = checkpoint.load_checkpoint(base, load)
     if cfg.lora:
         ck.model = with_lora(ck.model, cfg, ck.path)
@@ -338,7 +401,7 @@ def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _J
     train_b = data_mod.load_batches(data, batch_size=cfg.batch_size, records=train_recs, **mk)
     eval_b = (data_mod.load_batches(cfg.eval_data or data, batch_size=max(8, cfg.batch_size), records=eval_recs, **mk)
               .to(ck.device) if eval_recs else None)
-    W = dist.world()
+    W = 1 if dist.sharded() else dist.world()  # FSDP splits each micro-batch's rows, DDP deals them out
     steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_b) / (cfg.grad_accum * W)))
     run_cfg = cfg.replace(max_steps=steps)
     ident = {**run_cfg.numbers(), "world": W}
@@ -375,15 +438,22 @@ def with_lora(model, cfg: FinetuneConfig, base_path):
 
 def _resume(job: _Job, opt) -> TrainState:
     """Phase 2: the saved state of an interrupted run of this exact configuration."""
-    saved = torch.load(job.partial / STATE_FILE, map_location=job.ck.device, weights_only=True)
+    saved = torch.load(state_file(job.partial), map_location=job.ck.device, weights_only=True)
     theirs = {k: saved["meta"].get(k) for k in ("config_hash", "base_fingerprint", "data_fingerprint")}
     ours = {k: job.meta[k] for k in theirs}
     if theirs != ours:
         diff = ", ".join(k for k in ours if ours[k] != theirs[k])
         raise UserError(f"{job.partial}: the interrupted run used another {diff}; "
                         "remove it or resume with the same options")
-    job.ck.model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
+    if dist.sharded():
+        steps = dist.all_gather_object(saved["step"])
+        if len(set(steps)) > 1:  # a kill between two ranks' saves
+            raise UserError(f"{job.partial}: the ranks' saved states are at different steps ({steps}); "
+                            "remove it to start over")
+        _load_sharded_state(job.ck.model, opt, saved)
+    else:
+        job.ck.model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
     return TrainState(step=saved["step"], log=saved["log"], evals=saved["evals"])
 
 
@@ -403,7 +473,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
 
     def save_and_callback(st: TrainState, o) -> None:
         interrupt["at_boundary"] = True  # a KeyboardInterrupt from here on leaves a consistent state
-        if st.step % cfg.save_every == 0 and st.step < cfg.max_steps and dist.is_main():
+        if st.step % cfg.save_every == 0 and st.step < cfg.max_steps and (dist.is_main() or dist.sharded()):
             _save_state(job.partial, job.ck.model, o, st, job.meta)
         if on_step is not None:
             on_step(st, o)
@@ -422,7 +492,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
         train(job.ck.model, job.train_b, cfg, eval_batches=job.eval_b, opt=opt, state=state,
               on_step=save_and_callback, progress=progress)
     except KeyboardInterrupt:
-        if dist.is_main() and interrupt["at_boundary"]:
+        if (dist.is_main() or dist.sharded()) and interrupt["at_boundary"]:
             _save_state(job.partial, job.ck.model, opt, state, job.meta)  # a Ctrl-C loses nothing that finished
         raise
     finally:
@@ -445,8 +515,13 @@ def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: 
     }
     config = {**job.meta, "settings": cfg.as_dict(), "dtype": str(job.ck.dtype).replace("torch.", ""),
               "version": landscape.__version__}
+    whole = None
+    if dist.sharded():  # every rank takes part in gathering the weights; rank 0 holds and writes them
+        from landscape.foundation.sharding import full_state_dict
+
+        whole = full_state_dict(job.ck.model)
     if dist.is_main():
-        checkpoint.save_checkpoint(job.ck.model, job.ck.tokenizer, job.out, extra_files={
+        checkpoint.save_checkpoint(job.ck.model, job.ck.tokenizer, job.out, state_dict=whole, extra_files={
             "training_log.json": json.dumps({"summary": summary, "log": log, "evals": state.evals}, indent=1),
             "finetune_config.json": json.dumps(config, indent=1),
             **({"trajectory.json": dumps(trajectory)} if trajectory is not None else {})})

@@ -13,9 +13,9 @@ Conventions this module keeps:
 
 - The weights are restored bit-exactly between the passes (a saved copy, not ``w + ε − ε``).
 - ‖g‖ is global over all parameters of the optimizer. Under DDP each rank holds the whole
-  gradient, so the local norm *is* the global one; when parameters are sharded (FSDP, or any set-up
-  where each rank holds a slice) pass ``shard_group`` and the squared norms are all-reduced. On one
-  process nothing distributed is touched.
+  gradient, so the local norm *is* the global one; FSDP2 parameters (DTensors) are recognised and
+  their rows' squared norms all-reduced; for any other set-up where each rank holds a slice, pass
+  ``shard_group``. On one process nothing distributed is touched.
 - Gradient accumulation: the perturbation is taken **per micro-batch** (the m-sharpness reading of
   SAM, Foret et al. §4.1; it is also what data-parallel SAM computes when the first pass runs under
   ``no_sync``): each micro-batch k gets its own ε_k from its own gradient, the second-pass gradients
@@ -31,6 +31,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from landscape.foundation.params import is_sharded, local
+
 
 class Perturbation:
     """The ascent half of SAM, independent of any optimizer: ``perturb(grads)`` then ``restore()``."""
@@ -42,6 +44,8 @@ class Perturbation:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.params = [p for p in params if p.requires_grad]
+        # FSDP2 parameters (DTensors): everything below acts on this rank's rows, the norm all-reduced
+        self.sharded = any(is_sharded(p) for p in self.params)
         self.rho, self.adaptive, self.eta, self.shard_group = float(rho), bool(adaptive), float(eta), shard_group
         self._saved: list[torch.Tensor] | None = None
         self.last_norm: float | None = None
@@ -53,7 +57,7 @@ class Perturbation:
     def _global_norm(self, vecs: list[torch.Tensor]) -> torch.Tensor:
         # sum of squares in float32 at least, so bf16 gradients do not overflow or lose the norm
         sq = torch.stack([v.detach().float().pow(2).sum() for v in vecs]).sum()
-        if self.shard_group is not None:
+        if self.shard_group is not None or self.sharded:
             import torch.distributed as dist
 
             dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.shard_group)
@@ -69,14 +73,14 @@ class Perturbation:
             raise RuntimeError("perturb() called twice without restore()")
         if grads is None:
             grads = [p.grad for p in self.params]
-        pairs = [(p, g) for p, g in zip(self.params, grads) if g is not None]
+        pairs = [(local(p), local(g)) for p, g in zip(self.params, grads) if g is not None]
         if self.adaptive:
             scaled = [(p.detach().abs() + self.eta) * g for p, g in pairs]  # T g
         else:
             scaled = [g for _, g in pairs]
         norm = self._global_norm(scaled) if scaled else torch.zeros(())
         self.last_norm = float(norm)
-        self._saved = [p.detach().clone() for p in self.params]
+        self._saved = [local(p).detach().clone() for p in self.params]
         scale = self.rho / (norm + 1e-12)
         for (p, _), tg in zip(pairs, scaled):
             e = tg * (p.detach().abs() + self.eta) if self.adaptive else tg  # T² g, or g
@@ -89,7 +93,7 @@ class Perturbation:
         if self._saved is None:
             raise RuntimeError("restore() called without perturb()")
         for p, w in zip(self.params, self._saved):
-            p.copy_(w)
+            local(p).copy_(w)
         self._saved = None
 
 
