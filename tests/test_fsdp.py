@@ -138,3 +138,44 @@ def test_a_resumed_sharded_finetune_equals_an_uninterrupted_one(llama_dir, train
     got = json.loads((tmp_path / "result.json").read_text())
     assert got["states"] == ["train_state.rank0-of-2.pt", "train_state.rank1-of-2.pt"]  # each rank its rows
     assert got["resumed_from"] == 3 and got["resumed"] == got["full"]  # bit-identical weights
+
+
+def test_sharded_predict_equals_one_process(llama_dir, evald, tmp_path):
+    """Δw formed row by row from two sharded models; the predictors (fd curvature along Δw) agree to
+    fd rounding, the line losses and ‖Δw‖ to float rounding."""
+    tuned = tmp_path / "tuned"
+    import torch
+
+    from landscape.foundation import checkpoint
+
+    ck = checkpoint.load_checkpoint(llama_dir)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in ck.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 1e-2)
+    checkpoint.save_checkpoint(ck.model, ck.tokenizer, tuned)
+    common = ["predict", llama_dir, tuned, "--data", evald, "--batch-size", 3, "--device", "cpu", "--json",
+              "--quiet", "--hvp-method", "fd", "--line", "0:1:3"]
+    one = json.loads(run(common).stdout)["results"][0]
+    two = json.loads(run([*common, "--shard", "fsdp"], n=2).stdout)["results"][0]
+    assert two["line"]["loss"] == pytest.approx(one["line"]["loss"], rel=1e-6)
+    for k, v in one["metrics"].items():
+        if isinstance(v, float):
+            assert two["metrics"][k] == pytest.approx(v, rel=2e-3, abs=1e-6), k
+
+
+def test_shard_auto_chooses_fsdp_only_under_torchrun_when_three_weight_copies_do_not_fit(llama_dir, monkeypatch):
+    import torch
+
+    from landscape.foundation import checkpoint, distributed, params
+
+    files = checkpoint.inspect_checkpoint(llama_dir)
+    cpu = torch.device("cpu")
+    assert checkpoint.shard_mode("auto", files, torch.float32, cpu) == "none"  # one process
+    monkeypatch.setattr(distributed, "world", lambda: 2)
+    weights = 4 * sum(p.numel() for p in checkpoint.load_checkpoint(llama_dir).model.parameters())
+    monkeypatch.setattr(params, "free_memory", lambda device: 3 * weights + 1)
+    assert checkpoint.shard_mode("auto", files, torch.float32, cpu) == "none"
+    monkeypatch.setattr(params, "free_memory", lambda device: 3 * weights - 1)
+    assert checkpoint.shard_mode("auto", files, torch.float32, cpu) == "fsdp"
+    assert checkpoint.shard_mode("fsdp", files, torch.float32, cpu) == "fsdp"

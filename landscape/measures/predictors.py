@@ -45,14 +45,15 @@ from landscape.measures.critical import critical_step
 
 def update_vector(names: list, base_params: list, tuned_named: dict) -> P.Vector:
     """Δw = w_tuned − w_base per parameter name, in the wider of float32 and the parameter's dtype
-    (a float64 model keeps a float64 update); names and shapes must match."""
+    (a float64 model keeps a float64 update); names and shapes must match. Two sharded models (the
+    same layout): this rank's rows of Δw."""
     from landscape.measures.directions import _check_target
 
     _check_target(OrderedDict(zip(names, base_params)), tuned_named)
     out = []
     for n, w in zip(names, base_params):
         wide = torch.promote_types(w.dtype, torch.float32)
-        out.append(tuned_named[n].detach().to(w.device, wide) - w.detach().to(wide))
+        out.append(P.local(tuned_named[n]).detach().to(w.device, wide) - P.local(w).detach().to(wide))
     return out
 
 
