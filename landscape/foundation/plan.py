@@ -85,6 +85,8 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
         seen = set()
 
         def pack(t):
+            if isinstance(t, torch.nn.Parameter):  # a weight (FSDP's gathered ones too: freed after use)
+                return t
             key = t.untyped_storage().data_ptr()
             if key not in skip and key not in seen:
                 seen.add(key)
