@@ -166,6 +166,8 @@ def write_readme(results: dict) -> None:
     lines = ["| command | exit | time (s) | peak RSS (GB) | peak / weights | planned peak (GB) | result |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.get("rows", {}).items():
+        if name.endswith("_fsdp2"):
+            continue
         res = r.get("result") or {}
         m = res.get("metrics") or {}
         shown = {k: m[k] for k in ("lambda_max", "lambda_min", "hessian_trace", "sam_sharpness") if k in m}
@@ -180,6 +182,29 @@ def write_readme(results: dict) -> None:
     from benchmarks._readme import replace_block
 
     replace_block("bench-big", "\n".join(lines))
+    replace_block("bench-fsdp", "\n".join(fsdp_table(results.get("rows", {}))))
+
+
+def _shown(r: dict) -> str:
+    res = r.get("result") or {}
+    m = res.get("metrics") or {}
+    v = next((m[k] for k in ("lambda_max", "sam_sharpness") if k in m), res.get("loss"))
+    return f"{v:.6g}" if isinstance(v, (int, float)) else ""
+
+
+def fsdp_table(rows: dict) -> list[str]:
+    """One process against two FSDP2 processes, per command: time, peak RSS per process, result."""
+    lines = ["| command | 1 process: s | peak GB | 2 × fsdp: s | peak GB per process | ratio | result 1 / 2 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, two in rows.items():
+        one = rows.get(name[:-len("_fsdp2")]) if name.endswith("_fsdp2") else None
+        if one is None:
+            continue
+        ratio = (round(two["peak_rss_gb"] / one["peak_rss_gb"], 2)
+                 if two.get("peak_rss_gb") and one.get("peak_rss_gb") and two.get("rc") == 0 else "")
+        lines.append(f"| `{name[:-6]}` | {one.get('seconds')} | {one.get('peak_rss_gb')} | {two.get('seconds')} | "
+                     f"{two.get('peak_rss_gb')} | {ratio} | {_shown(one)} / {_shown(two)} |")
+    return lines
 
 
 if __name__ == "__main__":

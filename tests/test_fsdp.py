@@ -68,10 +68,13 @@ def test_sharded_loss_and_forgetting_equal_one_process(llama_dir, evald, tmp_pat
     suite = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "the cat sat on", "completion": "the mat ."},
                                                  {"prompt": "one plus two is", "completion": "three ."},
                                                  {"prompt": "the dog is", "completion": "red ."}])
-    args = ["forgetting", llama_dir, llama_dir, "--suite", suite, "--suite", evald, "--device", "cpu", "--json",
-            "--quiet"]
+    mc = write_jsonl(tmp_path / "colors.jsonl", [{"context": f"the color of {e} is", "choices": ["red", "blue", "green"],
+                                                  "answer": i % 3} for i, e in enumerate(["cat", "dog", "mat"])])
+    args = ["forgetting", llama_dir, llama_dir, "--suite", suite, "--suite", mc, "--suite", evald, "--device", "cpu",
+            "--json", "--quiet"]
     a = json.loads(run(args, tmp=tmp_path).stdout)
     b = json.loads(run([*args, "--shard", "fsdp"], n=2, tmp=tmp_path).stdout)
+    assert set(a["suites"]) == {"gen", "colors", "eval"}  # generation, multiple choice, loss
     assert json.dumps(a["suites"], sort_keys=True) == json.dumps(b["suites"], sort_keys=True)
 
 
