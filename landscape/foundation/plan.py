@@ -67,7 +67,7 @@ def activation_bytes(model: torch.nn.Module, batches) -> int:
     big = max(batches, key=lambda b: b.input_ids.numel())
     B = big.input_ids.shape[0]
     one = Batch(big.input_ids[:1], big.attention_mask[:1], big.labels[:1]).to(param_device(model))
-    counter = SavedBytes(list(model.parameters()))
+    counter = SavedBytes(list(model.parameters()), model=model)
     with torch.enable_grad(), counter:
         loss = nll_sum(model, one)
     del loss
@@ -79,15 +79,19 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
     leaving out the parameters' own storages (the activation probe here, the kept-graph decision of
     ``HessianOperator``)."""
 
-    def __init__(self, params):
+    def __init__(self, params, model=None):
         self.bytes = 0
         skip = {P.local(p).untyped_storage().data_ptr() for p in params}
         seen = set()
+        # FSDP swaps gathered (whole) parameters into the model for each unit's pass and frees them
+        # after: their storages are weights, not activations, and are new at every gather
+        gathered = model if model is not None and any(P.is_sharded(p) for p in params) else None
 
         def pack(t):
-            if isinstance(t, torch.nn.Parameter):  # a weight (FSDP's gathered ones too: freed after use)
-                return t
             key = t.untyped_storage().data_ptr()
+            if gathered is not None and key in {q.untyped_storage().data_ptr() for q in gathered.parameters()
+                                                if not P.is_sharded(q)}:
+                return t
             if key not in skip and key not in seen:
                 seen.add(key)
                 self.bytes += t.untyped_storage().nbytes()
@@ -187,11 +191,27 @@ RUNTIME = int(0.35 * 2**30)  # RSS of Python + torch + transformers before any w
 
 def start_bytes(model: torch.nn.Module, device) -> int:
     """The footprint a command starts from: what the process holds now, or the runtime plus every
-    weight when more (weights memory-mapped from safetensors are not resident until first read)."""
-    held = P.footprint(device)
+    weight when more (weights memory-mapped from safetensors are not resident until first read).
+    On a sharded model every pass also gathers one FSDP unit whole (:func:`gathered_bytes`)."""
+    held = P.footprint(device) + gathered_bytes(model)
     if torch.device(device).type == "cuda":
         return held
-    return max(held, RUNTIME + P.nbytes(list(model.parameters())))
+    return max(held, RUNTIME + P.nbytes(list(model.parameters())) + gathered_bytes(model))
+
+
+def gathered_bytes(model: torch.nn.Module) -> int:
+    """The transient of FSDP's all-gather, 0 unsharded: the largest unit (a decoder block, the
+    embedding or the head) whole, about three times over on gloo (the gathered chunks, their
+    concatenation, the copy-in buffer) and twice with NCCL — measured on the 1.1B shape's embedding."""
+    from landscape.foundation.sharding import units
+
+    parts = [u for u in units(model) if u is not model]
+    if not parts:
+        return 0
+    whole = lambda ps: sum(p.numel() * p.element_size() for p in ps)  # noqa: E731 (numel: the whole tensor's)
+    inner = {id(p) for u in parts for p in u.parameters()}
+    biggest = max([whole(u.parameters()) for u in parts] + [whole(p for p in model.parameters() if id(p) not in inner)])
+    return (2 if P.param_device_type(model) == "cuda" else 3) * biggest
 
 
 def free_bytes(device) -> int | None:

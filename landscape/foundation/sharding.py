@@ -51,6 +51,15 @@ def decoder_blocks(model: torch.nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+def units(model: torch.nn.Module) -> list:
+    """The FSDP units of a sharded model (its fully_shard-wrapped modules); [] when not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not any(P.is_sharded(p) for p in model.parameters()):
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
 def _tensor_files(weights: list[Path]) -> dict:
     """Tensor name → the safetensors file holding it."""
     from safetensors import safe_open
