@@ -26,3 +26,21 @@ def test_gpu_bench_script_runs_on_cpu_with_a_tiny_config(tmp_path):
     assert m["hvp_graph_kept"] is True  # a tiny model's graphs fit
     assert res["big"]["directions"] == "regenerated"
     assert "| surface time per point / bare forward (directions held) |" in r.stdout
+
+
+@pytest.mark.slow
+def test_sharded_gpu_bench_script_runs_on_two_cpu_processes_with_a_tiny_config():
+    from tests.test_distributed import TORCHRUN
+
+    if TORCHRUN is None:
+        pytest.skip("torchrun not available")
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", str(ROOT / "benchmarks" / "gpu_fsdp.py"),
+                        "--config", "tiny", "--seq", "32", "--batch-size", "4", "--repeat", "1", "--no-readme"],
+                       capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
+                                                                         "PATH": str(Path(sys.executable).parent)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(r.stdout[r.stdout.index("["):])[0]
+    assert row["gpus"] == 2 and row["params"] > 0
+    for k in ("hvp_over_grad", "sam_over_adamw", "peak_gb_per_gpu"):
+        assert math.isfinite(row[k]) and row[k] > 0, k
+    assert 1.2 < row["hvp_over_grad"] < 4  # an fd product is two gradients

@@ -99,31 +99,44 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def load_sharded(build, weights: list[Path], dtype: torch.dtype, device: torch.device, where: Path):
     """``build()`` (a model constructor) run with parameters on meta, sharded, then filled with this
     rank's rows of every tensor read from ``weights``; weights missing from the files are an error."""
+    files = _tensor_files(weights)
+
+    def check(model):
+        missing = sorted(n for n, _ in model.named_parameters() if n not in files)
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise CheckpointError(f"{where}: weights missing for {', '.join(missing[:3])}{more} (sharded "
+                                  "loading reads tensors by parameter name)")
+
+    model, buffers = materialise(build, device, check)
+    _read_rows(dict(model.named_parameters()), files, dtype)
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(_read_rows_one(files, n, None, b.dtype) if n in files else buffers[n])
+    return model
+
+
+def materialise(build, device: torch.device, check=None):
+    """(model, buffers): ``build()`` with its parameters on meta, ``check(model)`` called, sharded,
+    and given this rank's (empty) storage, ready for its rows to be written; ``buffers``: the
+    buffers as built (``to_empty`` clears them), to be put back or replaced by the file's."""
     if not dist.available() or dist.world() < 2:
-        raise CheckpointError(f"{where}: FSDP sharding needs torchrun with 2 or more processes")
+        raise CheckpointError("FSDP sharding needs torchrun with 2 or more processes")
     with parameters_on_meta():
         model = build()
-    files = _tensor_files(weights)
-    missing = sorted(n for n, _ in model.named_parameters() if n not in files)
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise CheckpointError(f"{where}: weights missing for {', '.join(missing[:3])}{more} (sharded loading "
-                              "reads tensors by parameter name)")
+    if check is not None:
+        check(model)
     shard(model, device)
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     model.to_empty(device=device)  # untouched storage: not resident until written
     # FSDP moves each rank's rows into a padded buffer of its own at the first forward (lazy init).
     # Run one token through the still-empty model now (its output is discarded), so that the rows
-    # are read straight into their final storage — read first, the re-pad would copy every row once
-    # more, with the old storage still held: a second shard at the peak (+2 GB a rank at 1.1B).
+    # are written straight into their final storage — written first, the re-pad would copy every
+    # row once more with the old storage still held: a second shard at the peak (+2 GB a rank at 1.1B).
     with torch.no_grad():
         model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
-    _read_rows(dict(model.named_parameters()), files, dtype)
-    with torch.no_grad():
-        for n, b in model.named_buffers():
-            b.copy_(_read_rows_one(files, n, None, b.dtype) if n in files else buffers[n])
     dist.set_sharded(True)
-    return model
+    return model, buffers
 
 
 def _read_rows_one(files: dict, name: str, rows, dtype):
