@@ -106,6 +106,14 @@ PEAK = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
         "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(128 - rc if rc < 0 else rc)")
 
 
+def _last_error(stderr: str) -> str:
+    """The command's own one-line error (under torchrun it is followed by the launcher's report), else
+    the last line."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    return (errors or lines or [""])[-1][:300]
+
+
 def run_row(cmd: list, timeout: int) -> dict:
     t0 = time.perf_counter()
     try:
@@ -119,7 +127,7 @@ def run_row(cmd: list, timeout: int) -> dict:
     stderr = "\n".join(lines)
     row = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1),
            "peak_rss_gb": round(peak * 1024 / 2**30, 2) if peak else None,
-           "stderr_tail": stderr.strip().splitlines()[-1][:300] if stderr.strip() else ""}
+           "stderr_tail": _last_error(stderr)}
     try:
         row["result"] = json.loads(stdout)
     except (json.JSONDecodeError, TypeError):
