@@ -114,9 +114,8 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
             with _autocast(device, cfg.bf16):
                 loss = batch_term(model, b, n_tok)
             if len(micro) == 1 or dist.sharded():
-                # into .grad (with one micro-batch: dropped before pass 2, no second gradient buffer);
-                # FSDP gradients exist only in .grad (reduce-scattered there): pass 2's sum so far
-                # is set aside meanwhile
+                # into .grad (one micro-batch: dropped before pass 2, no second buffer; FSDP's gradients
+                # arrive only there), pass 2's sum so far set aside meanwhile
                 kept = [p.grad for p in params]
                 for p in params:
                     p.grad = None
