@@ -210,8 +210,11 @@ def fsdp_table(rows: dict) -> list[str]:
             continue
         ratio = (round(two["peak_rss_gb"] / one["peak_rss_gb"], 2)
                  if two.get("peak_rss_gb") and one.get("peak_rss_gb") and two.get("rc") == 0 else "")
+        shown = f"{_shown(one)} / {_shown(two)}" if two.get("rc") == 0 else \
+            f"rc {two.get('rc')}: {two.get('stderr_tail', '')[:160]}".replace("|", "/")
+        peak = two.get("peak_rss_gb") if two.get("rc") == 0 else "—"
         lines.append(f"| `{name[:-6]}` | {one.get('seconds')} | {one.get('peak_rss_gb')} | {two.get('seconds')} | "
-                     f"{two.get('peak_rss_gb')} | {ratio} | {_shown(one)} / {_shown(two)} |")
+                     f"{peak} | {ratio} | {shown} |")
     return lines
 
 

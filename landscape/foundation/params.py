@@ -98,7 +98,7 @@ def draw(t, fn) -> torch.Tensor:
     """``fn(global shape)`` cut to this rank's rows: a random draw that equals the one-process one."""
     shape, a, b = rows(t)
     full = fn(shape)
-    return full if not is_sharded(t) else full[a:b]
+    return full if not is_sharded(t) else full[a:b].clone()  # a copy: a view would keep the whole draw alive
 
 
 def norm(a: Vector) -> torch.Tensor:
