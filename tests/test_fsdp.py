@@ -182,3 +182,19 @@ def test_shard_auto_chooses_fsdp_only_under_torchrun_when_three_weight_copies_do
     monkeypatch.setattr(params, "free_memory", lambda device: 3 * weights - 1)
     assert checkpoint.shard_mode("auto", files, torch.float32, cpu) == "fsdp"
     assert checkpoint.shard_mode("fsdp", files, torch.float32, cpu) == "fsdp"
+
+
+def test_a_sharded_lora_sam_finetune_equals_one_process(llama_dir, train, tmp_path):
+    """The base sharded by FSDP, the adapter whole on every rank (its gradients summed over ranks)."""
+    from safetensors.torch import load_file
+
+    common = ["finetune", llama_dir, "--data", train, "--optimizer", "sam", "--rho", 0.05, "--lr", 3e-2,
+              "--max-steps", 3, "--batch-size", 3, "--grad-accum", 2, "--eval-fraction", 0, "--device", "cpu",
+              "--quiet", "--lora", 4]
+    run([*common, "--out", tmp_path / "one"])
+    run([*common, "--out", tmp_path / "two", "--shard", "fsdp"], n=2)
+    a = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    assert set(a) == set(b) and max(float(a[k].abs().max()) for k in a if "lora_B" in k) > 1e-2  # it learned
+    for k in a:
+        assert float((a[k] - b[k]).abs().max()) < 1e-5, k

@@ -110,21 +110,7 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
                 loss.backward()
             loss_sum += float(loss.detach()) / scale
             continue
-        with _no_sync(model, True):  # pass 1: the local gradient at w, forward included
-            with _autocast(device, cfg.bf16):
-                loss = batch_term(model, b, n_tok)
-            if len(micro) == 1 or dist.sharded():
-                # into .grad (one micro-batch: dropped before pass 2, no second buffer; FSDP's gradients
-                # arrive only there), pass 2's sum so far set aside meanwhile
-                kept = [p.grad for p in params]
-                for p in params:
-                    p.grad = None
-                loss.backward()
-                grads = [p.grad for p in params]
-                for p, g in zip(params, kept):
-                    p.grad = g
-            else:  # .grad accumulates pass 2 of the earlier micro-batches: keep pass 1 apart
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+        loss, grads = _first_pass(model, params, b, n_tok, (cfg.bf16, len(micro) > 1))
         loss_sum += float(loss.detach())
         norms.append(sam.first_step(list(grads), zero_grad=False))
         del grads
@@ -135,6 +121,7 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
                 loss2.backward()
         finally:
             sam.restore()
+    _sum_replicated(params, [p.grad for p in params])
     gnorm = None
     if cfg.grad_clip:
         gnorm = clip_grad_norm(params, cfg.grad_clip)
@@ -147,13 +134,47 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
     return row
 
 
+def _first_pass(model, params, b, n_tok: int, how: tuple) -> tuple:
+    """SAM's pass 1 on one micro-batch: (loss, the gradient at w) — this rank's own (DDP: under
+    ``no_sync``), or under FSDP the micro-batch's global gradient (its rows summed by FSDP)."""
+    bf16, several = how
+    device = param_device(model)
+    with _no_sync(model, True):
+        with _autocast(device, bf16):
+            loss = batch_term(model, b, n_tok)
+        if not several or dist.sharded():
+            # into .grad (one micro-batch: dropped before pass 2, no second buffer; FSDP's gradients
+            # arrive only there), pass 2's sum so far set aside meanwhile
+            kept = [p.grad for p in params]
+            for p in params:
+                p.grad = None
+            loss.backward()
+            grads = [p.grad for p in params]
+            for p, g in zip(params, kept):
+                p.grad = g
+        else:  # .grad accumulates pass 2 of the earlier micro-batches: keep pass 1 apart
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+    _sum_replicated(params, grads)
+    return loss, grads
+
+
+def _sum_replicated(params, grads) -> None:
+    """On a sharded model, the gradients of the parameters every rank holds whole (a LoRA adapter's,
+    which FSDP does not manage) summed over the ranks, in place — each rank saw its rows of the
+    micro-batch; FSDP's own parameters were reduce-scattered already."""
+    if dist.sharded():
+        dist.all_reduce_([g for p, g in zip(params, grads) if g is not None and not P.is_sharded(p)])
+
+
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale the gradients so that their global ℓ2 norm is at most ``max_norm``; returns the norm
     before clipping. FSDP2 gradients (DTensors): each rank's rows, the squared norms all-reduced."""
     if not any(P.is_sharded(p) for p in params):
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     grads = [P.local(p.grad) for p in params if p.grad is not None]
-    total = dist.sharded_sum(sum(float(g.double().pow(2).sum()) for g in grads)) ** 0.5
+    sq = lambda keep: sum(float(P.local(p.grad).double().pow(2).sum()) for p in params  # noqa: E731
+                          if p.grad is not None and P.is_sharded(p) == keep)
+    total = (dist.sharded_sum(sq(True)) + sq(False)) ** 0.5  # rows summed over ranks; whole ones once
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in grads:
@@ -384,9 +405,6 @@ def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _J
 
     partial = out.with_name(out.name + ".partial")
     _check_paths(out, partial, cfg)
-    if load.shard != "none" and cfg.lora:
-        raise ConfigError("lora", "a LoRA adapter is not trained on an FSDP-sharded model yet (its base would need "
-                                  "sharding after the adapter is attached); train it unsharded")
     ck = checkpoint.load_checkpoint(base, load)
     if cfg.lora:
         ck.model = with_lora(ck.model, cfg, ck.path)

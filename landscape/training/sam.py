@@ -45,7 +45,7 @@ class Perturbation:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.params = [p for p in params if p.requires_grad]
         # FSDP2 parameters (DTensors): everything below acts on this rank's rows, the norm all-reduced
-        self.sharded = any(is_sharded(p) for p in self.params)
+        self.sharded = any(is_sharded(p) for p in self.params)  # some rows are this rank's only
         self.rho, self.adaptive, self.eta, self.shard_group = float(rho), bool(adaptive), float(eta), shard_group
         self._saved: list[torch.Tensor] | None = None
         self.last_norm: float | None = None
@@ -54,13 +54,17 @@ class Perturbation:
     def active(self) -> bool:
         return self._saved is not None
 
-    def _global_norm(self, vecs: list[torch.Tensor]) -> torch.Tensor:
-        # sum of squares in float32 at least, so bf16 gradients do not overflow or lose the norm
-        sq = torch.stack([v.detach().float().pow(2).sum() for v in vecs]).sum()
+    def _global_norm(self, vecs: list[torch.Tensor], rows: list[bool]) -> torch.Tensor:
+        # sum of squares in float32 at least, so bf16 gradients do not overflow or lose the norm;
+        # FSDP rows are summed over the ranks, tensors every rank holds whole (a LoRA adapter's) once
+        sqs = [v.detach().float().pow(2).sum() for v in vecs]
+        sq = torch.stack([x for x, r in zip(sqs, rows) if r or not self.sharded] or [torch.zeros(())]).sum()
         if self.shard_group is not None or self.sharded:
             import torch.distributed as dist
 
             dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.shard_group)
+        if self.sharded:
+            sq = sq + sum((x for x, r in zip(sqs, rows) if not r), torch.zeros((), device=sq.device))
         return sq.sqrt()
 
     @torch.no_grad()
@@ -73,12 +77,14 @@ class Perturbation:
             raise RuntimeError("perturb() called twice without restore()")
         if grads is None:
             grads = [p.grad for p in self.params]
-        pairs = [(local(p), local(g)) for p, g in zip(self.params, grads) if g is not None]
+        kept = [(p, g) for p, g in zip(self.params, grads) if g is not None]
+        pairs = [(local(p), local(g)) for p, g in kept]
         if self.adaptive:
             scaled = [(p.detach().abs() + self.eta) * g for p, g in pairs]  # T g
         else:
             scaled = [g for _, g in pairs]
-        norm = self._global_norm(scaled) if scaled else torch.zeros(())
+        rows = [is_sharded(p) for p, _ in kept]  # FSDP rows (summed over ranks) or whole tensors
+        norm = self._global_norm(scaled, rows) if scaled else torch.zeros(())
         self.last_norm = float(norm)
         self._saved = [local(p).detach().clone() for p in self.params]
         scale = self.rho / (norm + 1e-12)
