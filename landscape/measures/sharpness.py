@@ -275,9 +275,9 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
             "transients": plans.transients(ps)}
     candidates = []
     if curv or cfg.per_layer:
-        # basis-free Lanczos and Hutchinson: two vectors (a basis is only kept within its budget);
-        # power iteration: the k found vectors, v, Av and two temporaries
-        vecs = cfg.top_k + 4 if cfg.method == "power" else 2
+        # basis-free Lanczos and Hutchinson: two vectors; a Lanczos basis kept in memory (within its
+        # budget) beside two working vectors; power iteration: the k found vectors, v, Av, two temporaries
+        vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
         candidates.append(plans.curvature(ps, act, method, vecs, vsize, start))
     ball = [m for m in ("sam", "asam") if m in cfg.metrics]
     if ball:
@@ -316,6 +316,26 @@ class _Stages:
         if self.started:
             self.bar.update(1)
         self.bar.close()
+
+
+def _lanczos_vectors(cfg: SharpnessConfig, n: int, vsize: int, device) -> int:
+    """Weight-sized vectors the eigenvalue run will hold: the basis :func:`hessian.lanczos` will keep in
+    memory (the same choice, made on a stand-in of the operator's shape) and two working vectors, or
+    the basis-free recurrence's two."""
+    from types import SimpleNamespace
+
+    from landscape.measures.hessian.basis import choose_basis, resolve_reorth
+
+    if not {"lambda_max", "lambda_min"} & set(cfg.metrics):
+        return 2
+    op = SimpleNamespace(shape=(n, n), dtype={2: torch.bfloat16, 4: torch.float32, 8: torch.float64}[vsize],
+                         device=torch.device(device))
+    policy, wanted = hessian.BasisPolicy(**cfg.basis_policy()), cfg.top_k + int("lambda_min" in cfg.metrics)
+    if resolve_reorth(op, policy, wanted, cfg.max_iter) == "none":
+        return 2
+    cap, where = choose_basis(op, policy, wanted, cfg.max_iter)
+    held = where == "memory" or (where == "host" and op.device.type == "cpu")
+    return cap + 2 if held else 2
 
 
 def _eigen(op, cfg: SharpnessConfig, k: int, want_min: bool, progress: bool):
