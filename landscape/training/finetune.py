@@ -533,7 +533,8 @@ def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: 
     config = {**job.meta, "settings": cfg.as_dict(), "dtype": str(job.ck.dtype).replace("torch.", ""),
               "version": landscape.__version__}
     whole = None
-    if dist.sharded():  # every rank takes part in gathering the weights; rank 0 holds and writes them
+    if dist.sharded() and not cfg.lora:  # every rank gathers the weights, rank 0 holds and writes them
+        # (an adapter is whole on every rank: rank 0 writes it as it is, the base is not gathered)
         from landscape.foundation.sharding import full_state_dict
 
         whole = full_state_dict(job.ck.model)
