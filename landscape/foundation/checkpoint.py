@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -119,23 +120,37 @@ def _shards_from_index(index_path: Path) -> list[Path]:
     return shards
 
 
+def _safetensors_header(f: Path) -> tuple[dict, int]:
+    """(tensor name → {dtype, shape, data_offsets}, header length) of a safetensors file."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise ValueError("file shorter than its 8-byte header length")
+        n = int.from_bytes(raw, "little")
+        if n <= 0 or n > min(size - 8, 100_000_000):
+            raise ValueError("header length out of range")
+        header = json.loads(fh.read(n))
+    header.pop("__metadata__", None)
+    return header, n
+
+
 def _check_safetensors(f: Path) -> None:
     """Read the header and check that it describes exactly the bytes on disk (catches truncation)."""
     try:
+        header, n = _safetensors_header(f)
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
         size = f.stat().st_size
-        with open(f, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise ValueError("file shorter than its 8-byte header length")
-            n = int.from_bytes(raw, "little")
-            if n <= 0 or n > min(size - 8, 100_000_000):
-                raise ValueError("header length out of range")
-            header = json.loads(fh.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + n + end != size:
             raise ValueError(f"header describes {8 + n + end} bytes but the file has {size} (truncated?)")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{f}: corrupt safetensors file ({e})") from None
+
+
+def weight_bytes(weights: list[Path], dtype: torch.dtype) -> int:
+    """The model's bytes in ``dtype``, from the safetensors headers (nothing loaded)."""
+    entries = sum(math.prod(v["shape"]) for f in weights for v in _safetensors_header(f)[0].values())
+    return entries * torch.empty((), dtype=dtype).element_size()
 
 
 def _json_with(path: Path, key: str, what: str) -> dict:
@@ -392,7 +407,6 @@ def shard_mode(mode: str, files: CheckpointFiles, dtype: torch.dtype, device: to
     least any curvature command needs) exceed this process's free memory; none otherwise."""
     from landscape.foundation import distributed as dist
     from landscape.foundation.params import free_memory
-    from landscape.foundation.sharding import weight_bytes
 
     if mode != "auto":
         return mode
@@ -404,7 +418,7 @@ def shard_mode(mode: str, files: CheckpointFiles, dtype: torch.dtype, device: to
 
 def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device):
     """(model, config) built shard-wise (see :mod:`landscape.foundation.sharding`)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from landscape.foundation.sharding import load_sharded
 
@@ -412,10 +426,7 @@ def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device):
         what = "a PEFT adapter" if files.adapter is not None else "pickle weights"
         raise CheckpointError(f"{files.path}: sharded loading reads safetensors checkpoints; this is {what} "
                               "(merge or convert it first)")
-    try:
-        config = AutoConfig.from_pretrained(files.path, local_files_only=True, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{files.config}: cannot build a config ({_first_line(e)})") from None
+    config = _config(files, cfg.trust_remote_code)
 
     def build():
         return with_attention(lambda impl: AutoModelForCausalLM.from_config(
@@ -428,16 +439,23 @@ def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def _config(files: CheckpointFiles, trust_remote_code: bool):
+    """The checkpoint's transformers config; a failure is one CheckpointError line."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(files.path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{files.config}: cannot build a config ({_first_line(e)})") from None
+
+
 def _from_pretrained(files: CheckpointFiles, torch_dtype, trust_remote_code: bool, attn_implementation):
     """(model, config) from a validated directory; any loader failure is one CheckpointError line."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our commands own the terminal
-    try:
-        config = AutoConfig.from_pretrained(files.path, local_files_only=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{files.config}: cannot build a config ({_first_line(e)})") from None
+    config = _config(files, trust_remote_code)
     kwargs = dict(config=config, dtype=torch_dtype, local_files_only=True, trust_remote_code=trust_remote_code,
                   use_safetensors=files.format == "safetensors", weights_only=True, output_loading_info=True)
     try:

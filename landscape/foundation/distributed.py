@@ -33,8 +33,6 @@ import os
 
 import torch
 
-
-
 _SHARDED = False
 
 
@@ -56,11 +54,7 @@ def sharded_sum(x):
     import numpy as np
 
     if isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.array(x, dtype=np.float64))
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
-        torch.distributed.all_reduce(t)
-        return t.cpu().numpy()
+        return _all_reduce_host(torch.from_numpy(np.array(x, dtype=np.float64)), "sum").numpy()
     if torch.is_tensor(x):
         return torch.tensor(all_reduce_scalar(float(x)), dtype=x.dtype, device=x.device)
     return all_reduce_scalar(float(x))
@@ -140,13 +134,16 @@ def all_reduce_scalar(x: float, op: str = "sum") -> float:
     """Σ (or min, max) of ``x`` over ranks."""
     if not available():
         return x
-    t = torch.tensor([x], dtype=torch.float64)
-    if torch.distributed.get_backend() == "nccl":
-        t = t.cuda()
+    return float(_all_reduce_host(torch.tensor([x], dtype=torch.float64), op)[0])
+
+
+def _all_reduce_host(t: torch.Tensor, op: str) -> torch.Tensor:
+    """A host tensor reduced over ranks (through the GPU when the backend is NCCL), on the host."""
     ops = {"sum": torch.distributed.ReduceOp.SUM, "min": torch.distributed.ReduceOp.MIN,
            "max": torch.distributed.ReduceOp.MAX}
-    torch.distributed.all_reduce(t, op=ops[op])
-    return float(t[0])
+    dev = t.cuda() if torch.distributed.get_backend() == "nccl" else t
+    torch.distributed.all_reduce(dev, op=ops[op])
+    return dev.cpu()
 
 
 def broadcast_object(obj):

@@ -66,10 +66,6 @@ def dot(a: Vector, b: Vector) -> torch.Tensor:
     return dist.sharded_sum(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
 
 
-def param_device_type(model: torch.nn.Module) -> str:
-    return next(model.parameters()).device.type
-
-
 def is_sharded(t) -> bool:
     """A DTensor (an FSDP2-sharded parameter or its gradient)."""
     return type(t).__name__ == "DTensor"

@@ -193,16 +193,18 @@ def start_bytes(model: torch.nn.Module, device) -> int:
     """The footprint a command starts from: what the process holds now, or the runtime plus every
     weight when more (weights memory-mapped from safetensors are not resident until first read).
     On a sharded model every pass also gathers one FSDP unit whole (:func:`gathered_bytes`)."""
-    held = P.footprint(device) + gathered_bytes(model)
+    gathered = gathered_bytes(model)
+    held = P.footprint(device) + gathered
     if torch.device(device).type == "cuda":
         return held
-    return max(held, RUNTIME + P.nbytes(list(model.parameters())) + gathered_bytes(model))
+    return max(held, RUNTIME + P.nbytes(list(model.parameters())) + gathered)
 
 
 def gathered_bytes(model: torch.nn.Module) -> int:
     """The transient of FSDP's all-gather, 0 unsharded: the largest unit (a decoder block, the
     embedding or the head) whole, about three times over on gloo (the gathered chunks, their
     concatenation, the copy-in buffer) and twice with NCCL — measured on the 1.1B shape's embedding."""
+    from landscape.foundation.loss import param_device
     from landscape.foundation.sharding import units
 
     parts = [u for u in units(model) if u is not model]
@@ -211,7 +213,7 @@ def gathered_bytes(model: torch.nn.Module) -> int:
     whole = lambda ps: sum(p.numel() * p.element_size() for p in ps)  # noqa: E731 (numel: the whole tensor's)
     inner = {id(p) for u in parts for p in u.parameters()}
     biggest = max([whole(u.parameters()) for u in parts] + [whole(p for p in model.parameters() if id(p) not in inner)])
-    return (2 if P.param_device_type(model) == "cuda" else 3) * biggest
+    return (2 if param_device(model).type == "cuda" else 3) * biggest
 
 
 def free_bytes(device) -> int | None:

@@ -16,7 +16,6 @@ model in that dtype, as on one process).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import torch
@@ -153,22 +152,6 @@ def _read_rows(named: dict, files: dict, dtype) -> None:
     for n, p in named.items():
         _, a, b = P.rows(p)
         P.local(p).copy_(_read_rows_one(files, n, (a, b), dtype))
-
-
-def weight_bytes(weights: list[Path], dtype: torch.dtype) -> int:
-    """The model's bytes in ``dtype``, from the safetensors headers (nothing loaded)."""
-    total = 0
-    for f in weights:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        for k, v in header.items():
-            if k != "__metadata__":
-                numel = 1
-                for s in v["shape"]:
-                    numel *= s
-                total += numel * torch.empty((), dtype=dtype).element_size()
-    return total
 
 
 def full_state_dict(model: torch.nn.Module) -> dict:

@@ -61,12 +61,11 @@ def random_tensor(name: str, w: torch.Tensor, seed: int, axis: str, norm: str, i
     return normalize(d.to(w.device), w.detach(), norm, ignore)
 
 
-def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ignore: str = "biasbn",
-                     layouts: dict | None = None) -> list:
-    """A normalised Gaussian direction, regenerable from (seed, axis, parameter name); ``layouts``:
-    name → sharded parameter, when ``named`` holds local rows (see :func:`random_tensor`)."""
+def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ignore: str = "biasbn") -> list:
+    """A normalised Gaussian direction, regenerable from (seed, axis, parameter name); of sharded
+    parameters, this rank's rows of it (see :func:`random_tensor`)."""
     _check(norm, ignore)
-    return [random_tensor(name, (layouts or {}).get(name, w), seed, axis, norm, ignore) for name, w in named.items()]
+    return [random_tensor(name, w, seed, axis, norm, ignore) for name, w in named.items()]
 
 
 @torch.no_grad()

@@ -273,12 +273,13 @@ def _directions(grid: _Grid, mode: str, cfg: SurfaceConfig, targets: Targets):
             dy = D.Lazy(names, grid.origin, cfg.seed, "y", cfg.norm, cfg.ignore, target=to_y,
                         against=dx if cfg.orthogonal else None)
         return dx, dy
-    dx = D.target_direction(named, to) if to is not None else D.random_direction(named, cfg.seed, "x", cfg.norm,
-                                                                                 cfg.ignore, grid.layouts)
+    drawn = grid.layouts or named  # the sharded parameters themselves: directions drawn whole, cut to rows
+    dx = D.target_direction(named, to) if to is not None else D.random_direction(drawn, cfg.seed, "x", cfg.norm,
+                                                                                 cfg.ignore)
     dy = None
     if plane:
         dy = D.target_direction(named, to_y) if to_y is not None else \
-            D.random_direction(named, cfg.seed, "y", cfg.norm, cfg.ignore, grid.layouts)
+            D.random_direction(drawn, cfg.seed, "y", cfg.norm, cfg.ignore)
         if cfg.orthogonal:
             dy = D.orthogonalize(dy, dx)
     return dx, dy

@@ -271,6 +271,11 @@ def state_file(partial: Path) -> Path:
     return partial / (f"train_state.rank{dist.rank()}-of-{dist.world()}.pt" if dist.sharded() else STATE_FILE)
 
 
+def _writes_state() -> bool:
+    """Whether this process writes a training state: rank 0, or every rank (its rows) under FSDP."""
+    return dist.is_main() or dist.sharded()
+
+
 def _save_state(path: Path, model, opt, state: TrainState, meta: dict) -> None:
     """Atomic: temp file, fsync, rename. Sharded: every rank its own rows of the weights and moments."""
     path.mkdir(parents=True, exist_ok=True)
@@ -490,7 +495,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
 
     def save_and_callback(st: TrainState, o) -> None:
         interrupt["at_boundary"] = True  # a KeyboardInterrupt from here on leaves a consistent state
-        if st.step % cfg.save_every == 0 and st.step < cfg.max_steps and (dist.is_main() or dist.sharded()):
+        if st.step % cfg.save_every == 0 and st.step < cfg.max_steps and _writes_state():
             _save_state(job.partial, job.ck.model, o, st, job.meta)
         if on_step is not None:
             on_step(st, o)
@@ -509,7 +514,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
         train(job.ck.model, job.train_b, cfg, eval_batches=job.eval_b, opt=opt, state=state,
               on_step=save_and_callback, progress=progress)
     except KeyboardInterrupt:
-        if (dist.is_main() or dist.sharded()) and interrupt["at_boundary"]:
+        if _writes_state() and interrupt["at_boundary"]:
             _save_state(job.partial, job.ck.model, opt, state, job.meta)  # a Ctrl-C loses nothing that finished
         raise
     finally:

@@ -79,7 +79,7 @@ class Counted:
     def __init__(self, op: LinearOperator):
         self.op = op
         self.shape, self.dtype, self.device, self.blocks = op.shape, op.dtype, op.device, op.blocks
-        self.layouts = getattr(op, "layouts", None)
+        self.leaves = getattr(op, "leaves", None)
         self.calls, self.seconds = 0, 0.0
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -188,7 +188,7 @@ class HessianOperator:
         self.dtype = vector_dtype or torch.promote_types(ps[0].dtype, torch.float32)
         self.device = ps[0].device
         self.blocks = [p.shape for p in ps]
-        self.layouts = [P.rows(p) for p in getattr(objective, "leaves", ps)]  # where a block's rows sit
+        self.leaves = getattr(objective, "leaves", ps)  # the tensors the blocks are (FSDP: rows of them)
         n = P.numel(ps)
         self.shape = (n, n)
         self.step, self.step_given = step, step is not None
@@ -325,15 +325,14 @@ class HessianOperator:
 def _fill(op: LinearOperator, draw, out: torch.Tensor | None) -> torch.Tensor:
     """A flat vector filled block by block with ``draw(shape)`` (float64 on the CPU): only one
     block's draw is in memory at a time, never a float64 copy of the whole vector (8.8 GB at 1.1B).
-    Where the operator's blocks are row shards of larger tensors (``layouts``: FSDP), each block is
-    drawn whole and cut to its rows, so the vector equals the one-process draw."""
+    Where the operator's blocks are rows of sharded parameters (its ``leaves``: FSDP), each block is
+    drawn whole and cut to its rows (:func:`params.draw`), so the vector equals the one-process draw."""
     out = torch.empty(op.shape[0], dtype=op.dtype, device=op.device) if out is None else out
-    layouts = getattr(op, "layouts", None) or [(s, 0, None) for s in op.blocks]
+    leaves = getattr(op, "leaves", None)
     i = 0
-    for s, (whole, a, b) in zip(op.blocks, layouts):
+    for j, s in enumerate(op.blocks):
         k = int(torch.Size(s).numel())
-        full = draw(whole)
-        out[i:i + k].copy_((full if b is None or tuple(whole) == tuple(s) else full[a:b]).reshape(-1))
+        out[i:i + k].copy_((draw(s) if leaves is None else P.draw(leaves[j], draw)).reshape(-1))
         i += k
     return out
 
