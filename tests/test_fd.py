@@ -223,3 +223,20 @@ def test_the_sharpness_plan_is_within_20_percent_of_the_measured_peak(tokenizer,
         assert r.returncode == 0, r.stderr[-2000:]
         cost = json.loads(r.stdout)["cost"]
         assert 0.8 <= cost["planned_peak_gb"] / cost["peak_rss_gb"] <= 1.2, (metrics, cost)
+
+
+def test_a_child_process_does_not_report_its_parents_peak():
+    """``ru_maxrss`` survives fork+exec: a measurement started from a big pytest process once read the
+    parent's 4.4 GB as its own peak (CI, the plan test above). peak_rss must be the child's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ballast = bytearray(1536 * 2**20)
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", "from landscape.foundation import params; print(params.peak_rss())"],
+                       capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(root)})
+    del ballast
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout) < 1.2 * 2**30, int(r.stdout) / 2**30
