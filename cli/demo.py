@@ -42,6 +42,31 @@ def _g(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _ci(d: dict | None) -> str:
+    return f" [{d['ci'][0]:+.3g}, {d['ci'][1]:+.3g}]" if d and d.get("ci") else ""
+
+
+def _verdict(d: dict | None, yes: str, no: str) -> str:
+    """yes/no by the sign of the difference; 'unclear' when its interval includes 0."""
+    if not d:
+        return "-"
+    if d.get("ci") and d["ci"][0] <= 0 <= d["ci"][1]:
+        return "unclear: the interval includes 0"
+    return yes if d["difference"] < 0 else no
+
+
+def comparison_line(c: dict) -> str:
+    """"SAM ρ=0.05 vs AdamW at equal steps (150), 3 vs 3 seeds: λ_max … ; forgetting … difference d [CI]"."""
+    (ls, la), (fs, fa), (es, ea) = c["lambda_max"], c["forgetting"], c["task_exact_match"]
+    lam, fg, em = c.get("lambda_max_difference"), c.get("forgetting_difference"), c.get("task_exact_match_difference")
+    n = c.get("n_seeds") or [1, 1]
+    return (f"SAM ρ=0.05 vs AdamW at {c['comparison']}, {n[0]} vs {n[1]} seed{'s' if max(n) > 1 else ''}: "
+            f"λ_max {_g(ls)} vs {_g(la)}{(', difference %+.3g' % lam['difference'] + _ci(lam)) if lam else ''} "
+            f"({_verdict(lam, 'flatter', 'NOT flatter')}); forgetting {fs:.3f} vs {fa:.3f}, difference "
+            f"{fs - fa:+.3f}{_ci(fg)} ({_verdict(fg, 'less forgetting', 'NOT less forgetting')}); task EM "
+            f"{_g(es)} vs {_g(ea)}{(', difference %+.3g' % em['difference'] + _ci(em)) if em else ''}")
+
+
 def summary(r: dict) -> str:
     """The printed table, the SAM-vs-AdamW comparisons and the ranking of the metrics."""
     s, how = r["model"], r["finetunes"]
@@ -53,19 +78,13 @@ def summary(r: dict) -> str:
              f"{'reused' if s['reused'] else 'built in %s s' % s.get('seconds', '?')})",
              f"fine-tunes on '{r['task']}': {sum(v == 'trained' for v in how.values())} trained, "
              f"{sum(v == 'reused' for v in how.values())} reused ({r['finetune_seconds']:.0f} s)", "",
-             f"{'checkpoint':<20} {'task EM':>7} {'forget':>7} " + " ".join(f"{m[:12]:>12}" for m in metrics)]
+             f"{'checkpoint':<24} {'task EM':>7} {'forget':>7} " + " ".join(f"{m[:12]:>12}" for m in metrics)]
     for c in r["checkpoints"]:
         fg = c["forgetting"]["average"]["delta"]
-        lines.append(f"{c['label']:<20} {c.get('task_exact_match', float('nan')):7.2f} {fg:7.3f} "
+        lines.append(f"{c['label']:<24} {c.get('task_exact_match', float('nan')):7.2f} {fg:7.3f} "
                      + " ".join(f"{_g(c['flatness'].get(m)):>12}" for m in metrics))
     lines.append("")
-    for c in r["comparisons"]:
-        (ls, la), (fs, fa) = c["lambda_max"], c["forgetting"]
-        flatter = "flatter" if ls is not None and la is not None and ls < la else "NOT flatter"
-        less = "less" if fs < fa else "NOT less"
-        lines.append(f"SAM ρ=0.05 vs AdamW at {c['comparison']}: λ_max {_g(ls)} vs {_g(la)} ({flatter}); "
-                     f"forgetting {fs:.3f} vs {fa:.3f} ({less} forgetting); task EM {c['task_exact_match'][0]:.2f} "
-                     f"vs {c['task_exact_match'][1]:.2f}")
+    lines += [comparison_line(c) for c in r["comparisons"]]
     trade = (r.get("tradeoff") or {}).get("pairs") or []
     if trade:
         lines += ["", "forgetting at matched task EM (frontiers of each family; + = the first forgets more):"]

@@ -120,6 +120,10 @@ TOY = StudySpec(
     # Forgetting predictors: the general loss (held-out pretraining text) at the base, along each Δw.
     predictors={"data": "eval.jsonl", "batch_size": 8, "num_batches": 4, "line": "0:1:11"},
     covariates=("delta_norm", "task_loss", "steps"),
+    # the settings the comparisons and the trade-off rest on, over three seeds (data order, LoRA init)
+    seeds=(0, 1, 2),
+    seeded=("adamw-lr1e-3", "adamw-lr1e-3-s300", "sam-rho0.05", "lora-adamw-r8", "lora-sam-r8"),
+    fast_seeded=("adamw-lr1e-3", "sam-rho0.05"),
 )
 
 

@@ -21,7 +21,8 @@
 the base (or along Δw, or at the tuned weights: see :data:`~landscape.foundation.configs.PREDICTOR_METRICS`)
 on ``predictors.data``. ``covariates`` names metrics, ``task_loss`` (the tuned checkpoint's loss on
 ``flatness.data``) or the checkpoints' numeric labels (steps, lr, rho, epochs). ``family`` (default: the
-``optimizer`` label) and ``seed`` group checkpoints for the learning–forgetting trade-off
+``optimizer`` label), ``seed`` and ``setting`` (one configuration repeated over seeds: it enters the
+frontier as its mean) group checkpoints for the learning–forgetting trade-off
 (:mod:`landscape.study.tradeoff`: forgetting at matched task loss, bootstrap over seeds).
 
 The ``flatness`` keys are the fields of :class:`~landscape.foundation.configs.DataConfig`,
@@ -42,7 +43,7 @@ from landscape.foundation.errors import UserError
 
 ALL_METRICS = SHARPNESS_METRICS + SURFACE_METRICS
 DEFAULT_METRICS = ("lambda_max", "trace", "eps", "sam", "avg", "surface_curvature")
-LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset", "lora", "family", "seed")
+LABEL_KEYS = ("optimizer", "rho", "lr", "epochs", "steps", "dataset", "lora", "family", "seed", "setting")
 TOP_KEYS = ("base", "checkpoints", "flatness", "predictors", "covariates", "suites", "categories", "title",
             "bootstrap", "seed")
 COVARIATE_LABELS = ("steps", "lr", "rho", "epochs", "lora")  # numeric checkpoint labels usable as covariates

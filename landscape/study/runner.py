@@ -171,7 +171,7 @@ def manifest_tradeoff(rows: list[dict], n_boot: int, seed: int) -> dict:
     from landscape.study.tradeoff import tradeoff
 
     pts = [{"label": r["label"], "family": str(r.get("family") or r.get("optimizer") or "all"), "seed": r.get("seed"),
-            "task": -r["flatness"]["loss"], "forgetting": r["forgetting"]["average"]["delta"]}
+            "setting": r.get("setting"), "task": -r["flatness"]["loss"], "forgetting": r["forgetting"]["average"]["delta"]}
            for r in rows if r["flatness"].get("loss") is not None and r["forgetting"].get("average")]
     fams = sorted({p["family"] for p in pts})
     if not fams:

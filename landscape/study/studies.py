@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from landscape.foundation import checkpoint
 from landscape.foundation.configs import FinetuneConfig, LoadConfig
 from landscape.foundation.io import write_text
@@ -37,6 +39,9 @@ class StudySpec:
     predictors: dict | None = None  # the manifest's predictors section (its data relative to the data root)
     fast_predictors: dict = field(default_factory=dict)  # overrides of ``predictors`` for fast=True
     covariates: tuple = ()  # partial correlations control for these (manifest ``covariates``)
+    seeds: tuple = (0,)  # the fine-tunes' seeds (data order, LoRA init): the first for every run,
+    seeded: tuple = ()  # and all of them for these labels (the settings that carry a claim)
+    fast_seeded: tuple = ()  # ``seeded`` for fast=True
 
 
 def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, progress: bool) -> str:
@@ -65,15 +70,30 @@ def _run(run: tuple) -> tuple:
     return (*run, None) if len(run) == 5 else tuple(run)
 
 
-def study_manifest(spec: StudySpec, out: Path, root: Path, runs, fast: bool) -> Path:
+def expand(spec: StudySpec, fast: bool) -> list[dict]:
+    """Every fine-tune of the study: each run (a setting) at the first seed, the ``seeded`` ones at
+    every seed (label ``<setting>-seed<k>`` beyond the first, so a one-seed study's folders are reused)."""
+    seeded = spec.fast_seeded if fast else spec.seeded
+    out = []
+    for label, opt, lr, steps, rho, rank in map(_run, spec.runs):
+        if fast and label not in spec.fast_runs:
+            continue
+        for k, seed in enumerate(spec.seeds if label in seeded else spec.seeds[:1]):
+            out.append({"label": label if k == 0 else f"{label}-seed{seed}", "setting": label, "seed": seed,
+                        "optimizer": opt, "lr": lr, "steps": steps, "rho": rho, "lora": rank,
+                        "family": f"{opt}-lora" if rank else opt})
+    return out
+
+
+def study_manifest(spec: StudySpec, out: Path, root: Path, runs: list[dict], fast: bool) -> Path:
     """The study's manifest (YAML), written next to the fine-tunes."""
     import yaml
 
     flat = {**spec.flatness, **(spec.fast_flatness if fast else {}), "data": str(root / spec.task_dir / "eval.jsonl")}
     m = {"title": spec.title, "base": "base", "suites": [str(root / spec.suites)], "flatness": flat,
-         "checkpoints": [{"path": f"ft/{label}", "label": label, "optimizer": f"{opt}-lora" if rank else opt,
-                          "lr": lr, "steps": steps, "rho": rho, "lora": rank, "dataset": spec.task_dir.name}
-                         for label, opt, lr, steps, rho, rank in map(_run, runs)],
+         "checkpoints": [{"path": f"ft/{r['label']}", "label": r["label"], "optimizer": r["family"], "lr": r["lr"],
+                          "steps": r["steps"], "rho": r["rho"], "lora": r["lora"], "dataset": spec.task_dir.name,
+                          "seed": r["seed"], "setting": r["setting"]} for r in runs],
          "bootstrap": 2000}
     if spec.predictors:
         m["predictors"] = {**spec.predictors, **(spec.fast_predictors if fast else {}),
@@ -89,13 +109,14 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
     from landscape.study.runner import run_manifest
 
     t0 = time.perf_counter()
-    runs = [r for r in spec.runs if not fast or r[0] in spec.fast_runs]
+    runs = expand(spec, fast)
     base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
     task = root / spec.task_dir
-    how = {label: _finetuned(base, base_fp, out / "ft" / label, task / "train.jsonl",
-                             spec.finetune.replace(optimizer=opt, lr=lr, max_steps=n, rho=rho or 0.05, lora=rank,
-                                                   eval_data=str(task / "eval.jsonl"), overwrite=True), progress)
-           for label, opt, lr, n, rho, rank in map(_run, runs)}
+    how = {r["label"]: _finetuned(base, base_fp, out / "ft" / r["label"], task / "train.jsonl",
+                                  spec.finetune.replace(optimizer=r["optimizer"], lr=r["lr"], max_steps=r["steps"],
+                                                        rho=r["rho"] or 0.05, lora=r["lora"], seed=r["seed"],
+                                                        eval_data=str(task / "eval.jsonl"), overwrite=True), progress)
+           for r in runs}
     t_ft = time.perf_counter() - t0
     manifest = study_manifest(spec, out, root, runs, fast)
     res = run_manifest(manifest, out / "report.html", progress=progress)
@@ -118,26 +139,59 @@ PAIRS = (("sam", "adamw"), ("asam", "adamw"), ("adamw-lora", "adamw"), ("sam-lor
 
 def study_tradeoff(spec: StudySpec, checkpoints: list[dict]) -> dict:
     """Forgetting at matched task exact match between the optimizer families of the study's runs
-    (:mod:`landscape.study.tradeoff`); the seed is the fine-tunes' (one seed: points are resampled)."""
+    (:mod:`landscape.study.tradeoff`): a setting run over several seeds enters as its mean, and its seeds
+    are what the bootstrap redraws."""
     from landscape.study.tradeoff import tradeoff
 
-    family = {label: f"{opt}-lora" if rank else opt for label, opt, _, _, _, rank in map(_run, spec.runs)}
-    rows = [{"label": c["label"], "family": family.get(c["label"], "other"), "seed": spec.finetune.seed,
-             "task": c["task_exact_match"], "forgetting": c["forgetting"]["average"]["delta"]}
+    rows = [{"label": c["label"], "family": c.get("optimizer") or "other", "seed": c.get("seed"),
+             "setting": c.get("setting"), "task": c["task_exact_match"], "forgetting": c["forgetting"]["average"]["delta"]}
             for c in checkpoints if c.get("task_exact_match") is not None]
     present = {r["family"] for r in rows}
     return tradeoff(rows, [p for p in PAIRS if set(p) <= present], task_name="EM")
 
 
+def mean_difference(a: list[float], b: list[float], level: float = 0.95) -> dict:
+    """mean(a) − mean(b) over independent seeds with a Welch t interval (None with one seed on a side)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    out = {"mean": [float(a.mean()), float(b.mean())], "n": [len(a), len(b)], "difference": float(a.mean() - b.mean()),
+           "sd": [float(a.std(ddof=1)) if len(a) > 1 else None, float(b.std(ddof=1)) if len(b) > 1 else None],
+           "ci": None}
+    if len(a) > 1 and len(b) > 1:
+        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+        se = np.sqrt(va + vb)
+        if se > 0:
+            df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+            h = float(stats.t.ppf((1 + level) / 2, df) * se)
+        else:
+            h = 0.0
+        out["ci"] = [out["difference"] - h, out["difference"] + h]
+    return out
+
+
+def _values(rows: list[dict], get) -> list[float]:
+    return [v for v in map(get, rows) if v is not None]
+
+
 def comparisons(spec: StudySpec, res: dict) -> list[dict]:
-    """SAM against AdamW at what each pair matches (equal steps, equal compute = two passes per SAM step)."""
-    rows = {r["label"]: r for r in res["checkpoints"]}
+    """SAM against AdamW at what each pair matches (equal steps, equal compute = two passes per SAM step):
+    each side's mean over its seeds, the difference with a Welch interval over seeds."""
+    by_setting: dict = {}
+    for c in res["checkpoints"]:
+        by_setting.setdefault(c.get("setting") or c["label"], []).append(c)
     comps = []
     for sam, adam, kind in spec.comparisons:
-        if sam in rows and adam in rows:
-            a, b = rows[sam], rows[adam]
-            comps.append({"comparison": kind, "sam": sam, "adamw": adam,
-                          "lambda_max": [a["flatness"].get("lambda_max"), b["flatness"].get("lambda_max")],
-                          "forgetting": [a["forgetting"]["average"]["delta"], b["forgetting"]["average"]["delta"]],
-                          "task_exact_match": [a.get("task_exact_match"), b.get("task_exact_match")]})
+        if sam not in by_setting or adam not in by_setting:
+            continue
+        sides = (by_setting[sam], by_setting[adam])
+        fg, lam, em = ([_values(x, get) for x in sides] for get in (
+            lambda r: r["forgetting"]["average"]["delta"], lambda r: r["flatness"].get("lambda_max"),
+            lambda r: r.get("task_exact_match")))
+        comps.append({"comparison": kind, "sam": sam, "adamw": adam, "n_seeds": [len(x) for x in sides],
+                      "lambda_max": [float(np.mean(v)) if v else None for v in lam],
+                      "lambda_max_difference": mean_difference(*lam) if all(lam) else None,
+                      "forgetting": [float(np.mean(v)) for v in fg], "forgetting_difference": mean_difference(*fg),
+                      "task_exact_match": [float(np.mean(v)) if v else None for v in em],
+                      "task_exact_match_difference": mean_difference(*em) if all(em) else None})
     return comps
