@@ -89,6 +89,11 @@ def summary(r: dict) -> str:
     if trade:
         lines += ["", "forgetting at matched task EM (frontiers of each family; + = the first forgets more):"]
         lines += [f"  {c['line']}" for c in trade]
+    traj = r.get("trajectories") or {}
+    if traj.get("pairs"):
+        lines += ["", f"forgetting at matched task loss over the runs' trajectories (a probe every "
+                      f"{traj['probe_every']} steps, {traj['runs']} runs; {traj.get('plot', '')}):"]
+        lines += [f"  {c['line']}" for c in traj["pairs"]]
     lines += ["", "base model's suite scores (accuracy; chance in brackets):"]
     for name, sc in r.get("base_scores", {}).items():
         chance = f"{sc['chance']:.2f}" if sc.get("chance") is not None else "-"  # rows cached before it was kept

@@ -17,12 +17,28 @@ def test_demo_fast_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     cks = out["checkpoints"]
-    assert len(cks) >= 9 and {c["optimizer"] for c in cks} == {"adamw", "sam", "asam", "adamw-lora"}
+    assert len(cks) == 13 and {c["optimizer"] for c in cks} == {"adamw", "sam", "asam", "adamw-lora"}
     # the study is meaningful: the task is learned and the suites are clearly hurt
     assert sum(c["task_exact_match"] >= 0.9 for c in cks) >= 6
     assert all(c["forgetting"]["average"]["delta"] > 0.05 for c in cks)
     assert all(c["flatness"]["lambda_max"] > 0 for c in cks)
     assert [c["comparison"] for c in out["comparisons"]] == ["equal steps (150)", "equal compute (300 passes)"]
+    # the claim-carrying settings over three seeds: distinct runs, a Welch interval of the difference
+    eq = out["comparisons"][0]
+    assert eq["n_seeds"] == [3, 3] and eq["forgetting_difference"]["ci"] is not None
+    seeds = [c for c in cks if c["setting"] == "sam-rho0.05"]
+    assert sorted(c["seed"] for c in seeds) == [0, 1, 2]
+    assert len({c["forgetting"]["average"]["delta"] for c in seeds}) == 3  # other data orders, other runs
+    assert {p["resampled"] for p in out["tradeoff"]["pairs"]} >= {"seeds within settings"}
+    # trajectories: the probed runs' last probe is the checkpoint the study measured afterwards
+    traj = out["trajectories"]
+    assert traj["runs"] == 6 and (out_dir / "trajectories.html").is_file()
+    for c in cks:
+        if c["setting"] in ("sam-rho0.05", "adamw-lr1e-3"):
+            recs = json.loads((out_dir / "ft" / c["label"] / "trajectory.json").read_text())["records"]
+            assert [r["step"] for r in recs] == [0, 75, 150]
+            assert recs[-1]["forgetting"] == c["forgetting"]["average"]["delta"]
+    assert set(traj["families"]) == {"sam", "adamw"}  # compared where their task-loss ranges overlap
     assert all(r_["n"] == len(cks) for r_ in out["ranking"])
     # the forgetting predictors at the base, on the general data, ranked beside the paper's protocol
     ranked = {r_["metric"] for r_ in out["ranking"]}

@@ -124,6 +124,9 @@ TOY = StudySpec(
     seeds=(0, 1, 2),
     seeded=("adamw-lr1e-3", "adamw-lr1e-3-s300", "sam-rho0.05", "lora-adamw-r8", "lora-sam-r8"),
     fast_seeded=("adamw-lr1e-3", "sam-rho0.05"),
+    # every fine-tune measured while it trains: each probe a (task loss, forgetting) point
+    probe={"probe_every": 50, "probe_metrics": ("loss", "forgetting", "task_loss"), "probe_batch_size": 16},
+    fast_probe={"probe_every": 75},
 )
 
 

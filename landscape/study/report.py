@@ -126,6 +126,18 @@ def trajectory_figure(paths: list):
     return fig
 
 
+def trajectories_page(trade: dict, paths: list, out: str | os.PathLike, title: str) -> Path:
+    """A study's trajectories: every probe as a (learned, forgotten) point, linked along its run, with
+    each family's frontier and the matched comparisons; below, every metric against the step."""
+    lines = "".join(f"<li>{html.escape(c['line'])}</li>" for c in trade.get("pairs", []))
+    body = [tradeoff_figure(trade).to_html(full_html=False, include_plotlyjs=True, div_id="tradeoff"),
+            f"<ul>{lines}</ul>" if lines else "",
+            trajectory_figure(paths).to_html(full_html=False, include_plotlyjs=False, div_id="trajectories")]
+    page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+            f"<body>\n<h2>{html.escape(title)}</h2>\n" + "\n".join(body) + "\n</body></html>\n")
+    return write_text(Path(out), page)
+
+
 def plot_trajectories(paths: list, out: str | os.PathLike) -> Path:
     """`landscape plot RUN/trajectory.json ...`: metric-vs-step curves of several runs, overlaid."""
     return write_html(trajectory_figure(paths), out,
@@ -330,6 +342,15 @@ def tradeoff_figure(trade: dict):
                                  text=[html.escape(str(p["label"])) for p in pts], hoverinfo="text+x+y"))
         fig.add_trace(go.Scatter(x=[x for x, _ in f["frontier"]], y=[y for _, y in f["frontier"]], mode="lines",
                                  name=f"{name} frontier", legendgroup=name, line={"color": color}, showlegend=False))
+        runs: dict = {}  # probes of one run (points with a ``run``), linked in step order
+        for p in pts:
+            if p.get("run") is not None:
+                runs.setdefault(p["run"], []).append(p)
+        for run, rp in runs.items():
+            rp = sorted(rp, key=lambda p: p.get("step") or 0)
+            fig.add_trace(go.Scatter(x=[p["task"] for p in rp], y=[p["forgetting"] for p in rp], mode="lines",
+                                     name=html.escape(str(run)), legendgroup=name, showlegend=False,
+                                     line={"color": color, "width": 1, "dash": "dot"}, hoverinfo="skip"))
     fig.update_layout(height=480, width=760, xaxis_title=html.escape(trade["task"]) + " (higher = learned more)",
                       yaxis_title="forgetting (average Δ)")
     return fig

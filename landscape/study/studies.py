@@ -42,27 +42,56 @@ class StudySpec:
     seeds: tuple = (0,)  # the fine-tunes' seeds (data order, LoRA init): the first for every run,
     seeded: tuple = ()  # and all of them for these labels (the settings that carry a claim)
     fast_seeded: tuple = ()  # ``seeded`` for fast=True
+    # probes during the fine-tunes of the ``seeded`` settings (ProbeConfig fields; task data and suites
+    # are the study's): each run's trajectory of (task loss, forgetting) points, a frontier per family
+    probe: dict | None = None
+    fast_probe: dict = field(default_factory=dict)  # overrides of ``probe`` for fast=True
 
 
-def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, progress: bool) -> str:
-    """Fine-tune unless ``out`` already holds this exact run (same base, data and config)."""
+def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, probe, progress: bool) -> str:
+    """Fine-tune unless ``out`` already holds this exact run (same base, data and config, and the
+    trajectory of the same probes when ``probe``, a ProbeConfig, is given)."""
+    from landscape.training.callback import LandscapeCallback
     from landscape.training.finetune import finetune
 
-    cfg_file = out / "finetune_config.json"
-    if cfg_file.is_file():
-        try:
-            have = json.loads(cfg_file.read_text())
-            # the settings that change the weights (not where the eval file lies); a setting added after
-            # that run was written had its default then
-            keys = {**run.numbers(), **({"eval_fraction": run.eval_fraction} if run.eval_data is None else {})}
-            theirs = {**FinetuneConfig().as_dict(), **have["settings"]}
-            if {k: theirs[k] for k in keys} == keys and have["base_fingerprint"] == base_fp:
-                return "reused"
-        except (ValueError, KeyError, OSError):
-            pass
+    if _reusable(out, base_fp, run) and (probe is None or _trajectory_of(out, probe) is not None):
+        return "reused"
     shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
-    finetune(base, data, out, run, load=LoadConfig(device="cpu"), progress=progress)
+    finetune(base, data, out, run, load=LoadConfig(device="cpu"), progress=progress,
+             probe=LandscapeCallback(config=probe) if probe is not None else None)
     return "trained"
+
+
+def _reusable(out: Path, base_fp: str, run: FinetuneConfig) -> bool:
+    try:
+        have = json.loads((out / "finetune_config.json").read_text())
+        # the settings that change the weights (not where the eval file lies); a setting added after
+        # that run was written had its default then
+        keys = {**run.numbers(), **({"eval_fraction": run.eval_fraction} if run.eval_data is None else {})}
+        theirs = {**FinetuneConfig().as_dict(), **have["settings"]}
+        return {k: theirs[k] for k in keys} == keys and have["base_fingerprint"] == base_fp
+    except (ValueError, KeyError, OSError):
+        return False
+
+
+def _trajectory_of(out: Path, probe) -> dict | None:
+    """The run's trajectory when it was measured with exactly these probe settings."""
+    try:
+        doc = json.loads((out / "trajectory.json").read_text())
+    except (ValueError, OSError):
+        return None
+    return doc if doc.get("config") == probe.as_dict() else None
+
+
+def probe_config(spec: StudySpec, root: Path, fast: bool):
+    """The ProbeConfig of the study's fine-tunes (None without probes)."""
+    from landscape.foundation.configs import ProbeConfig
+
+    if spec.probe is None:
+        return None
+    return ProbeConfig.from_mapping({**spec.probe, **(spec.fast_probe if fast else {}),
+                                     "probe_task_data": str(root / spec.task_dir / "eval.jsonl"),
+                                     "probe_suites": (str(root / spec.suites),)}, "probe")
 
 
 def _run(run: tuple) -> tuple:
@@ -81,7 +110,7 @@ def expand(spec: StudySpec, fast: bool) -> list[dict]:
         for k, seed in enumerate(spec.seeds if label in seeded else spec.seeds[:1]):
             out.append({"label": label if k == 0 else f"{label}-seed{seed}", "setting": label, "seed": seed,
                         "optimizer": opt, "lr": lr, "steps": steps, "rho": rho, "lora": rank,
-                        "family": f"{opt}-lora" if rank else opt})
+                        "family": f"{opt}-lora" if rank else opt, "probed": label in seeded})
     return out
 
 
@@ -111,11 +140,12 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
     t0 = time.perf_counter()
     runs = expand(spec, fast)
     base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
-    task = root / spec.task_dir
+    task, probe = root / spec.task_dir, probe_config(spec, root, fast)
     how = {r["label"]: _finetuned(base, base_fp, out / "ft" / r["label"], task / "train.jsonl",
                                   spec.finetune.replace(optimizer=r["optimizer"], lr=r["lr"], max_steps=r["steps"],
                                                         rho=r["rho"] or 0.05, lora=r["lora"], seed=r["seed"],
-                                                        eval_data=str(task / "eval.jsonl"), overwrite=True), progress)
+                                                        eval_data=str(task / "eval.jsonl"), overwrite=True),
+                                  probe if r["probed"] else None, progress)
            for r in runs}
     t_ft = time.perf_counter() - t0
     manifest = study_manifest(spec, out, root, runs, fast)
@@ -131,6 +161,7 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
             "rankings": res["rankings"], "partial": res["partial"], "covariates": res["covariates"],
             "metric_info": res["metric_info"], "lambda_max_base_general": res["lambda_max_base_general"],
             "comparisons": comparisons(spec, res), "tradeoff": study_tradeoff(spec, res["checkpoints"]),
+            "trajectories": trajectories(spec, out, runs, probe),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -148,6 +179,32 @@ def study_tradeoff(spec: StudySpec, checkpoints: list[dict]) -> dict:
             for c in checkpoints if c.get("task_exact_match") is not None]
     present = {r["family"] for r in rows}
     return tradeoff(rows, [p for p in PAIRS if set(p) <= present], task_name="EM")
+
+
+def trajectories(spec: StudySpec, out: Path, runs: list[dict], probe) -> dict | None:
+    """Every probe of every fine-tune as a (minus task loss, forgetting) point: each family's frontier
+    over its runs' trajectories and the matched comparisons (a (setting, step) over seeds enters as its
+    mean; its seeds are what the bootstrap redraws); ``out/trajectories.html`` draws them."""
+    from landscape.foundation import distributed as dist
+    from landscape.study.report import trajectories_page
+    from landscape.study.tradeoff import trajectory_points, tradeoff
+
+    if probe is None:
+        return None
+    rows, paths = [], []
+    for r in filter(lambda r: r["probed"], runs):
+        doc = _trajectory_of(out / "ft" / r["label"], probe)
+        if doc is None:
+            continue
+        paths.append(out / "ft" / r["label"] / "trajectory.json")
+        rows += [{**p, "setting": f"{r['setting']}@{p['step']}"}
+                 for p in trajectory_points(doc, r["family"], r["seed"], label=r["label"])]
+    present = {r["family"] for r in rows}
+    res = tradeoff(rows, [p for p in PAIRS if set(p) <= present], task_name="-task_loss")
+    if paths and dist.is_main():
+        res["plot"] = str(trajectories_page(res, paths, out / "trajectories.html",
+                                            f"{spec.title}: measured during the fine-tunes"))
+    return {**res, "probe_every": probe.probe_every, "runs": len(paths)}
 
 
 def mean_difference(a: list[float], b: list[float], level: float = 0.95) -> dict:

@@ -108,8 +108,8 @@ def _resampling(fam_rows: list[list[dict]]) -> str:
 def _replicates(fam_rows: list[list[dict]], rng, how: str, n_boot: int) -> list[list]:
     """``n_boot`` draws of every family's frontier (see :func:`_resampling`). Seeds within settings:
     a setting's replicate point is m + √(n/(n−1))·(mean of n seeds drawn with replacement − m), the
-    rescaling that makes the bootstrap variance of a mean of n the unbiased s²/n (ours; without it a
-    percentile interval over 3 seeds covered 84% at nominal 95%)."""
+    rescaling that makes the bootstrap variance of a mean of n the unbiased s²/n (ours; coverage of the 95%
+    interval on synthetic studies: 0.92 at 3 seeds, 0.84 without the rescaling)."""
     if how == "seeds within settings":
         fams = [[_xy(g) for g in _settings(rs)] for rs in fam_rows]
 
@@ -187,7 +187,7 @@ def trajectory_points(doc: dict, family: str, seed=None, forgetting: str = "forg
     ``forgetting``, or another forgetting key such as ``general_loss_increase``): one point per probe
     after step 0, learned = minus the task loss."""
     return [{"label": f"{label}@{r['step']}", "family": family, "seed": seed, "task": -r["task_loss"],
-             "forgetting": r[forgetting], "step": r["step"]}
+             "forgetting": r[forgetting], "step": r["step"], "run": label}
             for r in doc["records"] if r["step"] > 0 and r.get("task_loss") is not None
             and r.get(forgetting) is not None]
 
@@ -195,11 +195,15 @@ def trajectory_points(doc: dict, family: str, seed=None, forgetting: str = "forg
 def tradeoff(rows: list[dict], pairs: list[tuple[str, str]], task_name: str = "task", **boot) -> dict:
     """Frontiers of every family in ``rows`` and the matched comparisons of ``pairs`` (a, b)."""
     fams = sorted({r["family"] for r in rows})
-    out = {"task": task_name, "families": {f: {"points": [{k: r.get(k) for k in ("label", "seed", "task", "forgetting")}
-                                                         for r in rows if r["family"] == f],
-                                               "frontier": frontier([(r["task"], r["forgetting"]) for r in rows
-                                                                     if r["family"] == f])} for f in fams},
-           "pairs": []}
+
+    def point(r):
+        return {**{k: r.get(k) for k in ("label", "seed", "task", "forgetting")},
+                **{k: r[k] for k in ("setting", "run", "step") if k in r}}
+
+    out = {"task": task_name, "pairs": [], "families": {}}
+    for f in fams:
+        mine = [r for r in rows if r["family"] == f]
+        out["families"][f] = {"points": [point(r) for r in mine], "frontier": frontier(points(mine))}
     for a, b in pairs:
         c = compare(rows, a, b, **boot)
         if c is not None:
