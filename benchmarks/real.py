@@ -112,8 +112,10 @@ def ratios(ck, bs, rounds: int) -> dict:
     h.release()
     h_off = hessian.HessianOperator(obj, cache_graph="off")
     q_off, _, _ = paired(grad, lambda: h_off.hvp(v), rounds)
+    h_fd = hessian.HessianOperator(obj, method="fd")
+    q_fd, _, _ = paired(grad, lambda: h_fd.hvp(v), rounds)
     out = {"grad_s": t_grad, "hvp_s": t_hvp, "hvp_over_grad": q_auto, "graph_cached": cached,
-           "hvp_rebuilt_over_grad": q_off}
+           "hvp_rebuilt_over_grad": q_off, "hvp_fd_over_grad": q_fd}
     h5 = ROOT / "runs" / "bench" / "real_line.h5"
     h5.parent.mkdir(parents=True, exist_ok=True)
 
@@ -147,6 +149,8 @@ def table(res: dict) -> str:
     rows = [("HVP / gradient time (graph kept, `--cache-graph auto`)" if r["graph_cached"] else
              "HVP / gradient time (`--cache-graph auto`: graph rebuilt here)", f"{r['hvp_over_grad']:.2f}"),
             ("HVP / gradient time (graph rebuilt per HVP, `--cache-graph off`)", f"{r['hvp_rebuilt_over_grad']:.2f}"),
+            *([("HVP / gradient time (finite differences, `--hvp-method fd`: two gradients)",
+                f"{r['hvp_fd_over_grad']:.2f}")] if "hvp_fd_over_grad" in r else []),
             ("surface time per point / bare forward (5-point line, held directions)",
              f"{r['surface_point_over_forward']:.2f}"),
             ("SAM / AdamW step time", f"{r['sam_over_adamw']:.2f}"),
@@ -164,7 +168,7 @@ def table(res: dict) -> str:
              f"{res['torch']}, {res['date']}; batch: 8 general-English texts, {res['tokens']} loss tokens.", "",
              "| quantity | measured |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
-    later = [f"{k} on {x['date']}" for k, x in m.items() if x.get("date", res["date"]) != res["date"]]
+    later = [f"{k} on {x['date']}" for k, x in {"ratios": r, **m}.items() if x.get("date", res["date"]) != res["date"]]
     lines += ["", "Produced by `make bench-real` (`python benchmarks/real.py`); raw numbers in "
                   "`benchmarks/results_real.json`." + (f" Rows re-measured later with `--only` (same machine): "
                                                        f"{', '.join(later)}." if later else "")]
@@ -214,8 +218,9 @@ def main() -> None:
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--skip-top5", action="store_true", help="leave out the long top-5 eigenvalue run")
     ap.add_argument("--table-only", action="store_true", help="rewrite the README block from results_real.json")
-    ap.add_argument("--only", nargs="+", choices=["grad", "hvp", "hvp_off", "adamw", "sam", "top5", "top5_disk", "top5_m14", "arpack"],
-                    help="re-measure these memory children into the existing results_real.json")
+    ap.add_argument("--only", nargs="+", choices=["ratios", "grad", "hvp", "hvp_off", "adamw", "sam", "top5", "top5_disk",
+                                                  "top5_m14", "arpack"],
+                    help="re-measure these (the time ratios, or memory children) into the existing results_real.json")
     args = ap.parse_args()
     if args.table_only:
         update_readme(table(json.loads((ROOT / "benchmarks" / "results_real.json").read_text())))
@@ -223,7 +228,14 @@ def main() -> None:
     if args.only:
         res = json.loads((ROOT / "benchmarks" / "results_real.json").read_text())
         for what in args.only:
-            print(f"memory: {what} ...", flush=True)
+            print(f"{'' if what == 'ratios' else 'memory: '}{what} ...", flush=True)
+            if what == "ratios":
+                ck = checkpoint.load_checkpoint(args.ckpt)
+                bs = data.batches_for(ck, DataConfig(data=str(data.real_data_dir() / "general.jsonl"), batch_size=8,
+                                                     num_batches=1, max_length=48))
+                res["ratios"] = {**ratios(ck, bs, rounds=3 if args.quick else 5), "date": time.strftime("%Y-%m-%d")}
+                del ck, bs
+                continue
             res["memory"][what] = child(what, args.ckpt, str(data.real_data_dir() / "general.jsonl"))
         (ROOT / "benchmarks" / "results_real.json").write_text(json.dumps(res, indent=1))
         print(table(res))
