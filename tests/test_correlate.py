@@ -151,7 +151,7 @@ def test_manifest_errors_exit_2_with_one_line(study, tmp_path):
 
 
 def test_store_survives_a_kill_mid_batch(study, tmp_path):
-    path = manifest(study, "kill.yaml", surface={"x": "-1:1:41", "y": "-1:1:41"}, trace_samples=30)
+    path = manifest(study, "kill.yaml", surface={"x": "-1:1:21", "y": "-1:1:21"}, trace_samples=30)
     db = tmp_path / "k.sqlite"
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from landscape.study.runner import run_manifest; "
             f"run_manifest({str(path)!r}, {str(tmp_path / 'k.html')!r}, store_path={str(db)!r})")
