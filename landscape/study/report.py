@@ -68,11 +68,15 @@ def surface_figure(paths: list, log: bool = False, clip: float | None = None, ti
 
 def write_html(fig, out: str | os.PathLike, title: str = "landscape") -> Path:
     """One self-contained page (plotly.js inline), written atomically."""
+    return _write_page(out, title, [fig.to_html(full_html=False, include_plotlyjs=True, div_id="landscape-plot")])
+
+
+def _write_page(out: str | os.PathLike, title: str, body: list[str]) -> Path:
+    """A page of HTML pieces under the escaped ``title``, written atomically."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    body = fig.to_html(full_html=False, include_plotlyjs=True, div_id="landscape-plot")
     page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body>\n<h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n")
+            f"<body>\n<h2>{html.escape(title)}</h2>\n" + "\n".join(body) + "\n</body></html>\n")
     return write_text(out, page)
 
 
@@ -129,13 +133,9 @@ def trajectory_figure(paths: list):
 def trajectories_page(trade: dict, paths: list, out: str | os.PathLike, title: str) -> Path:
     """A study's trajectories: every probe as a (learned, forgotten) point, linked along its run, with
     each family's frontier and the matched comparisons; below, every metric against the step."""
-    lines = "".join(f"<li>{html.escape(c['line'])}</li>" for c in trade.get("pairs", []))
-    body = [tradeoff_figure(trade).to_html(full_html=False, include_plotlyjs=True, div_id="tradeoff"),
-            f"<ul>{lines}</ul>" if lines else "",
-            trajectory_figure(paths).to_html(full_html=False, include_plotlyjs=False, div_id="trajectories")]
-    page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body>\n<h2>{html.escape(title)}</h2>\n" + "\n".join(body) + "\n</body></html>\n")
-    return write_text(Path(out), page)
+    return _write_page(out, title, [
+        tradeoff_figure(trade).to_html(full_html=False, include_plotlyjs=True, div_id="tradeoff"), _pair_list(trade),
+        trajectory_figure(paths).to_html(full_html=False, include_plotlyjs=False, div_id="trajectories")])
 
 
 def plot_trajectories(paths: list, out: str | os.PathLike) -> Path:
@@ -356,16 +356,21 @@ def tradeoff_figure(trade: dict):
     return fig
 
 
+def _pair_list(trade: dict) -> str:
+    """The matched comparisons' lines as an HTML list ('' without any)."""
+    lines = "".join(f"<li>{html.escape(c['line'])}</li>" for c in trade.get("pairs", []))
+    return f"<ul>{lines}</ul>" if lines else ""
+
+
 def _tradeoff_section(result: dict) -> list[str]:
     """The learning–forgetting trade-off: the frontier plot and one line per family pair."""
     trade = result.get("tradeoff") or {}
     if not trade.get("families"):
         return []
-    lines = "".join(f"<li>{html.escape(c['line'])}</li>" for c in trade.get("pairs", []))
     return ["<h2>Forgetting at matched learning</h2>",
             "<p class='note'>frontier = the family's Pareto points (learned as much, forgot less) joined by lines; "
             "differences on the overlap of two frontiers only; + = the first family forgets more</p>",
-            f"<ul>{lines}</ul>" if lines else "",
+            _pair_list(trade),
             tradeoff_figure(trade).to_html(full_html=False, include_plotlyjs=False, div_id="tradeoff")]
 
 

@@ -177,8 +177,13 @@ def study_tradeoff(spec: StudySpec, checkpoints: list[dict]) -> dict:
     rows = [{"label": c["label"], "family": c.get("optimizer") or "other", "seed": c.get("seed"),
              "setting": c.get("setting"), "task": c["task_exact_match"], "forgetting": c["forgetting"]["average"]["delta"]}
             for c in checkpoints if c.get("task_exact_match") is not None]
+    return tradeoff(rows, _pairs(rows), task_name="EM")
+
+
+def _pairs(rows: list[dict]) -> list[tuple]:
+    """The family pairs of :data:`PAIRS` that ``rows`` both hold."""
     present = {r["family"] for r in rows}
-    return tradeoff(rows, [p for p in PAIRS if set(p) <= present], task_name="EM")
+    return [p for p in PAIRS if set(p) <= present]
 
 
 def trajectories(spec: StudySpec, out: Path, runs: list[dict], probe) -> dict | None:
@@ -199,8 +204,7 @@ def trajectories(spec: StudySpec, out: Path, runs: list[dict], probe) -> dict | 
         paths.append(out / "ft" / r["label"] / "trajectory.json")
         rows += [{**p, "setting": f"{r['setting']}@{p['step']}"}
                  for p in trajectory_points(doc, r["family"], r["seed"], label=r["label"])]
-    present = {r["family"] for r in rows}
-    res = tradeoff(rows, [p for p in PAIRS if set(p) <= present], task_name="-task_loss")
+    res = tradeoff(rows, _pairs(rows), task_name="-task_loss")
     if paths and dist.is_main():
         res["plot"] = str(trajectories_page(res, paths, out / "trajectories.html",
                                             f"{spec.title}: measured during the fine-tunes"))
@@ -216,14 +220,11 @@ def mean_difference(a: list[float], b: list[float], level: float = 0.95) -> dict
            "sd": [float(a.std(ddof=1)) if len(a) > 1 else None, float(b.std(ddof=1)) if len(b) > 1 else None],
            "ci": None}
     if len(a) > 1 and len(b) > 1:
-        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        se = np.sqrt(va + vb)
-        if se > 0:
-            df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-            h = float(stats.t.ppf((1 + level) / 2, df) * se)
-        else:
-            h = 0.0
-        out["ci"] = [out["difference"] - h, out["difference"] + h]
+        if a.var() + b.var() > 0:
+            ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+            out["ci"] = [float(ci.low), float(ci.high)]
+        else:  # no spread on either side (scipy's interval is NaN then): the difference itself
+            out["ci"] = [out["difference"]] * 2
     return out
 
 
