@@ -30,7 +30,7 @@ def command(model, out, fast, as_json, quiet):
         from landscape.study.real import run_real
 
         r = run_real(out or "runs/smollm2-study", fast=fast, progress=show_progress(quiet))
-    emit(r, as_json, summary(r))
+    emit(r, as_json, summary(r) + (across_summary(r) if r.get("second_task") else ""))
 
 
 TABLE_PREDICTORS = ("delta_norm", "kappa_base", "quad_pred", "general_loss_increase")
@@ -120,4 +120,22 @@ def summary(r: dict) -> str:
     if best:
         lines.append("  best per category: " + "; ".join(best))
     lines += ["", f"report: {r['report']}  (json: {Path(r['report']).with_suffix('.json')}); total {r['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+def across_summary(r: dict) -> str:
+    """The second task's study, then how the two tasks agree (rankings, matched comparisons)."""
+    x = r["across_tasks"]
+    lines = ["", "", f"=== the second task: '{x['tasks'][1]}' ===", summary(r["second_task"]), "",
+             f"=== across the tasks ('{x['tasks'][0]}' / '{x['tasks'][1]}') ===",
+             "metric vs average forgetting on each task (Spearman ρ; sign kept?):"]
+    for m in x["metrics"]:
+        (a, b), (na, nb) = m["spearman"], m["n"]
+        keep = {True: "same sign", False: "SIGN FLIPS", None: "-"}[m["same_sign"]]
+        lines.append(f"  {m['metric']:<22} ρ {_g(a):>7} (n {na}) / {_g(b):>7} (n {nb})  {keep}")
+    lines.append(f"  rank correlation of the two rankings' ρ: {_g(x['ranking_agreement'])}")
+    for key, what in (("tradeoff", "at matched task EM"), ("trajectories", "at matched task loss over trajectories")):
+        for c in x["matched"].get(key) or []:
+            lines += [f"  {c['pair']} {what}:"] + [f"    {t}: {line}" for t, line in zip(x["tasks"], c["lines"])]
+    lines.append(f"total for both tasks {r['seconds']:.0f} s")
     return "\n".join(lines)

@@ -14,6 +14,9 @@ the project itself (no dataset is downloaded), grouped like Li et al. 2024's cat
   data of the forgetting predictors' "general loss".
 - ``tasks/reverse/{train,eval}.jsonl`` a fine-tuning task from another distribution
   ({"prompt", "completion"}): write a list of words in reverse order.
+- ``tasks/json/{train,eval}.jsonl`` a second task, unlike the first and unlike the suites: write a
+  few "field value" pairs as a JSON object with its keys in alphabetical order (a format and a
+  sorting rule; vocabulary of its own).
 
 Run: ``python data/real/generate.py`` (rewrites the files next to this script; same bytes every time).
 """
@@ -268,6 +271,28 @@ def reverse_task(rng, n: int) -> list[dict]:
     return out
 
 
+JSON_FIELDS = {"fruit": ["pear", "plum", "mango", "lemon", "cherry", "peach", "grape", "melon"],
+               "tool": ["hammer", "wrench", "saw", "drill", "chisel", "shovel", "rake", "ladle"],
+               "day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+               "size": ["tiny", "small", "medium", "large", "huge"],
+               "shape": ["circle", "square", "triangle", "oval", "star", "hexagon"],
+               "metal": ["iron", "copper", "silver", "gold", "tin", "zinc"]}
+
+
+def json_task(rng, n: int, exclude: tuple = ()) -> list[dict]:
+    """``n`` distinct items whose prompts are not in ``exclude`` (held-out items are new)."""
+    out, seen = [], {r["prompt"] for r in exclude}
+    while len(out) < n:
+        keys = rng.sample(sorted(JSON_FIELDS), rng.randint(2, 3))
+        pairs = [(k, rng.choice(JSON_FIELDS[k])) for k in keys]
+        prompt = "As JSON, keys sorted: " + "; ".join(f"{k} {v}" for k, v in pairs)
+        if prompt + "\nJSON:" in seen:
+            continue
+        seen.add(prompt + "\nJSON:")
+        out.append({"prompt": prompt + "\nJSON:", "completion": " " + json.dumps(dict(sorted(pairs)))})
+    return out
+
+
 def write(path: Path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -285,6 +310,9 @@ def main() -> None:
     write(HERE / "general.jsonl", [{"text": t} for t in GENERAL])
     write(HERE / "tasks" / "reverse" / "train.jsonl", reverse_task(rng, 400))
     write(HERE / "tasks" / "reverse" / "eval.jsonl", reverse_task(rng, 60))
+    train = json_task(rng, 400)
+    write(HERE / "tasks" / "json" / "train.jsonl", train)
+    write(HERE / "tasks" / "json" / "eval.jsonl", json_task(rng, 60, exclude=train))
 
 
 if __name__ == "__main__":

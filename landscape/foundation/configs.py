@@ -411,6 +411,9 @@ class ProbeConfig(Config):
                                   choices=PROBE_METRICS)
     probe_suites: tuple = option((), "Suite file or directory for the forgetting metric (repeatable; default the "
                                      "embedded suites).", flag="probe-suite")
+    probe_suite_items: int | None = option(None, "Items of each suite the forgetting metric scores (the first N; "
+                                                 "default all): cheaper probes, noisier forgetting.", kind="int",
+                                           bounds=(1, None))
     probe_task_data: str | None = option(None, "Held-out task data for the task_loss metric (how much the run has "
                                                "learned: with forgetting, a point of the trade-off frontier).",
                                          kind="path")

@@ -11,6 +11,7 @@ study are two specs (:mod:`landscape.study.demo`, :mod:`landscape.study.real`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -114,12 +115,12 @@ def expand(spec: StudySpec, fast: bool) -> list[dict]:
     return out
 
 
-def study_manifest(spec: StudySpec, out: Path, root: Path, runs: list[dict], fast: bool) -> Path:
-    """The study's manifest (YAML), written next to the fine-tunes."""
+def study_manifest(spec: StudySpec, out: Path, root: Path, runs: list[dict], fast: bool, base: Path) -> Path:
+    """The study's manifest (YAML), written next to the fine-tunes (``base`` named relative to it)."""
     import yaml
 
     flat = {**spec.flatness, **(spec.fast_flatness if fast else {}), "data": str(root / spec.task_dir / "eval.jsonl")}
-    m = {"title": spec.title, "base": "base", "suites": [str(root / spec.suites)], "flatness": flat,
+    m = {"title": spec.title, "base": os.path.relpath(base, out), "suites": [str(root / spec.suites)], "flatness": flat,
          "checkpoints": [{"path": f"ft/{r['label']}", "label": r["label"], "optimizer": r["family"], "lr": r["lr"],
                           "steps": r["steps"], "rho": r["rho"], "lora": r["lora"], "dataset": spec.task_dir.name,
                           "seed": r["seed"], "setting": r["setting"]} for r in runs],
@@ -132,8 +133,10 @@ def study_manifest(spec: StudySpec, out: Path, root: Path, runs: list[dict], fas
 
 
 def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, fast: bool = False,
-              progress: bool = False) -> dict:
-    """Fine-tune ``base`` per ``spec`` under ``out/ft``, measure, correlate; ``root`` holds the data."""
+              progress: bool = False, store: Path | None = None) -> dict:
+    """Fine-tune ``base`` per ``spec`` under ``out/ft``, measure, correlate; ``root`` holds the data;
+    ``store`` the results store (default ``out/report.sqlite``: another study of the same base can
+    share one, so the base is scored once)."""
     from landscape.measures import forgetting as FG
     from landscape.study.runner import run_manifest
 
@@ -148,8 +151,8 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
                                   probe if r["probed"] else None, progress)
            for r in runs}
     t_ft = time.perf_counter() - t0
-    manifest = study_manifest(spec, out, root, runs, fast)
-    res = run_manifest(manifest, out / "report.html", progress=progress)
+    manifest = study_manifest(spec, out, root, runs, fast, base)
+    res = run_manifest(manifest, out / "report.html", store_path=store, progress=progress)
     task_suite = FG.load_suite(task / "eval.jsonl")
     for r in res["checkpoints"]:  # how well each fine-tune learned its task (exact match on held-out items)
         ck = checkpoint.load_checkpoint(r["path"])
@@ -253,3 +256,31 @@ def comparisons(spec: StudySpec, res: dict) -> list[dict]:
                       "task_exact_match": [float(np.mean(v)) if v else None for v in em],
                       "task_exact_match_difference": mean_difference(*em) if all(em) else None})
     return comps
+
+
+def across_tasks(first: dict, second: dict) -> dict:
+    """Whether two studies of one base (two fine-tuning tasks) agree: each metric's Spearman ρ with
+    forgetting on both (and whether its sign holds), the rank correlation of the two rankings, and the
+    matched comparisons both tasks make (final checkpoints and trajectories), side by side."""
+    from scipy import stats
+
+    rho = [{r["metric"]: r for r in s["ranking"]} for s in (first, second)]
+    rows = [{"metric": k, "spearman": [rho[0][k]["spearman"], rho[1][k]["spearman"]],
+             "ci": [rho[0][k].get("ci"), rho[1][k].get("ci")], "n": [rho[0][k]["n"], rho[1][k]["n"]]}
+            for k in rho[0] if k in rho[1]]
+    rows = [{**r, "same_sign": None if None in r["spearman"] else bool(np.sign(r["spearman"][0]) == np.sign(r["spearman"][1]))}
+            for r in rows]
+    both = [r["spearman"] for r in rows if None not in r["spearman"]]
+    agree = float(stats.spearmanr(*zip(*both)).statistic) if len(both) >= 3 else None
+
+    def pairs(s: dict, key: str) -> dict:
+        return {f"{c['a']} vs {c['b']}": c for c in ((s.get(key) or {}).get("pairs") or [])}
+
+    matched = {}
+    for key in ("tradeoff", "trajectories"):
+        a, b = pairs(first, key), pairs(second, key)
+        matched[key] = [{"pair": p, "lines": [a[p]["line"], b[p]["line"]],
+                         "mean_difference": [a[p]["mean_difference"], b[p]["mean_difference"]],
+                         "ci": [a[p].get("ci"), b[p].get("ci")]} for p in a if p in b]
+    return {"tasks": [first["task"], second["task"]], "metrics": rows, "ranking_agreement": agree,
+            "matched": matched}

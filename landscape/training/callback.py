@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -199,6 +200,8 @@ class LandscapeCallback(TrainerCallback):
             from landscape.measures.forgetting import load_suites
 
             self._suites = load_suites(list(self.cfg.probe_suites) or None)
+            if self.cfg.probe_suite_items:  # a fixed subset: every probe scores the same items
+                self._suites = [replace(s, items=s.items[:self.cfg.probe_suite_items]) for s in self._suites]
 
     def _probe(self, model, step: int, state=None) -> None:
         t0 = time.perf_counter()
