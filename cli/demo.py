@@ -103,7 +103,8 @@ def summary(r: dict) -> str:
         lines += ["", f"λ_max of the general loss's Hessian at the base: {_g(lam['lambda_max'])} "
                       f"({lam['hvps']} HVPs, converged {lam['converged']})"]
     covs = r.get("covariates") or []
-    lines += ["", "metric vs average forgetting, ranked (Spearman ρ [95% bootstrap CI], p"
+    over = f" over {r['bootstrap_over']}" if r.get("bootstrap_over") else ""
+    lines += ["", f"metric vs average forgetting, ranked (Spearman ρ [95% bootstrap CI{over}], p"
               + (f"; partial ρ given {', '.join(covs)} [CI]" if covs else "") + "; n checkpoints):"]
     for row in r["ranking"]:
         ci = row.get("ci") or [None, None]

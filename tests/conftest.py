@@ -52,3 +52,18 @@ def text_data(tmp_path) -> Path:
             {"prompt": "task : reverse input : red blue output :", "completion": "blue red"},
             {"input_ids": [1, 5, 6, 7, 8]}]
     return write_jsonl(tmp_path / "mixed.jsonl", rows)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    """LANDSCAPE_TEST_MEMLOG=FILE: one line per test with the pytest process's peak RSS so far and its
+    current RSS (GB), to find the tests that raise the suite's peak (the peak is monotonic: the test
+    whose line first shows it raised it)."""
+    import os
+
+    path = os.environ.get("LANDSCAPE_TEST_MEMLOG")
+    if path:
+        from landscape.foundation.params import _proc_status
+
+        with open(path, "a") as f:
+            f.write(f"{_proc_status('VmHWM') / 2**30:.2f} {_proc_status('VmRSS') / 2**30:.2f} {item.nodeid}\n")

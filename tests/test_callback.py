@@ -175,6 +175,26 @@ def test_task_loss_trajectory_gives_frontier_points(tokenizer, tmp_path, probe_d
         LandscapeCallback(data=probe_data, every=1, metrics=["task_loss"])
 
 
+def test_forgetting_probes_on_a_suite_subset_score_its_first_items(tokenizer, tmp_path, probe_data):
+    """probe_suite_items N: each probe's forgetting is the base-minus-now score of the first N items
+    (not of all of them), the same items at every probe."""
+    from landscape.measures.forgetting import load_suite, score_suite
+
+    items = [{"context": f"the {a} is", "choices": [" red", " blue", " green"], "answer": k % 3}
+             for k, a in enumerate(["cat", "dog", "mat", "forest", "color", "cat", "dog", "mat"])]
+    suite = write_jsonl(tmp_path / "colors.jsonl", items)
+    model = model_of(tokenizer, dropout=0.0)
+    w0 = copy.deepcopy(model)
+    cb = LandscapeCallback(data=probe_data, every=10, metrics=["forgetting"],
+                           config=ProbeConfig(probe_suites=(str(suite),), probe_suite_items=3))
+    train(model, tokenizer, tmp_path, [cb], steps=3)
+    full = load_suite(suite)
+    head = type(full)(**{**full.__dict__, "items": full.items[:3]})
+    want = score_suite(w0, tokenizer, head)["score"] - score_suite(model, tokenizer, head)["score"]
+    assert cb.records[-1]["forgetting/colors"] == pytest.approx(want, abs=1e-12)
+    assert {round(r["forgetting/colors"] * 3, 9) % 1 for r in cb.records} == {0.0}  # thirds: 3 items scored
+
+
 def test_a_resumed_probed_finetune_has_the_uninterrupted_trajectory(llama_dir, tmp_path, probe_data):
     from landscape.foundation.configs import FinetuneConfig, LoadConfig
     from landscape.training.finetune import finetune

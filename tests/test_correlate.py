@@ -309,3 +309,29 @@ def test_predictors_and_covariates_through_the_manifest(study, tmp_path, monkeyp
         p.write_text(yaml.safe_dump(bad))
         r = CliRunner().invoke(cli, ["correlate", str(p), "--out", str(tmp_path / "y.html")])
         assert r.exit_code == 2 and match in r.stderr, (match, r.stderr)
+
+
+def test_cluster_bootstrap_of_tripled_rows_is_the_bootstrap_of_the_unique_rows():
+    """Seed repeats are not independent checkpoints: with every row tripled and the copies grouped,
+    the cluster bootstrap's intervals equal those of the 12 unique rows exactly (same draws of whole
+    groups; tripled data has the same Pearson, Spearman and partial statistics), while the pair
+    bootstrap of the 36 rows — three times the evidence it does not have — is narrower."""
+    from landscape.study.correlate import correlation, partial_correlation
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=12)
+    y = 0.5 * x + rng.normal(size=12)
+    z = rng.normal(size=12)
+    x3, y3, z3 = (np.repeat(v, 3) for v in (x, y, z))
+    groups = [f"s{k}" for k in np.repeat(np.arange(12), 3)]
+    one, clustered, pairs = correlation(x, y), correlation(x3, y3, groups=groups), correlation(x3, y3)
+    for k in ("pearson", "spearman"):
+        assert clustered[k]["ci"] == pytest.approx(one[k]["ci"], abs=1e-12), k
+        assert np.diff(pairs[k]["ci"])[0] < 0.8 * np.diff(one[k]["ci"])[0], k
+    assert clustered["clusters"] == 12
+    p1 = partial_correlation(x, y, {"z": z})
+    p3 = partial_correlation(x3, y3, {"z": z3}, groups=groups)
+    for k in ("pearson", "spearman"):
+        assert p3[k]["ci"] == pytest.approx(p1[k]["ci"], abs=1e-12), k
+    # one row per group is the pair bootstrap itself
+    assert correlation(x, y, groups=[f"g{k}" for k in range(12)])["spearman"]["ci"] == one["spearman"]["ci"]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from landscape.study import tradeoff as T
 
@@ -109,3 +110,78 @@ def test_study_comparisons_are_over_seeds_with_a_welch_interval():
     c = comparisons(TOY, {"checkpoints": cks})[0]
     assert c["n_seeds"] == [3, 4] and c["forgetting_difference"]["ci"] == pytest.approx(d["ci"])
     assert c["lambda_max"] == [None, None] and c["lambda_max_difference"] is None
+
+
+def test_two_tasks_agree_metric_by_metric_and_pair_by_pair():
+    """across_tasks: each metric's ρ on both tasks with its sign kept or flipped, the two rankings'
+    rank correlation (scipy's), and the matched comparisons both tasks make, joined by pair."""
+    from scipy import stats
+
+    from landscape.study.studies import across_tasks
+
+    def study(task, rhos, pairs):
+        return {"task": task, "ranking": [{"metric": m, "spearman": r, "n": 9, "ci": None} for m, r in rhos.items()],
+                "tradeoff": {"pairs": [{"a": a, "b": b, "line": f"{task} {a}", "mean_difference": d, "ci": None}
+                                       for a, b, d in pairs]}, "trajectories": None}
+
+    a = study("reverse", {"x": 0.8, "y": -0.5, "z": 0.1, "w": 0.3, "only_a": 0.9},
+              [("sam", "adamw", -0.1), ("adamw-lora", "adamw", -0.2)])
+    b = study("json", {"x": 0.6, "y": 0.4, "z": 0.2, "w": None}, [("sam", "adamw", 0.05)])
+    x = across_tasks(a, b)
+    got = {m["metric"]: m for m in x["metrics"]}
+    assert set(got) == {"x", "y", "z", "w"}  # the metrics both rankings hold
+    assert got["x"]["same_sign"] is True and got["y"]["same_sign"] is False and got["w"]["same_sign"] is None
+    assert x["ranking_agreement"] == pytest.approx(stats.spearmanr([0.8, -0.5, 0.1], [0.6, 0.4, 0.2]).statistic)
+    assert x["matched"]["tradeoff"] == [{"pair": "sam vs adamw", "lines": ["reverse sam", "json sam"],
+                                         "mean_difference": [-0.1, 0.05], "ci": [None, None]}]
+    assert x["matched"]["trajectories"] == []
+
+
+def test_the_second_real_task_is_held_out_sorted_json():
+    """data/real/tasks/json: the eval prompts are not training prompts, every completion is the JSON
+    object of its prompt's fields with the keys sorted, and the generator rewrites the same bytes."""
+    import json
+    import subprocess
+    import sys
+
+    from landscape.foundation.data import real_data_dir
+
+    d = real_data_dir() / "tasks" / "json"
+    train, ev = ([json.loads(line) for line in (d / f).read_text().splitlines()] for f in ("train.jsonl", "eval.jsonl"))
+    assert len(train) == 400 and len(ev) == 60
+    assert not {r["prompt"] for r in ev} & {r["prompt"] for r in train}
+    for r in train + ev:
+        fields = dict(kv.split(" ", 1) for kv in r["prompt"].split(": ", 1)[1].split("\nJSON:")[0].split("; "))
+        obj = json.loads(r["completion"])
+        assert obj == fields and list(obj) == sorted(obj)
+    before = {p: p.read_bytes() for p in real_data_dir().rglob("*.jsonl")}
+    try:
+        subprocess.run([sys.executable, str(real_data_dir() / "generate.py")], check=True)
+        assert {p: p.read_bytes() for p in real_data_dir().rglob("*.jsonl")} == before
+    finally:
+        for p, b in before.items():
+            p.write_bytes(b)
+
+
+def test_study_finetunes_side_by_side_equal_the_serial_ones(llama_dir, text_data, tmp_path):
+    """finetune_all in two one-thread worker processes writes the same weights, bit for bit, as the
+    fine-tunes run one after another in this process; a second call reuses them all."""
+    from safetensors.torch import load_file
+
+    from landscape.foundation import checkpoint
+    from landscape.foundation.configs import FinetuneConfig
+    from landscape.study.studies import finetune_all
+
+    fp = checkpoint.fingerprint(llama_dir)
+
+    def jobs(where):
+        return {f"r{k}": (llama_dir, fp, where / f"r{k}", text_data,
+                          FinetuneConfig(max_steps=3, lr=1e-3, batch_size=2, seed=k, optimizer=opt, overwrite=True), None)
+                for k, opt in enumerate(("adamw", "sam"))}
+
+    assert finetune_all(jobs(tmp_path / "a"), 1, False) == {"r0": "trained", "r1": "trained"}
+    assert finetune_all(jobs(tmp_path / "b"), 2, False) == {"r0": "trained", "r1": "trained"}
+    for k in ("r0", "r1"):
+        a, b = (load_file(str(tmp_path / w / k / "model.safetensors")) for w in "ab")
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), k
+    assert finetune_all(jobs(tmp_path / "b"), 2, False) == {"r0": "reused", "r1": "reused"}

@@ -1,8 +1,9 @@
 """Statistics of flatness against forgetting over many checkpoints (no models, no files here).
 
 :func:`correlation`: Pearson r, Spearman ρ and Kendall τ-b with scipy's two-sided
-p-values, n, and percentile-bootstrap 95% intervals (pairs resampled with replacement, seeded;
-resamples where a side is constant are dropped and counted). With n < 3 or a constant side the
+p-values, n, and percentile-bootstrap 95% intervals (pairs resampled with replacement, seeded — or,
+given groups such as the setting each seed repeats, whole groups: :func:`resamples`; resamples where
+a side is constant are dropped and counted). With n < 3 or a constant side the
 coefficients are ``None`` and ``reason`` says why. Metrics are ranked by |Spearman ρ| against the
 average forgetting and against each category's: rank correlation is what "flatter ⇒ forgets less"
 claims, and it does not assume a linear scale across metrics whose units differ by orders of magnitude.
@@ -43,13 +44,33 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (xc * yc).sum(axis=1) / den, np.nan)
 
 
-def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Pearson, Spearman and Kendall (τ-b) of paired samples, with p-values and bootstrap CIs."""
+def resamples(n: int, groups, n_boot: int, g) -> list[np.ndarray]:
+    """Bootstrap index arrays over n rows, as chunks of shape (resamples, rows). Without ``groups``
+    (or when every group has one row): rows drawn with replacement, one chunk. With ``groups`` (a
+    label per row, e.g. the setting a seed repeats): whole groups drawn with replacement, every row of
+    a drawn group taken (a cluster bootstrap: seed repeats of one setting are not independent
+    checkpoints), chunked by the resample's size so each chunk stays one array."""
+    if groups is None or len(set(groups)) == n:
+        return [g.integers(0, n, size=(n_boot, n))]
+    labels = list(dict.fromkeys(groups))
+    members = [np.flatnonzero(np.asarray([x == lab for x in groups])) for lab in labels]
+    drawn = g.integers(0, len(labels), size=(n_boot, len(labels)))
+    rows = [np.concatenate([members[k] for k in d]) for d in drawn]
+    by_size: dict = {}
+    for r in rows:
+        by_size.setdefault(len(r), []).append(r)
+    return [np.stack(v) for _, v in sorted(by_size.items())]
+
+
+def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups=None) -> dict:
+    """Pearson, Spearman and Kendall (τ-b) of paired samples, with p-values and bootstrap CIs
+    (over ``groups`` when given: see :func:`resamples`)."""
     from scipy import stats
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
+    groups = None if groups is None else [lab for lab, keep in zip(groups, ok) if keep]
     n = int(len(x))
     out: dict = {"n": n}
     names = ("pearson", "spearman", "kendall")
@@ -59,12 +80,13 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) ->
             out[k] = {"r": None, "p": None, "ci": [None, None]}
         return out
     point = {"pearson": stats.pearsonr(x, y), "spearman": stats.spearmanr(x, y), "kendall": stats.kendalltau(x, y)}
-    g = np.random.default_rng(seed)
-    idx = g.integers(0, n, size=(n_boot, n))
-    bx, by = x[idx], y[idx]
-    boots = {"pearson": _pearson_rows(bx, by),
-             "spearman": _pearson_rows(stats.rankdata(bx, axis=1), stats.rankdata(by, axis=1)),
-             "kendall": _kendall_b(bx, by)}
+    boots: dict = {k: [] for k in names}
+    for idx in resamples(n, groups, n_boot, np.random.default_rng(seed)):
+        bx, by = x[idx], y[idx]
+        boots["pearson"].append(_pearson_rows(bx, by))
+        boots["spearman"].append(_pearson_rows(stats.rankdata(bx, axis=1), stats.rankdata(by, axis=1)))
+        boots["kendall"].append(_kendall_b(bx, by))
+    boots = {k: np.concatenate(v) for k, v in boots.items()}
     a = (1 - level) / 2
     for k in names:
         r, p = point[k]
@@ -72,6 +94,8 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95) ->
         ci = [float(np.quantile(b, a)), float(np.quantile(b, 1 - a))] if len(b) else [None, None]
         out[k] = {"r": float(r), "p": float(p), "ci": ci, "boot_used": int(len(b))}
     out["n_boot"] = n_boot
+    if groups is not None:
+        out["clusters"] = len(set(groups))
     return out
 
 
@@ -90,9 +114,11 @@ def _ranks(a: np.ndarray) -> np.ndarray:
     return stats.rankdata(a, axis=-1)
 
 
-def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                        groups=None) -> dict:
     """Pearson and Spearman partial correlations of x and y given ``covariates`` (name → values),
-    with t-test p-values and percentile-bootstrap intervals (see the module docstring)."""
+    with t-test p-values and percentile-bootstrap intervals (over ``groups`` when given; see the
+    module docstring and :func:`resamples`)."""
     from scipy import stats
 
     names = list(covariates)
@@ -102,6 +128,7 @@ def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 
     for c in cols:
         ok &= np.isfinite(c)
     x, y = x[ok], y[ok]
+    groups = None if groups is None else [lab for lab, keep in zip(groups, ok) if keep]
     Z = np.stack([c[ok] for c in cols], axis=1) if cols else np.zeros((len(x), 0))
     n, k = len(x), Z.shape[1]
     out: dict = {"n": int(n), "covariates": names}
@@ -120,8 +147,7 @@ def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 
         for kind in ("pearson", "spearman"):
             out[kind] = {"r": None, "p": None, "ci": [None, None]}
         return out
-    g = np.random.default_rng(seed)
-    idx = g.integers(0, n, size=(n_boot, n))
+    chunks = resamples(n, groups, n_boot, np.random.default_rng(seed))
     a = (1 - level) / 2
     df = n - 2 - k
     for kind, tf in (("pearson", lambda v: v), ("spearman", _ranks)):
@@ -130,16 +156,22 @@ def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 
         r = float(_pearson_rows(_residuals(xs[None], Zs[None]), _residuals(ys[None], Zs[None]))[0])
         t = r * np.sqrt(df / max(1e-300, 1 - r * r))
         p = float(2 * stats.t.sf(abs(t), df))
-        bx, by, bZ = x[idx], y[idx], Z[idx]
-        if kind == "spearman":
-            bx, by = _ranks(bx), _ranks(by)
-            bZ = np.stack([_ranks(bZ[:, :, j]) for j in range(k)], axis=2) if k else bZ
-        b = _pearson_rows(_residuals(bx, bZ), _residuals(by, bZ))
+        b = np.concatenate([_boot_partial(x[idx], y[idx], Z[idx], kind == "spearman") for idx in chunks])
         b = b[np.isfinite(b)]
         ci = [float(np.quantile(b, a)), float(np.quantile(b, 1 - a))] if len(b) else [None, None]
         out[kind] = {"r": r, "p": p, "ci": ci, "boot_used": int(len(b))}
     out["df"] = df
+    if groups is not None:
+        out["clusters"] = len(set(groups))
     return out
+
+
+def _boot_partial(bx: np.ndarray, by: np.ndarray, bZ: np.ndarray, ranks: bool) -> np.ndarray:
+    """The partial correlation of each resample (rows of bx, by; bZ: (B, n, k)), on ranks if asked."""
+    if ranks:
+        bx, by = _ranks(bx), _ranks(by)
+        bZ = np.stack([_ranks(bZ[:, :, j]) for j in range(bZ.shape[2])], axis=2) if bZ.shape[2] else bZ
+    return _pearson_rows(_residuals(bx, bZ), _residuals(by, bZ))
 
 
 def _values(rows: list[dict], m: str) -> list:
@@ -164,19 +196,19 @@ def _rank(metrics: list[str], table: dict, partial: dict, target: str) -> list[d
 
 
 def correlate_table(rows: list[dict], metrics: list[str], targets: dict[str, list], n_boot: int = 2000,
-                    seed: int = 0, covariates: dict | None = None) -> dict:
+                    seed: int = 0, covariates: dict | None = None, groups=None) -> dict:
     """For every metric × forgetting target: :func:`correlation` and, given ``covariates`` (name →
     one value per row), :func:`partial_correlation`; a ranking per target (``rankings``; ``ranking``
-    is the average's)."""
+    is the average's). ``groups`` (a label per row) makes every bootstrap a cluster bootstrap."""
     out: dict = {}
     partial: dict = {}
+    boot = {"n_boot": n_boot, "seed": seed, "groups": groups}
     for m in metrics:
         xs = _values(rows, m)
-        out[m] = {t: correlation(xs, [np.nan if v is None else v for v in ys], n_boot=n_boot, seed=seed)
-                  for t, ys in targets.items()}
+        out[m] = {t: correlation(xs, [np.nan if v is None else v for v in ys], **boot) for t, ys in targets.items()}
         if covariates:
-            partial[m] = {t: partial_correlation(xs, [np.nan if v is None else v for v in ys], covariates,
-                                                 n_boot=n_boot, seed=seed) for t, ys in targets.items()}
+            partial[m] = {t: partial_correlation(xs, [np.nan if v is None else v for v in ys], covariates, **boot)
+                          for t, ys in targets.items()}
     rankings = {t: _rank(metrics, out, partial, t) for t in targets}
     return {"correlations": out, "partial": partial, "covariates": list(covariates or {}),
             "ranking": rankings.get("average", []), "rankings": rankings}

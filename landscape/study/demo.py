@@ -128,6 +128,8 @@ TOY = StudySpec(
     # every fine-tune measured while it trains: each probe a (task loss, forgetting) point
     probe={"probe_every": 50, "probe_metrics": ("loss", "forgetting", "task_loss"), "probe_batch_size": 16},
     fast_probe={"probe_every": 75},
+    # a 0.7M-parameter model keeps one core busy, not two: two fine-tunes at a time, one thread each
+    finetune_workers=2,
 )
 
 

@@ -415,7 +415,8 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
         "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{title}</title>",
         f"<style>{CSS}</style></head><body>", f"<h1>{title}</h1>",
         f"<p class='note'>base {html.escape(result['base'])} · {len(result['checkpoints'])} checkpoints · "
-        f"forgetting Δ &gt; 0 = forgotten (base − tuned accuracy) · bootstrap 95% intervals · landscape "
+        f"forgetting Δ &gt; 0 = forgotten (base − tuned accuracy) · bootstrap 95% intervals over "
+        f"{html.escape(result.get('bootstrap_over') or 'checkpoints')} · landscape "
         f"{html.escape(result['version'])}</p>",
         *_ranking_tables(result),
         *parts[:2 if pf is not None else 1],

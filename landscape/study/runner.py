@@ -150,8 +150,11 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
     lam = next((r["predictors"].get("lambda_max_run") for r in rows if r["predictors"]), None)
     del session
     targets = _targets(rows)
+    # seed repeats of one setting (label ``setting``) are resampled together, not as independent checkpoints
+    groups = [r.get("setting") or r["label"] for r in rows]
     stats = correlate_table(rows, m.metrics, targets, n_boot=m.bootstrap, seed=m.seed,
-                            covariates=_covariates(rows, m.covariates))
+                            covariates=_covariates(rows, m.covariates), groups=groups)
+    stats["bootstrap_over"] = "checkpoints" if len(set(groups)) == len(rows) else f"settings ({len(set(groups))} clusters)"
     result = {"title": m.title, "manifest": m.path, "base": str(m.base), "base_fingerprint": base_fp,
               "base_flatness": base_flat, "base_scores": base_scores, "metrics": m.metrics, "metric_info": info,
               "lambda_max_base_general": lam,

@@ -47,6 +47,9 @@ class StudySpec:
     # are the study's): each run's trajectory of (task loss, forgetting) points, a frontier per family
     probe: dict | None = None
     fast_probe: dict = field(default_factory=dict)  # overrides of ``probe`` for fast=True
+    # fine-tunes run side by side in this many one-thread processes (at most the CPU count): for models
+    # too small to use two threads well; results do not depend on it (a test holds it bit for bit)
+    finetune_workers: int = 1
 
 
 def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, probe, progress: bool) -> str:
@@ -61,6 +64,30 @@ def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneCon
     finetune(base, data, out, run, load=LoadConfig(device="cpu"), progress=progress,
              probe=LandscapeCallback(config=probe) if probe is not None else None)
     return "trained"
+
+
+def finetune_all(jobs: dict, workers: int, progress: bool) -> dict:
+    """{label: "trained" | "reused"} for every job (the arguments of :func:`_finetuned` but progress):
+    in this process, or side by side in ``workers`` one-thread processes (a spawned pool: no forked
+    torch state) with one progress bar over the runs."""
+    if workers <= 1:
+        return {label: _finetuned(*args, progress) for label, args in jobs.items()}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+        futures = {pool.submit(_finetuned, *args, False): label for label, args in jobs.items()}
+        done = {futures[f]: f.result() for f in tqdm(as_completed(futures), total=len(futures), desc="fine-tunes",
+                                                      disable=not progress)}
+    return {label: done[label] for label in jobs}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _reusable(out: Path, base_fp: str, run: FinetuneConfig) -> bool:
@@ -144,12 +171,12 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
     runs = expand(spec, fast)
     base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
     task, probe = root / spec.task_dir, probe_config(spec, root, fast)
-    how = {r["label"]: _finetuned(base, base_fp, out / "ft" / r["label"], task / "train.jsonl",
-                                  spec.finetune.replace(optimizer=r["optimizer"], lr=r["lr"], max_steps=r["steps"],
-                                                        rho=r["rho"] or 0.05, lora=r["lora"], seed=r["seed"],
-                                                        eval_data=str(task / "eval.jsonl"), overwrite=True),
-                                  probe if r["probed"] else None, progress)
-           for r in runs}
+    jobs = {r["label"]: (base, base_fp, out / "ft" / r["label"], task / "train.jsonl",
+                         spec.finetune.replace(optimizer=r["optimizer"], lr=r["lr"], max_steps=r["steps"],
+                                               rho=r["rho"] or 0.05, lora=r["lora"], seed=r["seed"],
+                                               eval_data=str(task / "eval.jsonl"), overwrite=True),
+                         probe if r["probed"] else None) for r in runs}
+    how = finetune_all(jobs, min(spec.finetune_workers, os.cpu_count() or 1), progress)
     t_ft = time.perf_counter() - t0
     manifest = study_manifest(spec, out, root, runs, fast, base)
     res = run_manifest(manifest, out / "report.html", store_path=store, progress=progress)
@@ -162,6 +189,7 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
             "task": spec.task_dir.name, "metrics": res["metrics"], "checkpoints": res["checkpoints"],
             "base_scores": res["base_scores"], "ranking": res["ranking"], "correlations": res["correlations"],
             "rankings": res["rankings"], "partial": res["partial"], "covariates": res["covariates"],
+            "bootstrap_over": res.get("bootstrap_over"),
             "metric_info": res["metric_info"], "lambda_max_base_general": res["lambda_max_base_general"],
             "comparisons": comparisons(spec, res), "tradeoff": study_tradeoff(spec, res["checkpoints"]),
             "trajectories": trajectories(spec, out, runs, probe),
