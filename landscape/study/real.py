@@ -24,8 +24,10 @@ from landscape.study.studies import StudySpec, run_study
 # README): lr 1e-5 (learned nothing), lr 3e-4 for 60 steps (the equal-compute comparison), SAM ρ 0.2
 # and ASAM are gone; λ_max at ≤ 10 HVPs, SAM sharpness and a 5-point line (no trace, no average
 # sharpness); the predictors at tol 1e-2 on a 4-point line.
+# basis-free λ_max (two vectors, not a 10-vector basis): the study's process holds the base for the
+# predictors beside each checkpoint, and a kept basis made the plan refuse the fourth checkpoint
 FLATNESS = {"batch_size": 8, "num_batches": 1, "max_length": 48, "top_k": 1, "max_iter": 10, "tol": 1e-2,
-            "metrics": ["lambda_max", "sam", "surface_curvature"], "surface": {"x": "-1:1:5"}}
+            "reorth": "none", "metrics": ["lambda_max", "sam", "surface_curvature"], "surface": {"x": "-1:1:5"}}
 PREDICTORS = {"data": "general.jsonl", "batch_size": 8, "num_batches": 2, "max_length": 48, "line": "0:1:4",
               "max_iter": 15, "tol": 1e-2}
 # probes while the seeded runs train: forgetting on the first 20 items of each suite (120 of 680: a
