@@ -154,7 +154,8 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
     groups = [r.get("setting") or r["label"] for r in rows]
     stats = correlate_table(rows, m.metrics, targets, n_boot=m.bootstrap, seed=m.seed,
                             covariates=_covariates(rows, m.covariates), groups=groups)
-    stats["bootstrap_over"] = "checkpoints" if len(set(groups)) == len(rows) else f"settings ({len(set(groups))} clusters)"
+    clusters = len(set(groups))
+    stats["bootstrap_over"] = "checkpoints" if clusters == len(rows) else f"settings ({clusters} clusters)"
     result = {"title": m.title, "manifest": m.path, "base": str(m.base), "base_fingerprint": base_fp,
               "base_flatness": base_flat, "base_scores": base_scores, "metrics": m.metrics, "metric_info": info,
               "lambda_max_base_general": lam,

@@ -293,12 +293,13 @@ def across_tasks(first: dict, second: dict) -> dict:
     from scipy import stats
 
     rho = [{r["metric"]: r for r in s["ranking"]} for s in (first, second)]
-    rows = [{"metric": k, "spearman": [rho[0][k]["spearman"], rho[1][k]["spearman"]],
-             "ci": [rho[0][k].get("ci"), rho[1][k].get("ci")], "n": [rho[0][k]["n"], rho[1][k]["n"]]}
-            for k in rho[0] if k in rho[1]]
-    rows = [{**r, "same_sign": None if None in r["spearman"] else bool(np.sign(r["spearman"][0]) == np.sign(r["spearman"][1]))}
-            for r in rows]
-    both = [r["spearman"] for r in rows if None not in r["spearman"]]
+    rows = []
+    for k in (k for k in rho[0] if k in rho[1]):
+        a, b = rho[0][k]["spearman"], rho[1][k]["spearman"]
+        rows.append({"metric": k, "spearman": [a, b], "ci": [rho[0][k].get("ci"), rho[1][k].get("ci")],
+                     "n": [rho[0][k]["n"], rho[1][k]["n"]],
+                     "same_sign": None if a is None or b is None else bool(np.sign(a) == np.sign(b))})
+    both = [r["spearman"] for r in rows if r["same_sign"] is not None]
     agree = float(stats.spearmanr(*zip(*both)).statistic) if len(both) >= 3 else None
 
     def pairs(s: dict, key: str) -> dict:
