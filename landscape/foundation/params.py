@@ -101,6 +101,24 @@ def norm(a: Vector) -> torch.Tensor:
     return dot(a, a).sqrt()
 
 
+def mixed_sq_norm(tensors, rows: list[bool], group=None, slices: bool = False) -> torch.Tensor:
+    """Σ‖t‖² of gradients some of which are FSDP2 rows (``rows`` true: summed over the ranks of
+    ``group``) and the rest held whole by every rank (a LoRA adapter's: counted once), as a float64
+    0-d tensor on the tensors' device; each tensor's own sum in float32 at least, so bf16 neither
+    overflows nor loses the norm. ``slices``: every tensor is a slice of a user's own sharding (all
+    summed over ``group``). Nothing distributed is touched when no tensor is a row or a slice."""
+    dev = tensors[0].device if tensors else torch.device("cpu")
+    sqs = [t.detach().float().pow(2).sum().double() for t in tensors]
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    spread = sum((x for x, r in zip(sqs, rows) if r or slices), zero)
+    whole = sum((x for x, r in zip(sqs, rows) if not (r or slices)), zero)
+    if slices or any(rows):
+        import torch.distributed as tdist
+
+        tdist.all_reduce(spread, op=tdist.ReduceOp.SUM, group=group)
+    return spread + whole
+
+
 def scale(a: Vector, s) -> Vector:
     return [x * s for x in a]
 

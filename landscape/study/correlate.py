@@ -62,6 +62,19 @@ def resamples(n: int, groups, n_boot: int, g) -> list[np.ndarray]:
     return [np.stack(v) for _, v in sorted(by_size.items())]
 
 
+def _kept(groups, ok) -> list | None:
+    """The group labels of the rows kept (``ok``), or None without groups."""
+    return None if groups is None else [lab for lab, keep in zip(groups, ok) if keep]
+
+
+def _interval(boot: np.ndarray, level: float) -> dict:
+    """The percentile interval of the finite bootstrap values, and how many there were."""
+    b = boot[np.isfinite(boot)]
+    a = (1 - level) / 2
+    ci = [float(np.quantile(b, a)), float(np.quantile(b, 1 - a))] if len(b) else [None, None]
+    return {"ci": ci, "boot_used": int(len(b))}
+
+
 def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups=None) -> dict:
     """Pearson, Spearman and Kendall (τ-b) of paired samples, with p-values and bootstrap CIs
     (over ``groups`` when given: see :func:`resamples`)."""
@@ -70,7 +83,7 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, gr
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    groups = None if groups is None else [lab for lab, keep in zip(groups, ok) if keep]
+    groups = _kept(groups, ok)
     n = int(len(x))
     out: dict = {"n": n}
     names = ("pearson", "spearman", "kendall")
@@ -87,12 +100,9 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, gr
         boots["spearman"].append(_pearson_rows(stats.rankdata(bx, axis=1), stats.rankdata(by, axis=1)))
         boots["kendall"].append(_kendall_b(bx, by))
     boots = {k: np.concatenate(v) for k, v in boots.items()}
-    a = (1 - level) / 2
     for k in names:
         r, p = point[k]
-        b = boots[k][np.isfinite(boots[k])]
-        ci = [float(np.quantile(b, a)), float(np.quantile(b, 1 - a))] if len(b) else [None, None]
-        out[k] = {"r": float(r), "p": float(p), "ci": ci, "boot_used": int(len(b))}
+        out[k] = {"r": float(r), "p": float(p), **_interval(boots[k], level)}
     out["n_boot"] = n_boot
     if groups is not None:
         out["clusters"] = len(set(groups))
@@ -128,7 +138,7 @@ def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 
     for c in cols:
         ok &= np.isfinite(c)
     x, y = x[ok], y[ok]
-    groups = None if groups is None else [lab for lab, keep in zip(groups, ok) if keep]
+    groups = _kept(groups, ok)
     Z = np.stack([c[ok] for c in cols], axis=1) if cols else np.zeros((len(x), 0))
     n, k = len(x), Z.shape[1]
     out: dict = {"n": int(n), "covariates": names}
@@ -148,7 +158,6 @@ def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 
             out[kind] = {"r": None, "p": None, "ci": [None, None]}
         return out
     chunks = resamples(n, groups, n_boot, np.random.default_rng(seed))
-    a = (1 - level) / 2
     df = n - 2 - k
     for kind, tf in (("pearson", lambda v: v), ("spearman", _ranks)):
         xs, ys = tf(x), tf(y)
@@ -157,9 +166,7 @@ def partial_correlation(x, y, covariates: dict, n_boot: int = 2000, seed: int = 
         t = r * np.sqrt(df / max(1e-300, 1 - r * r))
         p = float(2 * stats.t.sf(abs(t), df))
         b = np.concatenate([_boot_partial(x[idx], y[idx], Z[idx], kind == "spearman") for idx in chunks])
-        b = b[np.isfinite(b)]
-        ci = [float(np.quantile(b, a)), float(np.quantile(b, 1 - a))] if len(b) else [None, None]
-        out[kind] = {"r": r, "p": p, "ci": ci, "boot_used": int(len(b))}
+        out[kind] = {"r": r, "p": p, **_interval(b, level)}
     out["df"] = df
     if groups is not None:
         out["clusters"] = len(set(groups))

@@ -171,10 +171,9 @@ def clip_grad_norm(params, max_norm: float) -> float:
     before clipping. FSDP2 gradients (DTensors): each rank's rows, the squared norms all-reduced."""
     if not any(P.is_sharded(p) for p in params):
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    grads = [P.local(p.grad) for p in params if p.grad is not None]
-    sq = lambda keep: sum(float(P.local(p.grad).double().pow(2).sum()) for p in params  # noqa: E731
-                          if p.grad is not None and P.is_sharded(p) == keep)
-    total = (dist.sharded_sum(sq(True)) + sq(False)) ** 0.5  # rows summed over ranks; whole ones once
+    kept = [p for p in params if p.grad is not None]
+    grads = [P.local(p.grad) for p in kept]
+    total = float(P.mixed_sq_norm(grads, [P.is_sharded(p) for p in kept]).sqrt())  # rows over ranks; whole once
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in grads:

@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from landscape.foundation.params import is_sharded, local
+from landscape.foundation.params import is_sharded, local, mixed_sq_norm
 
 
 class Perturbation:
@@ -54,19 +54,6 @@ class Perturbation:
     def active(self) -> bool:
         return self._saved is not None
 
-    def _global_norm(self, vecs: list[torch.Tensor], rows: list[bool]) -> torch.Tensor:
-        # sum of squares in float32 at least, so bf16 gradients do not overflow or lose the norm;
-        # FSDP rows are summed over the ranks, tensors every rank holds whole (a LoRA adapter's) once
-        sqs = [v.detach().float().pow(2).sum() for v in vecs]
-        sq = torch.stack([x for x, r in zip(sqs, rows) if r or not self.sharded] or [torch.zeros(())]).sum()
-        if self.shard_group is not None or self.sharded:
-            import torch.distributed as dist
-
-            dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=self.shard_group)
-        if self.sharded:
-            sq = sq + sum((x for x, r in zip(sqs, rows) if not r), torch.zeros((), device=sq.device))
-        return sq.sqrt()
-
     @torch.no_grad()
     def perturb(self, grads: list[torch.Tensor | None] | None = None) -> float:
         """Save the weights, then move them to w + ε. ``grads`` default to each ``p.grad``.
@@ -84,7 +71,8 @@ class Perturbation:
         else:
             scaled = [g for _, g in pairs]
         rows = [is_sharded(p) for p, _ in kept]  # FSDP rows (summed over ranks) or whole tensors
-        norm = self._global_norm(scaled, rows) if scaled else torch.zeros(())
+        slices = self.shard_group is not None and not self.sharded  # a user's own sharding: all are slices
+        norm = mixed_sq_norm(scaled, rows, self.shard_group, slices=slices).sqrt()
         self.last_norm = float(norm)
         self._saved = [local(p).detach().clone() for p in self.params]
         scale = self.rho / (norm + 1e-12)
