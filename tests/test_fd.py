@@ -143,6 +143,31 @@ def test_auto_chooses_fd_when_the_exact_product_does_not_fit(llama_dir, text_dat
     assert fd["hvp"]["noise_rel"] < 1e-3 and "warnings" not in fd
 
 
+def test_auto_leaves_out_a_basis_that_would_not_fit_beside_the_graph(llama_dir, text_data, monkeypatch):
+    """Half the free memory holds a whole Lanczos basis, but not beside the exact product's graph: auto
+    runs basis-free (same λ_max) instead of choosing the basis and then refusing its own plan."""
+    from dataclasses import replace
+
+    from landscape.foundation import data
+
+    ck = load_checkpoint(llama_dir)
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
+    cfg = SharpnessConfig(metrics=("lambda_max",), max_iter=6, tol=1e-3, hvp_method="reverse")
+    ref = sharpness.measure(ck.model, bs, replace(cfg, reorth="none"))
+    obj = ModelObjective(ck.model, bs)
+    lean = sharpness.plan(ck.model, obj, replace(cfg, reorth="none"))
+    need, vec = lean.peak - lean.start, sum(p.numel() for p in obj.params) * 4
+    free = max(int(need / plans.HEADROOM) + 1, 2 * (cfg.max_iter + 2) * vec)
+    assert plans.HEADROOM * free < need + cfg.max_iter * vec  # the whole basis would not fit beside the rest
+    monkeypatch.setattr(plans, "free_bytes", lambda device: free)
+    monkeypatch.setattr("landscape.measures.hessian.basis.free_memory", lambda device: free)
+    got = sharpness.measure(ck.model, bs, cfg)
+    assert got["cost"]["basis"]["where"] == "none" and got["config"]["basis_memory"] is not None
+    assert got["metrics"]["lambda_max"] == pytest.approx(ref["metrics"]["lambda_max"], rel=1e-6)
+    with pytest.raises(Exception, match="needs about"):  # the same basis asked for explicitly is refused
+        sharpness.measure(ck.model, bs, replace(cfg, basis_memory=free / 2 / 2**30))
+
+
 def test_dry_run_prints_the_plan_and_a_plan_that_cannot_fit_is_refused(llama_dir, text_data, monkeypatch):
     r = CliRunner().invoke(cli, ["sharpness", str(llama_dir), "--data", str(text_data), "--metrics", "lambda_max,sam",
                                  "--hvp-method", "fd", "--dry-run", "--json"])

@@ -193,6 +193,7 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
     stages = _Stages(cfg, progress)
     with P.grad_only(model, selected.values()):
         obj = ModelObjective(model, batches, selected)
+        cfg = _basis_fitted(model, obj, cfg)
         pl = plan(model, obj, cfg)
         if cfg.dry_run:
             stages.close()
@@ -230,6 +231,29 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
     if hvp.get("warning"):
         res["warnings"] = [hvp["warning"]]
     return res
+
+
+def _basis_fitted(model, obj, cfg: SharpnessConfig) -> SharpnessConfig:
+    """``cfg`` with the Lanczos basis's default budget cut to what the rest of the run leaves free
+    (the graph, the activations, the working vectors), so that ``auto`` keeps a smaller basis, or
+    none (the two-vector recurrence), rather than choose a basis the plan then refuses (seen in the
+    real study: a 10-vector basis within half the free memory, beside an HVP graph that did not fit).
+    An explicit ``basis_memory`` is kept; the budget used is in the JSON's config."""
+    from dataclasses import replace
+
+    from landscape.measures.hessian.basis import default_budget
+
+    if cfg.basis_memory is not None or cfg.method != "lanczos" or not {"lambda_max", "lambda_min"} & set(cfg.metrics):
+        return cfg
+    free = plans.free_bytes(obj.device)
+    if free is None:
+        return cfg
+    lean = plan(model, obj, replace(cfg, reorth="none"))  # everything but a basis: two working vectors
+    vec = P.numel(obj.params) * torch.empty((), dtype=_vector_dtype(cfg, obj.params)).element_size()
+    room = int(plans.HEADROOM * free) - (lean.peak - lean.start) + 2 * vec  # a budget counts its two working vectors
+    if room >= default_budget(obj.device):
+        return cfg
+    return replace(cfg, basis_memory=max(room, 1) / 2**30)  # bounds: positive (1 byte: no basis in memory)
 
 
 def _vector_dtype(cfg: SharpnessConfig, params):
