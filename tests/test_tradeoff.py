@@ -1,5 +1,7 @@
 """Forgetting at matched learning: frontiers, matched differences and their bootstrap over seeds."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -164,8 +166,9 @@ def test_the_second_real_task_is_held_out_sorted_json():
 
 
 def test_study_finetunes_side_by_side_equal_the_serial_ones(llama_dir, text_data, tmp_path):
-    """finetune_all in two one-thread worker processes writes the same weights, bit for bit, as the
-    fine-tunes run one after another in this process; a second call reuses them all."""
+    """finetune_all in two one-thread worker processes, or each run in a fresh process of its own
+    (isolated), writes the same weights, bit for bit, as the fine-tunes run one after another in this
+    process; a second call reuses them all."""
     from safetensors.torch import load_file
 
     from landscape.foundation import checkpoint
@@ -181,7 +184,10 @@ def test_study_finetunes_side_by_side_equal_the_serial_ones(llama_dir, text_data
 
     assert finetune_all(jobs(tmp_path / "a"), 1, False) == {"r0": "trained", "r1": "trained"}
     assert finetune_all(jobs(tmp_path / "b"), 2, False) == {"r0": "trained", "r1": "trained"}
+    shutil.copytree(tmp_path / "a" / "r0", tmp_path / "c" / "r0")  # isolated: r0 reused, r1 in a fresh process
+    assert finetune_all(jobs(tmp_path / "c"), 1, False, isolated=True) == {"r0": "reused", "r1": "trained"}
     for k in ("r0", "r1"):
-        a, b = (load_file(str(tmp_path / w / k / "model.safetensors")) for w in "ab")
-        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), k
+        a, *others = (load_file(str(tmp_path / w / k / "model.safetensors")) for w in "abc")
+        for b in others:
+            assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), k
     assert finetune_all(jobs(tmp_path / "b"), 2, False) == {"r0": "reused", "r1": "reused"}

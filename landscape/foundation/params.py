@@ -229,6 +229,23 @@ def peak_rss() -> int:
 
 
 @torch.no_grad()
+def release_memory() -> None:
+    """Hand memory that is free back to the system: Python's cycles, the CUDA cache, and glibc's free
+    heap pages (``malloc_trim``; nothing on other C libraries). A long-lived process that loads one
+    checkpoint after another otherwise keeps the peak of every one it has freed (the real study's
+    process grew to 21 GB measuring 0.54 GB checkpoints); freeing 3.6 GB that way was seen once."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
     """p ← origin + α·delta, computed in the wider of float32 and the parameter dtype."""
     for p, o, d in zip(params, origin, delta):

@@ -62,7 +62,7 @@ REAL = StudySpec(
     predictors=PREDICTORS,
     fast_predictors={"max_iter": 10, "line": "0:1:3"},
     covariates=("delta_norm", "task_loss"),  # every run takes 30 steps
-    seeds=SEEDS, seeded=("adamw-lr3e-4", "sam-rho0.05"), probe=PROBE,
+    seeds=SEEDS, seeded=("adamw-lr3e-4", "sam-rho0.05"), probe=PROBE, finetune_isolated=True,
 )
 
 # The second task (data/real/tasks/json): a few "field value" pairs written as a JSON object with its
@@ -80,7 +80,7 @@ REAL_JSON = StudySpec(
     finetune=REAL.finetune, flatness={**FLATNESS, "metrics": ["lambda_max", "sam"]},
     comparisons=(("sam-rho0.05", "adamw-lr3e-4", "equal steps (30)"),),
     task_scoring_batch=16, predictors=PREDICTORS, covariates=("delta_norm", "task_loss"),
-    seeds=SEEDS, seeded=("adamw-lr3e-4", "sam-rho0.05"), probe=PROBE,
+    seeds=SEEDS, seeded=("adamw-lr3e-4", "sam-rho0.05"), probe=PROBE, finetune_isolated=True,
 )
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import landscape
+from landscape.foundation import params as P
 from landscape.foundation.configs import LoadConfig
 from landscape.foundation.errors import UserError
 from landscape.study.correlate import correlate_table
@@ -147,6 +148,7 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
         rows.append({**{k: c[k] for k in ("label", *LABEL_KEYS)}, "path": str(c["path"]),
                      "fingerprint": ck.fingerprint, "flatness": flat, "forgetting": fg, "predictors": pred})
         del ck
+        P.release_memory()
     lam = next((r["predictors"].get("lambda_max_run") for r in rows if r["predictors"]), None)
     del session
     targets = _targets(rows)
