@@ -228,7 +228,6 @@ def peak_rss() -> int:
     return _proc_status("VmHWM") or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-@torch.no_grad()
 def release_memory() -> None:
     """Hand memory that is free back to the system: Python's cycles, the CUDA cache, and glibc's free
     heap pages (``malloc_trim``; nothing on other C libraries). A long-lived process that loads one
@@ -246,6 +245,7 @@ def release_memory() -> None:
         pass
 
 
+@torch.no_grad()
 def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
     """p ← origin + α·delta, computed in the wider of float32 and the parameter dtype."""
     for p, o, d in zip(params, origin, delta):
