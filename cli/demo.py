@@ -89,6 +89,11 @@ def summary(r: dict) -> str:
     if trade:
         lines += ["", "forgetting at matched task EM (frontiers of each family; + = the first forgets more):"]
         lines += [f"  {c['line']}" for c in trade]
+    elif (r.get("tradeoff") or {}).get("families"):
+        spans = [f"{fam} {min(t for t, _ in f['frontier']):.2f}–{max(t for t, _ in f['frontier']):.2f}"
+                 for fam, f in r["tradeoff"]["families"].items() if f.get("frontier")]
+        lines += ["", "forgetting at matched task EM: no two families' frontiers reach a common EM, so none is "
+                      "compared (frontier EM ranges: " + "; ".join(spans) + ")"]
     traj = r.get("trajectories") or {}
     if traj.get("pairs"):
         lines += ["", f"forgetting at matched task loss over the runs' trajectories (a probe every "
@@ -138,5 +143,5 @@ def across_summary(r: dict) -> str:
     for key, what in (("tradeoff", "at matched task EM"), ("trajectories", "at matched task loss over trajectories")):
         for c in x["matched"].get(key) or []:
             lines += [f"  {c['pair']} {what}:"] + [f"    {t}: {line}" for t, line in zip(x["tasks"], c["lines"])]
-    lines.append(f"total for both tasks {r['seconds']:.0f} s")
+    lines.append(f"total for both tasks {r.get('seconds_both', r['seconds']):.0f} s")
     return "\n".join(lines)

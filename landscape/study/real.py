@@ -100,4 +100,4 @@ def run_real(out: str | os.PathLike = "runs/smollm2-study", fast: bool = False, 
     second = run_study(REAL_JSON, out / "base", out / "json", real_data_dir(), model, progress=progress,
                        store=out / "report.sqlite")
     return {**first, "second_task": second, "across_tasks": across_tasks(first, second),
-            "seconds": round(first["seconds"] + second["seconds"], 1)}
+            "seconds_both": round(first["seconds"] + second["seconds"], 1)}
