@@ -29,7 +29,7 @@ demo: install
 real: install
 	$(VENV)/bin/landscape real-model --out runs/smollm2
 
-# The forgetting study on the real model (about 45 minutes on 2 cores; `--fast` in CI).
+# The forgetting study on the real model, two tasks (about 40 minutes on 2 cores; `--fast` in CI).
 real-study: install
 	$(VENV)/bin/landscape demo --model smollm2 --out runs/smollm2-study
 
