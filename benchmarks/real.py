@@ -58,6 +58,7 @@ elif what in ('hvp', 'hvp_off'):
     h = hessian.HessianOperator(obj, cache_graph='auto' if what == 'hvp' else 'off')
     h.hvp(P.randn_like(obj.params, torch.Generator().manual_seed(0)))
 elif what in ('adamw', 'sam'):
+    P.keep_freed_memory()  # as finetune.train does on the CPU
     cfg = FinetuneConfig(optimizer=what, lr=1e-6)
     opt = finetune.make_optimizer(list(ck.model.parameters()), cfg)
     for _ in range(2):
@@ -127,6 +128,7 @@ def ratios(ck, bs, rounds: int) -> dict:
     out["surface_point_over_forward"] = q_surf
     params = list(ck.model.parameters())
     saved = [p.detach().clone() for p in params]
+    P.keep_freed_memory()  # the allocator as finetune.train sets it on the CPU (freed steps' pages reused)
     opts = {}
     for name in ("adamw", "sam"):
         cfg = FinetuneConfig(optimizer=name, lr=1e-6)

@@ -245,6 +245,21 @@ def release_memory() -> None:
         pass
 
 
+def keep_freed_memory() -> bool:
+    """glibc: serve large allocations from the heap and keep what is freed for reuse (M_MMAP_MAX 0,
+    M_TRIM_THRESHOLD 2 GB) instead of unmapping it, for a CPU training loop. By default every freed
+    tensor over 32 MB (and many smaller) goes back to the OS and the next step's faults it in again,
+    zeroed: on SmolLM2-135M that cost a SAM step 0.6 s of 2.3 (SAM / AdamW 2.59 → 1.94; AdamW alone
+    unchanged; peak RSS +3.5%). Lasts for the process; False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 @torch.no_grad()
 def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
     """p ← origin + α·delta, computed in the wider of float32 and the parameter dtype."""

@@ -192,6 +192,8 @@ def train(model: torch.nn.Module, batches, cfg: FinetuneConfig, *, eval_batches=
     if cfg.max_steps is None:
         raise ConfigError("max_steps", "must be set for train() (finetune() resolves it from epochs)")
     params = [p for p in model.parameters() if p.requires_grad]
+    if param_device(model).type == "cpu":
+        P.keep_freed_memory()  # per-step gradients and SAM's saved weights reuse freed pages
     opt = opt or make_optimizer(params, cfg)
     state = state or TrainState()
     steps, W, R = cfg.max_steps, dist.world(), dist.rank()
