@@ -17,9 +17,13 @@ eigenvalue of A. So eigenvalues are read off T as in exact arithmetic once copie
   copies of λ_max = 222.784 spread over 1.5e-3, far outside r + r' and tol·|θ| alone; on a
   matrix with injected noise of norm η per product, copies spread over ~2η and sit within ~3η of
   the eigenvalue (tests/test_scale.py), hence 4η — the factor is ours, from that test, not from
-  the literature. η also carries the recurrence's own rounding, 3·√j·u·max|θ| after j steps (u the
-  vectors' unit roundoff: three float32 terms a step, summed like a random walk — our model,
-  checked on the 4.2M diagonal where float32 copies of 10 sat 2.2e-5 apart after ~100 steps);
+  the literature. η also carries the recurrence's own rounding, 3·j·u·max|θ| after j steps (u the
+  vectors' unit roundoff). A random-walk model (√j) was too narrow: on the 4.2M float32 diagonal,
+  at one thread, the copies of λ = 10 had drifted *upward* to 10.00005–10.00013 by step 222
+  (≈ j·u‖A‖, the growth Paige's bounds allow), two of them stayed apart and "10.000132" was
+  reported. Hence also: an eigenvalue is reported as its copy *first seen converged* (it has drifted
+  least), and the wider window lets a run stop once residuals reach the recurrence's own accuracy
+  (the same diagonal: 45 steps instead of 222, 10, 9, 8 within 2e-6);
 - an unconverged Ritz value within that window of an accepted one (its own residual left out) is a
   copy still forming and is skipped; any other unconverged value above the k-th distinct converged
   one blocks acceptance (it may be an eigenvalue not found yet: this costs products, never a wrong
@@ -70,6 +74,7 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
     history: list[float] = []
     bar = tqdm(total=max_iter, desc="lanczos (no basis)", disable=not progress, leave=False)
     found, converged = None, False
+    anchors: list = []  # each eigenvalue as first seen converged (later copies have drifted more)
     try:
         while op.calls < limit:
             add_matvec(op, q, w)  # w = A q − β q_prev (w held −β q_prev)
@@ -84,10 +89,11 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
                 theta, last = _ritz(alphas, betas)  # O(j²): checked less often on long runs
                 res = np.abs(beta * last)
                 history.append(float(theta[-1]))
-                # the float32 recurrence's own rounding (≤ 3u‖A‖ a step, a random walk over the steps)
-                # widens the window in which two copies are one eigenvalue (see the module docstring)
-                rec = 3.0 * len(alphas) ** 0.5 * unit * float(np.abs(theta).max())
+                # the recurrence's own rounding widens the window in which two copies are one
+                # eigenvalue: copies drift by about j·u‖A‖ after j steps (see the module docstring)
+                rec = 3.0 * len(alphas) * unit * float(np.abs(theta).max())
                 found = _accept(theta, res, k, want_min, (tol, eta + rec))
+                anchors += [t for t in found[1] if t[2] and not any(_same(a, t, tol, eta + rec) for a in anchors)]
                 if found[0] or beta < 1e-10 * max(1.0, float(np.abs(theta).max())):
                     converged = True
                     break
@@ -98,6 +104,9 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
     finally:
         bar.close()
     _, top, bottom = found
+    # an eigenvalue is reported as its copy first seen converged: on a 4.2M float32 diagonal the
+    # copies of λ = 10 had drifted to 10.00005–10.00013 by step 222, the first was within 1e-6
+    top = [next((a for a in anchors if _same(a, t, tol, eta + rec)), t) for t in top]
     return Spectrum(eigenvalues=[t[0] for t in top], lambda_max=top[0][0],
                     lambda_min=bottom[0] if want_min else None, residuals=[t[1] for t in top],
                     residual_min=bottom[1] if want_min else None, converged=converged, hvps=op.calls,
