@@ -58,11 +58,11 @@ elif what in ('hvp', 'hvp_off'):
     h = hessian.HessianOperator(obj, cache_graph='auto' if what == 'hvp' else 'off')
     h.hvp(P.randn_like(obj.params, torch.Generator().manual_seed(0)))
 elif what in ('adamw', 'sam'):
-    P.keep_freed_memory()  # as finetune.train does on the CPU
     cfg = FinetuneConfig(optimizer=what, lr=1e-6)
     opt = finetune.make_optimizer(list(ck.model.parameters()), cfg)
-    for _ in range(2):
-        finetune.train_step(ck.model, opt, bs.batches[:1], cfg, 1e-6)
+    with P.reused_memory():  # as finetune.train runs on the CPU
+        for _ in range(2):
+            finetune.train_step(ck.model, opt, bs.batches[:1], cfg, 1e-6)
 elif what.startswith('top5'):
     # top5: the defaults (top 5 with the smallest thick-restart basis, λ_min without a basis);
     # top5_disk: thick restarts on disk; top5_m14: a 14-vector basis in memory (the reference)
@@ -128,14 +128,14 @@ def ratios(ck, bs, rounds: int) -> dict:
     out["surface_point_over_forward"] = q_surf
     params = list(ck.model.parameters())
     saved = [p.detach().clone() for p in params]
-    P.keep_freed_memory()  # the allocator as finetune.train sets it on the CPU (freed steps' pages reused)
     opts = {}
     for name in ("adamw", "sam"):
         cfg = FinetuneConfig(optimizer=name, lr=1e-6)
         opts[name] = (finetune.make_optimizer(params, cfg), cfg)
     ck.model.train()
-    q_sam, t_adamw, t_sam = paired(*[lambda o=o, c=c: finetune.train_step(ck.model, o, bs.batches[:1], c, 1e-6)
-                                     for o, c in (opts["adamw"], opts["sam"])], rounds)
+    with P.reused_memory():  # the allocator as finetune.train runs on the CPU (freed steps' pages reused)
+        q_sam, t_adamw, t_sam = paired(*[lambda o=o, c=c: finetune.train_step(ck.model, o, bs.batches[:1], c, 1e-6)
+                                         for o, c in (opts["adamw"], opts["sam"])], rounds)
     ck.model.eval()
     with torch.no_grad():
         for p, w in zip(params, saved):

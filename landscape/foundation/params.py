@@ -245,19 +245,32 @@ def release_memory() -> None:
         pass
 
 
-def keep_freed_memory() -> bool:
-    """glibc: serve large allocations from the heap and keep what is freed for reuse (M_MMAP_MAX 0,
-    M_TRIM_THRESHOLD 2 GB) instead of unmapping it, for a CPU training loop. By default every freed
-    tensor over 32 MB (and many smaller) goes back to the OS and the next step's faults it in again,
-    zeroed: on SmolLM2-135M that cost a SAM step 0.6 s of 2.3 (SAM / AdamW 2.59 → 1.94; AdamW alone
-    unchanged; peak RSS +3.5%). Lasts for the process; False where the C library is not glibc."""
+@contextlib.contextmanager
+def reused_memory(enabled: bool = True):
+    """Inside the block, glibc serves large allocations from the heap and keeps what is freed for
+    reuse (M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GB) instead of unmapping it — for a CPU training loop.
+    By default every freed tensor over 32 MB (and many smaller) goes back to the OS and the next step
+    faults it in again, zeroed: on SmolLM2-135M that cost a SAM step 0.6 s of 2.3 (SAM / AdamW
+    2.59 → 1.94; AdamW unchanged; peak RSS +3.5%). On exit the defaults are back and the kept memory
+    is returned (so a long-lived process does not keep the loop's peak). Nothing happens where the
+    C library is not glibc, or when not ``enabled``."""
     import ctypes
 
+    libc = None
+    if enabled:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-4, 0)  # M_MMAP_MAX
+            libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+        except (OSError, AttributeError):
+            libc = None
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_MAX, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(-4, 65536)  # glibc's defaults
+            libc.mallopt(-1, 128 * 1024)
+            libc.malloc_trim(0)
 
 
 @torch.no_grad()

@@ -187,13 +187,17 @@ def train(model: torch.nn.Module, batches, cfg: FinetuneConfig, *, eval_batches=
     per step).
 
     ``opt``/``state`` continue a run (resume); ``on_step(state, opt)`` is called after every step
-    (saving, stopping). The model is left in eval mode.
+    (saving, stopping). The model is left in eval mode. On the CPU, freed memory is reused from step to
+    step (:func:`~landscape.foundation.params.reused_memory`).
     """
     if cfg.max_steps is None:
         raise ConfigError("max_steps", "must be set for train() (finetune() resolves it from epochs)")
+    with P.reused_memory(param_device(model).type == "cpu"):
+        return _train(model, batches, cfg, eval_batches, opt, state, on_step, progress)
+
+
+def _train(model, batches, cfg: FinetuneConfig, eval_batches, opt, state, on_step, progress: bool) -> list[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
-    if param_device(model).type == "cpu":
-        P.keep_freed_memory()  # per-step gradients and SAM's saved weights reuse freed pages
     opt = opt or make_optimizer(params, cfg)
     state = state or TrainState()
     steps, W, R = cfg.max_steps, dist.world(), dist.rank()
