@@ -142,6 +142,7 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
         ck = checkpoint.load_checkpoint(c["path"], load)
         fg = FG.compare(base_scores, FG.evaluate_checkpoint(ck, suites, store), suites)
         flat = measure_flatness(ck, m, store, surface_dir, c["label"], progress)
+        P.release_memory()  # the flatness graphs' freed pages, before the predictors' own
         pred = measure_predictors(ck, session, m, store, base_fp, progress) if session else None
         if pred:
             flat.update({k: pred["metrics"].get(k) for k in m.metrics if info[k]["kind"] == "predictor"})
