@@ -33,19 +33,22 @@ DATA = ROOT / "data" / "real" / "general.jsonl"
 BATCH = ["--data", str(DATA), "--batch-size", "4", "--num-batches", "1", "--max-length", "48"]
 
 
-def build(out: Path, seed: int = 0) -> Path:
-    """The 1.1B-shaped checkpoint (and a copy moved by 1e-3·N(0,1) per weight for `predict`)."""
+def build(out: Path, seed: int = 0, shape: dict | None = None, name: str = "tinyllama-shape") -> Path:
+    """The 1.1B-shaped checkpoint (or another ``shape``; ``vocab_size`` None: the tokenizer's) and a copy
+    moved by 1e-3·N(0,1) per weight for `predict` (``out/tuned``)."""
     import torch
     import transformers
 
     from landscape.foundation import toy
 
-    base = out / "tinyllama-shape"
+    shape = dict(shape or TINYLLAMA)
+    base = out / name
     if (base / "model.safetensors").exists() and (out / "tuned" / "model.safetensors").exists():
         return base
     texts = [json.loads(line)["text"] for line in DATA.read_text().splitlines() if line.strip()]
     tok = toy.build_word_tokenizer(texts)
-    cfg = transformers.LlamaConfig(**TINYLLAMA, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    shape["vocab_size"] = shape.get("vocab_size") or len(tok)
+    cfg = transformers.LlamaConfig(**shape, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                    pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(cfg).eval()

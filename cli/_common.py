@@ -100,6 +100,16 @@ def emit(result, as_json: bool, human: str) -> None:
     click.echo(dumps(result) if as_json else human)
 
 
+def human_plan(checkpoint, plan: dict) -> str:
+    """A memory plan (`--dry-run`) as lines: the peak, its parts in GB and weight units, the choices."""
+    lines = [f"{checkpoint}: {plan['command']} would peak at about {plan['peak_gb']:.2f} GB "
+             f"(starting from {plan['start_gb']:.2f} GB; one weight copy = {plan['weight_gb']:.2f} GB)"]
+    for k, v in plan["parts_gb"].items():
+        lines.append(f"  + {k:<22} {v:8.3f} GB  ({plan['in_weight_units'][k]:g} × weights)")
+    lines.append("  choices: " + ", ".join(f"{k}={v}" for k, v in plan["choices"].items()))
+    return "\n".join(lines)
+
+
 def with_seed(f):
     """Seed torch before the command runs (every command's randomness follows --seed)."""
 

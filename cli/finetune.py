@@ -1,6 +1,7 @@
 import click
 
-from landscape.cli._common import config_from, config_options, emit, load_options, output_options, show_progress, with_seed
+from landscape.cli._common import (config_from, config_options, emit, human_plan, load_options, output_options,
+                                   show_progress, with_seed)
 from landscape.foundation.configs import FinetuneConfig, LoadConfig, ProbeConfig
 
 
@@ -41,6 +42,8 @@ def command(base, data, out, as_json, quiet, **kw):
 
         probe = LandscapeCallback(config=probe_cfg)
     r = finetune(base, data, out, cfg, load=config_from(LoadConfig, kw), progress=show_progress(quiet), probe=probe)
+    if "plan" in r:
+        return emit(r, as_json, human_plan(base, r["plan"]))
     ev = f", eval loss {r['eval_loss']:.4f}" if r["eval_loss"] is not None else ""
     emit(r, as_json, f"{r['out']}: {r['optimizer']} {r['steps']} steps, train loss "
                      f"{r['train_loss_first']:.4f} → {r['train_loss_last']:.4f}{ev} ({r['seconds']} s)")

@@ -1,7 +1,7 @@
 import click
 
-from landscape.cli._common import (config_from, config_options, emit, load_options, output_options, show_progress,
-                                   with_seed)
+from landscape.cli._common import (config_from, config_options, emit, human_plan, load_options, output_options,
+                                   show_progress, with_seed)
 from landscape.foundation.configs import DataConfig, LoadConfig, PredictConfig
 
 
@@ -32,6 +32,8 @@ def command(base, tuned, as_json, quiet, **kw):
     cfg = config_from(PredictConfig, kw)  # fail fast, before loading anything
     data = config_from(DataConfig, kw)
     r = predict(base, tuned, cfg, data, load=config_from(LoadConfig, kw), progress=show_progress(quiet))
+    if "plan" in r:
+        return emit(r, as_json, human_plan(base, r["plan"]))
     emit(r, as_json, _human(r))
 
 

@@ -1,7 +1,7 @@
 import click
 
-from landscape.cli._common import (batches, config_from, config_options, emit, load, load_options, output_options,
-                                   show_progress, with_seed)
+from landscape.cli._common import (batches, config_from, config_options, emit, human_plan, load, load_options,
+                                   output_options, show_progress, with_seed)
 from landscape.foundation.configs import DataConfig, SharpnessConfig
 
 
@@ -34,15 +34,6 @@ def command(checkpoint, as_json, quiet, **kw):
          "where": {"weights": str(checkpoint), "data": bs.source}, **r}  # which weights, which tokens
     r["config"]["data"] = {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}
     emit(r, as_json, _human(checkpoint, r))
-
-
-def human_plan(checkpoint, plan: dict) -> str:
-    lines = [f"{checkpoint}: {plan['command']} would peak at about {plan['peak_gb']:.2f} GB "
-             f"(starting from {plan['start_gb']:.2f} GB; one weight copy = {plan['weight_gb']:.2f} GB)"]
-    for k, v in plan["parts_gb"].items():
-        lines.append(f"  + {k:<22} {v:8.3f} GB  ({plan['in_weight_units'][k]:g} × weights)")
-    lines.append("  choices: " + ", ".join(f"{k}={v}" for k, v in plan["choices"].items()))
-    return "\n".join(lines)
 
 
 def _human(checkpoint, r: dict) -> str:

@@ -1,7 +1,7 @@
 import click
 
-from landscape.cli._common import (batches, config_from, config_options, emit, load, load_options, output_options,
-                                   show_progress, with_seed)
+from landscape.cli._common import (batches, config_from, config_options, emit, human_plan, load, load_options,
+                                   output_options, show_progress, with_seed)
 from landscape.foundation.configs import DataConfig, SurfaceConfig
 
 
@@ -39,6 +39,11 @@ def command(checkpoint, to_ckpt, to_y_ckpt, out, as_json, quiet, **kw):
         if path:
             t = load(path, {**load_kw, "device": str(ck.device)})
             targets[key], fps[key] = dict(t.model.named_parameters()), t.fingerprint
+    if cfg.dry_run:
+        from landscape.measures.surface import plan
+
+        pl = plan(ck.model, bs, cfg).as_dict()
+        return emit({"checkpoint": str(checkpoint), "plan": pl}, as_json, human_plan(checkpoint, pl))
     meta = {"checkpoint": str(checkpoint), "checkpoint_fingerprint": ck.fingerprint, "data": bs.source,
             "data_fingerprint": bs.fingerprint, "to_fingerprint": fps.get("to"),
             "to_y_fingerprint": fps.get("to_y"), "dtype": str(load_kw["dtype"])}

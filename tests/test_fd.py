@@ -6,6 +6,7 @@ double backward in float64, autograd's own gradient.
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -33,6 +34,42 @@ def test_fd_is_exact_on_a_quadratic_up_to_rounding():
     op = hessian.HessianOperator(obj, "fd")
     v = torch.randn(30, generator=g, dtype=torch.float64)
     np.testing.assert_allclose(op.matvec(v).numpy(), (A @ v).numpy(), rtol=0, atol=1e-7 * float((A @ v).norm()))
+
+
+def test_spacing_is_the_ulp_of_each_dtype():
+    from landscape.foundation.params import spacing
+
+    for dt, mant in ((torch.float32, 23), (torch.bfloat16, 7), (torch.float16, 10), (torch.float64, 52)):
+        x = torch.tensor([1.0, -1.5, 3.0, 0.25, 0.0], dtype=dt)
+        want = torch.tensor([2.0 ** -mant, 2.0 ** -mant, 2.0 ** (1 - mant), 2.0 ** (-2 - mant), 2.0 ** -100], dtype=dt)
+        assert torch.equal(spacing(x), want), dt
+        assert torch.equal(torch.nextafter(x[:4].float(), torch.tensor(math.inf)) - x[:4].float(),
+                           spacing(x[:4].float())) or dt != torch.float32
+
+
+def test_dithered_offsets_keep_the_steps_that_nearest_rounding_loses():
+    """A step of 0.3 ulp: nearest rounding puts every weight back where it was (the bias that made fd
+    products along SmolLM2's top eigenvector 2.6e-3 too small); dithered, the mean step is the step,
+    and every k of a stencil moves the weights by exactly k times the k = 1 move."""
+    from landscape.foundation import params as P
+
+    g = torch.Generator().manual_seed(0)
+    w = 1.0 + 0.5 * torch.rand(1_000_000, generator=g)  # spacing 2^-23 throughout, away from 2.0
+    d = torch.ones_like(w)
+    eps = 0.3 * 2.0 ** -23
+    p = w.clone()
+    P.set_offset([p], [w], [d], alpha=eps)
+    assert torch.equal(p, w)  # nearest rounding: every step lost
+    moves = {}
+    for k in P.set_dithered_offset([p], [w], [d], eps, (1.0, -1.0, 2.0, -2.0), seed=3):
+        moves[k] = p.double() - w.double()
+    assert float(moves[1.0].mean()) == pytest.approx(eps, rel=0.01)
+    for k in (-1.0, 2.0, -2.0):
+        assert torch.equal(moves[k], k * moves[1.0])
+    assert set(torch.unique(moves[1.0] / 2.0 ** -23).tolist()) == {0.0, 1.0}  # one ulp or none, at random
+    again = w.clone()
+    for _ in P.set_dithered_offset([again], [w], [d], eps, (1.0,), seed=3):
+        assert torch.equal(again.double() - w.double(), moves[1.0])  # the seed fixes the draws
 
 
 def test_fd_equals_the_dense_hessian_of_a_tiny_transformer_and_leaves_weights_and_grads(tiny64):  # noqa: F811
@@ -69,7 +106,8 @@ def test_fd_in_float32_is_accurate_to_the_documented_level(tiny64):  # noqa: F81
         m = copy.deepcopy(model).to(dtype)
         op = hessian.HessianOperator(ModelObjective(m, bs), "fd")
         wn = float(torch.cat([p.detach().double().reshape(-1) for p in m.parameters()]).norm())
-        assert op.step == pytest.approx(O.FD_C * (torch.finfo(dtype).eps / 2 * max(wn, 1.0)) ** (1 / 3), rel=1e-6)
+        c = O.FD_C if dtype == torch.float32 else O.FD_C_HALF
+        assert op.step == pytest.approx(c * (torch.finfo(dtype).eps / 2 * max(wn, 1.0)) ** (1 / 3), rel=1e-6)
         err = float((op.matvec(v.to(op.dtype)).double() - ref).norm() / ref.norm())
         assert err < bound, (dtype, err)
 
@@ -117,8 +155,10 @@ def test_grad_checkpointing_and_sdpa_give_the_same_fd_products(llama_dir, text_d
     ops = [hessian.HessianOperator(ModelObjective(c.model, bs), "fd") for c in (ref, ck)]
     v = O.random_unit(ops[0], torch.Generator().manual_seed(0))
     exact = hessian.HessianOperator(ModelObjective(ref.model, bs)).matvec(v)
-    for op in ops:  # each within the float32 fd accuracy of the exact product (their roundings differ)
-        assert float((op.matvec(v) - exact).norm() / exact.norm()) < 3e-3
+    for op in ops:  # each within the float32 fd accuracy of the exact product (their roundings differ): along
+        # a random direction the product is rounding-dominated (4.4e-3 at the halved, dithered step of
+        # 2026-12-05, 2.4e-3 before: the step is set for the eigenvalue, see operator.fd_step)
+        assert float((op.matvec(v) - exact).norm() / exact.norm()) < 1e-2
     # checkpointing is on: the forward saves fewer tensors for the backward
     assert plans.activation_bytes(ck.model, bs) < plans.activation_bytes(ref.model, bs)
 
@@ -140,7 +180,8 @@ def test_auto_chooses_fd_when_the_exact_product_does_not_fit(llama_dir, text_dat
     fd = sharpness.measure(ck.model, bs, cfg)
     assert fd["hvp"]["hvp_method"] == "fd" and fd["hvp"]["fd_step"] > 0
     assert fd["metrics"]["lambda_max"] == pytest.approx(exact["metrics"]["lambda_max"], rel=1e-3)
-    assert fd["hvp"]["noise_rel"] < 1e-3 and "warnings" not in fd
+    assert fd["hvp"]["noise_rel"] < 1e-3
+    assert ("warnings" in fd) == (fd["hvp"]["noise_rel"] > cfg.tol)  # warned exactly when the noise exceeds tol
 
 
 def test_auto_leaves_out_a_basis_that_would_not_fit_beside_the_graph(llama_dir, text_data, monkeypatch):
@@ -249,6 +290,56 @@ def test_the_sharpness_plan_is_within_20_percent_of_the_measured_peak(tokenizer,
         assert r.returncode == 0, r.stderr[-2000:]
         cost = json.loads(r.stdout)["cost"]
         assert 0.8 <= cost["planned_peak_gb"] / cost["peak_rss_gb"] <= 1.2, (metrics, cost)
+
+
+@pytest.fixture(scope="module")
+def llama4m(tmp_path_factory, tokenizer):
+    """A 4M-parameter Llama and a copy of it moved by 1e-3·N(0, 1) per weight (a "fine-tune")."""
+    from landscape.foundation import toy
+
+    root = tmp_path_factory.mktemp("llama4m")
+    cfg = toy.tiny_config("llama", len(tokenizer), tokenizer=tokenizer, hidden=256, layers=6, heads=4)
+    model = toy.build_model(cfg, seed=0)
+    model.save_pretrained(root / "m")
+    tokenizer.save_pretrained(root / "m")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    model.save_pretrained(root / "tuned")
+    tokenizer.save_pretrained(root / "tuned")
+    return root
+
+
+@pytest.mark.parametrize("command", ["surface", "predict", "finetune_sam", "surface_plane_regenerated"])
+def test_every_commands_plan_is_within_20_percent_of_its_measured_peak(command, llama4m, tmp_path, text_data):
+    """Each in a fresh process (its own peak RSS), with ``--dry-run`` first: the dry run's plan is the
+    one the run checks, and both agree with the measured peak to ±20% on the 4M Llama (at this size
+    the runtime dominates; benchmarks/plans.py holds SmolLM2 and the 1.1B shape to the same)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    m, data = str(llama4m / "m"), ["--data", str(text_data), "--batch-size", "4", "--max-length", "48"]
+    args = {"surface": ["surface", m, *data, "--x", "-1:1:5", "--out", str(tmp_path / "s.h5")],
+            "surface_plane_regenerated": ["surface", m, *data, "--x", "-1:1:3", "--y", "-1:1:3", "--directions",
+                                          "regenerated", "--out", str(tmp_path / "s2.h5")],
+            "predict": ["predict", m, str(llama4m / "tuned"), *data, "--line", "0:1:3", "--max-iter", "5"],
+            "finetune_sam": ["finetune", m, "--data", str(text_data), "--optimizer", "sam", "--max-steps", "2",
+                             "--batch-size", "4", "--max-length", "48", "--out", str(tmp_path / "ft")]}[command]
+    root = Path(__file__).resolve().parent.parent
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(root), "PATH": str(Path(sys.executable).parent)}
+    run = lambda extra: subprocess.run([sys.executable, "-m", "landscape.cli", *args, "--device", "cpu", "--json",  # noqa: E731
+                                        "--quiet", *extra], capture_output=True, text=True, timeout=300, env=env)
+    dry = run(["--dry-run"])
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    planned = json.loads(dry.stdout)["plan"]
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "s.h5").exists()  # a dry run writes nothing
+    r = run([])
+    assert r.returncode == 0, r.stderr[-2000:]
+    cost = json.loads(r.stdout)["cost"]
+    assert cost["planned_peak_gb"] == pytest.approx(planned["peak_gb"], rel=0.02)
+    assert 0.8 <= cost["planned_peak_gb"] / cost["peak_rss_gb"] <= 1.2, (command, cost, planned)
 
 
 def test_a_child_process_does_not_report_its_parents_peak():

@@ -312,11 +312,21 @@ def test_regenerated_directions_hold_only_the_origin(ck, text_data, tmp_path):
 
 def test_auto_holds_directions_only_when_they_fit(ck, text_data, tmp_path, monkeypatch):
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=6)
+    from landscape.foundation import plan as plans
+
     need = 2 * 4 * P.numel(list(P.select(ck.model).values()))
-    monkeypatch.setattr(P, "free_memory", lambda device: 2 * need)
+    held = S.plan(ck.model, bs, SurfaceConfig(x=np.linspace(-1, 1, 3), y=np.linspace(-1, 1, 3), directions="held"))
+    extra = held.peak - held.start  # the origin's copy, the directions, the forward's logits, temporaries
+    monkeypatch.setattr(plans, "free_bytes", lambda device: None)  # the choice, not the refusal
+    enough = max(2 * need, int(extra / plans.HEADROOM) + 1)
+    monkeypatch.setattr(P, "free_memory", lambda device: enough)
     assert run_surface(ck.model, bs, tmp_path / "a.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "held"
-    monkeypatch.setattr(P, "free_memory", lambda device: 2 * need - 1)
+    monkeypatch.setattr(P, "free_memory", lambda device: 2 * need - 1)  # the directions take over half
     assert run_surface(ck.model, bs, tmp_path / "b.h5", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3))["directions"] == "regenerated"
+    if int(extra / plans.HEADROOM) > 2 * need:  # the directions would fit, the rest of the held plan not
+        monkeypatch.setattr(P, "free_memory", lambda device: int(extra / plans.HEADROOM) - 1)
+        assert run_surface(ck.model, bs, tmp_path / "d.h5", np.linspace(-1, 1, 3),
+                           np.linspace(-1, 1, 3))["directions"] == "regenerated"
     with pytest.raises(UserError, match="unknown directions 'lazy'"):
         run_surface(ck.model, bs, tmp_path / "c.h5", np.linspace(-1, 1, 3), directions="lazy")
 

@@ -340,6 +340,8 @@ class SharpnessConfig(Config):
     fd_step: float | None = option(None, "Step length ‖εv‖ of fd HVPs in weight space (default 0.015·(u·‖w‖)^(1/3), u "
                                          "the parameters' unit roundoff).", kind="float?", bounds="positive",
                                    numbers=False)
+    fd_order: int = option(2, "Order of fd HVPs' central difference: 2 (two gradients a product) or 4 (four: "
+                              "(−g₊₂ + 8g₊ − 8g₋ + g₋₂)/12ε, truncation O(ε⁴)).", bounds=(2, 4), numbers=False)
     vector_dtype: str = option("auto", "dtype of the estimators' weight-sized vectors (auto: float32, float64 for "
                                        "float64 models).", choices=("auto", "float32", "float64", "bfloat16"),
                                numbers=False)
@@ -352,6 +354,8 @@ class SharpnessConfig(Config):
     seed: int = option(0, "Random seed (recorded in outputs).")
 
     def check(self) -> None:
+        if self.fd_order not in (2, 4):
+            raise ConfigError("fd_order", f"must be 2 or 4, got {self.fd_order}")
         least = {"hutchpp": 3, "xtrace": 4}.get(self.trace_method, 1)
         if "trace" in self.metrics and self.trace_samples < least:
             raise ConfigError("trace_samples", f"{self.trace_method} needs at least {least} HVPs, got {self.trace_samples}")
@@ -384,6 +388,8 @@ class SurfaceConfig(Config):
                                      "copies of the weights; faster for small models on the CPU.", bounds=(1, 4096),
                                   numbers=False)
     save_directions: bool = option(False, "Store the directions in the h5 (directions/x/<name>).", numbers=False)
+    dry_run: bool = option(False, "Print the memory plan (predicted peak, its parts, what auto chooses) and stop.",
+                           numbers=False)
 
     def coords(self, axis: str):
         """The coordinates of axis ``x`` or ``y`` as a numpy array (None for an unset y)."""
@@ -471,6 +477,8 @@ class FinetuneConfig(Config):
     save_every: int = option(100, "Save the resumable state every N steps.", bounds=(1, None), numbers=False)
     resume: bool = option(False, "Continue the interrupted run kept in OUT.partial.", numbers=False)
     overwrite: bool = option(False, "Replace OUT if it exists.", numbers=False)
+    dry_run: bool = option(False, "Print the memory plan (predicted peak, its parts, what auto chooses) and stop.",
+                           numbers=False)
 
     def check(self) -> None:
         if not self.eval_fraction < 1:
@@ -518,6 +526,8 @@ class PredictConfig(Config):
                                      "differences (fd); auto: exact when its planned memory fits, else fd.",
                              choices=HVP_METHODS, numbers=False)
     seed: int = option(0, "Random seed of λ_max's start vector (recorded in outputs).")
+    dry_run: bool = option(False, "Print the memory plan (predicted peak, its parts, what auto chooses) and stop.",
+                           numbers=False)
 
     def check(self) -> None:
         import numpy as np

@@ -281,6 +281,74 @@ def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
         p.copy_((o.to(wide) + alpha * d.to(wide)).to(p.dtype))
 
 
+DITHER_CHUNK = 1 << 20
+# dtype → (the integer view, its exponent field, 2^-(mantissa bits)): exponent field & x, read back as
+# a float, is 2^⌊log2|x|⌋; times 2^-mantissa it is x's spacing (ulp)
+_FLOAT_BITS = {torch.float32: (torch.int32, 0x7F800000, 2.0 ** -23),
+               torch.bfloat16: (torch.int16, 0x7F80, 2.0 ** -7),
+               torch.float16: (torch.int16, 0x7C00, 2.0 ** -10),
+               torch.float64: (torch.int64, 0x7FF0000000000000, 2.0 ** -52)}
+
+
+def spacing(x: torch.Tensor) -> torch.Tensor:
+    """The distance from each entry of ``x`` to the next float of its dtype away from zero (its ulp),
+    in ``x``'s dtype; at least 2^-100 (zeros and subnormals: a step there is rounded as usual)."""
+    ity, mask, mant = _FLOAT_BITS[x.dtype]
+    return (x.view(ity) & mask).view(x.dtype).mul_(mant).clamp_min_(2.0 ** -100)
+
+
+@torch.no_grad()
+def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, seed: int, leaves=None):
+    """p ← origin + k·δ̃ for each k of ``ks`` in turn (a generator: the weights are set, the caller
+    evaluates, then the next k), with δ̃ = ε·delta rounded *at random* to a whole number of the
+    origin's spacing (ulp): up or down with the probabilities that make E[δ̃] = ε·delta.
+
+    Why: ``set_offset`` rounds w + εv to the nearest float, and an entry whose step |εv_i| is below
+    half its weight's spacing is lost outright (w_i + εv_i rounds back to w_i). The lost entries are
+    those where v is small against w — a systematic shrinking of the step, which made central
+    differences along SmolLM2-135M's top eigenvector 2.6e-3 too small at h = 3.8e-4 (‖w‖ = 2120: a
+    weight of 0.2 has a spacing of 1.5e-8, a step of 1e-3 spread over 134M entries is ~9e-8 an entry);
+    dithered, 4e-5 (README "Finite-difference HVPs"). Rounded at random, the error is zero-mean
+    noise, independent of v, and the Hessian maps such noise to about the mean curvature, far below
+    λ_max. Since δ̃ is a multiple of the spacing, w ± kδ̃ is exact (but where it crosses a power of two
+    upwards), so the same draws (``seed``) serve every k of a stencil. Computed in the parameter's
+    dtype (exact there) :data:`DITHER_CHUNK` entries at a time; one chunk of uniform draws per call,
+    shifted per chunk of the *whole* tensor — of FSDP-sharded parameters (``leaves``: the sharded
+    tensors whose local rows ``params`` are) each rank takes the draws of its rows, so a sharded
+    run rounds exactly as one process does.
+    """
+    params, ks = list(params), list(ks)
+    leaves = list(leaves) if leaves is not None else params
+    dev = params[0].device
+    g = torch.Generator(device=dev).manual_seed(seed)
+    noise = torch.rand(DITHER_CHUNK, generator=g, device=dev)
+    C = DITHER_CHUNK
+    shifts = torch.randint(0, C, (len(params), 1 + max(t.numel() for t in leaves) // C), generator=g,
+                           device=dev).tolist()
+    for k in ks:
+        for i, (p, o, d, leaf) in enumerate(zip(params, origin, delta, leaves)):
+            wide = torch.promote_types(p.dtype, torch.float32)
+            shape, first, _ = rows(leaf)
+            off = first * (shape[1:].numel() if len(shape) > 1 else 1)  # this rank's first entry in the whole
+            flat_p, flat_o, flat_d = p.view(-1), o.reshape(-1), d.reshape(-1)
+            n = flat_o.numel()
+            for J in range(off // C, (off + n - 1) // C + 1) if n else ():
+                g0, g1 = max(J * C, off), min((J + 1) * C, off + n)  # this chunk of the whole, held here
+                a, b = g0 - off, g1 - off
+                oc = flat_o[a:b]
+                ulp = spacing(oc).to(wide)
+                q = flat_d[a:b].to(wide).mul(eps).div_(ulp)  # the step in units of ulp
+                units = q.floor()
+                r = torch.roll(noise, shifts[i][J])[g0 - J * C:g1 - J * C]
+                units += r < q.sub_(units)  # up with probability frac(q)
+                step = units.mul_(ulp)
+                if p.dtype == wide:  # exact in place (never into oc: it may be the origin itself)
+                    torch.add(oc, step, alpha=k, out=flat_p[a:b])
+                else:  # bf16/fp16: exact in float32, and on the parameter's grid
+                    flat_p[a:b].copy_(oc.to(wide) + k * step)
+        yield k
+
+
 def free_memory(device) -> int | None:
     """Bytes this process may still allocate on ``device``: free CUDA memory, or MemAvailable of the
     host (divided among the processes of this node under torchrun); None when unknown."""

@@ -143,13 +143,15 @@ def predict(params, act: int, hvp_method: str, start: int) -> Plan:
 
 
 def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False, grad_accum: int = 1) -> Plan:
-    """Peak of one fine-tune step: the gradients (``.grad``), AdamW's two moments, and for SAM/ASAM
-    the weights saved to restore after the ascent, plus pass 1's own gradient buffer when several
-    micro-batches accumulate (with one, pass 1 goes through ``.grad`` and is dropped before pass 2),
-    and one micro-batch's activations (SAM's two passes run one at a time)."""
+    """Peak of a fine-tune from its second step on (the first holds no optimizer state yet, so it
+    peaks lower): the gradients (``.grad``), AdamW's two moments, and for SAM/ASAM the weights saved
+    to restore after the ascent (alive during pass 2, beside the moments), plus pass 1's own gradient
+    buffer when several micro-batches accumulate (with one, pass 1 goes through ``.grad`` and is
+    dropped before pass 2), one micro-batch's activations (SAM's two passes run one at a time) and
+    the per-parameter temporaries of the AdamW update."""
     ps = list(params)
     unit = P.nbytes(ps)
-    parts = {"gradients": unit, "adamw_moments": 2 * unit, "activations": act}
+    parts = {"gradients": unit, "adamw_moments": 2 * unit, "activations": act, "transients": transients(ps)}
     if optimizer in ("sam", "asam"):
         parts["sam_saved_weights"] = unit
         if grad_accum > 1:
@@ -157,20 +159,62 @@ def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False, g
     return Plan("finetune", parts, start, unit, {"optimizer": optimizer, "bf16_autocast": bf16})
 
 
+def surface(params, start: int, axes: int, held: bool, points_per_pass: int = 1, forward: int = 0) -> Plan:
+    """Peak of `surface`: the saved origin (one copy of the weights), the directions (held: one float32
+    vector per axis — a checkpoint axis's w_target − w too — plus an orthogonalised y's new copy beside
+    the old one while it is formed; regenerated: one parameter's scratch), K stacked float32 weight
+    sets and their cast for K points per vectorised pass, and one no-grad forward (``forward``: its
+    largest tensors, the logits). Target checkpoints are loaded before the plan is made: they are in
+    ``start``."""
+    ps = list(params)
+    unit, n = P.nbytes(ps), P.numel(ps)
+    parts = {"origin_copy": unit, "transients": transients(ps), "forward": forward}
+    if held:
+        parts["directions"] = axes * 4 * n
+        if axes == 2:
+            parts["orthogonalize"] = 4 * n
+    if points_per_pass > 1:
+        parts["stacked_points"] = points_per_pass * (4 * n + unit)
+    return Plan("surface", parts, start, unit, {"directions": "held" if held else "regenerated", "axes": axes,
+                                                "points_per_pass": points_per_pass})
+
+
+def forward_bytes(model: torch.nn.Module, batches) -> int:
+    """The largest transients of one no-grad forward of the longest batch: the logits in float32 and
+    their log-softmax (B·T·V each), the biggest of what `surface` and `loss` hold beyond the weights."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 0
+    big = max(batches, key=lambda b: b.input_ids.numel())
+    return 3 * 4 * int(big.input_ids.numel()) * int(vocab)
+
+
+# auto takes exact products (float32/float64 weights) only while their peak stays within this factor
+# of the finite differences' peak: beyond it, the double-backward graph is memory spent on accuracy
+# that dithered fd products already give (~1e-4 of λ_max in float32, README "Finite-difference HVPs")
+EXACT_OVER_FD = 1.5
+
+
 def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | None, vector_itemsize: int = 4) -> str:
-    """``asked``, or for "auto" the exact double backward when its plan (with the two-vector
-    Lanczos) fits in the memory still free, else finite differences — always on a sharded model
-    (double backward does not run through FSDP: pytorch#172543)."""
+    """``asked``, or for "auto": finite differences on a sharded model (double backward does not run
+    through FSDP: pytorch#172543) or where the exact plan does not fit the memory still free; with
+    float32/float64 weights also where the exact plan peaks above :data:`EXACT_OVER_FD` × fd's (from
+    SmolLM2-135M up: its graph is 7 weight copies and 3× the activations, against fd's one copy);
+    else the exact double backward — small models, and half-precision weights, whose fd products
+    are only percent-accurate."""
     from landscape.foundation import distributed as dist
 
     if asked != "auto":
         return asked
     if dist.sharded():
         return "fd"
-    if free is None:
-        return "reverse"
-    exact = curvature(params, act, "reverse", 2, vector_itemsize, start)
-    return "reverse" if exact.peak - start <= HEADROOM * free else "fd"
+    ps = list(params)
+    exact = curvature(ps, act, "reverse", 2, vector_itemsize, start)
+    if free is not None and exact.peak - start > HEADROOM * free:
+        return "fd"
+    if ps and ps[0].element_size() >= 4:
+        fd = curvature(ps, act, "fd", 2, vector_itemsize, start)
+        if exact.peak > EXACT_OVER_FD * fd.peak:
+            return "fd"
+    return "reverse"
 
 
 def check_fits(plan: Plan, free: int | None, what: str = "",

@@ -196,6 +196,8 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     bs = batches_for(ck, data)
     session = Session(ck.model, bs, cfg)
     pl = session.plan()
+    if cfg.dry_run:
+        return {"base": str(base), "tuned": [str(t) for t in tuned], "plan": pl.as_dict()}
     plans.check_fits(pl, plans.free_bytes(ck.device), "predict",
                      hint="hvp_method fd, fewer or shorter batches, a params subset, or a larger machine")
     results = []

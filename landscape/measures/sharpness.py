@@ -264,7 +264,7 @@ def _vector_dtype(cfg: SharpnessConfig, params):
 
 def _operator(obj, cfg: SharpnessConfig, method: str):
     return hessian.HessianOperator(obj, method, cfg.cache_graph, step=cfg.fd_step,
-                                   vector_dtype=_vector_dtype(cfg, obj.params))
+                                   vector_dtype=_vector_dtype(cfg, obj.params), order=cfg.fd_order)
 
 
 def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:

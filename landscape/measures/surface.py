@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 import landscape
 from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
+from landscape.foundation import plan as plans
 from landscape.foundation.configs import ConfigError, SurfaceConfig, parse_grid  # noqa: F401 (parse_grid: API)
 from landscape.foundation.errors import UserError
 from landscape.foundation.io import atomic_write
@@ -147,6 +148,10 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
             if f.attrs.get("config_hash") == attrs["config_hash"]:
                 return {"out": str(out), "points": int(np.prod(grid.shape)), "computed": 0, "complete": True}
         raise UserError(f"{out}: exists and was written by another configuration; choose another output path")
+    pl = _plan(grid, cfg, mode)
+    if pl.start:
+        plans.check_fits(pl, plans.free_bytes(grid.ps[0].device), "surface",
+                         hint="directions regenerated, points_per_pass 1, a params subset, or a larger machine")
     state = dist.broadcast_object(_read_partial(partial, attrs, grid.shape) if dist.is_main() else None)
     loss, done = state if state is not None else (np.full(grid.shape, np.nan), np.zeros(grid.shape, np.uint8))
     t0 = time.perf_counter()
@@ -162,7 +167,31 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
             partial.unlink(missing_ok=True)
     dist.barrier()
     return {"out": str(out) if complete else str(partial), "points": int(np.prod(grid.shape)), "computed": computed,
-            "complete": complete, "directions": mode, "seconds": round(time.perf_counter() - t0, 3)}
+            "complete": complete, "directions": mode, "seconds": round(time.perf_counter() - t0, 3),
+            "cost": {"peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3)}}
+
+
+def plan(model, batches, config: SurfaceConfig | None = None) -> "plans.Plan":
+    """The memory plan of :func:`surface` with these settings, before anything is allocated (what
+    `landscape surface --dry-run` prints): the saved origin, the directions as ``auto`` would keep
+    them, K stacked points, one forward. Target checkpoints, loaded by then, are in its start."""
+    cfg = config or SurfaceConfig()
+    selected = P.select(model, cfg.params)
+    layouts = _check_sharded(selected, cfg, Targets())
+    named = {n: P.local(p) for n, p in selected.items()} if layouts else selected
+    grid = _Grid(model, batches, named, cfg.coords("x"), cfg.coords("y"), None, layouts=layouts)
+    return _plan(grid, cfg, _direction_mode(cfg, grid))
+
+
+def _plan(grid: _Grid, cfg: SurfaceConfig, mode: str) -> "plans.Plan":
+    from landscape.foundation.loss import param_device
+
+    if grid.loss_fn is not None:  # a closed-form objective (tests): no model to plan for
+        return plans.Plan("surface", {}, 0, P.nbytes(grid.ps))
+    dev = param_device(grid.model)
+    fwd = plans.forward_bytes(grid.model, grid.batches)
+    return plans.surface(grid.ps, plans.start_bytes(grid.model, dev), 1 if grid.y is None else 2, mode == "held",
+                         cfg.points_per_pass, fwd)
 
 
 def _check_sharded(selected: dict, cfg: SurfaceConfig, targets: Targets) -> dict | None:
@@ -192,7 +221,13 @@ def _direction_mode(cfg: SurfaceConfig, grid: _Grid) -> str:
         return cfg.directions
     axes = 1 if grid.y is None else 2
     free = P.free_memory(grid.ps[0].device)
-    return "held" if free is None or axes * 4 * P.numel(grid.ps) <= free // 2 else "regenerated"
+    if free is not None and axes * 4 * P.numel(grid.ps) > free // 2:
+        return "regenerated"
+    if free is not None and grid.loss_fn is None:  # held only if the whole held plan fits, too
+        pl = _plan(grid, cfg, "held")
+        if pl.peak - pl.start > plans.HEADROOM * free:
+            return "regenerated"
+    return "held"
 
 
 def _file_attrs(cfg: SurfaceConfig, grid: _Grid, targets: Targets, mode: str, meta: dict | None) -> dict:

@@ -347,7 +347,9 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     if probe is not None and dist.sharded():
         raise ConfigError("probe_every", "probes during a sharded fine-tune are not supported yet; measure the "
                                          "saved checkpoints instead")
-    _check_memory(job)
+    if job.cfg.dry_run:  # the plan of one step; nothing is written
+        return {"base": str(job.ck.path), "out": str(out), "plan": plan(job.ck.model, job.train_b, job.cfg).as_dict()}
+    pl = _check_memory(job)
     if probe is not None:
         _begin_probe(job, probe)
     opt = make_optimizer([p for p in job.ck.model.parameters() if p.requires_grad], job.cfg)
@@ -357,7 +359,9 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     start, t0 = state.step, time.perf_counter()
     _run(job, opt, state, progress, _probing(on_step, probe, job))
     traj = probe.end(job.ck.model, state.step, main=dist.is_main()) if probe is not None else None
-    return _save(job, state, start, time.perf_counter() - t0, traj)
+    r = _save(job, state, start, time.perf_counter() - t0, traj)
+    r["cost"] = {"peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3)}
+    return r
 
 
 def _begin_probe(job, probe) -> None:
@@ -391,13 +395,14 @@ def plan(model, train_batches, cfg: FinetuneConfig):
                           cfg.grad_accum)
 
 
-def _check_memory(job) -> None:
+def _check_memory(job):
     """Refuse, with one line, a run whose first step would not fit (rather than be killed by the OS)."""
     from landscape.foundation import plan as plans
 
     pl = plan(job.ck.model, job.train_b, job.cfg)
     plans.check_fits(pl, plans.free_bytes(job.ck.device), f"finetune --optimizer {job.cfg.optimizer}",
                      hint="a LoRA adapter (lora), bfloat16 weights, shorter batches, or a larger machine")
+    return pl
 
 
 def _check_paths(out: Path, partial: Path, cfg: FinetuneConfig) -> None:

@@ -107,7 +107,7 @@ def math_attention():
         return contextlib.nullcontext()
 
 
-def fd_step(dtype: torch.dtype, weight_norm: float) -> float:
+def fd_step(dtype: torch.dtype, weight_norm: float, order: int = 2) -> float:
     """The default step length h = ‖εv‖ of a finite-difference HVP (a weight-space distance).
 
     The central difference Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε, ‖v‖ = 1, has two errors: rounding
@@ -123,24 +123,48 @@ def fd_step(dtype: torch.dtype, weight_norm: float) -> float:
     parameters' dtype, so a float64 Llama's gradient is accurate to ~1e-7, not 1e-16 (measured: at a
     float64-sized step the fd error was 5.8e-3, falling as 1/h — rounding, not truncation).
 
-    FD_C = 0.015 is *measured* (the constants a and K are not known a priori), on the eigenvalue,
-    not on a random product: along the top eigenvector the third derivative is far larger than along
-    a random direction, and the residual test cannot see the resulting bias (the fd operator is
-    consistent, only not H). Lanczos λ_max against double backward, float32, as the step shrinks
-    ×4 each time: 22.7k-parameter Llama (‖w‖ = 13) 2.0e-3, 8.0e-5, 3.6e-7, then rounding (1.2e-4);
-    4.0M-parameter Llama (‖w‖ = 70) 6.3e-3, 3.2e-4, 1.6e-5; best at h/(u‖w‖)^{1/3} ≈ 0.014–0.02 on
-    both (README "Finite-difference HVPs"). A random direction's product is then rounding-dominated
-    (~1e-2 relative at 4M) — the Rayleigh quotients Lanczos forms average that noise, and its
-    measured linearity defect (``Spectrum.noise``) is reported with every basis-free eigenvalue. In
-    bf16 the rounding is 6.5e4× larger: expect percent-level eigenvalues, and a warning. Richardson
-    extrapolation (4 gradients a product, O(h⁴)) or an adaptive step are the follow-ups.
+    The weights w ± εv are set by *dithered* rounding (:func:`params.set_dithered_offset`): rounded
+    to the nearest float, every entry whose step is below half its weight's spacing was lost, a
+    bias towards zero along directions that are small where the weights are large — the top
+    eigenvector's. On SmolLM2-135M that bias, not the truncation, was the error: the Rayleigh
+    quotient along a near-top eigenvector (relative to double backward) was −5.8e-3, −2.6e-3,
+    −1.1e-3, −1.4e-3, −4.9e-3 at h/h₀ = ¼, ½, 1, 2, 4 (h₀ = 0.015·(u‖w‖)^(1/3) = 7.5e-4) with nearest
+    rounding and −1.0e-4, −3.7e-5, −2.5e-4 at ¼, ½, 1 dithered (at 1: truncation). Hence
+
+        FD_C = 0.0075 (h = 3.8e-4 on SmolLM2), FD_C4 = 0.0075 for order 4 (h ∝ (u‖w‖)^(1/5))
+
+    measured there on the eigenvalue, not on a random product: along the top eigenvector the third
+    derivative is far larger than along a random direction, and the residual test cannot see the
+    resulting bias (the fd operator is consistent, only not H). Earlier, with nearest rounding and
+    h₀: Lanczos λ_max against double backward on a 22.7k-parameter Llama 3.6e-7 to 8e-5 and on a
+    4.0M one 1.6e-5, truncation ×16 per ×4 in h above that (README "Finite-difference HVPs"). The
+    fourth-order stencil (``order=4``, four gradients) gave +5.8e-5, +5.5e-5, −7e-5 at h/h₀⁽⁴⁾ = ¼, ½, 1
+    on SmolLM2: no better than order 2 at its best step there, so it is an option, not the default.
+    Half-precision weights keep FD_C_HALF = 0.015 (see there). What remains is the gradients' own float32 rounding (~5e-5 of λ_max a product on SmolLM2); the
+    Rayleigh quotients Lanczos forms average it, and its measured linearity defect
+    (``Spectrum.noise``) is reported with every basis-free eigenvalue. In bf16 the rounding is 6.5e4×
+    larger: expect percent-level eigenvalues, and a warning.
     """
     u = torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 2.0 ** -24
+    half = u > 2.0 ** -24
     u = max(u, 2.0 ** -24)
-    return FD_C * (u * max(weight_norm, 1.0)) ** (1.0 / 3.0)
+    if order == 4:
+        return (FD_C_HALF if half else FD_C4) * (u * max(weight_norm, 1.0)) ** (1.0 / 5.0)
+    return (FD_C_HALF if half else FD_C) * (u * max(weight_norm, 1.0)) ** (1.0 / 3.0)
 
 
-FD_C = 0.015
+FD_C = 0.0075
+FD_C4 = 0.0075
+# bf16/fp16 weights: rounding dominates at every step tried (a random product's error on a tiny Llama
+# 0.75, 0.41, 0.19, 0.11 at h = 1, 2, 4, 8 × 0.0075·(u‖w‖)^(1/3)), so the step stays where it was
+# measured before dithering (percent-level eigenvalues, README)
+FD_C_HALF = 0.015
+
+# Central-difference stencils of ∇L at w + k·εv: (k, weight·ε). Order 2: (g₊ − g₋)/2ε, truncation
+# (ε²/6)·∇³L[v,v,v]-like; order 4 (Richardson's extrapolation of two order-2 differences at ε and
+# 2ε: (4·D(ε) − D(2ε))/3): (−g₊₂ + 8g₊ − 8g₋ + g₋₂)/12ε, truncation O(ε⁴), two more gradients.
+FD_STENCILS = {2: ((1.0, 0.5), (-1.0, -0.5)),
+               4: ((2.0, -1.0 / 12), (1.0, 8.0 / 12), (-1.0, -8.0 / 12), (-2.0, 1.0 / 12))}
 
 
 class HessianOperator:
@@ -162,7 +186,8 @@ class HessianOperator:
     """
 
     def __init__(self, objective, method: str = "reverse", cache_graph: str = "auto", step: float | None = None,
-                 vector_dtype: torch.dtype | None = None, origin: list | None = None):
+                 vector_dtype: torch.dtype | None = None, origin: list | None = None, order: int = 2,
+                 dither: bool | None = None):
         if method not in HVP_METHODS or method == "auto":
             raise ConfigError("hvp_method", f"unknown HVP method {method!r}; choose from "
                                             f"{', '.join(m for m in HVP_METHODS if m != 'auto')}")
@@ -191,16 +216,23 @@ class HessianOperator:
         self.leaves = getattr(objective, "leaves", ps)  # the tensors the blocks are (FSDP: rows of them)
         n = P.numel(ps)
         self.shape = (n, n)
+        if order not in FD_STENCILS:
+            raise ConfigError("fd_order", f"fd_order must be one of {', '.join(map(str, FD_STENCILS))}, got {order!r}")
+        # dithered steps where measured (float32/float64 weights); bf16/fp16 keep nearest rounding, the
+        # setting their percent-level accuracy was measured with (dithering's noise there is of the same size)
+        self.order = order
+        self.dither = dither if dither is not None else objective.params[0].element_size() >= 4
         self.step, self.step_given = step, step is not None
         if method == "fd" and step is None:
-            self.step = fd_step(ps[0].dtype, float(P.norm([p.detach() for p in ps])))
+            self.step = fd_step(ps[0].dtype, float(P.norm([p.detach() for p in ps])), order)
 
     def describe(self) -> dict:
         """How the products are formed (for the JSON of every curvature measure)."""
         out = {"hvp_method": self.method, "vector_dtype": str(self.dtype).replace("torch.", "")}
         if self.method == "fd":
-            out.update(fd_step=self.step, fd_rule="given" if self.step_given else
-                       f"h = {FD_C}·(u·‖w‖)^(1/3), u the parameters' unit roundoff")
+            rule = f"h = {FD_C}·(u·‖w‖)^(1/3)" if self.order == 2 else f"h = {FD_C4}·(u·‖w‖)^(1/5)"
+            out.update(fd_step=self.step, fd_order=self.order, fd_rounding="dithered" if self.dither else "nearest",
+                       fd_rule="given" if self.step_given else f"{rule}, u the parameters' unit roundoff")
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -247,10 +279,15 @@ class HessianOperator:
         if vn == 0.0:
             return
         eps = self.step / vn
+        weights = dict(FD_STENCILS[self.order])
         try:
-            for sign in (1.0, -1.0):
-                P.set_offset(ps, self._origin, v, alpha=sign * eps)
-                accumulate_grad(self.obj, out, alpha=sign / (2.0 * eps))
+            if self.dither:  # unbiased rounding of the step to the weights' grid (see params.set_dithered_offset)
+                for k in P.set_dithered_offset(ps, self._origin, v, eps, weights, seed=self.calls, leaves=self.leaves):
+                    accumulate_grad(self.obj, out, alpha=weights[k] / eps)
+            else:
+                for k, c in weights.items():
+                    P.set_offset(ps, self._origin, v, alpha=k * eps)
+                    accumulate_grad(self.obj, out, alpha=c / eps)
         finally:
             with torch.no_grad():
                 for p, o in zip(ps, self._origin):
