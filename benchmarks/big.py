@@ -138,6 +138,16 @@ def run_row(cmd: list, timeout: int) -> dict:
     return row
 
 
+def measure(cmd: list, has_plan: bool, timeout: int) -> dict:
+    """One row: the command as typed, its ``--dry-run`` plan (``has_plan``) and the run itself."""
+    row = {"command": "landscape " + " ".join(Path(c).name if c.startswith(str(ROOT)) else c for c in cmd[1:])}
+    if has_plan:
+        plan = run_row(cmd + ["--dry-run"], 900)
+        row["plan"] = (plan.get("result") or {}).get("plan")
+    row.update(run_row(cmd, timeout))
+    return row
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "runs" / "big"))
@@ -157,11 +167,7 @@ def main(argv=None) -> dict:
         if a.only and name not in a.only.split(","):
             continue
         print(f"[big] {name}: {' '.join(cmd[1:])}", flush=True)
-        row = {"command": "landscape " + " ".join(Path(c).name if c.startswith(str(ROOT)) else c for c in cmd[1:])}
-        if has_plan:
-            plan = run_row(cmd + ["--dry-run"], 900)
-            row["plan"] = (plan.get("result") or {}).get("plan")
-        row.update(run_row(cmd, a.timeout))
+        row = measure(cmd, has_plan, a.timeout)
         row["peak_over_weights"] = round(row["peak_rss_gb"] / weights_gb, 2) if row.get("peak_rss_gb") else None
         results.setdefault("rows", {})[name] = row
         print(f"[big] {name}: rc {row['rc']}, {row['seconds']} s, peak {row['peak_rss_gb']} GB"

@@ -97,13 +97,11 @@ def main(argv=None) -> dict:
                 continue
             (out / size).mkdir(parents=True, exist_ok=True)
             print(f"[plans] {size} {name}", flush=True)
-            dry = big.run_row(cmd + ["--dry-run"], 900)
-            plan = (dry.get("result") or {}).get("plan") or {}
-            run = big.run_row(cmd, a.timeout)
+            run = big.measure(cmd, True, a.timeout)
+            plan = run.get("plan") or {}
             row = {"weights_gb": round(weights, 3), "planned_gb": plan.get("peak_gb"), "plan": plan,
                    "rc": run["rc"], "seconds": run["seconds"], "peak_rss_gb": run["peak_rss_gb"],
-                   "error": run["stderr_tail"] if run["rc"] else None,
-                   "command": "landscape " + " ".join(Path(c).name if c.startswith(str(ROOT)) else c for c in cmd[1:])}
+                   "error": run["stderr_tail"] if run["rc"] else None, "command": run["command"]}
             if row["planned_gb"] and row["peak_rss_gb"]:
                 row["planned_over_measured"] = round(row["planned_gb"] / row["peak_rss_gb"], 3)
             results.setdefault("rows", {}).setdefault(size, {})[name] = row
