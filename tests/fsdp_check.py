@@ -66,7 +66,31 @@ def resume(ckpt, train, out):
                        "resumed_from": resumed["resumed_from"], "states": states}, f)
 
 
+def dither(ckpt, out):
+    """fd's dithered steps on each rank's rows equal the rows of the one-process steps (bit for bit)."""
+    ck = checkpoint.load_checkpoint(ckpt, device="cpu", shard="fsdp")
+    whole = checkpoint.load_checkpoint(ckpt, device="cpu").model
+    leaves, full = list(ck.model.parameters()), list(whole.parameters())
+    g = torch.Generator().manual_seed(5)
+    delta_full = [torch.randn(p.shape, generator=g) for p in full]
+    ps = [params.local(p) for p in leaves]
+    origin, origin_full = [p.detach().clone() for p in ps], [p.detach().clone() for p in full]
+    delta = [d[params.rows(p)[1]:params.rows(p)[2]] if params.is_sharded(p) else d for p, d in zip(leaves, delta_full)]
+    same, moved = True, 0
+    with torch.no_grad():
+        for _ in zip(params.set_dithered_offset(ps, origin, delta, 1e-4, (1.0, -2.0), seed=7, leaves=leaves),
+                     params.set_dithered_offset(full, origin_full, delta_full, 1e-4, (1.0, -2.0), seed=7)):
+            for p, o, f in zip(leaves, origin, full):
+                a, b = params.rows(p)[1:]
+                same &= torch.equal(params.local(p), f.detach()[a:b])
+                moved += int((params.local(p) != o).sum())
+    got = dist.all_gather_object({"same": bool(same), "moved": moved})
+    if dist.is_main():
+        with open(out, "w") as f:
+            json.dump(got, f)
+
+
 if __name__ == "__main__":
     dist.init_from_env()
-    {"measure": measure, "resume": resume}[sys.argv[1]](*sys.argv[2:5])
+    {"measure": measure, "resume": resume, "dither": dither}[sys.argv[1]](*sys.argv[2:5])
     dist.shutdown()

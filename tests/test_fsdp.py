@@ -96,6 +96,13 @@ def test_each_rank_holds_and_reads_its_rows_and_measurements_leave_them_bit_iden
     assert max(rk["held"] for rk in got["ranks"]) <= 0.55 * got["total"]
 
 
+def test_dithered_fd_steps_on_the_shards_equal_the_one_process_steps(llama_dir, tmp_path):
+    out = tmp_path / "dither.json"
+    check("dither", llama_dir, out, tmp_path)
+    got = json.loads(out.read_text())
+    assert all(rk["same"] for rk in got) and all(rk["moved"] > 0 for rk in got)
+
+
 def test_sharding_refusals_are_one_line(llama_dir, evald):
     base = [sys.executable, "-m", "landscape.cli", "sharpness", str(llama_dir), "--data", str(evald), "--metrics",
             "lambda_max", "--device", "cpu"]

@@ -297,6 +297,14 @@ def spacing(x: torch.Tensor) -> torch.Tensor:
     return (x.view(ity) & mask).view(x.dtype).mul_(mant).clamp_min_(2.0 ** -100)
 
 
+def _rolled(noise: torch.Tensor, shift: int, start: int, n: int) -> torch.Tensor:
+    """``torch.roll(noise, shift)[start:start + n]`` without rolling the whole chunk: entry i of the
+    rolled chunk is ``noise[(i − shift) mod len]``."""
+    m = noise.numel()
+    a = (start - shift) % m
+    return noise[a:a + n] if a + n <= m else torch.cat([noise[a:], noise[:a + n - m]])
+
+
 @torch.no_grad()
 def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, seed: int, leaves=None):
     """p ← origin + k·δ̃ for each k of ``ks`` in turn (a generator: the weights are set, the caller
@@ -321,10 +329,10 @@ def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, s
     leaves = list(leaves) if leaves is not None else params
     dev = params[0].device
     g = torch.Generator(device=dev).manual_seed(seed)
-    noise = torch.rand(DITHER_CHUNK, generator=g, device=dev)
     C = DITHER_CHUNK
-    shifts = torch.randint(0, C, (len(params), 1 + max(t.numel() for t in leaves) // C), generator=g,
-                           device=dev).tolist()
+    biggest = max(t.numel() for t in leaves)  # whole tensors' sizes: the same on every rank
+    noise = torch.rand(min(C, max(biggest, 1)), generator=g, device=dev)
+    shifts = torch.randint(0, C, (len(params), 1 + biggest // C), generator=g, device=dev).tolist()
     for k in ks:
         for i, (p, o, d, leaf) in enumerate(zip(params, origin, delta, leaves)):
             wide = torch.promote_types(p.dtype, torch.float32)
@@ -339,7 +347,7 @@ def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, s
                 ulp = spacing(oc).to(wide)
                 q = flat_d[a:b].to(wide).mul(eps).div_(ulp)  # the step in units of ulp
                 units = q.floor()
-                r = torch.roll(noise, shifts[i][J])[g0 - J * C:g1 - J * C]
+                r = _rolled(noise, shifts[i][J], g0 - J * C, g1 - g0)
                 units += r < q.sub_(units)  # up with probability frac(q)
                 step = units.mul_(ulp)
                 if p.dtype == wide:  # exact in place (never into oc: it may be the origin itself)
