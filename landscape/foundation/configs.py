@@ -335,10 +335,11 @@ class SharpnessConfig(Config):
     hvp_method: str = option("auto", "Hessian-vector products: exact by double backward (reverse) or "
                                      "forward-over-reverse (forward), or central differences of two gradients (fd: "
                                      "gradient memory, any attention kernel and checkpointing, ~1e-4 relative in "
-                                     "float32); auto: reverse when its planned memory fits, else fd.",
+                                     "float32); auto: reverse when its planned memory fits and is at most 1.5× fd's "
+                                     "(float32 weights), else fd.",
                              choices=HVP_METHODS, numbers=False)
-    fd_step: float | None = option(None, "Step length ‖εv‖ of fd HVPs in weight space (default 0.015·(u·‖w‖)^(1/3), u "
-                                         "the parameters' unit roundoff).", kind="float?", bounds="positive",
+    fd_step: float | None = option(None, "Step length ‖εv‖ of fd HVPs in weight space (default 0.0075·(u·‖w‖)^(1/3), "
+                                         "u the parameters' unit roundoff; bf16: 0.015·…).", kind="float?", bounds="positive",
                                    numbers=False)
     fd_order: int = option(2, "Order of fd HVPs' central difference: 2 (two gradients a product) or 4 (four: "
                               "(−g₊₂ + 8g₊ − 8g₋ + g₋₂)/12ε, truncation O(ε⁴)).", bounds=(2, 4), numbers=False)
