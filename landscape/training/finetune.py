@@ -347,7 +347,7 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     if probe is not None and dist.sharded():
         raise ConfigError("probe_every", "probes during a sharded fine-tune are not supported yet; measure the "
                                          "saved checkpoints instead")
-    if job.cfg.dry_run:  # the plan of one step; nothing is written
+    if job.cfg.dry_run:  # the plan (the steady state, from the second step on); nothing is written
         return {"base": str(job.ck.path), "out": str(out), "plan": plan(job.ck.model, job.train_b, job.cfg).as_dict()}
     pl = _check_memory(job)
     if probe is not None:

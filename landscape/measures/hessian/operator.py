@@ -140,9 +140,10 @@ def fd_step(dtype: torch.dtype, weight_norm: float, order: int = 2) -> float:
     4.0M one 1.6e-5, truncation ×16 per ×4 in h above that (README "Finite-difference HVPs"). The
     fourth-order stencil (``order=4``, four gradients) gave +5.8e-5, +5.5e-5, −7e-5 at h/h₀⁽⁴⁾ = ¼, ½, 1
     on SmolLM2: no better than order 2 at its best step there, so it is an option, not the default.
-    Half-precision weights keep FD_C_HALF = 0.015 (see there). What remains is the gradients' own float32 rounding (~5e-5 of λ_max a product on SmolLM2); the
-    Rayleigh quotients Lanczos forms average it, and its measured linearity defect
-    (``Spectrum.noise``) is reported with every basis-free eigenvalue. In bf16 the rounding is 6.5e4×
+    Half-precision weights keep FD_C_HALF = 0.015 (see there). What remains is the gradients' own
+    float32 rounding (~5e-5 of λ_max a product on SmolLM2); the Rayleigh quotients Lanczos forms
+    average it, and its measured linearity defect (``Spectrum.noise``) is reported with every
+    basis-free eigenvalue. In bf16 the rounding is 6.5e4×
     larger: expect percent-level eigenvalues, and a warning.
     """
     u = torch.finfo(dtype).eps / 2 if dtype.is_floating_point else 2.0 ** -24
