@@ -31,6 +31,37 @@ def test_eps_sharpness_matches_closed_form_on_a_separable_quadratic():
     assert torch.equal(w.detach(), torch.tensor([0.25, 0.1, 1.0, 0.02], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("steps", [4, 7, 130])
+def test_eps_sharpness_follows_projected_sign_ascent_with_z_held_as_integers(steps):
+    """z is held as an integer count of box steps (int8, int16 beyond 127 steps), the box recomputed
+    from the saved weights: the same iterates as projected sign ascent on a float z — here on a
+    non-separable quadratic whose ascent turns back (some coordinates' gradient signs flip)."""
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    A = M @ M.T - 2.0 * torch.eye(6, dtype=torch.float64)  # indefinite: the maximiser is not one corner away
+    w0 = torch.randn(6, generator=g, dtype=torch.float64)
+    w = torch.nn.Parameter(w0.clone())
+    f = lambda x: 0.5 * x @ A @ x + x.sum()  # noqa: E731
+    obj = FunctionObjective(lambda: f(w), [w])
+    eps = 0.3
+    b = eps * (w0.abs() + 1)
+    z, best, flips, prev = torch.zeros(6, dtype=torch.float64), float(f(w0)), 0, None
+    for t in range(steps + 1):
+        x = w0 + z
+        best = max(best, float(f(x)))
+        if t == steps:
+            break
+        s = torch.sign(A @ x + 1.0)
+        flips += 0 if prev is None else int((s != prev).sum())
+        prev = s
+        z = torch.clamp(z + (2.0 / steps) * b * s, -b, b)
+    r = sharpness.eps_sharpness(obj, eps=eps, steps=steps)
+    L0 = float(f(w0))
+    assert r["eps_sharpness"] == pytest.approx(100 * (best - L0) / (1 + L0), rel=1e-12)
+    assert torch.equal(w.detach(), w0)
+    assert flips > 0  # the case exercises a turn-back
+
+
 def test_eps_subspace_is_at_most_full_space_and_positive():
     obj, *_ = diag_quadratic(list(np.linspace(0.5, 3, 12)), [0.0] * 12, list(np.linspace(-1, 1, 12)))
     full = sharpness.eps_sharpness(obj, eps=0.1, steps=10)["eps_sharpness"]

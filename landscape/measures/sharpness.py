@@ -69,12 +69,16 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
             bound = eps * (np.abs(np.linalg.solve(G, Atw)) + 1.0)  # ε(|A⁺w| + 1)
             y = np.zeros(subspace)
         else:
-            bound = [eps * (o.abs().to(torch.promote_types(o.dtype, torch.float32)) + 1.0) for o in origin]
-            z = [torch.zeros_like(b) for b in bound]
+            # z = ε(|w| + 1)·k/steps with k an integer in [−steps, steps] moved by ±2 a step: the box's
+            # bound is recomputed from the saved weights, z held as k (int8) — a quarter of a float32
+            # vector instead of two weight-sized vectors (bound and z)
+            k = [torch.zeros_like(o, dtype=torch.int8 if steps <= 127 else torch.int16) for o in origin]
         best = L0
         for t in tqdm(range(steps + 1), desc="eps-sharpness", disable=not progress, leave=False):
             if subspace:
                 z = [sum(float(yj) * a[i] for yj, a in zip(y, A)) for i in range(len(ps))]
+            else:
+                z = (_box(o, eps).mul_(ki).div_(steps) for o, ki in zip(origin, k))
             P.set_offset(ps, origin, z)
             if t == steps:
                 best = max(best, obj.value())
@@ -86,10 +90,16 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
                 gy = np.array([float(P.dot(a, grad)) for a in A])
                 y = np.clip(y + step * bound * np.sign(gy), -bound, bound)
             else:
-                z = [torch.minimum(torch.maximum(zi + step * b * gi.sign().to(b.dtype), -b), b)
-                     for zi, b, gi in zip(z, bound, grad)]
+                for i, gi in enumerate(grad):
+                    k[i].add_(gi.sign_().to(k[i].dtype), alpha=2).clamp_(-steps, steps)
+                    grad[i] = None  # each parameter's gradient freed once used
     return {"eps_sharpness": 100.0 * (best - L0) / (1.0 + L0), "max_loss": best, "loss": L0, "eps": eps,
             "eps_rule": rule, "steps": steps, "subspace": subspace}
+
+
+def _box(origin: torch.Tensor, eps: float) -> torch.Tensor:
+    """ε(|w| + 1), the half-width of ε-sharpness's box, in the wider of float32 and w's dtype."""
+    return origin.abs().to(torch.promote_types(origin.dtype, torch.float32)).mul_(eps).add_(eps)
 
 
 def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = False, eta: float = 0.01,
@@ -307,9 +317,13 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     if ball:
         n = 1 + int(cfg.sam_steps > 1) + int("asam" in ball)  # the gradient/u, u beside it, ASAM's T
         candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": n * wide, **grad}, start, unit))
-    if {"eps", "eps_subspace"} & set(cfg.metrics):
-        n = 3 + (cfg.subspace if "eps_subspace" in cfg.metrics else 0)  # bound, z, gradient (+ the subspace)
-        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": n * wide, **grad}, start, unit))
+    if "eps" in cfg.metrics:  # the gradient, z as int8 (int16) step counts; the box from the saved weights
+        counts = P.numel(ps) * (1 if cfg.eps_steps <= 127 else 2)
+        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": wide + counts, **grad}, start,
+                                     unit))
+    if "eps_subspace" in cfg.metrics:  # the gradient, z, and the subspace's float64 directions
+        vecs = 2 * wide + cfg.subspace * P.numel(ps) * 8
+        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": vecs, **grad}, start, unit))
     if "avg" in cfg.metrics:
         candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "activations": act}, start, unit))
     best = max(candidates, key=lambda p: p.peak) if candidates else plans.Plan("sharpness", {}, start, unit)
