@@ -72,7 +72,7 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
             # z = ε(|w| + 1)·k/steps with k an integer in [−steps, steps] moved by ±2 a step: the box's
             # bound is recomputed from the saved weights, z held as k (int8) — a quarter of a float32
             # vector instead of two weight-sized vectors (bound and z)
-            k = [torch.zeros_like(o, dtype=torch.int8 if steps <= 127 else torch.int16) for o in origin]
+            k = [torch.zeros_like(o, dtype=_count_dtype(steps)) for o in origin]
         best = L0
         for t in tqdm(range(steps + 1), desc="eps-sharpness", disable=not progress, leave=False):
             if subspace:
@@ -95,6 +95,11 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
                     grad[i] = None  # each parameter's gradient freed once used
     return {"eps_sharpness": 100.0 * (best - L0) / (1.0 + L0), "max_loss": best, "loss": L0, "eps": eps,
             "eps_rule": rule, "steps": steps, "subspace": subspace}
+
+
+def _count_dtype(steps: int) -> torch.dtype:
+    """The integer dtype of ε-sharpness's step counts k ∈ [−steps, steps]."""
+    return torch.int8 if steps <= 127 else torch.int16
 
 
 def _box(origin: torch.Tensor, eps: float) -> torch.Tensor:
@@ -318,7 +323,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         n = 1 + int(cfg.sam_steps > 1) + int("asam" in ball)  # the gradient/u, u beside it, ASAM's T
         candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": n * wide, **grad}, start, unit))
     if "eps" in cfg.metrics:  # the gradient, z as int8 (int16) step counts; the box from the saved weights
-        counts = P.numel(ps) * (1 if cfg.eps_steps <= 127 else 2)
+        counts = P.numel(ps) * torch.empty((), dtype=_count_dtype(cfg.eps_steps)).element_size()
         candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": wide + counts, **grad}, start,
                                      unit))
     if "eps_subspace" in cfg.metrics:  # the gradient, z, and the subspace's float64 directions
