@@ -39,7 +39,16 @@ def test_demo_fast_end_to_end(tmp_path):
             assert [r["step"] for r in recs] == [0, 75, 150]
             assert recs[-1]["forgetting"] == c["forgetting"]["average"]["delta"]
     assert set(traj["families"]) == {"sam", "adamw"}  # compared where their task-loss ranges overlap
-    assert all(r_["n"] == len(cks) for r_ in out["ranking"])
+    for r_ in out["ranking"]:  # n counts the fine-tunes with a value; a null is allowed only with its reason
+        missing = [c for c in cks if c["flatness"].get(r_["metric"]) is None]
+        assert r_["n"] == len(cks) - len(missing), r_
+        # critical sharpness has no finite value where the loss along Δw rises at every step down to η_min
+        # (or never rises): a fine-tune whose gᵀΔw is near 0 at the base can fall either side of that by
+        # rounding, so which checkpoint it is differs between machines; every other metric is always defined
+        for c in missing:
+            assert r_["metric"] == "critical_sharpness", (r_["metric"], c["label"])
+            assert c["predictors"]["critical"]["status"] in ("rises at once", "never rises"), c["predictors"]["critical"]
+        assert r_["n"] >= len(cks) - 2
     # the forgetting predictors at the base, on the general data, ranked beside the paper's protocol
     ranked = {r_["metric"] for r_ in out["ranking"]}
     assert {"kappa_base", "quad_pred", "bound", "delta_norm", "general_loss_increase"} <= ranked

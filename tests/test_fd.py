@@ -96,20 +96,18 @@ def test_fd_equals_the_dense_hessian_of_a_tiny_transformer_and_leaves_weights_an
 
 
 def test_fd_in_float32_is_accurate_to_the_documented_level(tiny64):  # noqa: F811
-    """A float32 copy of the tiny model: the fd product within 2e-4 of float64 double backward (the
-    step rule's measured accuracy), and in bf16 within the few percent the docstring states."""
+    """A float32 copy of the tiny model: the fd product within 2e-3 of float64 double backward (the
+    step rule's measured accuracy; bf16 weights are measured in a float32 view, tested below)."""
     model, bs = tiny64
     exact = hessian.HessianOperator(ModelObjective(model, bs))
     v = O.random_unit(exact, torch.Generator().manual_seed(2))
     ref = exact.matvec(v)
-    for dtype, bound in ((torch.float32, 2e-3), (torch.bfloat16, 0.5)):
-        m = copy.deepcopy(model).to(dtype)
-        op = hessian.HessianOperator(ModelObjective(m, bs), "fd")
-        wn = float(torch.cat([p.detach().double().reshape(-1) for p in m.parameters()]).norm())
-        c = O.FD_C if dtype == torch.float32 else O.FD_C_HALF
-        assert op.step == pytest.approx(c * (torch.finfo(dtype).eps / 2 * max(wn, 1.0)) ** (1 / 3), rel=1e-6)
-        err = float((op.matvec(v.to(op.dtype)).double() - ref).norm() / ref.norm())
-        assert err < bound, (dtype, err)
+    m = copy.deepcopy(model).to(torch.float32)
+    op = hessian.HessianOperator(ModelObjective(m, bs), "fd")
+    wn = float(torch.cat([p.detach().double().reshape(-1) for p in m.parameters()]).norm())
+    assert op.step == pytest.approx(O.FD_C * (torch.finfo(torch.float32).eps / 2 * max(wn, 1.0)) ** (1 / 3), rel=1e-6)
+    err = float((op.matvec(v.to(op.dtype)).double() - ref).norm() / ref.norm())
+    assert err < 2e-3, err
 
 
 def test_streamed_gradient_equals_autograd(tiny64):  # noqa: F811
@@ -223,15 +221,74 @@ def test_dry_run_prints_the_plan_and_a_plan_that_cannot_fit_is_refused(llama_dir
     assert "needs about" in r.output and len(r.output.strip().splitlines()) == 1
 
 
-def test_bf16_fd_says_how_accurate_it_is(llama_dir, text_data):
-    from landscape.foundation import data
+def _bf16_dirs(llama_dir, root):
+    """The tiny Llama saved in bf16 (base) and a bf16 fine-tune of it (tuned), with the tokenizer."""
+    import shutil
 
-    ck = load_checkpoint(llama_dir, dtype="bfloat16")
-    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
-    r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("lambda_max",), hvp_method="fd", max_iter=40,
-                                                        tol=1e-4))
-    assert r["hvp"]["vector_dtype"] == "float32" and r["hvp"]["noise_rel"] > 1e-4
-    assert "accurate to" in r["warnings"][0]
+    out = {}
+    for name, shift in (("base", 0.0), ("tuned", 0.02)):
+        ck = load_checkpoint(llama_dir)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(1)
+            for p in ck.model.parameters():
+                p.add_(shift * torch.randn(p.shape, generator=g))
+        d = root / name
+        ck.model.to(torch.bfloat16).save_pretrained(d)
+        for f in llama_dir.iterdir():
+            if "token" in f.name or f.name.endswith(".txt"):
+                shutil.copy(f, d / f.name)
+        out[name] = d
+    return out
+
+
+def test_bf16_weights_are_measured_in_a_float32_view(llama_dir, text_data, tmp_path):
+    """A bf16 checkpoint's curvature is the curvature of its own weights: every sharpness metric and
+    predictor equals the float32 measurement of the same (bf16-valued) weights — the same float32
+    arithmetic, so to 1e-9 relative (measured: equal) — the weights are bit-identical bf16 afterwards,
+    and fd products *in* bf16, whose steps are lost to rounding, are refused. The model is in that
+    regime: the fd step along a random unit vector is below half a bf16 spacing for most weights
+    (62% here; ~96% at 135M, ~99% at 7B)."""
+    from landscape.foundation import data, params as P
+    from landscape.foundation.configs import ConfigError, LoadConfig, PredictConfig
+    from landscape.measures import predictors
+
+    dirs = _bf16_dirs(llama_dir, tmp_path)
+    half = load_checkpoint(dirs["base"], dtype="bfloat16")
+    wide = load_checkpoint(dirs["base"], dtype="float32")
+    assert all(p.dtype == torch.bfloat16 for p in half.model.parameters())
+    bs = data.load_batches(text_data, half.tokenizer, batch_size=3)
+
+    obj = ModelObjective(half.model, bs)
+    with pytest.raises(ConfigError, match="rounding"):
+        hessian.HessianOperator(obj, "fd")
+    native = hessian.HessianOperator(obj, "fd", half_ok=True)
+    v = O.random_unit(native, torch.Generator().manual_seed(0))
+    w = torch.cat([p.detach().float().reshape(-1) for p in obj.params])
+    lost = float((native.step * v.abs() < P.spacing(w.to(torch.bfloat16)).float() / 2).float().mean())
+    assert lost > 0.5, lost  # the regime of large models: w + εv rounds back to w for most weights (62% here)
+    exact = hessian.HessianOperator(ModelObjective(wide.model, bs), "reverse")
+    ref = exact.matvec(v)
+    err_native = float((native.matvec(v) - ref).norm() / ref.norm())
+    assert err_native > 0.05, err_native  # what the float32 view is for
+
+    before = [p.detach().clone() for p in half.model.parameters()]
+    metrics = ("lambda_max", "lambda_min", "trace", "eps", "sam", "asam", "avg")
+    for method in ("fd", "reverse"):
+        cfg = SharpnessConfig(metrics=metrics, hvp_method=method, max_iter=60, tol=1e-6, trace_samples=5,
+                              avg_samples=4)
+        a, b = sharpness.measure(half.model, bs, cfg), sharpness.measure(wide.model, bs, cfg)
+        assert a["config"]["dtype"] == "bfloat16" and a["hvp"]["compute_dtype"] == "float32"
+        for k, x in b["metrics"].items():
+            if isinstance(x, float):
+                assert a["metrics"][k] == pytest.approx(x, rel=1e-9, abs=1e-12), (method, k)
+        assert all(torch.equal(p, q) and p.dtype == torch.bfloat16 for p, q in zip(half.model.parameters(), before))
+
+    pc = PredictConfig(max_iter=40)
+    ra, rb = (predictors.predict(dirs["base"], dirs["tuned"], pc, load=LoadConfig(dtype=dt)) for dt in
+              ("bfloat16", "float32"))
+    for k, x in rb["results"][0]["metrics"].items():
+        if isinstance(x, float):
+            assert ra["results"][0]["metrics"][k] == pytest.approx(x, rel=1e-9, abs=1e-12), k
 
 
 def test_finetune_refuses_a_step_that_cannot_fit(llama_dir, text_data, tmp_path, monkeypatch):

@@ -325,3 +325,20 @@ def test_basis_free_lanczos_spends_max_iter_steps_after_measuring_its_noise():
         assert sp.iterations == n and sp.hvps == n + 3 and np.isfinite(sp.lambda_max)
     sp = hessian.lanczos(Diagonal(d), k=1, tol=1e-12, max_iter=6, basis=none, want_min=False)
     assert sp.lambda_max > 45  # six steps already see the outlier
+
+
+def test_power_iteration_reports_an_unconverged_negative_lambda_min_as_unconverged():
+    """When the largest-magnitude eigenvalue is negative, the first power run *is* λ_min's: its own
+    residual is reported and decides convergence — ``converged`` holds exactly when every reported
+    residual is within tol (−10 and −9.99 are slow to separate: few iterations leave λ_min open)."""
+    lam = torch.tensor([-10.0, -9.99, 1.0] + [0.0] * 7, dtype=torch.float64)
+    U, _ = torch.linalg.qr(torch.randn(10, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    op = hessian.DenseOperator(U @ torch.diag(lam) @ U.T)
+    tol, seen = 1e-4, set()
+    for max_iter in (3, 5, 40000):
+        sp = hessian.power_iteration(op, k=1, max_iter=max_iter, tol=tol, want_min=True)
+        assert sp.residual_min is not None
+        ok = sp.residual_min <= tol * abs(sp.lambda_min) and sp.residuals[0] <= tol * abs(sp.lambda_max)
+        assert sp.converged == ok, (max_iter, sp.residual_min, sp.residuals)
+        seen.add(sp.converged)
+    assert seen == {False, True} and sp.lambda_min == pytest.approx(-10.0, abs=2e-3)

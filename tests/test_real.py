@@ -69,39 +69,48 @@ CHAT = [{"messages": [{"role": "user", "content": "What is the capital of France
 
 def test_smollm2_chat_loss_equals_a_hand_computation(smollm2, tmp_path):
     """`landscape loss` on a messages file = the token-weighted cross-entropy of the assistant turns,
-    computed by hand with the tokenizer's apply_chat_template (ChatML: content, <|im_end|>, newline)."""
-    from landscape.foundation import checkpoint
+    computed by hand with the tokenizer's apply_chat_template (ChatML: content, <|im_end|>, newline).
 
-    ck = checkpoint.load_checkpoint(smollm2)
-    tok, model = ck.tokenizer, ck.model
+    Compared in float64, where the two paths are the same arithmetic up to the order of a sum of n
+    per-token losses (≤ n·2⁻⁵³·Σ nll ≈ 1e-14 here; measured 0.0 at 1 and 2 threads). In float32 the
+    forward itself differs between a padded batch of 2 and two batches of 1 (BLAS blocking, threads):
+    7e-6 measured on this model, so float32 is checked only to the 1e-4 of the GGUF parity test."""
+    from landscape.foundation import checkpoint
+    from landscape.foundation.configs import LoadConfig
+
     f = tmp_path / "chat.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in CHAT))
+    for dtype, tol in (("float64", 1e-10), ("float32", 1e-4)):
+        ck = checkpoint.load_checkpoint(smollm2, LoadConfig(dtype=dtype))
+        tok, model = ck.tokenizer, ck.model
 
-    def ids(msgs, gen=False):
-        out = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
-        return list(out["input_ids"] if hasattr(out, "keys") else out)
+        def ids(msgs, gen=False):
+            out = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
+            return list(out["input_ids"] if hasattr(out, "keys") else out)
 
-    nll, n, targets = 0.0, 0, []
-    for rec in CHAT:
-        msgs = rec["messages"]
-        full = torch.tensor([ids(msgs)])
-        labels = torch.full_like(full, -100)
-        for i, m in enumerate(msgs):
-            if m["role"] == "assistant":
-                a, b = len(ids(msgs[:i], True)), len(ids(msgs[:i + 1]))
-                labels[0, a:b] = full[0, a:b]
-                targets.append(tok.decode(full[0, a:b]))
-        with torch.no_grad():
-            logits = model(input_ids=full).logits[0, :-1].double()
-        y = labels[0, 1:]
-        nll += float(torch.nn.functional.cross_entropy(logits, y, ignore_index=-100, reduction="sum"))
-        n += int((y != -100).sum())
-    assert targets == ["The capital of France is Paris.<|im_end|>\n", "Rome.<|im_end|>\n", "Cold.<|im_end|>\n"]
-    r = CliRunner().invoke(cli, ["loss", str(smollm2), "--data", str(f), "--json"])
-    assert r.exit_code == 0, r.output
-    got = json.loads(r.output)
-    assert got["tokens"] == n
-    assert abs(got["loss"] - nll / n) <= 1e-5, (got["loss"], nll / n)
+        nll, n, targets = 0.0, 0, []
+        for rec in CHAT:
+            msgs = rec["messages"]
+            full = torch.tensor([ids(msgs)])
+            labels = torch.full_like(full, -100)
+            for i, m in enumerate(msgs):
+                if m["role"] == "assistant":
+                    a, b = len(ids(msgs[:i], True)), len(ids(msgs[:i + 1]))
+                    labels[0, a:b] = full[0, a:b]
+                    targets.append(tok.decode(full[0, a:b]))
+            with torch.no_grad():
+                logits = model(input_ids=full).logits[0, :-1].double()
+            y = labels[0, 1:]
+            nll += float(torch.nn.functional.cross_entropy(logits, y, ignore_index=-100, reduction="sum"))
+            n += int((y != -100).sum())
+        del ck, model
+        assert targets == ["The capital of France is Paris.<|im_end|>\n", "Rome.<|im_end|>\n", "Cold.<|im_end|>\n"]
+        r = CliRunner().invoke(cli, ["loss", str(smollm2), "--data", str(f), "--json", "--dtype", dtype])
+        assert r.exit_code == 0, r.output
+        got = json.loads(r.output)
+        assert got["tokens"] == n
+        assert abs(got["loss"] - nll / n) <= tol, (dtype, got["loss"], nll / n)
+
 
 def test_real_study_fast(tmp_path):
     """`landscape demo --model smollm2 --fast`: every suite above chance at the base, forgetting graded

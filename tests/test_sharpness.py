@@ -62,11 +62,31 @@ def test_eps_sharpness_follows_projected_sign_ascent_with_z_held_as_integers(ste
     assert flips > 0  # the case exercises a turn-back
 
 
-def test_eps_subspace_is_at_most_full_space_and_positive():
-    obj, *_ = diag_quadratic(list(np.linspace(0.5, 3, 12)), [0.0] * 12, list(np.linspace(-1, 1, 12)))
+def test_eps_subspace_is_positive_and_full_space_reaches_the_box_maximum():
+    """Full space: the closed-form box maximum of a separable quadratic (the subspace's box |y| ≤
+    ε(|A⁺w| + 1) is not inside the full box, so no ordering between the two is a theorem); the
+    random-subspace ascent from w, in a convex bowl, goes uphill."""
+    obj, a, m, w = diag_quadratic(list(np.linspace(0.5, 3, 12)), [0.0] * 12, list(np.linspace(-1, 1, 12)))
+    c = 0.1 * (w.detach().abs() + 1)
+    L0 = float(0.5 * (a * (w.detach() - m) ** 2).sum())
+    Lmax = float(0.5 * (a * ((w.detach() - m).abs() + c) ** 2).sum())
     full = sharpness.eps_sharpness(obj, eps=0.1, steps=10)["eps_sharpness"]
     sub = sharpness.eps_sharpness(obj, eps=0.1, steps=10, subspace=3, seed=1)["eps_sharpness"]
-    assert 0 < sub and full > 0
+    assert full == pytest.approx(100 * (Lmax - L0) / (1 + L0), rel=1e-9)
+    assert sub > 0
+
+
+def test_eps_step_counts_do_not_wrap_at_the_int8_limit():
+    """k moves by ±2 before its clamp: at 126 steps int8 would wrap 127 + 2 to −127; the counts widen
+    to int16 from 126 steps, and a monotone ascent ends on the box's far corner."""
+    assert sharpness._count_dtype(125) == torch.int8 and sharpness._count_dtype(126) == torch.int16
+    obj, a, m, w = diag_quadratic([1.0, 2.0], [0.0, 0.0], [0.5, -0.5])
+    c = 0.01 * (w.detach().abs() + 1)
+    L0 = float(0.5 * (a * w.detach() ** 2).sum())
+    Lmax = float(0.5 * (a * (w.detach().abs() + c) ** 2).sum())
+    for steps in (125, 126, 127):
+        r = sharpness.eps_sharpness(obj, eps=0.01, steps=steps)
+        assert r["max_loss"] == pytest.approx(Lmax, rel=1e-12), steps
 
 
 def test_sam_sharpness_at_a_minimum_is_half_rho_squared_lambda_max():

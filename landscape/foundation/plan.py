@@ -114,17 +114,18 @@ def transients(params) -> int:
     return 4 * max((P.local(p).numel() * max(4, p.element_size()) for p in params), default=0)
 
 
-def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int) -> Plan:
+def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int,
+              origin_held: bool = False) -> Plan:
     """Peak of an estimator holding ``vectors`` weight-sized vectors (of ``vector_itemsize`` bytes
-    an entry) over HVPs by ``hvp_method`` (fd: one saved copy of the weights; exact: the
-    double-backward graph)."""
+    an entry) over HVPs by ``hvp_method`` (fd: one saved copy of the weights, none when the caller
+    holds the exact originals — ``origin_held``; exact: the double-backward graph)."""
     ps = list(params)
     n = P.numel(ps)
     unit = P.nbytes(ps)
     parts = {"vectors": vectors * n * vector_itemsize}
     parts["transients"] = transients(ps)
     if hvp_method == "fd":
-        parts["fd_weight_copy"] = unit
+        parts["fd_weight_copy"] = 0 if origin_held else unit
         parts["gradient_stream"] = _largest(ps)
         parts["activations"] = act
     elif hvp_method in ("reverse", "forward"):
@@ -142,6 +143,11 @@ def predict(params, act: int, hvp_method: str, start: int) -> Plan:
     p = curvature(ps, act, hvp_method, 2, itemsize, start)
     parts = {k: v for k, v in p.parts.items() if k != "fd_weight_copy"}
     parts["base_copy"] = p.unit
+    if P.is_half(ps):  # measured in a float32 view (params.widened): the originals are the base's copy
+        parts.update(float32_view=2 * p.unit, base_copy=0, activations=2 * parts.get("activations", 0))
+        for k in ("gradient_stream", "hvp_graph"):
+            if k in parts:
+                parts[k] *= 2
     return Plan("predict", parts, start, p.unit, {"hvp_method": hvp_method})
 
 
@@ -198,11 +204,10 @@ EXACT_OVER_FD = 1.5
 
 def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | None, vector_itemsize: int = 4) -> str:
     """``asked``, or for "auto": finite differences on a sharded model (double backward does not run
-    through FSDP: pytorch#172543) or where the exact plan does not fit the memory still free; with
-    float32/float64 weights also where the exact plan peaks above :data:`EXACT_OVER_FD` × fd's (from
-    SmolLM2-135M up: its graph is 7 weight copies and 3× the activations, against fd's one copy);
-    else the exact double backward — small models, and half-precision weights, whose fd products
-    are only percent-accurate."""
+    through FSDP: pytorch#172543) or where the exact plan does not fit the memory still free, or
+    peaks above :data:`EXACT_OVER_FD` × fd's (from SmolLM2-135M up: its graph is 7 weight copies and
+    3× the activations, against fd's one copy); else the exact double backward — small models.
+    Half-precision weights are measured in a float32 view (``params.widened``): the same rule holds."""
     from landscape.foundation import distributed as dist
 
     if asked != "auto":
@@ -213,10 +218,9 @@ def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | Non
     exact = curvature(ps, act, "reverse", 2, vector_itemsize, start)
     if free is not None and exact.peak - start > HEADROOM * free:
         return "fd"
-    if ps and ps[0].element_size() >= 4:
-        fd = curvature(ps, act, "fd", 2, vector_itemsize, start)
-        if exact.peak > EXACT_OVER_FD * fd.peak:
-            return "fd"
+    fd = curvature(ps, act, "fd", 2, vector_itemsize, start)
+    if exact.peak > EXACT_OVER_FD * fd.peak:
+        return "fd"
     return "reverse"
 
 
@@ -236,15 +240,16 @@ def check_fits(plan: Plan, free: int | None, what: str = "",
 RUNTIME = int(0.35 * 2**30)  # RSS of Python + torch + transformers before any weights (measured: 0.31 GB)
 
 
-def start_bytes(model: torch.nn.Module, device) -> int:
+def start_bytes(model: torch.nn.Module, device, kept=None) -> int:
     """The footprint a command starts from: what the process holds now, or the runtime plus every
-    weight when more (weights memory-mapped from safetensors are not resident until first read).
+    weight when more (weights memory-mapped from safetensors are not resident until first read) and
+    the ``kept`` tensors (the half-precision originals beside a float32 view).
     On a sharded model every pass also gathers one FSDP unit whole (:func:`gathered_bytes`)."""
     gathered = gathered_bytes(model)
     held = P.footprint(device) + gathered
     if torch.device(device).type == "cuda":
         return held
-    return max(held, RUNTIME + P.nbytes(list(model.parameters())) + gathered)
+    return max(held, RUNTIME + P.nbytes(list(model.parameters())) + P.nbytes(kept or []) + gathered)
 
 
 def gathered_bytes(model: torch.nn.Module) -> int:

@@ -125,7 +125,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
     if dn2 == 0:
         raise UserError("the tuned weights equal the base's (Δw = 0): nothing to predict")
     method = hvp_method(obj, cfg.hvp_method)
-    with P.perturbed(ps) as origin:
+    with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
         wn = float(P.norm(origin))
         L0, g_delta, dhd = _curvature_along(obj, delta, method, origin)
         losses = _line(obj, origin, delta, ts, progress)
@@ -166,7 +166,7 @@ def base_lambda_max(obj, config: PredictConfig | None = None, progress: bool = F
     """λ_max of the general Hessian at the base (Lanczos; its memory policy as `landscape sharpness`)."""
     cfg = config or PredictConfig()
     method = hvp_method(obj, cfg.hvp_method)
-    op = hessian.HessianOperator(obj, method, "auto")
+    op = hessian.HessianOperator(obj, method, "auto", origin=getattr(obj, "origin", None))
     sp = hessian.lanczos(op, k=1, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=False,
                          progress=progress)
     op.release()
@@ -253,9 +253,13 @@ class Session:
     def measure(self, tuned_named: dict | None = None, progress: bool = False, delta: P.Vector | None = None) -> dict:
         """Predictors of the fine-tune whose parameters are ``tuned_named`` (name → tensor), or of
         its update ``delta`` (:meth:`delta`)."""
+        from landscape.measures.sharpness import float32_view
+
         delta = self.delta(tuned_named) if delta is None else delta
-        with P.grad_only(self.model, self.selected.values()):
+        with float32_view(self.model, self.selected.values(), "predict") as origins, \
+                P.grad_only(self.model, self.selected.values()):
             obj = self._objective()
+            obj.origin = [origins[id(p)] for p in obj.leaves] if origins else None
             if self.cfg.lambda_max and self._lambda is None:
                 self._lambda = base_lambda_max(obj, self.cfg, progress)
             lam = self._lambda["lambda_max"] if self._lambda else None

@@ -21,6 +21,7 @@ Definitions (w the selected parameters, L the token-weighted mean loss):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -59,7 +60,7 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
     ps = obj.params
     rule = "given" if eps is not None else f"matched to rho={rho:g}"
     eps = eps if eps is not None else matched_eps(ps, rho)
-    with P.perturbed(ps) as origin:
+    with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
         L0 = obj.value()
         if subspace:
             g = torch.Generator().manual_seed(seed)
@@ -98,8 +99,9 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
 
 
 def _count_dtype(steps: int) -> torch.dtype:
-    """The integer dtype of ε-sharpness's step counts k ∈ [−steps, steps]."""
-    return torch.int8 if steps <= 127 else torch.int16
+    """The integer dtype of ε-sharpness's step counts k ∈ [−steps, steps]: a step adds ±2 before the
+    clamp, so |k| reaches steps + 2 in between — int8 up to 125 steps."""
+    return torch.int8 if steps + 2 <= 127 else torch.int16
 
 
 def _box(origin: torch.Tensor, eps: float) -> torch.Tensor:
@@ -120,7 +122,7 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
     beside the next gradient) for more steps, one more for ASAM's T.
     """
     ps = obj.params
-    with P.perturbed(ps) as origin:
+    with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
         wide = torch.promote_types(ps[0].dtype, torch.float32)
         # T = 1 is left implicit (a Python 1.0, not a vector of ones: one weight-sized vector less)
         T = [(o.abs().to(wide) + eta) for o in origin] if adaptive else [1.0] * len(origin)
@@ -160,7 +162,7 @@ def avg_sharpness(obj, sigma: float = 0.01, samples: int = 16, adaptive: bool = 
     """E_δ L(w+δ) − L(w), δ ∼ N(0, σ²I) (adaptive: σ|w| per coordinate); mean ± standard error."""
     ps = obj.params
     g = torch.Generator().manual_seed(seed)
-    with P.perturbed(ps) as origin:
+    with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
         L0 = obj.value()
         inc = []
         for _ in tqdm(range(samples), desc="avg-sharpness", disable=not progress, leave=False):
@@ -205,9 +207,40 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
     cfg = config or SharpnessConfig()
     t0 = time.perf_counter()
     selected = P.select(model, cfg.params)
+    with float32_view(model, selected.values(), "sharpness") as origins:
+        return _measure(model, batches, cfg, selected, origins, progress, t0)
+
+
+@contextlib.contextmanager
+def float32_view(model, selected, what: str):
+    """The model in a float32 view while a curvature measurement runs on half-precision weights
+    (:func:`landscape.foundation.params.widened`: why, and what it costs), refused with one line when
+    that view does not fit or the weights are FSDP-sharded; yields the exact originals (or None)."""
+    selected = list(selected)
+    if not P.is_half(selected):
+        yield None
+        return
+    if any(P.is_sharded(p) for p in model.parameters()):
+        raise UserError(f"{what} on bf16/fp16 weights needs them in float32 (a curvature measurement moves "
+                        "them by far less than a half-precision spacing), and FSDP-sharded parameters cannot "
+                        "be widened in place: load with dtype float32")
+    half = [p for p in model.parameters() if p.dtype in P.HALF]
+    dev = half[0].device
+    plans.check_fits(plans.Plan(what, {"float32_view": 4 * P.numel(half)}, plans.start_bytes(model, dev)),
+                     plans.free_bytes(dev), f"{what} (a float32 view of the bf16/fp16 weights)",
+                     hint="a params subset, or a larger machine")
+    with P.widened(model) as origins:
+        yield origins
+
+
+def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
     stages = _Stages(cfg, progress)
+    weights_dtype = str(next(iter(selected.values())).dtype).replace("torch.", "")
+    if origins is not None:
+        weights_dtype = str(origins[id(next(iter(selected.values())))].dtype).replace("torch.", "")
     with P.grad_only(model, selected.values()):
         obj = ModelObjective(model, batches, selected)
+        obj.origin = [origins[id(p)] for p in obj.leaves] if origins else None
         cfg = _basis_fitted(model, obj, cfg)
         pl = plan(model, obj, cfg)
         if cfg.dry_run:
@@ -233,9 +266,9 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
     out["details"] = details
     eig = {**details["eigen"], "weights_dtype": str(obj.params[0].dtype).replace("torch.", "")} \
         if details.get("eigen") else None
-    hvp = {**op.describe(), **_accuracy(eig, cfg)}
+    hvp = {**op.describe(), **_accuracy(eig, cfg), "compute_dtype": str(obj.params[0].dtype).replace("torch.", "")}
     config_out = {**cfg.as_dict(), "n_params": sum(p.numel() for p in obj.leaves),
-                  "dtype": str(obj.params[0].dtype).replace("torch.", ""), "version": landscape.__version__,
+                  "dtype": weights_dtype, "version": landscape.__version__,
                   "shard": {"mode": "fsdp" if obj.sharded else "none", "processes": dist.world()}}
     cost = {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached,
             "peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3),
@@ -279,7 +312,8 @@ def _vector_dtype(cfg: SharpnessConfig, params):
 
 def _operator(obj, cfg: SharpnessConfig, method: str):
     return hessian.HessianOperator(obj, method, cfg.cache_graph, step=cfg.fd_step,
-                                   vector_dtype=_vector_dtype(cfg, obj.params), order=cfg.fd_order)
+                                   vector_dtype=_vector_dtype(cfg, obj.params), order=cfg.fd_order,
+                                   origin=getattr(obj, "origin", None))
 
 
 def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:
@@ -302,7 +336,8 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     one batch's measured activations, and the weight-sized tensors of the costliest requested
     metric; ``choices["hvp_method"]`` is what ``auto`` picks."""
     ps = obj.params
-    start = plans.start_bytes(model, obj.device)
+    kept = getattr(obj, "origin", None)  # exact originals held (a float32 view of half weights): no saved copy
+    start = plans.start_bytes(model, obj.device, kept=kept)
     act = plans.activation_bytes(model, obj.batches)
     free = plans.free_bytes(obj.device)
     vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
@@ -310,6 +345,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize) if curv or cfg.per_layer \
         else (("fd" if obj.sharded else "reverse") if cfg.hvp_method == "auto" else cfg.hvp_method)
     unit, wide = P.nbytes(ps), P.numel(ps) * max(4, ps[0].element_size())
+    copy = 0 if kept is not None else unit  # the saved weights of every measure that moves them
     grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps),
             "transients": plans.transients(ps)}
     candidates = []
@@ -317,20 +353,20 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         # basis-free Lanczos and Hutchinson: two vectors; a Lanczos basis kept in memory (within its
         # budget) beside two working vectors; power iteration: the k found vectors, v, Av, two temporaries
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
-        candidates.append(plans.curvature(ps, act, method, vecs, vsize, start))
+        candidates.append(plans.curvature(ps, act, method, vecs, vsize, start, origin_held=kept is not None))
     ball = [m for m in ("sam", "asam") if m in cfg.metrics]
     if ball:
         n = 1 + int(cfg.sam_steps > 1) + int("asam" in ball)  # the gradient/u, u beside it, ASAM's T
-        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": n * wide, **grad}, start, unit))
+        candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "vectors": n * wide, **grad}, start, unit))
     if "eps" in cfg.metrics:  # the gradient, z as int8 (int16) step counts; the box from the saved weights
         counts = P.numel(ps) * torch.empty((), dtype=_count_dtype(cfg.eps_steps)).element_size()
-        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": wide + counts, **grad}, start,
+        candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "vectors": wide + counts, **grad}, start,
                                      unit))
     if "eps_subspace" in cfg.metrics:  # the gradient, z, and the subspace's float64 directions
         vecs = 2 * wide + cfg.subspace * P.numel(ps) * 8
-        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "vectors": vecs, **grad}, start, unit))
+        candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "vectors": vecs, **grad}, start, unit))
     if "avg" in cfg.metrics:
-        candidates.append(plans.Plan("sharpness", {"weight_copy": unit, "activations": act}, start, unit))
+        candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "activations": act}, start, unit))
     best = max(candidates, key=lambda p: p.peak) if candidates else plans.Plan("sharpness", {}, start, unit)
     best.choices = {"hvp_method": method, "eigen_vectors": (cfg.top_k + 4 if cfg.method == "power" else 2) if curv else 0,
                     "free_gb": None if free is None else round(free / 2**30, 3)}

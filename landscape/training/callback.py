@@ -247,16 +247,26 @@ class LandscapeCallback(TrainerCallback):
         from landscape.measures import hessian
         from landscape.measures.predictors import hvp_method
 
-        op = hessian.HessianOperator(obj, hvp_method(obj, self._hvp_method(model)), "auto")
-        try:
-            sp = hessian.lanczos(op, k=1, max_iter=self.cfg.probe_max_iter, tol=self.cfg.probe_tol, seed=0,
-                                 want_min=False)
-        finally:
-            op.release()
+        from landscape.measures.sharpness import float32_view
+
+        with float32_view(model, obj.leaves, "the callback's lambda_max") as origins:  # bf16/fp16: see there
+            op = hessian.HessianOperator(obj, hvp_method(obj, self._hvp_method(model)), "auto",
+                                         origin=[origins[id(p)] for p in obj.params] if origins else None)
+            try:
+                sp = hessian.lanczos(op, k=1, max_iter=self.cfg.probe_max_iter, tol=self.cfg.probe_tol, seed=0,
+                                     want_min=False)
+            finally:
+                op.release()
         d = sp.as_dict()
         return {"lambda_max": d["lambda_max"], "lambda_max_hvps": d["hvps"], "lambda_max_converged": bool(d["converged"])}
 
     def _predictors(self, model, trainable) -> dict:
+        from landscape.measures.sharpness import float32_view
+
+        with float32_view(model, trainable.values(), "the callback's predictors"):  # bf16/fp16: see there
+            return self._predictors_now(model, trainable)
+
+    def _predictors_now(self, model, trainable) -> dict:
         from landscape.foundation.objective import ModelObjective
         from landscape.measures.predictors import measure_pair
 

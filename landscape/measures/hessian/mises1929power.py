@@ -47,13 +47,13 @@ def power_iteration(op, k: int = 1, max_iter: int = 200, tol: float = 1e-4, seed
     op = Counted(op)
     g = torch.Generator().manual_seed(seed)
     history: list[float] = []
-    lam_a, _, _, iters = _power(op, 0.0, [], g, max_iter, tol, history)
-    if lam_a < 0:
-        lam_min, res_min = lam_a, None
+    lam_a, _, res_a, iters = _power(op, 0.0, [], g, max_iter, tol, history)
+    if lam_a < 0:  # the largest-magnitude eigenvalue is λ_min: converged only if its own run was
+        lam_min, res_min = lam_a, res_a
     else:
         lam_min, _, res_min, it = _power(op, lam_a, [], g, max_iter, tol, history)
         iters += it
-    converged = res_min is None or res_min <= tol * max(abs(lam_min), 1e-12)
+    converged = res_min <= tol * max(abs(lam_min), 1e-12)
     sigma = min(lam_min, 0.0)
     found: list = []
     residuals = []

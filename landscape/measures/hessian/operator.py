@@ -184,11 +184,15 @@ class HessianOperator:
 
     Vectors are in ``dtype`` = ``vector_dtype`` or the wider of float32 and the parameters' dtype
     (bf16 models get float32 vectors so that Lanczos keeps its orthogonality; float64 stays float64).
+
+    fd products on bf16/fp16 parameters are refused (``half_ok=True`` forms them anyway, for the
+    benchmark that shows why): measure half-precision weights in a float32 view
+    (:func:`landscape.foundation.params.widened`), passing its originals as ``origin``.
     """
 
     def __init__(self, objective, method: str = "reverse", cache_graph: str = "auto", step: float | None = None,
                  vector_dtype: torch.dtype | None = None, origin: list | None = None, order: int = 2,
-                 dither: bool | None = None):
+                 dither: bool | None = None, half_ok: bool = False):
         if method not in HVP_METHODS or method == "auto":
             raise ConfigError("hvp_method", f"unknown HVP method {method!r}; choose from "
                                             f"{', '.join(m for m in HVP_METHODS if m != 'auto')}")
@@ -211,6 +215,11 @@ class HessianOperator:
         if getattr(objective, "sharded", False) and method != "fd":
             raise ConfigError("hvp_method", f"{method!r} HVPs need double backward or torch.func, which do not "
                                             "run on an FSDP-sharded model; use 'fd' (or 'auto')")
+        if method == "fd" and P.is_half(ps) and not half_ok:
+            raise ConfigError("hvp_method", "fd HVPs on bf16/fp16 weights measure rounding, not curvature (the step "
+                                            "is far below a half-precision spacing): measure them in a float32 view "
+                                            "(params.widened; `landscape sharpness` and `predict` do it), or "
+                                            "load in float32")
         self.dtype = vector_dtype or torch.promote_types(ps[0].dtype, torch.float32)
         self.device = ps[0].device
         self.blocks = [p.shape for p in ps]
