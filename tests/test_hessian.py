@@ -342,3 +342,34 @@ def test_power_iteration_reports_an_unconverged_negative_lambda_min_as_unconverg
         assert sp.converged == ok, (max_iter, sp.residual_min, sp.residuals)
         seen.add(sp.converged)
     assert seen == {False, True} and sp.lambda_min == pytest.approx(-10.0, abs=2e-3)
+
+
+class _NoisyFD:
+    """A dense matrix whose products carry seeded noise of norm ``eta`` — an fd operator's error."""
+
+    method = "fd"
+
+    def __init__(self, A, eta):
+        self.inner, self.eta = hessian.DenseOperator(A), eta
+        self.shape, self.dtype, self.device, self.blocks = self.inner.shape, A.dtype, A.device, self.inner.blocks
+        self.g = torch.Generator().manual_seed(123)
+
+    def matvec(self, v):
+        e = torch.randn(v.shape, generator=self.g, dtype=v.dtype)
+        return self.inner.matvec(v) + self.eta * e / e.norm()
+
+
+def test_lanczos_with_a_basis_stops_at_the_products_noise_like_the_basis_free_one():
+    """λ_max ≈ 0 under products with error η: a residual below tol·|θ| ≈ 1e-9 cannot be reached, one
+    at η can. Both Lanczos paths floor their stop at the measured noise: they converge, within a few
+    η of the truth, and report η (before, the basis path ran to max_iter unconverged)."""
+    lam = torch.cat([torch.tensor([1e-6], dtype=torch.float64), -torch.linspace(0.3, 3.0, 299, dtype=torch.float64)])
+    U, _ = torch.linalg.qr(torch.randn(300, 300, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    A = U @ torch.diag(lam) @ U.T
+    eta = 1e-5
+    for reorth in ("full", "none"):
+        sp = hessian.lanczos(_NoisyFD(A, eta), k=1, max_iter=60, tol=1e-3, want_min=False,
+                             basis=hessian.BasisPolicy(reorth=reorth, where="memory"))
+        assert sp.converged, (reorth, sp.residuals)
+        assert sp.noise is not None and 0.3 * eta < sp.noise < 3 * eta
+        assert abs(sp.lambda_max - 1e-6) < 10 * eta, (reorth, sp.lambda_max)

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, resolve_reorth
-from landscape.measures.hessian.cullum1985plain import plain_lanczos
+from landscape.measures.hessian.cullum1985plain import linearity_defect, plain_lanczos
 from landscape.measures.hessian.spectrum import Spectrum
 from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
 
@@ -101,7 +101,12 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
 
 
 def _thick(op, k, max_iter, tol, seed, want_min, progress, policy) -> Spectrum:
+    # inexact products (finite differences): measure their own error first, and stop no later than a
+    # residual at that level — as the basis-free recurrence does; below it a residual means nothing,
+    # and an eigenvalue near 0 would never meet tol·|θ| (three products, before the basis exists)
+    eta = linearity_defect(op, seed) if _inexact(op) else None
     run = _ThickRestart(op, k, want_min, tol, policy)
+    run.eta, run.skip = eta, op.calls
     bar = tqdm(total=max_iter, desc="lanczos", disable=not progress, leave=False)
     try:
         converged = run.iterate(random_unit(op, torch.Generator().manual_seed(seed)), max_iter, bar)
@@ -109,6 +114,15 @@ def _thick(op, k, max_iter, tol, seed, want_min, progress, policy) -> Spectrum:
         run.close()
         bar.close()
     return run.spectrum(converged)
+
+
+def _inexact(op) -> bool:
+    """Products formed by finite differences (an operator's ``method``, through any wrappers)."""
+    while op is not None:
+        if getattr(op, "method", None) == "fd":
+            return True
+        op = getattr(op, "op", None)
+    return False
 
 
 def _split(op, policy: BasisPolicy, wanted: int, max_iter: int) -> bool:
@@ -159,6 +173,7 @@ class _ThickRestart:
     def __init__(self, op, k, want_min, tol, policy: BasisPolicy):
         self.op, self.k, self.want_min, self.tol, self.policy = op, k, want_min, tol, policy
         self.stop = policy.stop
+        self.eta, self.skip = None, 0  # the products' measured error (fd), and the products spent on it
         self.Q: Basis | None = None
         self.T = np.zeros((0, 0))
         self.q_prev = None
@@ -232,7 +247,8 @@ class _ThickRestart:
             return False
         w = _wanted(n, self.k, self.want_min)
         err = error_bounds(self.theta, self.res) if self.stop == "eigenvalue" else self.res
-        return bool(np.all(err[w] <= self.tol * np.maximum(np.abs(self.theta[w]), 1e-12)))
+        floor = max(self.eta or 0.0, 1e-300)
+        return bool(np.all(err[w] <= np.maximum(self.tol * np.maximum(np.abs(self.theta[w]), 1e-12), floor)))
 
     def _restart(self, S, w, beta) -> torch.Tensor:
         """Thick restart: keep the Ritz vectors near the wanted ends, border T with their couplings."""
@@ -254,8 +270,9 @@ class _ThickRestart:
             eigenvalues=[float(theta[i]) for i in top], lambda_max=float(theta[-1]),
             lambda_min=float(theta[0]) if self.want_min else None,
             residuals=[float(res[i]) for i in top], residual_min=float(res[0]) if self.want_min else None,
-            converged=bool(converged), hvps=self.op.calls, iterations=self.op.calls, method="lanczos",
+            converged=bool(converged), hvps=self.op.calls, iterations=self.op.calls - self.skip, method="lanczos",
             history=self.history, restarts=self.restarts, max_basis=self.held, stop=self.stop,
             error_bounds=[float(b) for b in error_bounds(theta, res)[top]],
             basis={"where": Q.where, "capacity": Q.capacity, "bytes": Q.nbytes} if Q is not None else None,
+            noise=self.eta,
         )
