@@ -414,3 +414,31 @@ def test_a_child_process_does_not_report_its_parents_peak():
     del ballast
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout) < 1.2 * 2**30, int(r.stdout) / 2**30
+
+
+def test_fd_lambda_with_weights_and_q_on_disk_gives_the_same_bits(llama_dir, text_data, monkeypatch):
+    """When the memory left holds the weights and one vector only, `sharpness` keeps fd's saved weights
+    and the Lanczos q vector on disk (read back parameter by parameter): the same arithmetic, so the
+    same λ_max and λ_min bit for bit as in memory, the weights bit-identical afterwards, and the plan
+    says where everything went and counts one vector fewer and no saved copy."""
+    from landscape.foundation import data
+
+    ck = load_checkpoint(llama_dir)
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
+    cfg = SharpnessConfig(metrics=("lambda_max", "lambda_min"), hvp_method="fd", max_iter=40, tol=1e-4, reorth="none")
+    ref = sharpness.measure(ck.model, bs, cfg)
+    assert ref["metrics"]["details"]["eigen"]["basis"]["where"] == "none"
+    obj = ModelObjective(ck.model, bs)
+    n = sum(p.numel() for p in obj.params)
+    pl = sharpness.plan(ck.model, obj, cfg)
+    need_lean = pl.peak - pl.start - pl.parts["fd_weight_copy"] - 4 * n  # without the copy and one vector
+    monkeypatch.setattr(plans, "free_bytes", lambda device: int((need_lean + 1000) / plans.HEADROOM))
+    before = [p.detach().clone() for p in ck.model.parameters()]
+    lean_plan = sharpness.measure(ck.model, bs, SharpnessConfig(**{**cfg.as_dict(), "dry_run": True}))["plan"]
+    assert lean_plan["choices"]["weights_copy"] == "disk" and lean_plan["choices"]["lanczos_q"] == "disk"
+    assert lean_plan["parts_gb"]["fd_weight_copy"] == 0
+    lean = sharpness.measure(ck.model, bs, cfg)
+    assert lean["metrics"]["details"]["eigen"]["basis"]["where"] == "disk (q)"
+    assert lean["metrics"]["lambda_max"] == ref["metrics"]["lambda_max"]
+    assert lean["metrics"]["lambda_min"] == ref["metrics"]["lambda_min"]
+    assert all(torch.equal(p, q) for p, q in zip(ck.model.parameters(), before))

@@ -312,6 +312,11 @@ class SharpnessConfig(Config):
     basis_memory: float | None = option(None, "GB the basis may take in memory (default: what the process already "
                                               "holds for the model and its graph, at most half the free memory).",
                                         kind="float?", bounds="positive", numbers=False)
+    weights_copy: str = option("auto", "Where fd products keep the saved copy of the weights they restore from: memory, "
+                                       "or disk (a temporary file read back three times a product: one weight-sized "
+                                       "vector less in memory); auto: disk when the plan does not fit otherwise — then "
+                                       "also the basis-free Lanczos's q vector, if that is what fits.",
+                               choices=("auto", "memory", "disk"), numbers=False)
     basis_dir: str | None = option(None, "Directory of a disk basis's temporary file (default: the system's).",
                                    kind="str", numbers=False)
     tol: float = option(1e-3, "Relative accuracy to stop at (see --stop).", bounds="positive")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 import re
 import time
 
@@ -251,7 +252,9 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
         if not math.isfinite(L0):
             raise UserError(f"the loss at the checkpoint is {L0}: curvature is undefined (NaN/inf weights, or "
                             "an overflowing dtype: try float32)")
-        op = _operator(obj, cfg, pl.choices["hvp_method"])
+        if pl.choices.get("lanczos_q") == "disk":  # the two-vector recurrence with q on disk (see plan)
+            cfg = replace(cfg, reorth="none", basis="disk")
+        op = _operator(obj, cfg, pl.choices["hvp_method"], pl.choices.get("weights_copy", "memory"))
         out: dict = {}
         details: dict = {}
         hvps = _curvature(op, cfg, (out, details), stages)
@@ -310,10 +313,11 @@ def _vector_dtype(cfg: SharpnessConfig, params):
     return getattr(torch, cfg.vector_dtype)
 
 
-def _operator(obj, cfg: SharpnessConfig, method: str):
+def _operator(obj, cfg: SharpnessConfig, method: str, origin_place: str = "memory"):
     return hessian.HessianOperator(obj, method, cfg.cache_graph, step=cfg.fd_step,
                                    vector_dtype=_vector_dtype(cfg, obj.params), order=cfg.fd_order,
-                                   origin=getattr(obj, "origin", None))
+                                   origin=getattr(obj, "origin", None), origin_place=origin_place,
+                                   directory=cfg.basis_dir)
 
 
 def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:
@@ -349,11 +353,13 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps),
             "transients": plans.transients(ps)}
     candidates = []
+    disk = {}
     if curv or cfg.per_layer:
         # basis-free Lanczos and Hutchinson: two vectors; a Lanczos basis kept in memory (within its
         # budget) beside two working vectors; power iteration: the k found vectors, v, Av, two temporaries
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
-        candidates.append(plans.curvature(ps, act, method, vecs, vsize, start, origin_held=kept is not None))
+        cur, disk = _curvature_plan(ps, act, method, vecs, vsize, start, kept is not None, cfg, free)
+        candidates.append(cur)
     ball = [m for m in ("sam", "asam") if m in cfg.metrics]
     if ball:
         n = 1 + int(cfg.sam_steps > 1) + int("asam" in ball)  # the gradient/u, u beside it, ASAM's T
@@ -369,8 +375,33 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "activations": act}, start, unit))
     best = max(candidates, key=lambda p: p.peak) if candidates else plans.Plan("sharpness", {}, start, unit)
     best.choices = {"hvp_method": method, "eigen_vectors": (cfg.top_k + 4 if cfg.method == "power" else 2) if curv else 0,
-                    "free_gb": None if free is None else round(free / 2**30, 3)}
+                    "free_gb": None if free is None else round(free / 2**30, 3), **disk}
     return best
+
+
+def _curvature_plan(ps, act, method, vecs, vsize, start, held, cfg: SharpnessConfig, free):
+    """The curvature estimator's plan, and where fd's saved weights and the basis-free Lanczos's q go:
+    in memory when that fits (or is asked), else the weights' copy on disk, else q on disk too (one
+    weight-sized vector in memory: the weights, it and the products' transients). Returns (plan, choices)."""
+    def make(copy_on_disk: bool, q_on_disk: bool):
+        p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=held or copy_on_disk)
+        if copy_on_disk and not held:
+            p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
+        return p
+
+    # q on disk: the basis-free recurrence (asked, or auto's choice) computing nothing but eigenvalues
+    basis_free = cfg.reorth == "none" or (cfg.reorth == "auto" and cfg.basis == "auto")
+    fd, lean_ok = method == "fd", vecs == 2 and cfg.method == "lanczos" and basis_free \
+        and not ({"trace", "density"} & set(cfg.metrics))
+    if not fd or cfg.weights_copy == "memory":
+        return make(False, False), {}
+    options = [(True, False), (True, True)] if cfg.weights_copy == "disk" else [(False, False), (True, False), (True, True)]
+    options = [o for o in options if lean_ok or not o[1]]
+    for copy_on_disk, q_on_disk in options:
+        p = make(copy_on_disk, q_on_disk)
+        if free is None or p.peak - p.start <= plans.HEADROOM * free or (copy_on_disk, q_on_disk) == options[-1]:
+            return p, {"weights_copy": "disk" if copy_on_disk else "memory", "lanczos_q": "disk" if q_on_disk else "memory"}
+    raise AssertionError("unreachable")
 
 
 class _Stages:

@@ -249,3 +249,126 @@ class Basis:
                 for i in range(keep):
                     self._write_row(i, start, new[i])
         self.count = keep
+
+
+class DiskVector:
+    """One flat vector of length ``n`` in an anonymous temporary file (deleted by the OS when the
+    process ends, even on a crash), read and written :data:`DISK_CHUNK` entries at a time — a
+    weight-sized vector that costs the process no resident memory: the fd products' saved weights,
+    the two-vector Lanczos recurrence's q when only one vector fits (:mod:`.cullum1985plain`).
+
+    Its algebra is the in-memory one, chunk by chunk, with the same operations in the same order, so
+    a run with a vector on disk gives the same bits as one with it in memory (tested). ``views``
+    gives the per-parameter pieces lazily, each read whole when reached (one parameter in memory at
+    a time), which is all an fd product needs of its direction and of the saved weights.
+    """
+
+    def __init__(self, n: int, dtype, device, directory: str | None = None):
+        self.n, self.dtype, self.device = n, dtype, torch.device(device)
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+        self.nbytes = n * self.itemsize
+        self.file = tempfile.TemporaryFile(dir=directory)
+        self.file.truncate(self.nbytes)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __del__(self):
+        self.close()
+
+    def write(self, start: int, t: torch.Tensor) -> None:
+        buf = memoryview(t.detach().reshape(-1).to("cpu", self.dtype).contiguous().numpy()).cast("B")
+        offset, done = start * self.itemsize, 0
+        while done < len(buf):
+            done += os.pwrite(self.file.fileno(), buf[done:], offset + done)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Entries start..stop-1 on the vector's device."""
+        out = np.empty(stop - start, dtype=self.np_dtype)
+        view, offset, done = memoryview(out).cast("B"), start * self.itemsize, 0
+        while done < len(view):
+            got = os.preadv(self.file.fileno(), [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError("short read from a disk vector")
+            done += got
+        return torch.from_numpy(out).to(self.device)
+
+    def chunks(self):
+        for start in range(0, self.n, DISK_CHUNK):
+            stop = min(self.n, start + DISK_CHUNK)
+            yield start, stop, self.read(start, stop)
+
+    def views(self, like) -> "_LazyViews":
+        """The vector cut like the tensors of ``like`` (as :func:`params.unflatten`), read on access."""
+        return _LazyViews(self, [tuple(t.shape) for t in like])
+
+    @classmethod
+    def of(cls, tensors, directory: str | None = None) -> "DiskVector":
+        """A disk copy of a list of tensors (one flat vector of their entries)."""
+        tensors = list(tensors)
+        v = cls(sum(t.numel() for t in tensors), tensors[0].dtype, tensors[0].device, directory)
+        i = 0
+        for t in tensors:
+            v.write(i, t)
+            i += t.numel()
+        return v
+
+    def map_(self, fn) -> "DiskVector":
+        """self ← fn(self), chunk by chunk (``fn`` takes and returns a chunk and its start)."""
+        for start, stop, c in self.chunks():
+            self.write(start, fn(c, start, stop))
+        return self
+
+    def sqnorm(self) -> float:
+        """⟨self, self⟩ as :func:`.operator.dot` forms it."""
+        from landscape.measures.hessian.operator import DOT_CHUNK
+
+        parts = []
+        for start, stop, c in self.chunks():
+            parts += [torch.dot(c[a:a + DOT_CHUNK], c[a:a + DOT_CHUNK]) for a in range(0, stop - start, DOT_CHUNK)]
+        if self.n <= DOT_CHUNK:
+            return dist.sharded_sum(float(parts[0]))
+        return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)))
+
+    # ------------------------------------------------------------------ algebra with a memory vector
+    def dot(self, w: torch.Tensor) -> float:
+        """⟨self, w⟩ exactly as :func:`.operator.dot` forms it (65,536-entry BLAS dots, summed in float64)."""
+        from landscape.measures.hessian.operator import DOT_CHUNK
+
+        if self.n <= DOT_CHUNK:
+            return dist.sharded_sum(float(torch.dot(w, self.read(0, self.n))))
+        parts = []
+        for start, stop, c in self.chunks():
+            parts += [torch.dot(w[start + a:start + a + DOT_CHUNK], c[a:a + DOT_CHUNK]) for a in range(0, stop - start, DOT_CHUNK)]
+        return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)))
+
+    def add_to(self, w: torch.Tensor, alpha: float) -> None:
+        """w ← w + α·self (``w.add_(self, alpha=α)``)."""
+        for start, stop, c in self.chunks():
+            w[start:stop].add_(c, alpha=alpha)
+
+    def exchange(self, w: torch.Tensor, beta: float) -> None:
+        """The Lanczos hand-over: self ← w / β and w ← −β·self_old, in one pass."""
+        for start, stop, c in self.chunks():
+            self.write(start, w[start:stop].div(beta))
+            w[start:stop].copy_(c.mul_(-beta))
+
+
+class _LazyViews:
+    """Per-parameter pieces of a :class:`DiskVector`, each read from disk when reached."""
+
+    def __init__(self, vec: DiskVector, shapes: list):
+        self.vec, self.shapes = vec, shapes
+        self.offsets = np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in shapes])]).tolist()
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.vec.read(self.offsets[i], self.offsets[i + 1]).view(self.shapes[i])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

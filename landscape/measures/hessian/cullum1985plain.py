@@ -56,14 +56,37 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from tqdm.auto import tqdm
 
+from landscape.measures.hessian.basis import DiskVector
 from landscape.measures.hessian.operator import add_matvec, dot, norm, random_unit
 from landscape.measures.hessian.spectrum import Spectrum
 
 
-def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bool, progress: bool):
-    """Spectrum of ``op`` (already :class:`~.operator.Counted`) by the two-vector recurrence."""
-    q = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
-    w = torch.empty_like(q)
+def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bool, progress: bool,
+                  disk: bool = False, directory: str | None = None):
+    """Spectrum of ``op`` (already :class:`~.operator.Counted`) by the two-vector recurrence;
+    ``disk``: q lives in a :class:`~.basis.DiskVector` (one weight-sized vector in memory instead of
+    two; the same arithmetic, so the same bits; per step q is read ~6 times and written once)."""
+    w = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
+    q = DiskVector(op.shape[0], op.dtype, op.device, directory) if disk else torch.empty_like(w)
+    try:
+        return _run(op, k, max_iter, tol, seed, want_min, progress, q, w)
+    finally:
+        if disk:
+            q.close()
+
+
+def _dot(w: torch.Tensor, q) -> float:
+    return q.dot(w) if isinstance(q, DiskVector) else dot(w, q)
+
+
+def _sub(w: torch.Tensor, q, a: float) -> None:
+    if isinstance(q, DiskVector):
+        q.add_to(w, -a)
+    else:
+        w.sub_(q, alpha=a)
+
+
+def _run(op, k, max_iter, tol, seed, want_min, progress, q, w):
     eta = _noise(op, seed, q, w)
     limit = op.calls + max_iter  # max_iter Lanczos steps after the noise's three products (not instead of them)
     unit = torch.finfo(op.dtype).eps / 2
@@ -78,10 +101,10 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
     try:
         while op.calls < limit:
             add_matvec(op, q, w)  # w = A q − β q_prev (w held −β q_prev)
-            a = dot(w, q)
-            w.sub_(q, alpha=a)
-            a2 = dot(w, q)  # local reorthogonalisation against q only (one dot, one axpy)
-            w.sub_(q, alpha=a2)
+            a = _dot(w, q)
+            _sub(w, q, a)
+            a2 = _dot(w, q)  # local reorthogonalisation against q only (one dot, one axpy)
+            _sub(w, q, a2)
             alphas.append(a + a2)
             beta = norm(w)
             bar.update(1)
@@ -98,6 +121,9 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
                     converged = True
                     break
             betas.append(beta)
+            if isinstance(q, DiskVector):  # the same two operations, through the file
+                q.exchange(w, beta)
+                continue
             w.div_(beta)  # the next q
             q.mul_(-beta)  # −β q: the next step's product is added to it
             q, w = w, q
@@ -111,7 +137,8 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
                     lambda_min=bottom[0] if want_min else None, residuals=[t[1] for t in top],
                     residual_min=bottom[1] if want_min else None, converged=converged, hvps=op.calls,
                     iterations=len(alphas), method="lanczos", history=history,
-                    basis={"where": "none", "capacity": 2, "bytes": 2 * op.shape[0] * q.element_size()},
+                    basis={"where": "none" if not isinstance(q, DiskVector) else "disk (q)",
+                           "capacity": 2, "bytes": 2 * op.shape[0] * w.element_size()},
                     noise=eta)
 
 
@@ -127,13 +154,17 @@ def _noise(op, seed: int, x: torch.Tensor, d: torch.Tensor) -> float:
     rather than kept)."""
     q_gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
     u_gen = lambda: torch.Generator().manual_seed(seed + 7919)  # noqa: E731
+    disk = isinstance(x, DiskVector)
     random_unit(op, u_gen(), d)
-    random_unit(op, q_gen(), x).add_(d)  # x = q + u
+    x = random_unit(op, q_gen(), x)
+    x.map_(lambda c, a, b: c.add_(d[a:b])) if disk else x.add_(d)  # x = q + u
     d.zero_()
     add_matvec(op, x, d)
-    random_unit(op, u_gen(), x).neg_()
+    x = random_unit(op, u_gen(), x)
+    x.map_(lambda c, *_: c.neg_()) if disk else x.neg_()
     add_matvec(op, x, d)
-    random_unit(op, q_gen(), x).neg_()
+    x = random_unit(op, q_gen(), x)
+    x.map_(lambda c, *_: c.neg_()) if disk else x.neg_()
     add_matvec(op, x, d)
     return norm(d) / 3 ** 0.5
 

@@ -75,7 +75,7 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
     """Top-``k`` (and, with ``want_min``, the smallest) eigenvalues of the operator, in at most
     ``max_iter`` products, with the basis bounded by ``basis`` (see :mod:`.basis`); without a
     basis (``basis.reorth`` "none", or "auto" when it would not fit in memory) the two-vector
-    recurrence of :mod:`.cullum1985plain`.
+    recurrence of :mod:`.cullum1985plain` — with ``basis.where`` "disk" there, its q vector on disk.
 
     A top-k (k > 1) with λ_min whose whole basis does not fit the budget (``reorth`` "auto") is
     split: the top k with a thick-restarted basis of k + 3 vectors, then λ_min alone, like λ_max,
@@ -91,7 +91,9 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
         raise ValueError(f"stop must be residual or eigenvalue, not {policy.stop!r}")
     wanted = k + int(want_min)
     if resolve_reorth(op, policy, wanted, max_iter) == "none":
-        return plain_lanczos(op, k, max_iter, tol, seed, want_min, progress)
+        # basis-free with where="disk": q on disk, one weight-sized vector in memory (same numbers)
+        return plain_lanczos(op, k, max_iter, tol, seed, want_min, progress, disk=policy.where == "disk",
+                             directory=policy.directory)
     if want_min and k > 1 and _split(op, policy, wanted, max_iter):
         top = _thick(op, k, max_iter, tol, seed, False, progress, policy)
         neg = Counted(_Negated(op.op))

@@ -38,6 +38,7 @@ from landscape.foundation import params as P
 from landscape.foundation.configs import CACHE_GRAPH, HVP_METHODS, ConfigError
 from landscape.foundation.objective import accumulate_grad
 from landscape.foundation.plan import SavedBytes
+from landscape.measures.hessian.basis import DiskVector
 
 
 class LinearOperator(Protocol):
@@ -65,8 +66,11 @@ class DenseOperator:
         return out.addmv_(self.A, v)
 
 
-def add_matvec(op, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out ← out + A·v: in place where the operator can (``matvec_add``), else with one temporary."""
+def add_matvec(op, v, out: torch.Tensor) -> torch.Tensor:
+    """out ← out + A·v: in place where the operator can (``matvec_add``), else with one temporary;
+    a :class:`~.basis.DiskVector` v is read whole for operators that cannot stream it (``takes_disk``)."""
+    if isinstance(v, DiskVector) and not getattr(op, "takes_disk", False):
+        v = v.read(0, v.n)
     f = getattr(op, "matvec_add", None)
     if f is not None:
         return f(v, out)
@@ -80,6 +84,7 @@ class Counted:
         self.op = op
         self.shape, self.dtype, self.device, self.blocks = op.shape, op.dtype, op.device, op.blocks
         self.leaves = getattr(op, "leaves", None)
+        self.takes_disk = getattr(op, "takes_disk", False)
         self.calls, self.seconds = 0, 0.0
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -171,6 +176,10 @@ FD_STENCILS = {2: ((1.0, 0.5), (-1.0, -0.5)),
 class HessianOperator:
     """v ↦ H v of an objective (see :mod:`landscape.foundation.objective`).
 
+    ``origin_place="disk"`` keeps fd's saved weights in a temporary file (one weight-sized vector
+    less in memory; read back three times a product), and a :class:`~.basis.DiskVector` direction
+    is streamed parameter by parameter (``takes_disk``: fd products; exact products read it whole).
+
     ``method``: ``"reverse"`` (double backward, ∇(∇L·v)), ``"forward"`` (the objective's
     forward-over-reverse) or ``"fd"`` (central differences of two streamed gradients at w ± εv,
     ε = h/‖v‖ with h = ``step`` or :func:`fd_step`; the weights are put back bit-exactly from one
@@ -192,7 +201,8 @@ class HessianOperator:
 
     def __init__(self, objective, method: str = "reverse", cache_graph: str = "auto", step: float | None = None,
                  vector_dtype: torch.dtype | None = None, origin: list | None = None, order: int = 2,
-                 dither: bool | None = None, half_ok: bool = False):
+                 dither: bool | None = None, half_ok: bool = False, origin_place: str = "memory",
+                 directory: str | None = None):
         if method not in HVP_METHODS or method == "auto":
             raise ConfigError("hvp_method", f"unknown HVP method {method!r}; choose from "
                                             f"{', '.join(m for m in HVP_METHODS if m != 'auto')}")
@@ -209,6 +219,9 @@ class HessianOperator:
         # an exact copy of the current weights, e.g. ``params.perturbed``'s origin, passes it: one
         # weight-sized copy less)
         self._origin = origin
+        if origin_place not in ("memory", "disk"):
+            raise ConfigError("weights_copy", f"where fd keeps the weights: memory or disk, not {origin_place!r}")
+        self.origin_place, self.directory, self._store = origin_place, directory, None
         self.calls = 0
         self.seconds = 0.0
         ps = objective.params
@@ -245,10 +258,16 @@ class HessianOperator:
                        fd_rule="given" if self.step_given else f"{rule}, u the parameters' unit roundoff")
         return out
 
+    takes_disk = True
+
+    def _pieces(self, v):
+        """A flat vector's per-parameter pieces (views; of a disk vector, read as they are reached)."""
+        return v.views(self.obj.params) if isinstance(v, DiskVector) else P.unflatten(v, self.obj.params)
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """H·v for a flat vector (written into one flat output: no second weight-sized copy)."""
         out = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
-        self._apply(P.unflatten(v, self.obj.params), P.unflatten(out, self.obj.params))
+        self._apply(self._pieces(v), P.unflatten(out, self.obj.params))
         self.obj.reduce(P.unflatten(out, self.obj.params))  # torch.distributed: each process did its terms
         return out
 
@@ -257,7 +276,7 @@ class HessianOperator:
         products are summed over processes)."""
         if dist.world() > 1 and not getattr(self.obj, "sharded", False):
             return out.add_(self.matvec(v))
-        self._apply(P.unflatten(v, self.obj.params), P.unflatten(out, self.obj.params))
+        self._apply(self._pieces(v), P.unflatten(out, self.obj.params))
         return out
 
     def hvp(self, v: P.Vector) -> P.Vector:
@@ -284,7 +303,7 @@ class HessianOperator:
         """out += (∇L(w + εv) − ∇L(w − εv)) / 2ε, each gradient streamed into ``out``."""
         ps = self.obj.params
         if self._origin is None or (self._versions is not None and self._versions != [p._version for p in ps]):
-            self._origin = [p.detach().clone() for p in ps]
+            self._save_origin(ps)
         vn = float(P.norm(v))
         if vn == 0.0:
             return
@@ -304,10 +323,25 @@ class HessianOperator:
                     p.copy_(o)
             self._versions = [p._version for p in ps]
 
+    def _save_origin(self, ps) -> None:
+        """fd's exact copy of the current weights: in memory, or on disk (``origin_place="disk"``: read
+        back parameter by parameter, three times a product — for the stencil's two points and the restore)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self.origin_place == "disk":
+            self._store = DiskVector.of([p.detach() for p in ps], self.directory)
+            self._origin = self._store.views(ps)
+        else:
+            self._origin = [p.detach().clone() for p in ps]
+
     def release(self) -> None:
         """Drop the kept graphs and fd's saved weights (e.g. before the weights are moved for ε/SAM
         sharpness)."""
         self._grads = self._versions = self._origin = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _first_order(self):
         """Per-term gradients with their graphs: rebuilt every call, or kept (see ``cache_graph``)."""
@@ -369,18 +403,27 @@ class HessianOperator:
 # ---------------------------------------------------------------------------------------------
 # Vectors of an operator's space (flat tensors), shared by the estimators
 
-def _fill(op: LinearOperator, draw, out: torch.Tensor | None) -> torch.Tensor:
+def _blocks(op: LinearOperator, draw):
+    """(offset, flat draw) per block of the operator's space (see :func:`_fill`)."""
+    leaves = getattr(op, "leaves", None)
+    i = 0
+    for j, s in enumerate(op.blocks):
+        k = int(torch.Size(s).numel())
+        yield i, (draw(s) if leaves is None else P.draw(leaves[j], draw)).reshape(-1)
+        i += k
+
+
+def _fill(op: LinearOperator, draw, out):
     """A flat vector filled block by block with ``draw(shape)`` (float64 on the CPU): only one
     block's draw is in memory at a time, never a float64 copy of the whole vector (8.8 GB at 1.1B).
     Where the operator's blocks are rows of sharded parameters (its ``leaves``: FSDP), each block is
     drawn whole and cut to its rows (:func:`params.draw`), so the vector equals the one-process draw."""
     out = torch.empty(op.shape[0], dtype=op.dtype, device=op.device) if out is None else out
-    leaves = getattr(op, "leaves", None)
-    i = 0
-    for j, s in enumerate(op.blocks):
-        k = int(torch.Size(s).numel())
-        out[i:i + k].copy_((draw(s) if leaves is None else P.draw(leaves[j], draw)).reshape(-1))
-        i += k
+    for i, x in _blocks(op, draw):
+        if isinstance(out, DiskVector):
+            out.write(i, x.to(out.dtype))  # the same rounding as copy_ into a memory vector
+        else:
+            out[i:i + x.numel()].copy_(x)
     return out
 
 
@@ -416,11 +459,15 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> float:
     return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)))  # over ranks' rows
 
 
-def norm(a: torch.Tensor) -> float:
-    """‖a‖₂ with :func:`dot`'s accuracy."""
+def norm(a) -> float:
+    """‖a‖₂ with :func:`dot`'s accuracy (of a memory or a :class:`~.basis.DiskVector`)."""
+    if isinstance(a, DiskVector):
+        return a.sqnorm() ** 0.5
     return dot(a, a) ** 0.5
 
 
-def random_unit(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
+def random_unit(op: LinearOperator, generator: torch.Generator, out=None):
+    """A Gaussian vector scaled to unit norm (into ``out``: a memory or a disk vector, when given)."""
     v = randn(op, generator, out)
-    return v.div_(norm(v))
+    n = norm(v)
+    return v.map_(lambda c, *_: c.div_(n)) if isinstance(v, DiskVector) else v.div_(n)
