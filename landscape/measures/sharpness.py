@@ -374,6 +374,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     if "avg" in cfg.metrics:
         candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "activations": act}, start, unit))
     best = max(candidates, key=lambda p: p.peak) if candidates else plans.Plan("sharpness", {}, start, unit)
+    best.pending = plans.pending_bytes(start, obj.device)
     best.choices = {"hvp_method": method, "eigen_vectors": (cfg.top_k + 4 if cfg.method == "power" else 2) if curv else 0,
                     "free_gb": None if free is None else round(free / 2**30, 3), **disk}
     return best
@@ -383,8 +384,11 @@ def _curvature_plan(ps, act, method, vecs, vsize, start, held, cfg: SharpnessCon
     """The curvature estimator's plan, and where fd's saved weights and the basis-free Lanczos's q go:
     in memory when that fits (or is asked), else the weights' copy on disk, else q on disk too (one
     weight-sized vector in memory: the weights, it and the products' transients). Returns (plan, choices)."""
+    pending = plans.pending_bytes(start, ps[0].device)
+
     def make(copy_on_disk: bool, q_on_disk: bool):
         p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=held or copy_on_disk)
+        p.pending = pending
         if copy_on_disk and not held:
             p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
         return p
@@ -399,7 +403,7 @@ def _curvature_plan(ps, act, method, vecs, vsize, start, held, cfg: SharpnessCon
     options = [o for o in options if lean_ok or not o[1]]
     for copy_on_disk, q_on_disk in options:
         p = make(copy_on_disk, q_on_disk)
-        if free is None or p.peak - p.start <= plans.HEADROOM * free or (copy_on_disk, q_on_disk) == options[-1]:
+        if free is None or p.peak - p.start + pending <= plans.HEADROOM * free or (copy_on_disk, q_on_disk) == options[-1]:
             return p, {"weights_copy": "disk" if copy_on_disk else "memory", "lanczos_q": "disk" if q_on_disk else "memory"}
     raise AssertionError("unreachable")
 
