@@ -256,10 +256,14 @@ def start_bytes(model: torch.nn.Module, device, kept=None) -> int:
 def pending_bytes(start: int, device) -> int:
     """The part of a CPU plan's ``start`` the process does not hold yet: safetensors weights are
     memory-mapped and become resident (and, once written to, private) only when read — the free memory
-    counts them as free until then (seen on the 1.5B model: 7 GB of 25 planned were not resident)."""
+    counts them as free until then, resident or not, as long as they are file pages (seen on the 1.5B model: a
+    plan of 18.1 GB on top of 7.0 "held" whose 6.6 GB of weights were file pages also counted as free)."""
     if torch.device(device).type != "cpu":
         return 0
-    return max(0, start - P.footprint(device))
+    # resident file pages (a mapped checkpoint) are also in MemAvailable: only anonymous memory is held
+    # for sure (the weights become anonymous when a measurement first writes them)
+    held = P._proc_status("RssAnon") or P.footprint(device)
+    return max(0, start - held)
 
 
 def gathered_bytes(model: torch.nn.Module) -> int:
