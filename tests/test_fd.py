@@ -442,3 +442,21 @@ def test_fd_lambda_with_weights_and_q_on_disk_gives_the_same_bits(llama_dir, tex
     assert lean["metrics"]["lambda_max"] == ref["metrics"]["lambda_max"]
     assert lean["metrics"]["lambda_min"] == ref["metrics"]["lambda_min"]
     assert all(torch.equal(p, q) for p, q in zip(ck.model.parameters(), before))
+
+
+def test_sharpness_measures_with_their_saved_weights_on_disk_give_the_same_numbers(llama_dir, text_data):
+    """ε-, SAM-, ASAM- and average sharpness restore from a disk copy (`weights_copy="disk"`) exactly as
+    from a memory copy: the same values, the weights bit-identical afterwards, no copy in the plan."""
+    from landscape.foundation import data
+
+    ck = load_checkpoint(llama_dir)
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
+    metrics = ("eps", "sam", "asam", "avg")
+    before = [p.detach().clone() for p in ck.model.parameters()]
+    mem = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=metrics, avg_samples=3, weights_copy="memory"))
+    dsk = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=metrics, avg_samples=3, weights_copy="disk"))
+    plan = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=metrics, weights_copy="disk", dry_run=True))["plan"]
+    assert plan["choices"]["sharpness_copy"] == "disk" and plan["parts_gb"]["weight_copy"] == 0
+    for k in ("eps_sharpness", "sam_sharpness", "asam_sharpness", "avg_sharpness"):
+        assert dsk["metrics"][k] == mem["metrics"][k], k
+    assert all(torch.equal(p, q) for p, q in zip(ck.model.parameters(), before))

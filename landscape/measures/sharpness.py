@@ -260,7 +260,18 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
         hvps = _curvature(op, cfg, (out, details), stages)
         graph_cached = op.cached
         op.release()  # the measures below move the weights; free the kept graph first
-        _sharpness(obj, cfg, (out, details), stages)
+        store = None
+        if pl.choices.get("sharpness_copy") == "disk" and obj.origin is None:
+            from landscape.measures.hessian.basis import DiskVector
+
+            store = DiskVector.of([p.detach() for p in obj.params], cfg.basis_dir)  # read back parameter by parameter
+            obj.origin = store.views(obj.params)
+        try:
+            _sharpness(obj, cfg, (out, details), stages)
+        finally:
+            if store is not None:
+                obj.origin = None
+                store.close()
     if cfg.per_layer:
         stages.next("per-layer")
         out["per_layer"], layer_hvps = _per_layer(model, batches, cfg, progress, pl.choices["hvp_method"])
@@ -373,8 +384,16 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "vectors": vecs, **grad}, start, unit))
     if "avg" in cfg.metrics:
         candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "activations": act}, start, unit))
+    pending = plans.pending_bytes(start, obj.device)
+    moved = [c for c in candidates if "weight_copy" in c.parts]  # the measures that move the weights
+    if moved and copy and cfg.weights_copy != "memory":  # their saved copy on disk when it does not fit otherwise
+        worst = max(c.peak for c in moved)
+        if cfg.weights_copy == "disk" or (free is not None and worst - start + pending > plans.HEADROOM * free):
+            for c in moved:
+                c.parts["weight_copy"] = 0
+            disk["sharpness_copy"] = "disk"
     best = max(candidates, key=lambda p: p.peak) if candidates else plans.Plan("sharpness", {}, start, unit)
-    best.pending = plans.pending_bytes(start, obj.device)
+    best.pending = pending
     best.choices = {"hvp_method": method, "eigen_vectors": (cfg.top_k + 4 if cfg.method == "power" else 2) if curv else 0,
                     "free_gb": None if free is None else round(free / 2**30, 3), **disk}
     return best
