@@ -42,11 +42,12 @@ def _human(checkpoint, r: dict) -> str:
     for k, v in m.items():
         if isinstance(v, float):
             lines.append(f"  {k:<24} {v:.6g}")
-        elif k == "eigenvalues":
+        elif k == "eigenvalues" and v is not None:
             lines.append(f"  {k:<24} {', '.join(f'{x:.6g}' for x in v)}")
     for g, row in m.get("per_layer", {}).items():
         lines.append(f"  λ_max[{g}]{'':<{max(0, 15 - len(g))}} {row['lambda_max']:.6g}")
     lines.append(f"  cost: {r['cost']['hvps']} HVPs ({r['hvp']['hvp_method']}), {r['cost']['seconds']} s, "
                  f"peak {r['cost']['peak_rss_gb']} GB (planned {r['cost']['planned_peak_gb']} GB)")
+    lines += [f"  {k:<24} null: {why}" for k, why in r.get("nulls", {}).items() if k != "eigenvalues"]
     lines += [f"  warning: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)

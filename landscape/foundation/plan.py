@@ -253,17 +253,16 @@ def start_bytes(model: torch.nn.Module, device, kept=None) -> int:
     return max(held, RUNTIME + P.nbytes(list(model.parameters())) + P.nbytes(kept or []) + gathered)
 
 
-def pending_bytes(start: int, device) -> int:
-    """The part of a CPU plan's ``start`` the process does not hold yet: safetensors weights are
-    memory-mapped and become resident (and, once written to, private) only when read — the free memory
-    counts them as free until then, resident or not, as long as they are file pages (seen on the 1.5B model: a
-    plan of 18.1 GB on top of 7.0 "held" whose 6.6 GB of weights were file pages also counted as free)."""
+def pending_bytes(weight_bytes: int, device) -> int:
+    """The part of a CPU process's weights (``weight_bytes``, beside the runtime) that is not anonymous
+    memory yet: safetensors weights are memory-mapped, and their pages — read or not — are file pages
+    that the free memory (MemAvailable) also counts, until a measurement writes them and they become
+    the process's own. Seen on the 1.5B model: a plan of 18.1 GB on top of 7.0 "held" whose 6.4 GB of
+    weights were file pages, let run towards 25 GB on a 24 GB machine. 0 on a GPU (allocated is held)."""
     if torch.device(device).type != "cpu":
         return 0
-    # resident file pages (a mapped checkpoint) are also in MemAvailable: only anonymous memory is held
-    # for sure (the weights become anonymous when a measurement first writes them)
-    held = P._proc_status("RssAnon") or P.footprint(device)
-    return max(0, start - held)
+    anon = P._proc_status("RssAnon")  # the runtime's own anonymous memory counts as the weights' here:
+    return max(0, weight_bytes - anon) if anon else 0  # an underestimate by at most that (~0.3 GB)
 
 
 def gathered_bytes(model: torch.nn.Module) -> int:

@@ -170,7 +170,12 @@ def base_lambda_max(obj, config: PredictConfig | None = None, progress: bool = F
     sp = hessian.lanczos(op, k=1, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=False,
                          progress=progress)
     op.release()
-    return sp.as_dict()
+    out = sp.as_dict()
+    if sp.noise is not None and sp.noise > cfg.tol * abs(sp.lambda_max):  # not known to tol: null, and why
+        out["estimate"], out["lambda_max"] = sp.lambda_max, None
+        out["null_reason"] = (f"fd products' measured error {sp.noise:.3g} is above tol {cfg.tol:g} of the estimate "
+                              f"{sp.lambda_max:.4g}")
+    return out
 
 
 def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig | None = None, *,

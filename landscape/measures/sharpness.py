@@ -290,8 +290,10 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
     if dist.world() > 1:  # every process's own peak (under sharding each holds its rows only)
         cost["peak_rss_gb_per_process"] = [round(b / 2**30, 3) for b in dist.all_gather_object(P.peak_rss())]
     res = {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "hvp": hvp, "config": config_out, "cost": cost}
-    if hvp.get("warning"):
-        res["warnings"] = [hvp["warning"]]
+    if hvp.get("untrusted"):  # the eigenvalues cannot be trusted to tol: null, with the reason
+        res["nulls"] = {k: hvp["untrusted"] for k in ("lambda_max", "eigenvalues", "lambda_min") if k in out}
+        for k in res["nulls"]:
+            out[k] = None
     return res
 
 
@@ -332,17 +334,18 @@ def _operator(obj, cfg: SharpnessConfig, method: str, origin_place: str = "memor
 
 
 def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:
-    """The products' measured error relative to λ_max, and a warning when it exceeds ``tol``: the
-    eigenvalue is then known only to that accuracy, whatever the residual test said."""
-    if not eigen or eigen.get("noise") is None or not eigen.get("lambda_max"):
+    """The products' measured error relative to λ_max; above ``tol`` the eigenvalues are known only to
+    that accuracy, whatever the residual test said, and :func:`measure` reports them as null with this
+    reason (``untrusted``) — never as the metric's value."""
+    if not eigen or eigen.get("noise") is None or eigen.get("lambda_max") is None:
         return {}
     rel = eigen["noise"] / max(abs(eigen["lambda_max"]), 1e-300)
     out = {"noise": eigen["noise"], "noise_rel": rel}
     if rel > cfg.tol:
-        out["warning"] = (f"the HVPs are accurate to {rel:.1e} of λ_max (measured linearity defect), above tol "
-                          f"{cfg.tol:g}: λ_max is known to about ±{4 * eigen['noise']:.3g}; for more, "
-                          + ("float32 weights" if eigen.get("weights_dtype") in ("bfloat16", "float16") else
-                             "an exact hvp_method (reverse)") + " where it fits")
+        out["untrusted"] = (f"the HVPs' measured error (linearity defect {eigen['noise']:.3g}) is {rel:.1e} of the "
+                            f"estimate {eigen['lambda_max']:.4g}, above tol {cfg.tol:g}: no eigenvalue to that accuracy; "
+                            "an exact hvp_method (reverse) where it fits, a larger tol, or a larger fd_step / "
+                            "fd_order 4")
     return out
 
 
@@ -353,6 +356,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     ps = obj.params
     kept = getattr(obj, "origin", None)  # exact originals held (a float32 view of half weights): no saved copy
     start = plans.start_bytes(model, obj.device, kept=kept)
+    pending = plans.pending_bytes(P.nbytes(list(model.parameters())) + P.nbytes(kept or []), obj.device)
     act = plans.activation_bytes(model, obj.batches)
     free = plans.free_bytes(obj.device)
     vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
@@ -369,7 +373,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         # basis-free Lanczos and Hutchinson: two vectors; a Lanczos basis kept in memory (within its
         # budget) beside two working vectors; power iteration: the k found vectors, v, Av, two temporaries
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
-        cur, disk = _curvature_plan(ps, act, method, vecs, vsize, start, kept is not None, cfg, free)
+        cur, disk = _curvature_plan(ps, act, method, vecs, vsize, start, kept is not None, cfg, free, pending)
         candidates.append(cur)
     ball = [m for m in ("sam", "asam") if m in cfg.metrics]
     if ball:
@@ -384,7 +388,6 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "vectors": vecs, **grad}, start, unit))
     if "avg" in cfg.metrics:
         candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "activations": act}, start, unit))
-    pending = plans.pending_bytes(start, obj.device)
     moved = [c for c in candidates if "weight_copy" in c.parts]  # the measures that move the weights
     if moved and copy and cfg.weights_copy != "memory":  # their saved copy on disk when it does not fit otherwise
         worst = max(c.peak for c in moved)
@@ -399,12 +402,10 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     return best
 
 
-def _curvature_plan(ps, act, method, vecs, vsize, start, held, cfg: SharpnessConfig, free):
+def _curvature_plan(ps, act, method, vecs, vsize, start, held, cfg: SharpnessConfig, free, pending):
     """The curvature estimator's plan, and where fd's saved weights and the basis-free Lanczos's q go:
     in memory when that fits (or is asked), else the weights' copy on disk, else q on disk too (one
     weight-sized vector in memory: the weights, it and the products' transients). Returns (plan, choices)."""
-    pending = plans.pending_bytes(start, ps[0].device)
-
     def make(copy_on_disk: bool, q_on_disk: bool):
         p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=held or copy_on_disk)
         p.pending = pending

@@ -280,10 +280,15 @@ class DiskVector:
         self.close()
 
     def write(self, start: int, t: torch.Tensor) -> None:
-        buf = memoryview(t.detach().reshape(-1).to("cpu", self.dtype).contiguous().numpy()).cast("B")
-        offset, done = start * self.itemsize, 0
-        while done < len(buf):
-            done += os.pwrite(self.file.fileno(), buf[done:], offset + done)
+        """Entries start.. ← t, converted to the vector's dtype :data:`DISK_CHUNK` entries at a time (a
+        float64 draw of a 233M-entry embedding is not copied whole into float32 first)."""
+        flat = t.detach().reshape(-1)
+        for a in range(0, flat.numel(), DISK_CHUNK):
+            part = flat[a:a + DISK_CHUNK].to("cpu", self.dtype).contiguous()
+            buf = memoryview(part.numpy()).cast("B")
+            offset, done = (start + a) * self.itemsize, 0
+            while done < len(buf):
+                done += os.pwrite(self.file.fileno(), buf[done:], offset + done)
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Entries start..stop-1 on the vector's device."""

@@ -98,6 +98,7 @@ def _run(op, k, max_iter, tol, seed, want_min, progress, q, w):
     bar = tqdm(total=max_iter, desc="lanczos (no basis)", disable=not progress, leave=False)
     found, converged = None, False
     anchors: list = []  # each eigenvalue as first seen converged (later copies have drifted more)
+    last_ends = None  # the extreme Ritz values at the previous check
     try:
         while op.calls < limit:
             add_matvec(op, q, w)  # w = A q − β q_prev (w held −β q_prev)
@@ -117,7 +118,10 @@ def _run(op, k, max_iter, tol, seed, want_min, progress, q, w):
                 rec = 3.0 * len(alphas) * unit * float(np.abs(theta).max())
                 found = _accept(theta, res, k, want_min, (tol, eta + rec))
                 anchors += [t for t in found[1] if t[2] and not any(_same(a, t, tol, eta + rec) for a in anchors)]
-                if found[0] or beta < 1e-10 * max(1.0, float(np.abs(theta).max())):
+                ends = (float(theta[-1]), float(theta[0]))
+                settled = _settled(theta, res, ends, last_ends, tol, eta + rec)
+                last_ends = ends
+                if (found[0] and settled) or beta < 1e-10 * max(1.0, float(np.abs(theta).max())):
                     converged = True
                     break
             betas.append(beta)
@@ -167,6 +171,21 @@ def _noise(op, seed: int, x: torch.Tensor, d: torch.Tensor) -> float:
     x.map_(lambda c, *_: c.neg_()) if disk else x.neg_()
     add_matvec(op, x, d)
     return norm(d) / 3 ** 0.5
+
+
+def _settled(theta, res, ends, last, tol: float, eta: float) -> bool:
+    """Whether an acceptance that leans on the noise floor may stand: a residual at or below the
+    products' error η says only that θ is within η of *some* eigenvalue — after one step, the random
+    start's Rayleigh quotient in the bulk near 0 (seen on Qwen2.5-1.5B with fd products: θ = 5e-5,
+    r = 0.78 < η = 1.02, "converged" after one step). So where an extreme Ritz value's residual is
+    within the floor but not within tol·|θ|, it is accepted only once it stopped moving: within the
+    acceptance window of its value at the previous check. Exact products (η ≈ 0) never need this."""
+    strict = res[-1] <= tol * abs(theta[-1]) and res[0] <= tol * abs(theta[0])
+    if strict:
+        return True
+    if last is None:
+        return False
+    return all(abs(a - b) <= tol * abs(a) + eta for a, b in zip(ends, last))
 
 
 def _ritz(alphas, betas):

@@ -176,6 +176,7 @@ class _ThickRestart:
         self.op, self.k, self.want_min, self.tol, self.policy = op, k, want_min, tol, policy
         self.stop = policy.stop
         self.eta, self.skip = None, 0  # the products' measured error (fd), and the products spent on it
+        self.last_ends = None  # the wanted Ritz values at the previous convergence check
         self.Q: Basis | None = None
         self.T = np.zeros((0, 0))
         self.q_prev = None
@@ -250,7 +251,15 @@ class _ThickRestart:
         w = _wanted(n, self.k, self.want_min)
         err = error_bounds(self.theta, self.res) if self.stop == "eigenvalue" else self.res
         floor = max(self.eta or 0.0, 1e-300)
-        return bool(np.all(err[w] <= np.maximum(self.tol * np.maximum(np.abs(self.theta[w]), 1e-12), floor)))
+        strict = self.tol * np.maximum(np.abs(self.theta[w]), 1e-12)
+        ok = bool(np.all(err[w] <= np.maximum(strict, floor)))
+        ends = self.theta[w].copy()
+        moved = self.last_ends is None or len(self.last_ends) != len(ends) or \
+            bool(np.any(np.abs(ends - self.last_ends) > strict + floor))
+        self.last_ends = ends
+        # a residual within the noise floor but not within tol: only once the values stopped moving
+        # (see cullum1985plain._settled)
+        return ok and (bool(np.all(err[w] <= strict)) or not moved)
 
     def _restart(self, S, w, beta) -> torch.Tensor:
         """Thick restart: keep the Ritz vectors near the wanted ends, border T with their couplings."""

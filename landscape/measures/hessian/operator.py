@@ -421,7 +421,7 @@ def _fill(op: LinearOperator, draw, out):
     out = torch.empty(op.shape[0], dtype=op.dtype, device=op.device) if out is None else out
     for i, x in _blocks(op, draw):
         if isinstance(out, DiskVector):
-            out.write(i, x.to(out.dtype))  # the same rounding as copy_ into a memory vector
+            out.write(i, x)  # converted chunk by chunk: the same rounding as copy_ into a memory vector
         else:
             out[i:i + x.numel()].copy_(x)
     return out
