@@ -190,7 +190,7 @@ class _ThickRestart:
             self.Q.close()
 
     def iterate(self, q: torch.Tensor, max_iter: int, bar) -> bool:
-        while self.op.calls < max_iter:
+        while self.op.calls - self.skip < max_iter:  # max_iter Lanczos steps after the noise's products
             w = self.op.matvec(q)
             if self.Q is None:  # sized after the first product, when the graph's memory is known
                 cap, where = choose_basis(self.op, self.policy, self.k + int(self.want_min), max_iter)
@@ -205,7 +205,7 @@ class _ThickRestart:
             self.held = max(self.held, j)
             if self._converged() or beta < 1e-10 * max(1.0, float(np.abs(self.theta).max())):
                 return True  # converged, or an invariant subspace: the Ritz values are exact
-            if self.op.calls >= max_iter:
+            if self.op.calls - self.skip >= max_iter:
                 return False
             if j == self.Q.capacity or j == self.op.shape[0]:
                 q = self._restart(S, w, beta)
