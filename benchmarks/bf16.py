@@ -49,7 +49,9 @@ with P.widened(ck.model, enabled=method.startswith('view')) as origins:
     obj = ModelObjective(ck.model, bs)
     kind = 'reverse' if method.endswith('reverse') or method == 'reference' else 'fd'
     origin = [origins[id(p)] for p in obj.params] if origins else None
-    op = hessian.HessianOperator(obj, kind, 'off', half_ok=True, origin=origin,
+    class Native(hessian.HessianOperator):
+        refuse_half = False  # products in the weights' own dtype, to compare
+    op = Native(obj, kind, 'off', origin=origin,
                                  dither={'native-fd-nearest': False, 'native-fd-dithered': True}.get(method))
     tol = 1e-6 if method == 'reference' else 1e-3
     sp = hessian.lanczos(op, k=1, max_iter=80, tol=tol, seed=0, want_min=False)

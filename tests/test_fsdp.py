@@ -49,7 +49,11 @@ def test_sharded_curvature_and_sharpness_equal_one_process(llama_dir, evald):
     assert two["config"]["n_params"] == one["config"]["n_params"]
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-7)
     for k in ("lambda_max", "lambda_min"):  # fd products: rounding differs, ~1e-5
-        assert two["metrics"][k] == pytest.approx(one["metrics"][k], rel=1e-4, abs=1e-4), k
+        # tol 1e-6 is below the fd products' accuracy: both report null, with the reason, alike; the
+        # estimates behind them still agree
+        assert (one["metrics"][k] is None) == (two["metrics"][k] is None) and ("nulls" in one) == ("nulls" in two)
+        est = lambda r: r["metrics"]["details"]["eigen"][k]  # noqa: E731
+        assert est(two) == pytest.approx(est(one), rel=1e-4, abs=1e-4), k
     # a Rademacher probe's fd product: the two summation orders give products 1.4e-4 (nearest rounding)
     # and 1.9e-4 (dithered) apart at this step (measured 2026-12-05); five of them summed, 1.4e-3
     assert two["metrics"]["hessian_trace"] == pytest.approx(one["metrics"]["hessian_trace"], rel=5e-3)
@@ -224,7 +228,9 @@ def test_sharded_top_k_sketched_trace_density_and_per_layer_equal_one_process(ll
               "--tol", 1e-6, "--device", "cpu", "--json", "--quiet", *FD_STEP]
     one = json.loads(run(common).stdout)
     two = json.loads(run([*common, "--shard", "fsdp"], n=2).stdout)
-    assert two["metrics"]["eigenvalues"] == pytest.approx(one["metrics"]["eigenvalues"], rel=1e-3, abs=1e-3)
+    est = lambda r: r["metrics"]["details"]["eigen"]["eigenvalues"]  # noqa: E731  (null at tol 1e-6: below fd's noise)
+    assert (one["metrics"]["eigenvalues"] is None) == (two["metrics"]["eigenvalues"] is None)
+    assert est(two) == pytest.approx(est(one), rel=1e-3, abs=1e-3)
     # Hutch++ builds its sketch from fd products of random vectors, whose rounding (~1e-2 relative at
     # this size, see fd_step) differs with the summation order: measured 2e-3 apart with nearest-rounded
     # steps, 1.4e-2 with dithered ones (2026-12-05; its stderr: ±100%)

@@ -260,18 +260,8 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
         hvps = _curvature(op, cfg, (out, details), stages)
         graph_cached = op.cached
         op.release()  # the measures below move the weights; free the kept graph first
-        store = None
-        if pl.choices.get("sharpness_copy") == "disk" and obj.origin is None:
-            from landscape.measures.hessian.basis import DiskVector
-
-            store = DiskVector.of([p.detach() for p in obj.params], cfg.basis_dir)  # read back parameter by parameter
-            obj.origin = store.views(obj.params)
-        try:
+        with _saved_on_disk(obj, pl.choices.get("sharpness_copy") == "disk", cfg.basis_dir):
             _sharpness(obj, cfg, (out, details), stages)
-        finally:
-            if store is not None:
-                obj.origin = None
-                store.close()
     if cfg.per_layer:
         stages.next("per-layer")
         out["per_layer"], layer_hvps = _per_layer(model, batches, cfg, progress, pl.choices["hvp_method"])
@@ -295,6 +285,24 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
         for k in res["nulls"]:
             out[k] = None
     return res
+
+
+@contextlib.contextmanager
+def _saved_on_disk(obj, wanted: bool, directory: str | None):
+    """Inside the block ``obj.origin`` is a disk copy of the weights (read back parameter by parameter)
+    that ε/SAM/ASAM/average sharpness restore from, when ``wanted`` and no exact copy is held already."""
+    if not wanted or obj.origin is not None:
+        yield
+        return
+    from landscape.measures.hessian.basis import DiskVector
+
+    store = DiskVector.of([p.detach() for p in obj.params], directory)
+    obj.origin = store.views(obj.params)
+    try:
+        yield
+    finally:
+        obj.origin = None
+        store.close()
 
 
 def _basis_fitted(model, obj, cfg: SharpnessConfig) -> SharpnessConfig:
@@ -327,10 +335,13 @@ def _vector_dtype(cfg: SharpnessConfig, params):
 
 
 def _operator(obj, cfg: SharpnessConfig, method: str, origin_place: str = "memory"):
+    from landscape.measures.hessian.basis import OnDisk
+
+    origin = getattr(obj, "origin", None)
+    if origin is None and origin_place == "disk":
+        origin = OnDisk(cfg.basis_dir)
     return hessian.HessianOperator(obj, method, cfg.cache_graph, step=cfg.fd_step,
-                                   vector_dtype=_vector_dtype(cfg, obj.params), order=cfg.fd_order,
-                                   origin=getattr(obj, "origin", None), origin_place=origin_place,
-                                   directory=cfg.basis_dir)
+                                   vector_dtype=_vector_dtype(cfg, obj.params), order=cfg.fd_order, origin=origin)
 
 
 def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:
@@ -373,7 +384,15 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         # basis-free Lanczos and Hutchinson: two vectors; a Lanczos basis kept in memory (within its
         # budget) beside two working vectors; power iteration: the k found vectors, v, Av, two temporaries
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
-        cur, disk = _curvature_plan(ps, act, method, vecs, vsize, start, kept is not None, cfg, free, pending)
+        def build(copy_on_disk: bool, q_on_disk: bool, vecs=vecs):
+            p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start,
+                                origin_held=kept is not None or copy_on_disk)
+            p.pending = pending
+            if copy_on_disk and kept is None:
+                p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
+            return p
+
+        cur, disk = _curvature_plan(build, method == "fd" and vecs == 2, cfg, free, pending)
         candidates.append(cur)
     ball = [m for m in ("sam", "asam") if m in cfg.metrics]
     if ball:
@@ -402,27 +421,21 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     return best
 
 
-def _curvature_plan(ps, act, method, vecs, vsize, start, held, cfg: SharpnessConfig, free, pending):
-    """The curvature estimator's plan, and where fd's saved weights and the basis-free Lanczos's q go:
-    in memory when that fits (or is asked), else the weights' copy on disk, else q on disk too (one
-    weight-sized vector in memory: the weights, it and the products' transients). Returns (plan, choices)."""
-    def make(copy_on_disk: bool, q_on_disk: bool):
-        p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=held or copy_on_disk)
-        p.pending = pending
-        if copy_on_disk and not held:
-            p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
-        return p
-
+def _curvature_plan(build, lean_fits: bool, cfg: SharpnessConfig, free, pending):
+    """The curvature estimator's plan (``build(copy_on_disk, q_on_disk)``: fd with two working vectors
+    when ``lean_fits``), and where fd's saved weights and the basis-free Lanczos's q go: in memory when
+    that fits (or is asked), else the weights' copy on disk, else q on disk too (one weight-sized
+    vector in memory: the weights, it and the products' transients). Returns (plan, choices)."""
     # q on disk: the basis-free recurrence (asked, or auto's choice) computing nothing but eigenvalues
     basis_free = cfg.reorth == "none" or (cfg.reorth == "auto" and cfg.basis == "auto")
-    fd, lean_ok = method == "fd", vecs == 2 and cfg.method == "lanczos" and basis_free \
-        and not ({"trace", "density"} & set(cfg.metrics))
+    lean_ok = lean_fits and cfg.method == "lanczos" and basis_free and not ({"trace", "density"} & set(cfg.metrics))
+    fd = "fd_weight_copy" in build(False, False).parts
     if not fd or cfg.weights_copy == "memory":
-        return make(False, False), {}
+        return build(False, False), {}
     options = [(True, False), (True, True)] if cfg.weights_copy == "disk" else [(False, False), (True, False), (True, True)]
     options = [o for o in options if lean_ok or not o[1]]
     for copy_on_disk, q_on_disk in options:
-        p = make(copy_on_disk, q_on_disk)
+        p = build(copy_on_disk, q_on_disk)
         if free is None or p.peak - p.start + pending <= plans.HEADROOM * free or (copy_on_disk, q_on_disk) == options[-1]:
             return p, {"weights_copy": "disk" if copy_on_disk else "memory", "lanczos_q": "disk" if q_on_disk else "memory"}
     raise AssertionError("unreachable")

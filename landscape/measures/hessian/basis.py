@@ -34,6 +34,7 @@ from landscape.foundation import distributed as dist
 from landscape.foundation.params import footprint, free_memory
 
 CHUNK = 1 << 16  # entries per row per chunk in memory
+DOT_CHUNK = CHUNK  # entries per BLAS dot of an accurate inner product (operator.dot, DiskVector.dot)
 DISK_CHUNK = 1 << 20  # entries per row per read from disk (4 MB of float32)
 WHERE = ("auto", "memory", "host", "disk")
 REORTH = ("auto", "full", "none")
@@ -251,6 +252,14 @@ class Basis:
         self.count = keep
 
 
+class OnDisk:
+    """Where a weight-sized copy should live when it is not in memory: a temporary file in ``directory``
+    (None: the system's temp dir). ``HessianOperator(origin=OnDisk())`` keeps fd's saved weights there."""
+
+    def __init__(self, directory: str | None = None):
+        self.directory = directory
+
+
 class DiskVector:
     """One flat vector of length ``n`` in an anonymous temporary file (deleted by the OS when the
     process ends, even on a crash), read and written :data:`DISK_CHUNK` entries at a time — a
@@ -329,8 +338,6 @@ class DiskVector:
 
     def sqnorm(self) -> float:
         """⟨self, self⟩ as :func:`.operator.dot` forms it."""
-        from landscape.measures.hessian.operator import DOT_CHUNK
-
         parts = []
         for start, stop, c in self.chunks():
             parts += [torch.dot(c[a:a + DOT_CHUNK], c[a:a + DOT_CHUNK]) for a in range(0, stop - start, DOT_CHUNK)]
@@ -341,8 +348,6 @@ class DiskVector:
     # ------------------------------------------------------------------ algebra with a memory vector
     def dot(self, w: torch.Tensor) -> float:
         """⟨self, w⟩ exactly as :func:`.operator.dot` forms it (65,536-entry BLAS dots, summed in float64)."""
-        from landscape.measures.hessian.operator import DOT_CHUNK
-
         if self.n <= DOT_CHUNK:
             return dist.sharded_sum(float(torch.dot(w, self.read(0, self.n))))
         parts = []

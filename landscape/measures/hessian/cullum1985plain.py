@@ -56,20 +56,21 @@ import torch
 from scipy.linalg import eigh_tridiagonal
 from tqdm.auto import tqdm
 
-from landscape.measures.hessian.basis import DiskVector
+from landscape.measures.hessian.basis import DiskVector, OnDisk
 from landscape.measures.hessian.operator import add_matvec, dot, norm, random_unit
 from landscape.measures.hessian.spectrum import Spectrum
 
 
 def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bool, progress: bool,
-                  disk: bool = False, directory: str | None = None):
+                  disk: OnDisk | None = None):
     """Spectrum of ``op`` (already :class:`~.operator.Counted`) by the two-vector recurrence;
-    ``disk``: q lives in a :class:`~.basis.DiskVector` (one weight-sized vector in memory instead of
-    two; the same arithmetic, so the same bits; per step q is read ~6 times and written once)."""
+    ``disk`` (:class:`~.basis.OnDisk`): q lives in a :class:`~.basis.DiskVector` (one weight-sized
+    vector in memory instead of two; the same arithmetic, so the same bits; per step q is read ~6
+    times and written once)."""
     w = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
-    q = DiskVector(op.shape[0], op.dtype, op.device, directory) if disk else torch.empty_like(w)
+    q = DiskVector(op.shape[0], op.dtype, op.device, disk.directory) if disk else torch.empty_like(w)
     try:
-        return _run(op, k, max_iter, tol, seed, want_min, progress, q, w)
+        return _run(op, k, max_iter, tol, seed, want_min, progress, (q, w))
     finally:
         if disk:
             q.close()
@@ -86,7 +87,8 @@ def _sub(w: torch.Tensor, q, a: float) -> None:
         w.sub_(q, alpha=a)
 
 
-def _run(op, k, max_iter, tol, seed, want_min, progress, q, w):
+def _run(op, k, max_iter, tol, seed, want_min, progress, qw):
+    q, w = qw
     eta = _noise(op, seed, q, w)
     limit = op.calls + max_iter  # max_iter Lanczos steps after the noise's three products (not instead of them)
     unit = torch.finfo(op.dtype).eps / 2

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, resolve_reorth
+from landscape.measures.hessian.basis import Basis, BasisPolicy, OnDisk, choose_basis, resolve_reorth
 from landscape.measures.hessian.cullum1985plain import linearity_defect, plain_lanczos
 from landscape.measures.hessian.spectrum import Spectrum
 from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
@@ -92,8 +92,8 @@ def lanczos(op, k: int = 1, max_iter: int = 100, tol: float = 1e-4, seed: int = 
     wanted = k + int(want_min)
     if resolve_reorth(op, policy, wanted, max_iter) == "none":
         # basis-free with where="disk": q on disk, one weight-sized vector in memory (same numbers)
-        return plain_lanczos(op, k, max_iter, tol, seed, want_min, progress, disk=policy.where == "disk",
-                             directory=policy.directory)
+        return plain_lanczos(op, k, max_iter, tol, seed, want_min, progress,
+                             disk=OnDisk(policy.directory) if policy.where == "disk" else None)
     if want_min and k > 1 and _split(op, policy, wanted, max_iter):
         top = _thick(op, k, max_iter, tol, seed, False, progress, policy)
         neg = Counted(_Negated(op.op))

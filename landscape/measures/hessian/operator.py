@@ -38,7 +38,7 @@ from landscape.foundation import params as P
 from landscape.foundation.configs import CACHE_GRAPH, HVP_METHODS, ConfigError
 from landscape.foundation.objective import accumulate_grad
 from landscape.foundation.plan import SavedBytes
-from landscape.measures.hessian.basis import DiskVector
+from landscape.measures.hessian.basis import DOT_CHUNK, DiskVector, OnDisk
 
 
 class LinearOperator(Protocol):
@@ -176,9 +176,11 @@ FD_STENCILS = {2: ((1.0, 0.5), (-1.0, -0.5)),
 class HessianOperator:
     """v ↦ H v of an objective (see :mod:`landscape.foundation.objective`).
 
-    ``origin_place="disk"`` keeps fd's saved weights in a temporary file (one weight-sized vector
-    less in memory; read back three times a product), and a :class:`~.basis.DiskVector` direction
-    is streamed parameter by parameter (``takes_disk``: fd products; exact products read it whole).
+    ``origin``: an exact copy of the current weights the caller holds (a list: no copy made), or
+    :class:`~.basis.OnDisk` to keep fd's saved weights in a temporary file (one weight-sized vector
+    less in memory; read back three times a product); default a copy in memory. A
+    :class:`~.basis.DiskVector` direction is streamed parameter by parameter (``takes_disk``: fd
+    products; exact products read it whole).
 
     ``method``: ``"reverse"`` (double backward, ∇(∇L·v)), ``"forward"`` (the objective's
     forward-over-reverse) or ``"fd"`` (central differences of two streamed gradients at w ± εv,
@@ -194,15 +196,14 @@ class HessianOperator:
     Vectors are in ``dtype`` = ``vector_dtype`` or the wider of float32 and the parameters' dtype
     (bf16 models get float32 vectors so that Lanczos keeps its orthogonality; float64 stays float64).
 
-    fd products on bf16/fp16 parameters are refused (``half_ok=True`` forms them anyway, for the
-    benchmark that shows why): measure half-precision weights in a float32 view
+    fd products on bf16/fp16 parameters are refused (a subclass with ``refuse_half = False`` forms
+    them anyway, for the benchmark that shows why): measure half-precision weights in a float32 view
     (:func:`landscape.foundation.params.widened`), passing its originals as ``origin``.
     """
 
     def __init__(self, objective, method: str = "reverse", cache_graph: str = "auto", step: float | None = None,
-                 vector_dtype: torch.dtype | None = None, origin: list | None = None, order: int = 2,
-                 dither: bool | None = None, half_ok: bool = False, origin_place: str = "memory",
-                 directory: str | None = None):
+                 vector_dtype: torch.dtype | None = None, origin=None, order: int = 2,
+                 dither: bool | None = None):
         if method not in HVP_METHODS or method == "auto":
             raise ConfigError("hvp_method", f"unknown HVP method {method!r}; choose from "
                                             f"{', '.join(m for m in HVP_METHODS if m != 'auto')}")
@@ -218,17 +219,16 @@ class HessianOperator:
         # fd: the weights, to put back bit-exactly after each product (a caller that already holds
         # an exact copy of the current weights, e.g. ``params.perturbed``'s origin, passes it: one
         # weight-sized copy less)
-        self._origin = origin
-        if origin_place not in ("memory", "disk"):
-            raise ConfigError("weights_copy", f"where fd keeps the weights: memory or disk, not {origin_place!r}")
-        self.origin_place, self.directory, self._store = origin_place, directory, None
+        self.on_disk = origin if isinstance(origin, OnDisk) else None
+        self._origin = None if self.on_disk else origin
+        self._store = None
         self.calls = 0
         self.seconds = 0.0
         ps = objective.params
         if getattr(objective, "sharded", False) and method != "fd":
             raise ConfigError("hvp_method", f"{method!r} HVPs need double backward or torch.func, which do not "
                                             "run on an FSDP-sharded model; use 'fd' (or 'auto')")
-        if method == "fd" and P.is_half(ps) and not half_ok:
+        if method == "fd" and P.is_half(ps) and self.refuse_half:
             raise ConfigError("hvp_method", "fd HVPs on bf16/fp16 weights measure rounding, not curvature (the step "
                                             "is far below a half-precision spacing): measure them in a float32 view "
                                             "(params.widened; `landscape sharpness` and `predict` do it), or "
@@ -259,6 +259,7 @@ class HessianOperator:
         return out
 
     takes_disk = True
+    refuse_half = True
 
     def _pieces(self, v):
         """A flat vector's per-parameter pieces (views; of a disk vector, read as they are reached)."""
@@ -324,13 +325,13 @@ class HessianOperator:
             self._versions = [p._version for p in ps]
 
     def _save_origin(self, ps) -> None:
-        """fd's exact copy of the current weights: in memory, or on disk (``origin_place="disk"``: read
+        """fd's exact copy of the current weights: in memory, or on disk (``origin=OnDisk()``: read
         back parameter by parameter, three times a product — for the stencil's two points and the restore)."""
         if self._store is not None:
             self._store.close()
             self._store = None
-        if self.origin_place == "disk":
-            self._store = DiskVector.of([p.detach() for p in ps], self.directory)
+        if self.on_disk is not None:
+            self._store = DiskVector.of([p.detach() for p in ps], self.on_disk.directory)
             self._origin = self._store.views(ps)
         else:
             self._origin = [p.detach().clone() for p in ps]
@@ -437,9 +438,6 @@ def randn(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | No
 def rademacher(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
     """A vector of ±1, drawn block by block on the CPU."""
     return _fill(op, lambda s: torch.randint(0, 2, s, generator=generator) * 2 - 1, out)
-
-
-DOT_CHUNK = 1 << 16
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
