@@ -52,7 +52,7 @@ with P.widened(ck.model, enabled=method.startswith('view')) as origins:
     class Native(hessian.HessianOperator):
         refuse_half = False  # products in the weights' own dtype, to compare
     op = Native(obj, kind, 'off', origin=origin,
-                                 dither={'native-fd-nearest': False, 'native-fd-dithered': True}.get(method))
+                                 dither={{'native-fd-nearest': False, 'native-fd-dithered': True}}.get(method))
     tol = 1e-6 if method == 'reference' else 1e-3
     sp = hessian.lanczos(op, k=1, max_iter=80, tol=tol, seed=0, want_min=False)
 print(json.dumps({{"lambda_max": sp.lambda_max, "converged": bool(sp.converged), "hvps": sp.hvps,
