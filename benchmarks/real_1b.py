@@ -9,6 +9,8 @@ Each row runs in a fresh process (its peak RSS is its own) on general English (d
 - ``block``: λ_max of one decoder block's Hessian (``--params model.layers.N.``; batch 4 × ≤ 48 tokens,
   Lanczos tol 1e-3) on the float32 weights, on the checkpoint loaded in bf16 (measured in the float32
   view), and on the bf16-rounded weights loaded in float32 — the bf16 value must equal the last;
+- ``full:VARIANT:SEED`` (VARIANT float32, bf16 or float32_of_bf16): the full-model λ_max as the README's
+  command measures it (tol 1e-3, ≤ 30 steps), seed SEED — ~20 min and ~18 GiB each;
 - ``plans``: the full-model λ_max plan (`sharpness --dry-run`) in float32 and bf16, and whether it fits.
 
 Writes ``benchmarks/results_real_1b.json`` with the command, versions and machine.
@@ -79,6 +81,18 @@ done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"]
      converged=r["details"]["eigen"]["converged"], planned_peak_gb=r["cost"]["planned_peak_gb"],
      n_params=r["config"]["n_params"], dtype=r["config"]["dtype"])
 """,
+    "full": r"""
+variant = {variant!r}
+ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype="bfloat16" if variant == "bf16" else "float32"))
+if variant == "float32_of_bf16":
+    with torch.no_grad():
+        for p in ck.model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
+r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("lambda_max",), tol=1e-3, max_iter=30, seed={seed}))
+done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"], seed={seed},
+     eigen=r["details"]["eigen"], planned_peak_gb=r["cost"]["planned_peak_gb"], dtype=r["config"]["dtype"])
+""",
     "plan": r"""
 ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype={dtype!r}))
 bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
@@ -119,6 +133,9 @@ def main() -> None:
         params = rf"^model\.layers\.{a.block}\."
         jobs += [(f"block{a.block}_{v}", "block", {"variant": v, "params": params})
                  for v in ("float32", "bf16", "float32_of_bf16")]
+    for spec in (x for x in only if x.startswith("full:")):
+        _, variant, seed = spec.split(":")
+        jobs.append((f"full_{variant}_seed{seed}", "full", {"variant": variant, "seed": int(seed)}))
     if "plans" in only:
         jobs += [(f"plan_full_{d}", "plan", {"dtype": d}) for d in ("float32", "bfloat16")]
     for name, job, kw in jobs:
