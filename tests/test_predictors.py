@@ -121,12 +121,17 @@ def test_predict_cli_json_and_bad_input(tmp_path, tiny_ckpts, llama_dir, text_da
     assert res.exit_code == 0, res.output
     r = json.loads(res.output)
     x = r["results"][0]
+    assert x["tuned"] == str(out) and set(x["at_tuned"]) >= {"kappa_tuned", "grad_delta_tuned"}
     assert set(x["metrics"]) == set(predictors.PREDICTOR_METRICS)
     assert r["lambda_max_base"]["lambda_max"] > 0
     assert x["metrics"]["bound"] >= x["metrics"]["quad_pred"]
     assert x["where"]["kappa_base"] == "base" and x["where"]["kappa_tuned"] == "tuned"
     assert x["loss_tuned"] == pytest.approx(
         json.loads(runner.invoke(cli, ["loss", str(out), "--data", str(text_data), "--json"]).output)["loss"], rel=1e-5)
+    # text: each checkpoint headed by its path, also without the tuned-weights measurements
+    res = runner.invoke(cli, ["predict", str(llama_dir), str(out), "--data", str(text_data), "--max-iter", "5",
+                              "--line", "0:1:3", "--no-at-tuned"])
+    assert res.exit_code == 0 and f"\n{out}:\n" in res.output and "None:" not in res.output, res.output
     # another architecture is one line, exit 2
     other = make_checkpoint(tmp_path, "gpt2", toy.build_word_tokenizer(["a b c"]))
     res = runner.invoke(cli, ["predict", str(llama_dir), str(other), "--data", str(text_data)])

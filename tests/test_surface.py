@@ -189,6 +189,14 @@ def test_cli_surface_metrics_plot(llama_dir, text_data, tmp_path):
     with h5py.File(out) as f:
         assert f["loss"].shape == (3, 3) and "directions/x/model.embed_tokens.weight" in f
         assert f.attrs["norm"] == "filter" and len(f.attrs["checkpoint_fingerprint"]) == 64
+        stored = f["loss"][()]
+    j = json.loads(r.stdout)  # the JSON carries the losses it wrote, and the loss at the weights themselves
+    assert j["x"] == [-1.0, 0.0, 1.0] and np.array_equal(np.array(j["loss"]), stored)
+    assert j["loss_at_origin"] == stored[1, 1] == pytest.approx(
+        json.loads(run(cli, ["loss", str(llama_dir), "--data", str(text_data), "--json"]).stdout)["loss"], rel=1e-6)
+    again = json.loads(run(cli, ["surface", str(llama_dir), "--data", str(text_data), "--x", "-1:1:3", "--y", "-1:1:3",
+                                 "--save-directions", "--out", str(out), "--json"]).stdout)
+    assert again["computed"] == 0 and again["loss"] == j["loss"]  # a finished file answers from its contents
     r = run(cli, ["surface-metrics", str(out), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["dims"] == 2
     r = run(cli, ["plot", str(out), "--out", str(tmp_path / "p.html")])

@@ -65,6 +65,8 @@ def total_tokens(batches) -> int:
 
 @dataclass
 class LossResult:
+    """The mean next-token loss (nats per loss-bearing token) and how many tokens it averages."""
+
     loss: float
     tokens: int
 

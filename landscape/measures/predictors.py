@@ -157,7 +157,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
         "residual": F - quad,
         "line": {"t": ts.tolist(), "loss": losses, "quadratic": (losses[i0] + q_line).tolist(),
                  "r2": 1.0 - float(((dl - q_line) ** 2).sum()) / ss_tot if ss_tot > 0 else None},
-        "tuned": tuned, "per_block": blocks, "hvp_method": method, "critical": crit,
+        "at_tuned": tuned, "per_block": blocks, "hvp_method": method, "critical": crit,
         "where": {k: PREDICTOR_METRICS[k][0] for k in metrics},
     }
 

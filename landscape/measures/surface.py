@@ -146,7 +146,8 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
     if out.exists() and not partial.exists():
         with h5py.File(out, "r") as f:
             if f.attrs.get("config_hash") == attrs["config_hash"]:
-                return {"out": str(out), "points": int(np.prod(grid.shape)), "computed": 0, "complete": True}
+                return {"out": str(out), "points": int(np.prod(grid.shape)), "computed": 0, "complete": True,
+                        **grid_values(read_surface(out))}
         raise UserError(f"{out}: exists and was written by another configuration; choose another output path")
     pl = _plan(grid, cfg, mode)
     if grid.loss_fn is None:  # a closed-form objective (tests) has no model to plan for
@@ -167,7 +168,8 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
             partial.unlink(missing_ok=True)
     dist.barrier()
     return {"out": str(out) if complete else str(partial), "points": int(np.prod(grid.shape)), "computed": computed,
-            "complete": complete, "directions": mode, "seconds": round(time.perf_counter() - t0, 3),
+            "complete": complete, "directions": mode,
+            **grid_values({"x": cfg.coords("x"), "y": cfg.coords("y"), "loss": np.where(done, loss, np.nan)}), "seconds": round(time.perf_counter() - t0, 3),
             "cost": {"peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3)}}
 
 
@@ -390,6 +392,22 @@ def read_surface(path: str | os.PathLike) -> dict:
         raise UserError(f"{p}: not a landscape surface file ({e})") from None
     r["loss"] = np.where(r["done"], r["loss"], np.nan)
     return r
+
+
+def grid_values(r: dict) -> dict:
+    """The coordinates and losses of a surface as JSON values (None where a point is not computed yet),
+    with the loss at the origin (the grid point nearest 0) and the range."""
+    loss = np.asarray(r["loss"], dtype=float)
+    x = np.asarray(r["x"], dtype=float)
+    y = None if r.get("y") is None else np.asarray(r["y"], dtype=float)
+    centre = (int(np.abs(x).argmin()),) + ((int(np.abs(y).argmin()),) if y is not None else ())
+    finite = loss[np.isfinite(loss)]
+    out = {"x": x.tolist(), "y": None if y is None else y.tolist(),
+           "loss": np.where(np.isfinite(loss), loss, None).tolist(),
+           "loss_at_origin": float(loss[centre]) if np.isfinite(loss[centre]) else None,
+           "loss_min": float(finite.min()) if finite.size else None,
+           "loss_max": float(finite.max()) if finite.size else None}
+    return out
 
 
 def surface_metrics(path: str | os.PathLike) -> dict:
