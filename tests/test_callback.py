@@ -225,3 +225,24 @@ def test_settings_come_from_the_config_unless_given():
     cb = LandscapeCallback(data="h.jsonl", every=3, metrics=["lambda_max"], config=cb.cfg)
     assert (cb.cfg.probe_every, cb.cfg.probe_metrics, cb.cfg.probe_data) == (3, ("lambda_max",), "h.jsonl")
     assert LandscapeCallback().cfg.probe_every == 100 and LandscapeCallback().cfg.probe_metrics == ("loss", "lambda_max")
+
+
+def test_a_trainer_without_processing_class_finds_the_models_own_tokenizer(tokenizer, tmp_path, probe_data):
+    """Pre-tokenized data and an own collator: a common script builds its Trainer without a tokenizer."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    model_of(tokenizer).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=2, max_steps=2,
+                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
+    for given in (None, tokenizer):  # found beside the weights; or given to the callback
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+        cb = LandscapeCallback(data=probe_data, every=1, metrics=["loss"], tokenizer=given)
+        Trainer(model=model, args=args, train_dataset=rows(tokenizer), callbacks=[cb]).train()
+        assert [r["step"] for r in cb.records] == [0, 1, 2] and all(r["loss"] > 0 for r in cb.records)
+    (tmp_path / "m" / "tokenizer.json").unlink()  # none anywhere: the one-line error, before any step
+    (tmp_path / "m" / "tokenizer_config.json").unlink()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    with pytest.raises(data.DataError, match="needs a tokenizer"):
+        Trainer(model=model, args=args, train_dataset=rows(tokenizer), callbacks=[LandscapeCallback(
+            data=probe_data, every=1, metrics=["loss"])]).train()

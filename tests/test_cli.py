@@ -169,3 +169,39 @@ def test_third_party_warnings_are_quiet_unless_debug():
             "warnings.warn_explicit('ours', UserWarning, 'z.py', 1, module='landscape.measures')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "peft says" not in r.stderr and "torch says" not in r.stderr and "ours" in r.stderr
+
+
+def _subword_checkpoint(tmp_path):
+    """A tiny model with a BPE tokenizer: outside the toy world, as every real model is."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import make_checkpoint
+
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Whitespace()
+    t.train_from_iterator(["the cat sat on the mat .", "the dog is red .", "one plus two is three ."] * 3,
+                          trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "<pad>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>")
+    return make_checkpoint(tmp_path, "llama", tok)
+
+
+def test_a_real_model_is_never_measured_on_the_toy_world_silently(tmp_path, text_data):
+    d = _subword_checkpoint(tmp_path)
+    for command in ("loss", "sharpness", "surface", "predict"):
+        args = {"surface": ["--x", "-1:1:3", "--out", tmp_path / "s.h5"], "predict": [d]}.get(command, [])
+        r = run(command, d, *args)
+        assert_user_error(r, "--data")
+        assert "data/real/general.jsonl" in r.stderr
+    r = run("forgetting", d, d)
+    assert_user_error(r, "--suite")
+    assert "data/real/suites" in r.stderr
+    r = run("finetune", d, "--data", text_data, "--max-steps", 2, "--probe-every", 1, "--out", tmp_path / "ft")
+    assert_user_error(r, "--probe-data")
+    assert not (tmp_path / "ft").exists()
+    # with data named, the same model measures
+    r = run("loss", d, "--data", text_data, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["tokens"] > 0, r.output
+    r = run("forgetting", d, d, "--suite", "data/real/suites", "--json")
+    assert r.exit_code == 0, r.output

@@ -335,3 +335,40 @@ def test_cluster_bootstrap_of_tripled_rows_is_the_bootstrap_of_the_unique_rows()
         assert p3[k]["ci"] == pytest.approx(p1[k]["ci"], abs=1e-12), k
     # one row per group is the pair bootstrap itself
     assert correlation(x, y, groups=[f"g{k}" for k in range(12)])["spearman"]["ci"] == one["spearman"]["ci"]
+
+
+def test_small_n_p_values_are_exact_and_intervals_refused():
+    """scipy's asymptotic Spearman p is 0 at n = 3 with ρ = 1; the exact permutation p is 1/3! · 2 = 1/3."""
+    r = C.correlation([1, 2, 3], [10, 20, 30])
+    for k in ("pearson", "spearman", "kendall"):
+        assert r[k]["p"] == pytest.approx(1 / 3) and r[k]["ci"] == [None, None]
+    assert "exact" in r["p_method"] and "n = 3" in r["warning"] and r["ci_reason"]
+    assert "warning" not in C.correlation(np.arange(12.0), np.arange(12.0) ** 2)
+
+
+def test_exact_p_against_brute_force_enumeration():
+    """Every pairing enumerated with itertools and scipy's own statistics, ties included."""
+    import itertools
+
+    from scipy import stats
+
+    from landscape.study.correlate import exact_p
+
+    g = np.random.default_rng(3)
+    for n, tie in ((6, False), (6, True), (7, True)):
+        x = g.normal(size=n)
+        y = x + g.normal(size=n)
+        if tie:
+            y = np.round(y)
+            x[1] = x[0]
+        stat = {"pearson": lambda a, b: stats.pearsonr(a, b)[0], "spearman": lambda a, b: stats.spearmanr(a, b)[0],
+                "kendall": lambda a, b: stats.kendalltau(a, b)[0]}
+        got = exact_p(x, y)
+        for k, f in stat.items():
+            obs = abs(f(x, y))
+            null = [abs(f(x, y[list(pi)])) for pi in itertools.permutations(range(n))]
+            want = np.mean([v >= obs * (1 - 1e-9) for v in null])
+            assert got[k] == pytest.approx(want, abs=1e-12), (n, tie, k)
+    x = g.normal(size=9)
+    y = x + g.normal(size=9)  # no ties: Kendall equals scipy's exact distribution
+    assert exact_p(x, y)["kendall"] == pytest.approx(stats.kendalltau(x, y, method="exact").pvalue)

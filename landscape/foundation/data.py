@@ -474,10 +474,34 @@ def resolve_max_length(model_config, max_length: int | None) -> int:
     return max_length
 
 
+def speaks_toy_world(tokenizer) -> bool:
+    """Whether the embedded (invented) data means anything to a model with this tokenizer: the toy
+    world's models (the demo model, the test fixtures) have a word-level tokenizer built from it. A
+    real model's subword tokenizer encodes the toy text too, but the model never saw that world."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel"
+
+
+def refuse_toy_default(tokenizer, field: str) -> None:
+    """A measurement left without data on a model outside the toy world is refused with one line naming
+    the flag and the real data that ships, never run silently on the invented text."""
+    if not speaks_toy_world(tokenizer):
+        from landscape.foundation.configs import ConfigError
+
+        real = data_dir() / "real"
+        what = ("suites", real / "suites") if field in ("suites", "probe_suites") else ("general.jsonl", real / "general.jsonl")
+        raise ConfigError(field, f"required for this checkpoint: the default is the toy world's invented "
+                                 f"{'suites' if what[0] == 'suites' else 'text'}, which only the demo model "
+                                 f"knows (real {'ones' if what[0] == 'suites' else 'general English'} ship in "
+                                 f"{what[1]})")
+
+
 def batches_for(ckpt, cfg: DataConfig | None = None) -> Batches:
     """:func:`load_batches` with the tokenizer, vocabulary and position limit of a loaded checkpoint,
-    on the checkpoint's device. ``cfg.data`` None: the embedded eval data."""
+    on the checkpoint's device. ``cfg.data`` None: the embedded eval data, for toy-world models only."""
     cfg = cfg or DataConfig()
+    if cfg.data is None:
+        refuse_toy_default(ckpt.tokenizer, "data")
     path = cfg.data or default_eval_data()
     bs = load_batches(path, ckpt.tokenizer, batch_size=cfg.batch_size,
                       max_length=resolve_max_length(ckpt.model.config, cfg.max_length), num_batches=cfg.num_batches,

@@ -461,10 +461,14 @@ def forgetting(base, tuned, config: ForgettingConfig | None = None, *, store=Non
     tuned = [tuned] if isinstance(tuned, (str, os.PathLike)) else list(tuned)
     if not tuned:
         raise UserError("give at least one tuned checkpoint")
-    suite_list = load_suites(cfg.suites, cfg.categories) if (cfg.suites or not cfg.lm_eval_tasks) else []
-    store = store if store is not None else Store(None)
     for p in [base, *tuned]:  # every path checked before anything is scored
         checkpoint.inspect_checkpoint(p, trust_pickle=load.trust_pickle)
+    if not cfg.suites and not cfg.lm_eval_tasks:
+        from landscape.foundation.data import refuse_toy_default
+
+        refuse_toy_default(checkpoint.load_tokenizer(base, load.trust_remote_code), "suites")
+    suite_list = load_suites(cfg.suites, cfg.categories) if (cfg.suites or not cfg.lm_eval_tasks) else []
+    store = store if store is not None else Store(None)
 
     def scores_of(path):
         ck = checkpoint.load_checkpoint(path, load)

@@ -20,6 +20,8 @@ The manifest and the batch run that feed these statistics live in :mod:`landscap
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -75,9 +77,85 @@ def _interval(boot: np.ndarray, level: float) -> dict:
     return {"ci": ci, "boot_used": int(len(b))}
 
 
+EXACT_N = 10  # up to n! = 3,628,800 pairings: p-values from the exact permutation distribution
+MIN_BOOTSTRAP_N = 6  # below, a pair bootstrap has at most C(2n−1, n) = 126 distinct resamples: no interval
+SMALL_N = 10
+
+
+@functools.lru_cache(maxsize=2)
+def permutations(n: int) -> np.ndarray:
+    """All n! permutations of range(n), as an (n!, n) int8 array (built by insertion, no Python tuples)."""
+    p = np.zeros((1, 0), dtype=np.int8)
+    for k in range(1, n + 1):
+        m = p.shape[0]
+        out = np.empty((m * k, k), dtype=np.int8)
+        for pos in range(k):
+            block = out[pos * m:(pos + 1) * m]
+            block[:, :pos], block[:, pos], block[:, pos + 1:] = p[:, :pos], k - 1, p[:, pos:]
+        p = out
+    p.flags.writeable = False
+    return p
+
+
+def _share_at_least(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 18) -> float:
+    """The share of the n! pairings of b with a whose |Pearson r| is at least the observed one."""
+    ac, bc = a - a.mean(), b - b.mean()
+    den = np.sqrt((ac ** 2).sum() * (bc ** 2).sum())
+    obs = abs(float(ac @ bc)) * (1 - 1e-12)  # a relative allowance for rounding: ties with the observed count
+    perms = permutations(len(a))
+    hits = sum(int((np.abs(bc[perms[i:i + chunk]] @ ac) >= obs).sum()) for i in range(0, len(perms), chunk))
+    return hits / len(perms)
+
+
+@functools.lru_cache(maxsize=2)
+def _spearman_null(n: int) -> np.ndarray:
+    """Sorted |Σ (i − m)(π(i) − m)| over all n! permutations π: Spearman's null without ties."""
+    c = np.arange(n, dtype=float) - (n - 1) / 2
+    perms = permutations(n)
+    return np.sort(np.concatenate([np.abs(c[perms[i:i + (1 << 18)]] @ c) for i in range(0, len(perms), 1 << 18)]))
+
+
+def _kendall_exact(x: np.ndarray, y: np.ndarray, chunk: int = 1 << 16) -> float:
+    from scipy import stats
+
+    if len(np.unique(x)) == len(x) and len(np.unique(y)) == len(y):
+        return float(stats.kendalltau(x, y, method="exact").pvalue)  # no ties: scipy's exact distribution
+    iu = np.triu_indices(len(x), 1)
+    sx = np.sign(x[:, None] - x[None, :])[iu].astype(np.int16)
+    ry = (2 * stats.rankdata(y)).astype(np.int16)  # order-preserving small integers, ties kept
+    obs = abs(int(sx @ np.sign(ry[iu[0]] - ry[iu[1]]).astype(np.int16)))
+    perms = permutations(len(x))
+    hits = 0
+    for i in range(0, len(perms), chunk):  # τ-b's denominator is the same for every pairing
+        yp = ry[perms[i:i + chunk]]
+        hits += int((np.abs(np.sign(yp[:, iu[0]] - yp[:, iu[1]]) @ sx) >= obs).sum())
+    return hits / len(perms)
+
+
+def exact_p(x: np.ndarray, y: np.ndarray) -> dict:
+    """Two-sided p-values of Pearson, Spearman (Pearson of midranks) and Kendall τ-b from the exact
+    permutation distribution: y's values paired with x's in every one of the n! orders, p the share of
+    pairings at least as extreme as the observed one (which counts: p ≥ 1/n!). Exact for n ≤
+    :data:`EXACT_N`, ties included (without ties Spearman's and Kendall's null depend on n only)."""
+    from scipy import stats
+
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    n = len(x)
+    if len(np.unique(rx)) == n and len(np.unique(ry)) == n:
+        obs = abs(float((rx - rx.mean()) @ (ry - ry.mean()))) * (1 - 1e-12)
+        null = _spearman_null(n)
+        spearman = float(len(null) - np.searchsorted(null, obs, side="left")) / len(null)
+    else:
+        spearman = _share_at_least(rx, ry)
+    return {"pearson": _share_at_least(x, y), "spearman": spearman, "kendall": _kendall_exact(x, y)}
+
+
 def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups=None) -> dict:
     """Pearson, Spearman and Kendall (τ-b) of paired samples, with p-values and bootstrap CIs
-    (over ``groups`` when given: see :func:`resamples`)."""
+    (over ``groups`` when given: see :func:`resamples`). For n ≤ :data:`EXACT_N` the p-values come from
+    the exact permutation distribution (``p_method``; scipy's asymptotic Spearman p is 0 at n = 3 with
+    ρ = 1, where the exact one is 1/3); below :data:`MIN_BOOTSTRAP_N` pairs there is no interval
+    (``ci_reason``); below :data:`SMALL_N` a ``warning`` says how little n can show."""
     from scipy import stats
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -93,6 +171,17 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, gr
             out[k] = {"r": None, "p": None, "ci": [None, None]}
         return out
     point = {"pearson": stats.pearsonr(x, y), "spearman": stats.spearmanr(x, y), "kendall": stats.kendalltau(x, y)}
+    exact = exact_p(x, y) if n <= EXACT_N else None
+    out["p_method"] = f"exact permutation ({n}! pairings)" if exact else "asymptotic (scipy)"
+    if n < SMALL_N:
+        out["warning"] = (f"n = {n}: a correlation this small in n can be large by chance (exact p ≥ 1/{n}! for a "
+                          f"perfect one){'; no bootstrap interval' if n < MIN_BOOTSTRAP_N else ', intervals wide'}")
+    if n < MIN_BOOTSTRAP_N:
+        for k in names:
+            r, p = point[k]
+            out[k] = {"r": float(r), "p": exact[k], "ci": [None, None]}
+        out["ci_reason"] = f"fewer than {MIN_BOOTSTRAP_N} pairs: a bootstrap has too few distinct resamples"
+        return out
     boots: dict = {k: [] for k in names}
     for idx in resamples(n, groups, n_boot, np.random.default_rng(seed)):
         bx, by = x[idx], y[idx]
@@ -102,7 +191,7 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0, level: float = 0.95, gr
     boots = {k: np.concatenate(v) for k, v in boots.items()}
     for k in names:
         r, p = point[k]
-        out[k] = {"r": float(r), "p": float(p), **_interval(boots[k], level)}
+        out[k] = {"r": float(r), "p": exact[k] if exact else float(p), **_interval(boots[k], level)}
     out["n_boot"] = n_boot
     if groups is not None:
         out["clusters"] = len(set(groups))

@@ -113,17 +113,21 @@ class LandscapeCallback(TrainerCallback):
 
     ``LandscapeCallback(data="general.jsonl", every=50, metrics=["lambda_max"])`` in ``callbacks=[...]``;
     ``config`` (a :class:`ProbeConfig`) holds the other settings (batches, HVP bound); ``suites`` the
-    forgetting suites; ``out`` the trajectory JSON; ``trainer`` the trainer to log through.
+    forgetting suites; ``out`` the trajectory JSON; ``trainer`` the trainer to log through;
+    ``tokenizer`` the one text data is tokenized with (default: the trainer's ``processing_class``,
+    else the tokenizer saved in the model's own directory). Without ``data``, a model outside the toy
+    world is refused (the default probe text is the toy world's).
     """
 
     def __init__(self, data=None, every: int | None = None, metrics=None, *, suites=(), out=None, trainer=None,
-                 config: ProbeConfig | None = None):
+                 config: ProbeConfig | None = None, tokenizer=None):
         base = config or ProbeConfig()  # arguments given here override its fields; every defaults to 100
         self.cfg = base.replace(probe_every=every or base.probe_every or DEFAULT_EVERY,
                                 probe_data=base.probe_data if data is None else str(data),
                                 probe_metrics=base.probe_metrics if metrics is None else tuple(metrics),
                                 probe_suites=tuple(map(str, suites)) or base.probe_suites)
         self.out, self.trainer = (Path(out) if out else None), trainer
+        self.tokenizer = tokenizer  # else the trainer's processing_class, else the model's own directory's
         self.records: list[dict] = []
         self.seconds = 0.0
         self._batches = self._suites = self._w0 = self._scores0 = self._task = None
@@ -144,7 +148,7 @@ class LandscapeCallback(TrainerCallback):
     def begin(self, model, tokenizer, step: int = 0, state=None, out=None) -> None:
         """Before the first step: the probe batches (and step-0 weights/scores), then a measurement."""
         self._t_start = time.perf_counter()
-        self._tokenizer = tokenizer
+        self._tokenizer = self.tokenizer or tokenizer or _tokenizer_of(model)
         self.out = Path(out) if out is not None else self.out
         self._setup(model)
         if not self.records or self.records[0]["step"] != step:
@@ -190,6 +194,8 @@ class LandscapeCallback(TrainerCallback):
                                   max_length=D.resolve_max_length(model.config, self.cfg.probe_max_length),
                                   vocab_size=model.get_input_embeddings().num_embeddings).to(param_device(model))
 
+        if not self.cfg.probe_data:
+            D.refuse_toy_default(tok, "probe_data")
         self._batches = batches(self.cfg.probe_data or D.default_eval_data(), self.cfg.probe_num_batches)
         metrics = self.cfg.probe_metrics
         if "task_loss" in metrics:
@@ -199,6 +205,8 @@ class LandscapeCallback(TrainerCallback):
         if "forgetting" in metrics:
             from landscape.measures.forgetting import load_suites
 
+            if not self.cfg.probe_suites:
+                D.refuse_toy_default(tok, "probe_suites")
             self._suites = load_suites(list(self.cfg.probe_suites) or None)
             if self.cfg.probe_suite_items:  # a fixed subset: every probe scores the same items
                 self._suites = [replace(s, items=s.items[:self.cfg.probe_suite_items]) for s in self._suites]
@@ -333,6 +341,20 @@ def _is_main() -> bool:
     from landscape.foundation import distributed
 
     return distributed.is_main()
+
+
+def _tokenizer_of(model):
+    """The tokenizer saved beside the model's weights (``name_or_path``, when it is a local directory that
+    holds one): a Trainer built without ``processing_class`` (pre-tokenized data, an own collator)."""
+    from landscape.foundation.checkpoint import load_tokenizer
+
+    for m in (model, getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        path = getattr(m, "name_or_path", None) or getattr(getattr(m, "config", None), "_name_or_path", None)
+        if path and Path(path).is_dir():
+            tok = load_tokenizer(path)
+            if tok is not None:
+                return tok
+    return None
 
 
 def read_trajectory(path) -> dict:
