@@ -18,8 +18,9 @@ from landscape.foundation import configs as C
 
 
 def show_progress(quiet: bool) -> bool:
-    """Progress bars only on a terminal, never with --quiet or when stderr is piped."""
-    return not quiet and sys.stderr.isatty()
+    """Progress unless --quiet: bars on a terminal, a plain line at most every 30 s on stderr elsewhere
+    (:mod:`landscape.foundation.progress`)."""
+    return not quiet
 
 
 def output_options(f):

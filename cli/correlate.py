@@ -22,6 +22,7 @@ def command(manifest, out, store, as_json, quiet, **kw):
     Example:
       landscape correlate runs/demo/manifest.yaml --out runs/demo/report.html
     """
+    from landscape.study.correlate import MIN_BOOTSTRAP_N, SMALL_N
     from landscape.study.runner import run_manifest
 
     r = run_manifest(manifest, out, store_path=store, load=config_from(LoadConfig, kw), progress=show_progress(quiet))
@@ -30,5 +31,9 @@ def command(manifest, out, store, as_json, quiet, **kw):
     for row in r["ranking"]:
         rho = "-" if row["spearman"] is None else f"{row['spearman']:+.3f}"
         p = "-" if row["p"] is None else f"{row['p']:.3g}"
-        lines.append(f"  {row['metric']:<22} ρ {rho:>7}  p {p}")
+        lines.append(f"  {row['metric']:<22} ρ {rho:>7}  p {p}  n {row['n']}")
+    small = sorted({row["n"] for row in r["ranking"] if row["n"] is not None and row["n"] < SMALL_N})
+    if small:
+        lines.append(f"note: n = {', '.join(map(str, small))}: p-values exact (permutation), but a correlation over "
+                     f"so few checkpoints can be large by chance; intervals are wide or absent (n < {MIN_BOOTSTRAP_N})")
     emit(r, as_json, "\n".join(lines))

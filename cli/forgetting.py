@@ -17,7 +17,7 @@ def command(base, tuned, store, as_json, quiet, **kw):
 
     delta > 0 means forgotten: base − tuned for accuracies, tuned − base for losses;
     relative = 100·delta/base. The base is scored once for all TUNED checkpoints. With one TUNED
-    the JSON is one object; with several, a list of them.
+    the JSON is a list with one object per TUNED checkpoint (one or several).
 
     \b
     Example:
@@ -29,7 +29,7 @@ def command(base, tuned, store, as_json, quiet, **kw):
     cfg = config_from(ForgettingConfig, kw)
     res = forgetting(base, tuned, cfg, store=Store(store) if store else None, load=config_from(LoadConfig, kw),
                      progress=show_progress(quiet))
-    emit(res[0] if len(res) == 1 else res, as_json, "\n".join(line for r in res for line in _table(r)))
+    emit(res, as_json, "\n".join(line for r in res for line in _table(r)))
 
 
 def _table(r: dict) -> list[str]:

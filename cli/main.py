@@ -11,7 +11,7 @@ import sys
 import click
 
 import landscape
-from landscape.foundation.errors import UserError, one_line
+from landscape.foundation.errors import Interrupted, UserError, one_line
 
 
 def _in_cli_terms(e: UserError) -> str:
@@ -51,8 +51,12 @@ class LandscapeGroup(click.Group):
                 raise
             click.echo(f"error: {e.format_message()}", err=True)
             sys.exit(2)
-        except click.exceptions.Abort:
-            click.echo("aborted", err=True)
+        except click.exceptions.Abort as e:
+            cause = e.__cause__ or e.__context__
+            click.echo(str(cause) if isinstance(cause, Interrupted) and str(cause) else "aborted", err=True)
+            sys.exit(130)
+        except Interrupted as e:  # raised outside click's own KeyboardInterrupt handling
+            click.echo(str(e) or "aborted", err=True)
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(1)

@@ -81,7 +81,8 @@ def test_conversational_prompt_completion_and_sharegpt(tmp_path, chat_tok):
     ({"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "user", "content": "b"}]},
      "completion has no assistant turn"),
     ({"messages": [{"role": "robot", "content": "a"}]}, "role 'robot'"),
-    ({"messages": [{"role": "user", "text": "a"}]}, r"messages\[1\] must be"),
+    ({"messages": [{"role": "user", "text": "a"}]}, r"messages\[0\] must be"),  # the first: 0, as rec["messages"][0]
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}, r"messages\[1\] has role"),
     ({"messages": []}, "non-empty list"),
     ({"conversations": [{"from": "bot", "value": "a"}]}, "from 'bot'"),
     ({"messages": [{"role": "assistant", "content": 3}]}, "content must be a string"),

@@ -157,3 +157,23 @@ def test_save_checkpoint_is_atomic_and_loadable(tmp_path, llama_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no temp dirs left behind
     checkpoint.save_checkpoint(ck.model, ck.tokenizer, out)  # overwrite in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
+
+
+def test_written_files_follow_the_umask_not_the_writer(tmp_path):
+    """safetensors' writer creates 0600 files: a checkpoint directory is shared like any other file."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from landscape.foundation.io import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "ck") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "ck").iterdir()} == {
+        "model.safetensors": 0o644, "config.json": 0o644}
+    assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o755

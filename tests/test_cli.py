@@ -205,3 +205,31 @@ def test_a_real_model_is_never_measured_on_the_toy_world_silently(tmp_path, text
     assert r.exit_code == 0 and json.loads(r.stdout)["tokens"] > 0, r.output
     r = run("forgetting", d, d, "--suite", "data/real/suites", "--json")
     assert r.exit_code == 0, r.output
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(llama_dir, text_data, tmp_path):
+    """Output redirected (a log, CI, nohup): a long loop says where it is in plain lines, never bars; a
+    short one says nothing. LANDSCAPE_PROGRESS_EVERY shrinks the 30 s interval so the test sees lines."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "-m", "landscape.cli", "finetune", str(llama_dir), "--data", str(text_data),
+            "--max-steps", "6", "--batch-size", "2", "--eval-fraction", "0", "--device", "cpu", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    for every, out in (("0.001", "a"), (None, "b")):
+        e = {**env, "LANDSCAPE_PROGRESS_EVERY": every} if every else {k: v for k, v in env.items()
+                                                                      if k != "LANDSCAPE_PROGRESS_EVERY"}
+        with open(tmp_path / f"{out}.err", "w") as err:
+            r = subprocess.run([*args, "--out", str(tmp_path / out)], stdout=subprocess.PIPE, stderr=err, text=True,
+                               env=e, timeout=300)
+        assert r.returncode == 0 and json.loads(r.stdout)["steps"] == 6
+        text = (tmp_path / f"{out}.err").read_text()
+        assert "\r" not in text
+        if every:
+            steps = [line for line in text.splitlines() if "/6 (" in line]
+            assert steps and steps[-1].split(":")[1].strip().startswith("6/6"), text
+        else:
+            assert text == "", text

@@ -136,7 +136,13 @@ def test_manifest_errors_exit_2_with_one_line(study, tmp_path):
     m = yaml.safe_load(missing.read_text())
     m["checkpoints"][1]["path"] = "nope"
     missing.write_text(yaml.safe_dump(m))
+    one = manifest(study, "one.yaml")
+    m = yaml.safe_load(one.read_text())
+    m["checkpoints"] = m["checkpoints"][:1]
+    one.write_text(yaml.safe_dump(m))
     cases = [(manifest(study, "metric.yaml", metrics=["lambda_max", "flatness_vibes"]), "unknown metric(s) flatness_vibes"),
+             (one, "1 checkpoint(s); a correlation over checkpoints needs at least 3"),
+             (manifest(study, "key.yaml", batchsize=4), "known: metrics, surface, data, data_split, batch_size"),
              (missing, "does not exist"), (bad_yaml, "not valid YAML"), (tmp_path / "none.yaml", "no such manifest"),
              (manifest(study, "dup.yaml", labels=["a", "a", "b", "c"]), "share the label"),
              (manifest(study, "grid.yaml", surface={"x": "1:-1:5"}), "grid"),
@@ -372,3 +378,14 @@ def test_exact_p_against_brute_force_enumeration():
     x = g.normal(size=9)
     y = x + g.normal(size=9)  # no ties: Kendall equals scipy's exact distribution
     assert exact_p(x, y)["kendall"] == pytest.approx(stats.kendalltau(x, y, method="exact").pvalue)
+
+
+def test_manifest_reads_exponent_floats_as_numbers(study):
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; a manifest's labels and settings are numbers."""
+    from landscape.study.manifest import load_manifest
+
+    p = study / "floats.yaml"
+    text = manifest(study).read_text().replace("lr: 0.001", "lr: 1e-4")
+    p.write_text(text + "title: 1e-4 run\n")
+    m = load_manifest(p)
+    assert [c["lr"] for c in m.checkpoints] == [1e-4] * 4 and m.title == "1e-4 run"

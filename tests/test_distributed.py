@@ -90,7 +90,7 @@ def test_two_process_forgetting_equals_one_process(llama_dir, tiny_ckpts, tmp_pa
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": "the cat sat on the mat ."}, {"text": "the dog is red ."}])
     args = ["forgetting", llama_dir, tiny_ckpts["qwen2"], "--suite", suite, "--suite", text, "--json", "--quiet",
             "--device", "cpu"]
-    one, two = json.loads(run(args).stdout), json.loads(run(args, n=2).stdout)
+    (one,), (two,) = json.loads(run(args).stdout), json.loads(run(args, n=2).stdout)
     for name in ("colors", "text"):
         assert two["suites"][name]["tuned"] == pytest.approx(one["suites"][name]["tuned"], rel=1e-6)
         assert two["suites"][name]["delta"] == pytest.approx(one["suites"][name]["delta"], rel=1e-6, abs=1e-9)

@@ -206,7 +206,10 @@ def test_other_suite_errors(llama_dir, tmp_path):
 def test_cli_json_shape(llama_dir, suite_dir):
     r = CliRunner().invoke(cli, ["forgetting", str(llama_dir), str(llama_dir), "--suite", str(suite_dir), "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
+    (out,) = json.loads(r.stdout)  # a list whether one checkpoint or several
+    r = CliRunner().invoke(cli, ["forgetting", str(llama_dir), str(llama_dir), str(llama_dir), "--suite",
+                                 str(suite_dir), "--json"])
+    assert [x["tuned"] for x in json.loads(r.stdout)] == [str(llama_dir)] * 2
     assert {"base", "tuned", "suites", "categories", "average"} <= set(out)
     assert set(out["suites"]["colors"]) >= {"metric", "base", "tuned", "delta", "relative"}
     assert set(out["average"]) == {"metric", "base", "tuned", "delta", "relative"}

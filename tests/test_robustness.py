@@ -121,6 +121,9 @@ def test_sigint_during_finetune_keeps_the_state_and_resume_matches(llama_dir, tm
     assert state.exists() and not cut.exists()
     done = torch.load(state, weights_only=True)["step"]
     assert 0 < done < 300
+    # one line that says what was kept and how to go on (it was a bare "aborted")
+    assert err.strip().splitlines()[-1] == (f"interrupted after step {done} of 300: the training state is kept in "
+                                            f"{cut}.partial; the same command with --resume continues from step {done}")
     res = subprocess.run([sys.executable, "-m", "landscape.cli", *args, "--out", str(cut), "--resume"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -243,7 +243,7 @@ def _validate_messages(msgs, where: str, key: str, from_key: str = "role", text_
     if not isinstance(msgs, list) or not msgs:
         raise DataError(f"{where}: {key!r} must be a non-empty list of messages")
     out = []
-    for j, m in enumerate(msgs, 1):
+    for j, m in enumerate(msgs):  # the index a user finds the message at: msgs[j], 0-based like JSON paths
         if not isinstance(m, dict) or set(m) != {from_key, text_key}:
             got = sorted(m) if isinstance(m, dict) else type(m).__name__
             raise DataError(f"{where}: {key}[{j}] must be {{{from_key!r}, {text_key!r}}}, got {got}")

@@ -38,3 +38,7 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """An input data file is missing, empty or malformed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, carrying what was kept and how to go on (the CLI prints it as one line, exit status 130)."""

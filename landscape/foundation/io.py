@@ -59,6 +59,7 @@ def atomic_dir(out: str | os.PathLike):
         yield tmp
         for f in tmp.rglob("*"):  # make the bytes durable before the rename publishes them
             if f.is_file():
+                os.chmod(f, 0o666 & ~umask)  # some writers (safetensors) create files private (0600)
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if out.exists():

@@ -398,7 +398,7 @@ def scorer_config(suite: Suite, tokenizer=None) -> dict:
 
 def evaluate_checkpoint(ck, suites: list[Suite], store=None, batch_size: int = 32, progress: bool = False) -> dict:
     """{suite name: score dict} for a loaded checkpoint, through the store's cache."""
-    from tqdm.auto import tqdm
+    from landscape.foundation.progress import tqdm
 
     from landscape.foundation.store import Store
 

@@ -32,7 +32,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 import landscape
 from landscape.foundation import params as P

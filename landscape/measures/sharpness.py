@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 import landscape
 from landscape.foundation import distributed as dist

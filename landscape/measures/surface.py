@@ -28,7 +28,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 import landscape
 from landscape.foundation import distributed as dist

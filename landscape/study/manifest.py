@@ -48,6 +48,7 @@ TOP_KEYS = ("base", "checkpoints", "flatness", "predictors", "covariates", "suit
             "bootstrap", "seed")
 COVARIATE_LABELS = ("steps", "lr", "rho", "epochs", "lora")  # numeric checkpoint labels usable as covariates
 # Batches over many checkpoints default to a little more of the spectrum and fewer trace samples.
+MIN_CHECKPOINTS = 3  # a correlation has a value from 3 pairs on
 FLATNESS_DEFAULTS = {"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20}
 DEFAULT_SURFACE = {"x": "-1:1:11"}
 
@@ -95,13 +96,29 @@ class Manifest:
         return info
 
 
+def _loader():
+    """PyYAML's safe loader with YAML 1.2's floats: ``lr: 1e-4`` is 0.0001, not the string '1e-4'
+    (YAML 1.1, which PyYAML follows, wants a dot: ``1.0e-4``)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789."))
+    return Loader
+
+
 def _read(p: Path) -> dict:
     import yaml
 
     if not p.is_file():
         raise UserError(f"{p}: no such manifest")
     try:
-        m = yaml.safe_load(p.read_text())
+        m = yaml.load(p.read_text(), Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(m, dict):
@@ -128,6 +145,9 @@ def _resolver(p: Path):
 def _checkpoints(p: Path, cks, rel) -> list[dict]:
     if not isinstance(cks, list) or not cks:
         raise UserError(f"{p}: 'checkpoints' must be a non-empty list")
+    if len(cks) < MIN_CHECKPOINTS:
+        raise UserError(f"{p}: {len(cks)} checkpoint(s); a correlation over checkpoints needs at least "
+                        f"{MIN_CHECKPOINTS} (use `landscape sharpness`, `forgetting` or `predict` for one)")
     out, labels = [], set()
     for i, c in enumerate(cks, 1):
         c = {"path": c} if isinstance(c, str) else c
@@ -161,6 +181,10 @@ def _flatness(p: Path, fl, rel) -> tuple:
     if unknown:
         raise UserError(f"{p}: unknown metric(s) {', '.join(map(str, unknown))}; choose from {', '.join(ALL_METRICS)}")
     surf = fl.pop("surface", None)
+    unknown = sorted(set(fl) - set(DataConfig.keys()) - set(SharpnessConfig.keys()))
+    if unknown:
+        known = ["metrics", "surface", *DataConfig.keys(), *(k for k in SharpnessConfig.keys() if k != "metrics")]
+        raise UserError(f"{p}: flatness: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     data_keys = {k: fl.pop(k) for k in DataConfig.keys() if k in fl}
     if data_keys.get("data"):
         data_keys["data"] = str(rel(data_keys["data"], "flatness.data"))
@@ -195,6 +219,10 @@ def _predictors(p: Path, pr, rel) -> tuple:
     if not isinstance(metrics, list) or unknown:
         raise UserError(f"{p}: predictors.metrics: unknown metric(s) {', '.join(map(str, unknown))}; choose from "
                         f"{', '.join(PREDICTOR_METRICS)}")
+    unknown = sorted(set(pr) - set(DataConfig.keys()) - set(PredictConfig.keys()))
+    if unknown:
+        raise UserError(f"{p}: predictors: unknown key(s) {', '.join(map(repr, unknown))}; known: metrics, "
+                        f"{', '.join([*DataConfig.keys(), *PredictConfig.keys()])}")
     data_keys = {k: pr.pop(k) for k in DataConfig.keys() if k in pr}
     if data_keys.get("data"):
         data_keys["data"] = str(rel(data_keys["data"], "predictors.data"))

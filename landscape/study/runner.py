@@ -113,7 +113,7 @@ def _targets(rows: list[dict]) -> dict:
 def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.PathLike, store_path=None,
                  load: LoadConfig | None = None, progress: bool = False, write: bool = True) -> dict:
     """Measure flatness and forgetting of every checkpoint, correlate, write the report (+ .json)."""
-    from tqdm.auto import tqdm
+    from landscape.foundation.progress import tqdm
 
     from landscape.foundation import checkpoint
     from landscape.foundation.store import Store

@@ -81,7 +81,7 @@ def finetune_all(jobs: dict, workers: int, progress: bool, isolated: bool = Fals
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
-    from tqdm.auto import tqdm
+    from landscape.foundation.progress import tqdm
 
     order = list(jobs)
     reused = [label for label, args in jobs.items() if isolated and _done(*args)]  # no process for these

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 import landscape
 from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
 from landscape.foundation.configs import ConfigError, FinetuneConfig, LoadConfig
-from landscape.foundation.errors import UserError
+from landscape.foundation.errors import Interrupted, UserError
 from landscape.foundation.io import atomic_write, dumps
 from landscape.foundation.loss import batch_term, evaluate, param_device
 from landscape.training.sam import SAM
@@ -523,13 +523,26 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
     try:
         train(job.ck.model, job.train_b, cfg, eval_batches=job.eval_b, opt=opt, state=state,
               on_step=save_and_callback, progress=progress)
-    except KeyboardInterrupt:
-        if _writes_state() and interrupt["at_boundary"]:
+    except KeyboardInterrupt as e:
+        saved = _writes_state() and interrupt["at_boundary"]
+        if saved:
             _save_state(job.partial, job.ck.model, opt, state, job.meta)  # a Ctrl-C loses nothing that finished
-        raise
+        raise Interrupted(_interrupted_note(job, state.step, saved)) from e
     finally:
         if own_sigint:
             signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted_note(job: _Job, step: int, saved: bool) -> str:
+    """What an interrupted run kept, and the command that goes on."""
+    if saved:
+        return (f"interrupted after step {step} of {job.cfg.max_steps}: the training state is kept in {job.partial}; "
+                f"the same command with --resume continues from step {step}")
+    if state_file(job.partial).is_file():
+        return (f"interrupted at step {step} of {job.cfg.max_steps} (a second Ctrl-C, mid-step): {job.partial} keeps the "
+                f"last periodic state; the same command with --resume continues from it")
+    return (f"interrupted at step {step} of {job.cfg.max_steps}: no training state was saved yet (the first at step "
+            f"{job.cfg.save_every}); nothing to resume")
 
 
 def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: dict | None = None) -> dict:

@@ -54,7 +54,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import DiskVector, OnDisk
 from landscape.measures.hessian.operator import add_matvec, dot, norm, random_unit

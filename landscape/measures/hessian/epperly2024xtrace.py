@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import BasisPolicy
 from landscape.measures.hessian.hutchinson1989 import Trace

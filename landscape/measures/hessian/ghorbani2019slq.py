@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, resolve_reorth
 from landscape.measures.hessian.lanczos1950 import ritz, tridiagonal

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.operator import Counted, add_matvec, dot, rademacher
 

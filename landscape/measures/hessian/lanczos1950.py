@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import Basis, BasisPolicy, OnDisk, choose_basis, resolve_reorth
 from landscape.measures.hessian.cullum1985plain import linearity_defect, plain_lanczos

@@ -14,7 +14,7 @@ eigenvalue is negative, λ_max is still the largest algebraic one (tests/test_he
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.lanczos1950 import Spectrum
 from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
