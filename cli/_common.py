@@ -111,6 +111,17 @@ def human_plan(checkpoint, plan: dict) -> str:
     return "\n".join(lines)
 
 
+def human_work(work: dict | None) -> str:
+    """The dry run's count of products and its rough time, as one line ("" when there is none)."""
+    if not work:
+        return ""
+    n = work["at_most"]
+    what = ", ".join(f"{v} {k}" for k, v in n.items() if v)
+    t = work["seconds_rough"]
+    when = f"{t / 3600:.1f} h" if t >= 3600 else f"{t / 60:.1f} min" if t >= 60 else f"{t:.0f} s"
+    return f"\n  work: at most {what or 'nothing'}; roughly {when} (one loss evaluation took {work['loss_seconds']} s)"
+
+
 def with_seed(f):
     """Seed torch before the command runs (every command's randomness follows --seed)."""
 

@@ -1,7 +1,7 @@
 import click
 
-from landscape.cli._common import (batches, config_from, config_options, emit, human_plan, load, load_options,
-                                   output_options, show_progress, with_seed)
+from landscape.cli._common import (batches, config_from, config_options, emit, human_plan, human_work, load,
+                                   load_options, output_options, show_progress, with_seed)
 from landscape.foundation.configs import DataConfig, SharpnessConfig
 
 
@@ -29,7 +29,7 @@ def command(checkpoint, as_json, quiet, **kw):
     bs = batches(ck, kw)
     r = measure(ck.model, bs, cfg, progress=show_progress(quiet))
     if "plan" in r:
-        return emit({"checkpoint": str(checkpoint), **r}, as_json, human_plan(checkpoint, r["plan"]))
+        return emit({"checkpoint": str(checkpoint), **r}, as_json, human_plan(checkpoint, r["plan"]) + human_work(r.get("work")))
     r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint,
          "where": {"weights": str(checkpoint), "data": bs.source}, **r}  # which weights, which tokens
     r["config"]["data"] = {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}

@@ -212,9 +212,15 @@ def test_dry_run_prints_the_plan_and_a_plan_that_cannot_fit_is_refused(llama_dir
     r = CliRunner().invoke(cli, ["sharpness", str(llama_dir), "--data", str(text_data), "--metrics", "lambda_max,sam",
                                  "--hvp-method", "fd", "--dry-run", "--json"])
     assert r.exit_code == 0, r.output
-    p = json.loads(r.output)["plan"]
+    p, w = json.loads(r.output)["plan"], json.loads(r.output)["work"]
     assert p["choices"]["hvp_method"] == "fd" and p["in_weight_units"]["fd_weight_copy"] == 1.0
     assert p["peak_bytes"] > p["start_bytes"]
+    # the work: Lanczos's bound + 3 noise products, SAM's gradient and two losses; a time from a timed loss
+    assert w["at_most"] == {"hvps": 100 + 3, "gradients": 1, "losses": 2}
+    assert w["seconds_rough"] == pytest.approx(w["loss_seconds"] * (103 * 6 + 3 + 2), rel=0.01, abs=0.1)
+    text = CliRunner().invoke(cli, ["sharpness", str(llama_dir), "--data", str(text_data), "--metrics", "lambda_max",
+                                    "--max-iter", "7", "--dry-run"]).output
+    assert "work: at most 7 hvps" in text and "roughly" in text
     monkeypatch.setattr(plans, "free_bytes", lambda device: 1000)
     r = CliRunner().invoke(cli, ["sharpness", str(llama_dir), "--data", str(text_data), "--metrics", "lambda_max",
                                  "--hvp-method", "fd"])

@@ -44,6 +44,9 @@ class tqdm(_tqdm):  # noqa: N801 (a drop-in for tqdm.auto.tqdm)
         # a line is written by the interval only, not by every new postfix (a loss per step)
         super().set_postfix(ordered_dict, refresh=refresh and not getattr(self, "_lines", False), **kwargs)
 
+    def set_postfix_str(self, s="", refresh=True):
+        super().set_postfix_str(s, refresh=refresh and not getattr(self, "_lines", False))
+
     def set_description(self, desc=None, refresh=True):
         super().set_description(desc, refresh=refresh and not getattr(self, "_lines", False))
 

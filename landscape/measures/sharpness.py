@@ -246,7 +246,8 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
         pl = plan(model, obj, cfg)
         if cfg.dry_run:
             stages.close()
-            return {"plan": pl.as_dict(), "config": {**cfg.as_dict(), "n_params": P.numel(obj.params)}}
+            return {"plan": pl.as_dict(), "work": work(obj, cfg, pl.choices["hvp_method"], model),
+                    "config": {**cfg.as_dict(), "n_params": P.numel(obj.params)}}
         plans.check_fits(pl, plans.free_bytes(obj.device), "sharpness")
         L0 = obj.value()
         if not math.isfinite(L0):
@@ -463,6 +464,43 @@ class _Stages:
         if self.started:
             self.bar.update(1)
         self.bar.close()
+
+
+# Forward-pass equivalents of one product, for the dry run's rough time: a gradient is about three
+# forwards; an fd product two gradients; a double-backward product 2 (its graph kept: small models) to 8.
+FORWARDS_PER = {"gradient": 3.0, "fd": 6.0, "exact": 5.0}
+
+
+def work(obj, cfg: SharpnessConfig, method: str, model) -> dict:
+    """What a measurement will cost, at most: Hessian-vector products, gradients and loss evaluations
+    per metric (the stops of Lanczos/power iteration may end it sooner), and a rough time — one loss
+    evaluation timed now, times the forward-pass equivalents of each (:data:`FORWARDS_PER`)."""
+    names, per = cfg.metrics, {}
+    if {"lambda_max", "lambda_min"} & set(names):
+        per["lambda"] = {"hvps": cfg.max_iter + (3 if method == "fd" else 0)}
+    if "trace" in names:
+        per["trace"] = {"hvps": cfg.trace_samples}
+    for key in ("eps", "eps_subspace"):
+        if key in names:
+            per[key] = {"gradients": cfg.eps_steps, "losses": cfg.eps_steps + 1}
+    for key in ("sam", "asam"):
+        if key in names:
+            per[key] = {"gradients": cfg.sam_steps, "losses": 2}
+    if "avg" in names:
+        per["avg"] = {"losses": cfg.avg_samples + 1}
+    if cfg.per_layer:
+        per["per_layer"] = {"hvps": len(P.layer_groups(model)) * (cfg.max_iter + ("trace" in names) * cfg.trace_samples)}
+    total = {k: sum(v.get(k, 0) for v in per.values()) for k in ("hvps", "gradients", "losses")}
+    obj.value()  # the first evaluation pays one-time costs (allocator, kernels, lazy initialisation)
+    t0 = time.perf_counter()
+    obj.value()
+    forward = time.perf_counter() - t0
+    fwd = (total["hvps"] * FORWARDS_PER["fd" if method == "fd" else "exact"]
+           + total["gradients"] * FORWARDS_PER["gradient"] + total["losses"])
+    return {"at_most": total, "per_metric": per, "not_counted": [m for m in names if m == "density"],
+            "loss_seconds": round(forward, 3), "seconds_rough": round(forward * fwd, 1),
+            "rough": "one loss evaluation timed now × forward-pass equivalents (gradient 3, fd product 6, exact 5); "
+                     "within a factor of ~3; the counts are upper bounds (Lanczos usually stops sooner)"}
 
 
 def _lanczos_vectors(cfg: SharpnessConfig, n: int, vsize: int, device) -> int:
