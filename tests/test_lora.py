@@ -246,3 +246,21 @@ def test_sam_trainer_on_a_peft_model_equals_sam_over_the_adapter(tokenizer, tmp_
         if not torch.equal(p.detach(), init[n]):
             moved.append(n)
     assert len(moved) == 4 and all(".lora_" in n for n in moved)  # A and B of q_proj and v_proj; the base stays
+
+
+def test_no_peft_warning_a_user_cannot_act_on(lora_run, tmp_path, monkeypatch):
+    """A base loaded by a relative path made peft warn that base_model_name_or_path "was renamed"
+    (seven times in `make demo`); the adapter records the absolute path either way."""
+    import warnings
+
+    from landscape.foundation import checkpoint
+    from landscape.foundation.configs import FinetuneConfig
+    from landscape.training.finetune import with_lora
+
+    monkeypatch.chdir(lora_run["base"].parent)
+    ck = checkpoint.load_checkpoint(lora_run["base"].name)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pm = with_lora(ck.model, FinetuneConfig(lora=4), lora_run["base"].name)
+    assert [str(w.message) for w in seen] == []
+    assert pm.peft_config["default"].base_model_name_or_path == str(lora_run["base"].resolve())

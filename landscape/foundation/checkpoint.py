@@ -371,11 +371,15 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
 
 @contextlib.contextmanager
 def quiet_peft():
-    """peft 0.21 calls transformers' deprecated ``is_gradient_checkpointing``: not the user's concern."""
+    """Warnings of peft's that a user cannot act on: peft 0.21 calls transformers' deprecated
+    ``is_gradient_checkpointing``; ``get_peft_model`` warns that ``base_model_name_or_path`` "was renamed"
+    whenever the model was loaded by another spelling of the same path (relative vs absolute) — the
+    adapter's base is set explicitly to the absolute path right after (:func:`with_lora`)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*base_model_name_or_path` was renamed.*", category=UserWarning)
         yield
 
 
