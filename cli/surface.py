@@ -46,7 +46,9 @@ def command(checkpoint, to_ckpt, to_y_ckpt, out, as_json, quiet, **kw):
         return emit({"checkpoint": str(checkpoint), "plan": pl}, as_json, human_plan(checkpoint, pl))
     meta = {"checkpoint": str(checkpoint), "checkpoint_fingerprint": ck.fingerprint, "data": bs.source,
             "data_fingerprint": bs.fingerprint, "to_fingerprint": fps.get("to"),
-            "to_y_fingerprint": fps.get("to_y"), "dtype": str(load_kw["dtype"])}
+            "to_y_fingerprint": fps.get("to_y"), "dtype": str(load_kw["dtype"]),
+            **({"to_checkpoint": str(to_ckpt)} if to_ckpt else {}),
+            **({"to_y_checkpoint": str(to_y_ckpt)} if to_y_ckpt else {})}
     r = surface(ck.model, bs, out, cfg, targets=Targets(**targets), meta=meta, progress=show_progress(quiet))
     span = (f"; loss {r['loss_min']:.6g} … {r['loss_max']:.6g}, {r['loss_at_origin']:.6g} at the origin"
             if r.get("loss_at_origin") is not None else "")

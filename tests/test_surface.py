@@ -391,3 +391,34 @@ def test_surface_metrics_formulas_in_one_and_two_dimensions(tmp_path):
     m2 = S.surface_metrics(tmp_path / "two.h5")
     Xi, Yi = X[1:-1, 1:-1], Y[1:-1, 1:-1]
     assert m2["mean_absolute_gradient"] == pytest.approx(np.mean((np.abs(2 * a * Xi) + np.abs(2 * b * Yi)) / 2))
+
+
+def test_figures_say_what_their_axes_are_in_every_format(llama_dir, text_data, tmp_path):
+    """A random plane: α along d₁ / β along d₂, filter-normalised; a --to line: 0 = base → 1 = tuned;
+    the loss with its unit and a colorbar; the checkpoint and data named. HTML (plotly) and the
+    paper formats (matplotlib; text kept as text in SVG and PDF)."""
+    run = CliRunner().invoke
+    plane, line = tmp_path / "plane.h5", tmp_path / "line.h5"
+    tuned = tmp_path / "tuned"
+    shutil.copytree(llama_dir, tuned)
+    for args in (["--x", "-1:1:3", "--y", "-1:1:3", "--out", plane], ["--to", tuned, "--x", "0:1:3", "--out", line]):
+        r = run(cli, ["surface", str(llama_dir), "--data", str(text_data), *map(str, args)])
+        assert r.exit_code == 0, r.output
+    base, to = "/".join(llama_dir.parts[-2:]), "/".join(tuned.parts[-2:])
+    want = ["α along d₁ (random, filter-normalised)", "β along d₂ (random, filter-normalised)",
+            f"0 = {base} → 1 = {to}", "loss (nats/token)", f"{base} on {'/'.join(text_data.parts[-2:])}"]
+    r = run(cli, ["plot", str(plane), str(line), "--out", str(tmp_path / "f.svg")])
+    assert r.exit_code == 0, r.output
+    svg = (tmp_path / "f.svg").read_text()
+    for text in want:
+        assert text in svg, text
+    assert run(cli, ["plot", str(plane), str(line), "--out", str(tmp_path / "f.html")]).exit_code == 0
+    html_page = (tmp_path / "f.html").read_text().replace("\\u002f", "/")  # plotly's JSON writes / as \u002f
+    for text in want:
+        assert json.dumps(text)[1:-1] in html_page or text in html_page, text
+    assert '"title":{"side":"right","text":"loss(nats/token)"}' in html_page.replace(" ", "")  # the colorbar's
+    for fmt, magic in (("pdf", b"%PDF"), ("png", b"\x89PNG")):
+        r = run(cli, ["plot", str(plane), "--out", str(tmp_path / f"f.{fmt}")])
+        assert r.exit_code == 0 and (tmp_path / f"f.{fmt}").read_bytes()[:4] == magic
+    r = run(cli, ["plot", str(plane), "--out", str(tmp_path / "g.fig"), "--format", "pdf", "--json"])
+    assert json.loads(r.stdout)["format"] == "pdf" and (tmp_path / "g.fig").read_bytes()[:4] == b"%PDF"

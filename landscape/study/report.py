@@ -32,13 +32,38 @@ def _none_for_nan(a: np.ndarray):
         [None if not np.isfinite(v) else float(v) for v in a]
 
 
+def _short(path) -> str:
+    """A checkpoint's or data file's name as a reader knows it: its last two path parts."""
+    return "/".join(Path(str(path)).parts[-2:]) if path else "?"
+
+
+def surface_labels(s: dict, log: bool = False) -> dict:
+    """What a surface's axes are, from its file: a random filter-normalised direction (α, β) or the
+    straight line to another checkpoint (0 = this one, 1 = that one); the loss; checkpoint and data."""
+    a = s["attrs"]
+    here = _short(a.get("checkpoint"))
+
+    def axis(norm, target, greek, d):
+        if norm == "target":
+            return f"0 = {here} → 1 = {_short(a.get(target)) if a.get(target) else 'the --to checkpoint'}"
+        return f"{greek} along {d} (random, {norm}-normalised)" if norm != "none" else f"{greek} along {d} (random)"
+
+    return {"x": axis(a.get("norm"), "to_checkpoint", "α", "d₁"),
+            "y": None if s["y"] is None else axis(a.get("y_norm"), "to_y_checkpoint", "β", "d₂"),
+            "z": "log₁₀ loss" if log else "loss (nats/token)",
+            "title": f"{here} on {_short(a.get('data'))}"}
+
+
 def surface_figure(paths: list, log: bool = False, clip: float | None = None, titles: list | None = None):
-    """One column per surface file: 2-D files get a 3-D surface over a contour map, 1-D files a curve."""
+    """One column per surface file: 2-D files get a 3-D surface over a contour map, 1-D files a curve;
+    axes say what they are (α along d₁ or 0 = base → 1 = tuned; loss), each panel names its checkpoint
+    and data."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     surfs = [read_surface(p) for p in paths]
-    titles = [html.escape(str(t)) for t in (titles or [Path(p).name for p in paths])]
+    labels = [surface_labels(s, log) for s in surfs]
+    titles = [html.escape(str(t)) for t in (titles or [lab["title"] for lab in labels])]
     any2d = any(s["y"] is not None for s in surfs)
     rows = 2 if any2d else 1
     specs = [[{"type": "surface"} if s["y"] is not None else {"type": "xy"} for s in surfs]]
@@ -46,23 +71,33 @@ def surface_figure(paths: list, log: bool = False, clip: float | None = None, ti
         specs.append([{"type": "xy"} if s["y"] is not None else None for s in surfs])
     fig = make_subplots(rows=rows, cols=len(surfs), specs=specs, subplot_titles=titles,
                         vertical_spacing=0.08)
-    zlabel = "log10 loss" if log else "loss"
-    for c, s in enumerate(surfs, 1):
+    zlabel = labels[0]["z"]
+    scenes = {}
+    for c, (s, lab) in enumerate(zip(surfs, labels), 1):
         z = _prepare(s["loss"], log, clip)
+        xl, yl = html.escape(lab["x"]), html.escape(lab["y"] or "")
         if s["y"] is None:
             fig.add_trace(go.Scatter(x=s["x"].tolist(), y=_none_for_nan(z), mode="lines+markers",
                                      connectgaps=False, name=titles[c - 1]), row=1, col=c)
-            fig.update_xaxes(title_text="x", row=1, col=c)
+            fig.update_xaxes(title_text=xl, row=1, col=c)
             fig.update_yaxes(title_text=zlabel, row=1, col=c)
         else:
             zt = _none_for_nan(z.T)  # plotly: z[row = y][col = x]
             fig.add_trace(go.Surface(x=s["x"].tolist(), y=s["y"].tolist(), z=zt, colorscale="Viridis",
                                      showscale=False, name=titles[c - 1]), row=1, col=c)
+            bar = {"title": {"text": zlabel, "side": "right"}, "len": 0.45, "y": 0.22,
+                   "x": c / len(surfs) - 0.02 if len(surfs) > 1 else 1.02}
             fig.add_trace(go.Contour(x=s["x"].tolist(), y=s["y"].tolist(), z=zt, colorscale="Viridis",
-                                     showscale=c == len(surfs), ncontours=30, connectgaps=False,
+                                     showscale=True, colorbar=bar, ncontours=30, connectgaps=False,
                                      name=titles[c - 1]), row=2, col=c)
-    fig.update_layout(height=900 if any2d else 450, width=max(520 * len(surfs), 700),
-                      title_text=f"loss surface ({zlabel}{', clipped at %g' % clip if clip else ''})")
+            fig.update_xaxes(title_text=xl, row=2, col=c)
+            fig.update_yaxes(title_text=yl, row=2, col=c)
+            n = sum(1 for t in surfs[:c] if t["y"] is not None)
+            scenes["scene" if n == 1 else f"scene{n}"] = {"xaxis_title": "α" if "α" in lab["x"] else "t (x)",
+                                                         "yaxis_title": "β" if "β" in (lab["y"] or "") else "t (y)",
+                                                         "zaxis_title": "log₁₀ loss" if log else "loss"}
+    fig.update_layout(height=900 if any2d else 450, width=max(560 * len(surfs), 700),
+                      title_text=f"loss surface ({zlabel}{', clipped at %g' % clip if clip else ''})", **scenes)
     return fig
 
 
@@ -116,6 +151,8 @@ def trajectory_figure(paths: list):
     nrows = math.ceil(len(present) / cols)
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=present)
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+    last = max((x["step"] for _, recs in runs for x in recs), default=1)
+    dtick = max(1, math.ceil(last / 8))  # whole optimizer steps (plotly's auto ticks fall at 2.5)
     for k, m in enumerate(present):
         r, c = k // cols + 1, k % cols + 1
         for j, (label, recs) in enumerate(runs):
@@ -123,7 +160,8 @@ def trajectory_figure(paths: list):
             fig.add_trace(go.Scatter(x=[a for a, _ in pts], y=[b for _, b in pts], mode="lines+markers", name=label,
                                      legendgroup=label, showlegend=k == 0,
                                      line={"color": palette[j % len(palette)]}), row=r, col=c)
-        fig.update_xaxes(title_text="step", row=r, col=c)
+        fig.update_xaxes(title_text="optimizer step", tick0=0, dtick=dtick, row=r, col=c)
+        fig.update_yaxes(title_text=m, row=r, col=c)
         if m in LOG_AXES:
             fig.update_yaxes(type="log", row=r, col=c)
     fig.update_layout(height=320 * nrows, width=max(420 * cols, 700), title_text="measured while training")
@@ -334,6 +372,8 @@ def tradeoff_figure(trade: dict):
 
     fig = go.Figure()
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+    last = max((x["step"] for _, recs in runs for x in recs), default=1)
+    dtick = max(1, math.ceil(last / 8))  # whole optimizer steps (plotly's auto ticks fall at 2.5)
     for j, (fam, f) in enumerate(sorted(trade["families"].items())):
         color, name = palette[j % len(palette)], html.escape(fam)
         pts = f["points"]
