@@ -23,16 +23,47 @@ def show_progress(quiet: bool) -> bool:
     return not quiet
 
 
+class GroupedOption(click.Option):
+    """An option that knows its section of ``--help``."""
+
+    def __init__(self, *args, group: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+# --help sections, in order: what the command does first, the shared plumbing last.
+SECTIONS = ("Options", "Data", "Output", "Loading the checkpoint (every command)")
+GROUP_OF = {"LoadConfig": SECTIONS[3], "DataConfig": SECTIONS[1]}
+
+
+class GroupedCommand(click.Command):
+    """``--help`` with the options in sections: the command's own, then data, output, and loading."""
+
+    def format_options(self, ctx, formatter):
+        rows: dict = {name: [] for name in SECTIONS}
+        for param in self.get_params(ctx):
+            rec = param.get_help_record(ctx)
+            if rec is not None:
+                rows[getattr(param, "group", "") or SECTIONS[0]].append(rec)
+        for name in SECTIONS:
+            if rows[name]:
+                with formatter.section(name):
+                    formatter.write_dl(rows[name])
+
+
 def output_options(f):
-    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or chatter.")(f)
-    f = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or chatter.", cls=GroupedOption,
+                     group=SECTIONS[2])(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.",
+                     cls=GroupedOption, group=SECTIONS[2])(f)
     return f
 
 
-def _click_option(fld: dataclasses.Field):
+def _click_option(fld: dataclasses.Field, group: str = ""):
     m = fld.metadata
     flag = C.flag_for(fld.name)
-    kw: dict = {"help": m["help"], "show_default": fld.default not in (None, ())}
+    kw: dict = {"help": m["help"], "show_default": fld.default not in (None, ()), "cls": GroupedOption,
+                "group": group}
     kind, default = m["kind"], fld.default
     if kind == "bool":
         return click.option(flag, fld.name, is_flag=True, default=default, **{**kw, "show_default": "/" in flag})
@@ -56,7 +87,7 @@ def config_options(cls, exclude: tuple = ()):
     def decorate(f):
         for fld in reversed(dataclasses.fields(cls)):
             if fld.name not in exclude:
-                f = _click_option(fld)(f)
+                f = _click_option(fld, GROUP_OF.get(cls.__name__, ""))(f)
         return f
     return decorate
 

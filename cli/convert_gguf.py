@@ -1,9 +1,9 @@
 import click
 
-from landscape.cli._common import emit, output_options
+from landscape.cli._common import GroupedCommand, emit, output_options
 
 
-@click.command("convert-gguf")
+@click.command("convert-gguf", cls=GroupedCommand)
 @click.argument("gguf_file", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it holds something else.")

@@ -1,10 +1,10 @@
 import click
 
-from landscape.cli._common import config_from, emit, load_options, output_options, show_progress
+from landscape.cli._common import GroupedCommand, config_from, emit, load_options, output_options, show_progress
 from landscape.foundation.configs import LoadConfig
 
 
-@click.command("correlate")
+@click.command("correlate", cls=GroupedCommand)
 @click.argument("manifest", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The HTML report (JSON beside it).")
 @click.option("--store", type=click.Path(dir_okay=False), default=None,

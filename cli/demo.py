@@ -2,10 +2,10 @@ from pathlib import Path
 
 import click
 
-from landscape.cli._common import emit, output_options, show_progress
+from landscape.cli._common import GroupedCommand, emit, output_options, show_progress
 
 
-@click.command("demo")
+@click.command("demo", cls=GroupedCommand)
 @click.option("--model", type=click.Choice(["toy", "smollm2"]), default="toy", show_default=True,
               help="toy: the embedded world and its 0.7M-parameter demo model; smollm2: the real pretrained "
                    "SmolLM2-135M shipped on PyPI (`make real`), real-world suites.")

@@ -1,9 +1,9 @@
 import click
 
-from landscape.cli._common import emit, output_options, show_progress
+from landscape.cli._common import GroupedCommand, emit, output_options, show_progress
 
 
-@click.command("demo-model")
+@click.command("demo-model", cls=GroupedCommand)
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--steps", type=int, default=None, help="Pretraining steps (default 2000, about 100 s on 2 cores).")
 @click.option("--seed", type=int, default=0, show_default=True)

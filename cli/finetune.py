@@ -1,11 +1,11 @@
 import click
 
-from landscape.cli._common import (config_from, config_options, emit, human_plan, load_options, output_options,
-                                   show_progress, with_seed)
+from landscape.cli._common import (GroupedCommand, config_from, config_options, emit, human_plan, load_options,
+                                   output_options, show_progress, with_seed)
 from landscape.foundation.configs import FinetuneConfig, LoadConfig, ProbeConfig
 
 
-@click.command("finetune")
+@click.command("finetune", cls=GroupedCommand)
 @click.argument("base", type=click.Path())
 @click.option("--data", type=click.Path(), required=True,
               help="Training records ({text} | {prompt, completion} | {input_ids} | chat {messages}): a "

@@ -1,10 +1,11 @@
 import click
 
-from landscape.cli._common import config_from, config_options, emit, load_options, output_options, show_progress
+from landscape.cli._common import (GroupedCommand, config_from, config_options, emit, load_options, output_options,
+                                   show_progress)
 from landscape.foundation.configs import ForgettingConfig, LoadConfig
 
 
-@click.command("forgetting")
+@click.command("forgetting", cls=GroupedCommand)
 @click.argument("base", type=click.Path())
 @click.argument("tuned", type=click.Path(), nargs=-1, required=True)
 @config_options(ForgettingConfig)

@@ -1,10 +1,10 @@
 import click
 
-from landscape.cli._common import config_from, config_options, emit, output_options
+from landscape.cli._common import GroupedCommand, config_from, config_options, emit, output_options
 from landscape.foundation.configs import LoadConfig
 
 
-@click.command("info")
+@click.command("info", cls=GroupedCommand)
 @click.argument("checkpoint", type=click.Path())
 @config_options(LoadConfig, exclude=("device", "dtype"))
 @output_options

@@ -1,11 +1,11 @@
 import click
 
-from landscape.cli._common import (batches, config_options, emit, load, load_options, output_options, seed_option,
-                                   with_seed)
+from landscape.cli._common import (GroupedCommand, batches, config_options, emit, load, load_options, output_options,
+                                   seed_option, with_seed)
 from landscape.foundation.configs import DataConfig
 
 
-@click.command("loss")
+@click.command("loss", cls=GroupedCommand)
 @click.argument("checkpoint", type=click.Path())
 @config_options(DataConfig)
 @load_options

@@ -1,9 +1,9 @@
 import click
 
-from landscape.cli._common import emit, output_options
+from landscape.cli._common import GroupedCommand, emit, output_options
 
 
-@click.command("plot")
+@click.command("plot", cls=GroupedCommand)
 @click.argument("surface_files", type=click.Path(), nargs=-1, required=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="The file to write: .html (interactive), or a figure for a paper: .png, .pdf, .svg.")

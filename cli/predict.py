@@ -1,11 +1,11 @@
 import click
 
-from landscape.cli._common import (config_from, config_options, emit, human_plan, load_options, output_options,
-                                   show_progress, with_seed)
+from landscape.cli._common import (GroupedCommand, config_from, config_options, emit, human_plan, load_options,
+                                   output_options, show_progress, with_seed)
 from landscape.foundation.configs import DataConfig, LoadConfig, PredictConfig
 
 
-@click.command("predict")
+@click.command("predict", cls=GroupedCommand)
 @click.argument("base", type=click.Path())
 @click.argument("tuned", type=click.Path(), nargs=-1, required=True)
 @config_options(DataConfig)

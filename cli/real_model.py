@@ -1,11 +1,11 @@
 import click
 
-from landscape.cli._common import emit, output_options
+from landscape.cli._common import GroupedCommand, emit, output_options
 
 MODELS = ("smollm2", "qwen2.5-coder-1.5b")
 
 
-@click.command("real-model")
+@click.command("real-model", cls=GroupedCommand)
 @click.option("--model", type=click.Choice(MODELS), default="smollm2", show_default=True,
               help="smollm2: SmolLM2-135M-Instruct (`make real`); qwen2.5-coder-1.5b: Qwen2.5-Coder-1.5B-Instruct, "
                    "the paper's size (`make real-1b`).")

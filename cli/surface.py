@@ -1,11 +1,12 @@
 import click
 
-from landscape.cli._common import (batches, config_from, config_options, emit, human_plan, load, load_options,
-                                   output_options, show_progress, with_seed)
+from landscape.cli._common import (GroupedCommand, batches, config_from, config_options, emit, human_plan, load,
+                                   load_options, output_options, show_progress,
+                                   with_seed)
 from landscape.foundation.configs import DataConfig, SurfaceConfig
 
 
-@click.command("surface")
+@click.command("surface", cls=GroupedCommand)
 @click.argument("checkpoint", type=click.Path())
 @config_options(DataConfig)
 @config_options(SurfaceConfig)

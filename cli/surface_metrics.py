@@ -1,9 +1,9 @@
 import click
 
-from landscape.cli._common import emit, output_options
+from landscape.cli._common import GroupedCommand, emit, output_options
 
 
-@click.command("surface-metrics")
+@click.command("surface-metrics", cls=GroupedCommand)
 @click.argument("surface_file", type=click.Path())
 @output_options
 def command(surface_file, as_json, quiet):

@@ -233,3 +233,16 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(llama_dir, text_d
             assert steps and steps[-1].split(":")[1].strip().startswith("6/6"), text
         else:
             assert text == "", text
+
+
+def test_help_puts_the_commands_own_options_first_and_the_shared_ones_in_sections():
+    for command in ("sharpness", "finetune", "surface", "predict", "loss"):
+        text = run(command, "--help").output
+        heads = [line for line in text.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+        assert heads == [h for h in ("Options:", "Data:", "Output:", "Loading the checkpoint (every command):")
+                         if h in heads] and heads[0] == "Options:" and heads[-1].startswith("Loading"), (command, heads)
+        loading = text[text.index("Loading the checkpoint"):]
+        own = text[:text.index("Loading the checkpoint")]
+        assert "--dtype" in loading and "--trust-remote-code" in loading and "--dtype" not in own
+    sharp = run("sharpness", "--help").output
+    assert sharp.index("--metrics") < sharp.index("Data:") < sharp.index("--batch-size") < sharp.index("Output:")

@@ -136,15 +136,6 @@ def mixed_sq_norm(tensors, rows: list[bool], group=None, slices: bool = False) -
     return spread + whole
 
 
-def scale(a: Vector, s) -> Vector:
-    return [x * s for x in a]
-
-
-def axpy(alpha, x: Vector, y: Vector) -> Vector:
-    """α·x + y (new tensors)."""
-    return [yi + alpha * xi for xi, yi in zip(x, y)]
-
-
 def flatten(a: Vector) -> torch.Tensor:
     """The tensors of a vector concatenated into one flat tensor (a copy)."""
     return torch.cat([x.reshape(-1) for x in a])
@@ -164,18 +155,9 @@ def numel(a: Vector) -> int:
     return sum(local(x).numel() for x in a)
 
 
-def zeros_like(params) -> Vector:
-    return [torch.zeros_like(p) for p in params]
-
-
 def randn_like(params, generator: torch.Generator, dtype=None) -> Vector:
     """Gaussian vector, drawn on the CPU from ``generator`` (so any device gives the same numbers)."""
     return [draw(p, lambda s: torch.randn(s, generator=generator, dtype=torch.float64)).to(p.device, dtype or p.dtype)
-            for p in params]
-
-
-def rademacher_like(params, generator: torch.Generator, dtype=None) -> Vector:
-    return [draw(p, lambda s: torch.randint(0, 2, s, generator=generator) * 2 - 1).to(p.device, dtype or p.dtype)
             for p in params]
 
 

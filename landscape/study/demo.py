@@ -109,8 +109,8 @@ TOY = StudySpec(
     fast_runs=("adamw-lr3e-4", "adamw-lr1e-3", "adamw-lr1e-3-s300", "sam-rho0.05", "sam-rho0.2", "asam-rho1.0",
                "lora-adamw-r8"),
     finetune=FinetuneConfig(batch_size=16, warmup=10, seed=0),
-    # cut to fit 25 checkpoints in the budget (2026-12-01): a 10-probe trace (was 20) and a 1-D
-    # 11-point line (was an 11×11 surface: 4.7 s of a checkpoint's 15 s of measurement)
+    # sized for 25 checkpoints in the demo's budget: a 10-probe trace and an 11-point line (an 11×11
+    # surface would be 4.7 s of a checkpoint's 15 s of measurement)
     flatness={"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 10, "eps": 1e-3,
               "metrics": ["lambda_max", "trace", "eps", "sam", "avg", "surface_curvature", "average_gradient"],
               "surface": {"x": "-1:1:11"}},

@@ -17,21 +17,15 @@ from landscape.foundation.configs import FinetuneConfig
 from landscape.foundation.data import real_data_dir
 from landscape.study.studies import StudySpec, run_study
 
-# Settings found by trying (2026-11-25, 2 cores): AdamW at lr 1e-4 for 30 steps learns the task
-# (train loss 3.99 → 0.14) and forgets almost nothing (0.009 average accuracy); at 3e-4 it forgets
-# 0.155 (knowledge 0.19, reasoning 0.19, understanding 0.09). The sweep spans that range.
-# Cut to fit two tasks and three seeds in the budget (2026-12-01; the 2026-11-30 design is in the
-# README): lr 1e-5 (learned nothing), lr 3e-4 for 60 steps (the equal-compute comparison), SAM ρ 0.2
-# and ASAM are gone; λ_max at ≤ 10 HVPs, SAM sharpness and a 5-point line (no trace, no average
-# sharpness); the predictors at tol 1e-2 on a 4-point line.
-# basis-free λ_max (two vectors, not a 10-vector basis): the study's process holds the base for the
-# predictors beside each checkpoint, and a kept basis made the plan refuse the fourth checkpoint.
-# Cut again to fit both tasks in the hour (2026-12-04; the 2026-12-02 design, 11 + 7 checkpoints, took
-# ≈ 57 min for the reversal half alone): λ_max at ≤ 8 HVPs; on the reversal task AdamW lr 3e-4 for 15
-# steps (its trajectory has steps 10 and 20), lr 1e-3 (past the frontier's learned end) and LoRA-SAM
-# are gone, and AdamW lr 5e-5 is new: it reaches the task levels SAM reaches (EM 0.72–0.87 on
-# 2026-12-02, where no AdamW run was, so no matched-EM comparison could be made); the JSON task runs
-# the two claim-carrying settings (three seeds each) and, once, AdamW lr 1e-4 and LoRA-AdamW.
+# The sweep spans the range between learning without forgetting and forgetting: AdamW at lr 1e-4 for 30
+# steps learns the task (train loss 3.99 → 0.14) and forgets almost nothing (0.009 average accuracy);
+# at 3e-4 it forgets 0.155. AdamW at lr 5e-5 reaches the task levels SAM reaches, so forgetting can be
+# compared at matched exact match. The measurements are sized to fit both tasks in an hour on 2 cores:
+# basis-free λ_max at ≤ 8 HVPs (two vectors: the study's process holds the base for the predictors
+# beside each checkpoint), SAM sharpness and a 5-point line; the predictors at tol 1e-2 on a 4-point
+# line; the JSON task runs the two claim-carrying settings over three seeds, and AdamW lr 1e-4 and
+# LoRA-AdamW once. What each setting costs and finds: docs/results/real-study.md; how the design got
+# here: git log.
 FLATNESS = {"batch_size": 8, "num_batches": 1, "max_length": 48, "top_k": 1, "max_iter": 8, "tol": 1e-2,
             "reorth": "none", "metrics": ["lambda_max", "sam", "surface_curvature"], "surface": {"x": "-1:1:5"}}
 PREDICTORS = {"data": "general.jsonl", "batch_size": 8, "num_batches": 2, "max_length": 48, "line": "0:1:4",
@@ -67,7 +61,7 @@ REAL = StudySpec(
 
 # The second task (data/real/tasks/json): a few "field value" pairs written as a JSON object with its
 # keys sorted — a format and a rule, unlike word reversal and unlike the suites. AdamW at lr 3e-4 for
-# 30 steps takes it from exact match 0.0 to 0.8 (2026-12-01, a first try). Its sequences are ~1.6× as
+# 30 steps takes it from exact match 0.0 to 0.8. Its sequences are ~1.6× as
 # long as reversal's; it runs fewer settings (8 checkpoints).
 REAL_JSON = StudySpec(
     name="smollm2-json", task_dir=Path("tasks") / "json", suites=Path("suites"),

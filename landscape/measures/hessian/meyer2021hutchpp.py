@@ -12,7 +12,7 @@ reported standard error is that of the Hutchinson part (sample sd / √g; Q's pa
 
 Memory: Q, s weight-sized vectors, in a :class:`.basis.Basis` (in memory or on disk, see there).
 Check: exact on a low-rank matrix, unbiased on a full one, exact for a tiny transformer's dense
-Hessian once s ≥ n (tests/test_trace.py).
+Hessian once s ≥ n (tests/test_hessian.py).
 """
 
 from __future__ import annotations
