@@ -356,6 +356,30 @@ def _rolled(noise: torch.Tensor, shift: int, start: int, n: int) -> torch.Tensor
     return noise[a:a + n] if a + n <= m else torch.cat([noise[a:], noise[:a + n - m]])
 
 
+def flat_piece(vector, i: int):
+    """Entries a..b of the i-th tensor of ``vector``, flattened, as ``read(a, b)``: a slice of the tensor in
+    memory, or a read of just those entries when the vector lives on disk (it has ``read_flat``:
+    :class:`landscape.measures.hessian.basis.DiskVector`'s views) — a 233M-entry embedding is then never
+    read whole."""
+    if hasattr(vector, "read_flat"):
+        return lambda a, b: vector.read_flat(i, a, b)
+    flat = vector[i].reshape(-1)
+    return lambda a, b: flat[a:b]
+
+
+@torch.no_grad()
+def restore(params, origin: Vector) -> None:
+    """p ← origin for every parameter, bit for bit; a disk-held origin is read :data:`DITHER_CHUNK`
+    entries at a time."""
+    for i, p in enumerate(params):
+        if not hasattr(origin, "read_flat"):
+            p.copy_(origin[i])
+            continue
+        read, flat = flat_piece(origin, i), p.view(-1)
+        for a in range(0, flat.numel(), DITHER_CHUNK):
+            flat[a:a + DITHER_CHUNK].copy_(read(a, min(a + DITHER_CHUNK, flat.numel())))
+
+
 @torch.no_grad()
 def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, seed: int, leaves=None):
     """p ← origin + k·δ̃ for each k of ``ks`` in turn (a generator: the weights are set, the caller
@@ -385,18 +409,19 @@ def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, s
     noise = torch.rand(min(C, max(biggest, 1)), generator=g, device=dev)
     shifts = torch.randint(0, C, (len(params), 1 + biggest // C), generator=g, device=dev).tolist()
     for k in ks:
-        for i, (p, o, d, leaf) in enumerate(zip(params, origin, delta, leaves)):
+        for i, (p, leaf) in enumerate(zip(params, leaves)):
             wide = torch.promote_types(p.dtype, torch.float32)
             shape, first, _ = rows(leaf)
             off = first * (shape[1:].numel() if len(shape) > 1 else 1)  # this rank's first entry in the whole
-            flat_p, flat_o, flat_d = p.view(-1), o.reshape(-1), d.reshape(-1)
-            n = flat_o.numel()
+            flat_p, read_o, read_d = p.view(-1), flat_piece(origin, i), flat_piece(delta, i)
+            n = flat_p.numel()
             for J in range(off // C, (off + n - 1) // C + 1) if n else ():
                 g0, g1 = max(J * C, off), min((J + 1) * C, off + n)  # this chunk of the whole, held here
                 a, b = g0 - off, g1 - off
-                oc = flat_o[a:b] if o.dtype == p.dtype else flat_o[a:b].to(p.dtype)  # a narrower exact origin
+                oc = read_o(a, b)
+                oc = oc if oc.dtype == p.dtype else oc.to(p.dtype)  # a narrower exact origin
                 ulp = spacing(oc).to(wide)
-                q = flat_d[a:b].to(wide).mul(eps).div_(ulp)  # the step in units of ulp
+                q = read_d(a, b).to(wide).mul(eps).div_(ulp)  # the step in units of ulp
                 units = q.floor()
                 r = _rolled(noise, shifts[i][J], g0 - J * C, g1 - g0)
                 units += r < q.sub_(units)  # up with probability frac(q)
@@ -405,6 +430,9 @@ def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, s
                     torch.add(oc, step, alpha=k, out=flat_p[a:b])
                 else:  # bf16/fp16: exact in float32, and on the parameter's grid
                     flat_p[a:b].copy_(oc.to(wide) + k * step)
+        # nothing of the last parameter is held while the caller evaluates (an untied 233M-entry head's
+        # chunks are small, but a frame variable would keep whatever it last pointed to alive)
+        oc = q = units = step = ulp = r = read_o = read_d = flat_p = None
         yield k
 
 

@@ -380,5 +380,9 @@ class _LazyViews:
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.vec.read(self.offsets[i], self.offsets[i + 1]).view(self.shapes[i])
 
+    def read_flat(self, i: int, a: int, b: int) -> torch.Tensor:
+        """Entries a..b-1 of the i-th piece, flattened (:func:`landscape.foundation.params.flat_piece`)."""
+        return self.vec.read(self.offsets[i] + a, self.offsets[i] + b)
+
     def __iter__(self):
         return (self[i] for i in range(len(self)))

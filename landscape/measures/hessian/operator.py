@@ -319,9 +319,7 @@ class HessianOperator:
                     P.set_offset(ps, self._origin, v, alpha=k * eps)
                     accumulate_grad(self.obj, out, alpha=c / eps)
         finally:
-            with torch.no_grad():
-                for p, o in zip(ps, self._origin):
-                    p.copy_(o)
+            P.restore(ps, self._origin)
             self._versions = [p._version for p in ps]
 
     def _save_origin(self, ps) -> None:
