@@ -1,6 +1,6 @@
 """Load a local Hugging Face causal-LM checkpoint directory safely, fingerprint it, save one.
 
-Safety rules (see README "Security"):
+Safety rules (docs/reference/checkpoints.md):
 - weights are read from ``*.safetensors`` (single file or sharded with ``model.safetensors.index.json``);
   pickle weights (``pytorch_model*.bin``) are refused unless the caller passes ``trust_pickle=True``,
   and even then are read with ``torch.load(weights_only=True)`` (transformers' own loader);

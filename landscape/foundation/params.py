@@ -391,7 +391,7 @@ def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, s
     those where v is small against w — a systematic shrinking of the step, which made central
     differences along SmolLM2-135M's top eigenvector 2.6e-3 too small at h = 3.8e-4 (‖w‖ = 2120: a
     weight of 0.2 has a spacing of 1.5e-8, a step of 1e-3 spread over 134M entries is ~9e-8 an entry);
-    dithered, 4e-5 (README "Finite-difference HVPs"). Rounded at random, the error is zero-mean
+    dithered, 4e-5 (docs/howto/memory.md, "Finite-difference HVPs"). Rounded at random, the error is zero-mean
     noise, independent of v, and the Hessian maps such noise to about the mean curvature, far below
     λ_max. Since δ̃ is a multiple of the spacing, w ± kδ̃ is exact (but where it crosses a power of two
     upwards), so the same draws (``seed``) serve every k of a stencil. Computed in the parameter's

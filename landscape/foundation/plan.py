@@ -11,7 +11,7 @@ The activations are *measured*, not modelled: one sequence of the batch's length
 with a counter on the tensors autograd saves (:func:`activation_bytes`), and scaled by the batch
 size — cheap at any model size (one sequence of 48 tokens on the 1.1B shape: 0.1 GB). The one
 factor that is a fit is the exact (double-backward) HVP's graph: EXACT_HVP_FACTOR weight copies and
-EXACT_ACT_FACTOR × the activations, fitted on the 4M toy and SmolLM2-135M (README "Memory plan").
+EXACT_ACT_FACTOR × the activations, fitted on the 4M toy and SmolLM2-135M (docs/howto/memory.md).
 
 Commands refuse, with one line, a plan whose peak exceeds the memory the process may still take
 (:func:`check_fits`), instead of being killed by the OS.
@@ -199,7 +199,7 @@ def forward_bytes(model: torch.nn.Module, batches) -> int:
 
 # auto takes exact products (float32/float64 weights) only while their peak stays within this factor
 # of the finite differences' peak: beyond it, the double-backward graph is memory spent on accuracy
-# that dithered fd products already give (~1e-4 of λ_max in float32, README "Finite-difference HVPs")
+# that dithered fd products already give (~1e-4 of λ_max in float32, docs/howto/memory.md, "Finite-difference HVPs")
 EXACT_OVER_FD = 1.5
 
 

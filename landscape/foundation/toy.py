@@ -68,7 +68,7 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, h
 
 # Every decoder-only causal LM of transformers 5.x that a tiny config builds from sizes alone
 # (tests/test_archs.py runs loss, λ_max vs a dense Hessian, a 3×3 surface, a SAM step and a
-# forgetting score on each; README "Architectures").
+# forgetting score on each; docs/reference/checkpoints.md).
 SWEEP_ARCHS = ("llama", "mistral", "ministral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
                "gemma3_text", "recurrent_gemma", "phi", "phi3", "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "opt",
                "bloom", "stablelm", "starcoder2", "olmo", "olmo2", "olmoe", "cohere", "granite", "granitemoe",

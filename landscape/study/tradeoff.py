@@ -25,7 +25,7 @@ score, higher = learned more — exact match, or minus the task loss) and how mu
   frontiers from those seeds' points. With one seed the replicates draw points instead, and the
   result says so (``"points"``): that interval ignores run-to-run variation and is optimistic; with
   one seed and fewer than three points in a family there is no interval (null). A percentile
-  interval over few seeds is narrower than nominal (measured in tests/test_tradeoff.py: see the README).
+  interval over few seeds is narrower than nominal (measured in tests/test_tradeoff.py; docs/concepts/forgetting.md).
 
 All choices here (Pareto frontier, linear interpolation, the three levels, percentile bootstrap) are
 ours, stated because the paper names no procedure for them.

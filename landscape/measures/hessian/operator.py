@@ -142,7 +142,7 @@ def fd_step(dtype: torch.dtype, weight_norm: float, order: int = 2) -> float:
     derivative is far larger than along a random direction, and the residual test cannot see the
     resulting bias (the fd operator is consistent, only not H). Earlier, with nearest rounding and
     h₀: Lanczos λ_max against double backward on a 22.7k-parameter Llama 3.6e-7 to 8e-5 and on a
-    4.0M one 1.6e-5, truncation ×16 per ×4 in h above that (README "Finite-difference HVPs"). The
+    4.0M one 1.6e-5, truncation ×16 per ×4 in h above that (docs/howto/memory.md, "Finite-difference HVPs"). The
     fourth-order stencil (``order=4``, four gradients) gave +5.8e-5, +5.5e-5, −7e-5 at h/h₀⁽⁴⁾ = ¼, ½, 1
     on SmolLM2: no better than order 2 at its best step there, so it is an option, not the default.
     Half-precision weights keep FD_C_HALF = 0.015 (see there). What remains is the gradients' own
@@ -163,7 +163,7 @@ FD_C = 0.0075
 FD_C4 = 0.0075
 # bf16/fp16 weights: rounding dominates at every step tried (a random product's error on a tiny Llama
 # 0.75, 0.41, 0.19, 0.11 at h = 1, 2, 4, 8 × 0.0075·(u‖w‖)^(1/3)), so the step stays where it was
-# measured before dithering (percent-level eigenvalues, README)
+# measured before dithering (percent-level eigenvalues, docs/howto/memory.md)
 FD_C_HALF = 0.015
 
 # Central-difference stencils of ∇L at w + k·εv: (k, weight·ε). Order 2: (g₊ − g₋)/2ε, truncation
