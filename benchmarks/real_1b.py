@@ -78,7 +78,7 @@ bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, 
 r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("lambda_max",), params={params!r}, tol=1e-3,
                                                     max_iter=60))
 done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"],
-     converged=r["details"]["eigen"]["converged"], planned_peak_gb=r["cost"]["planned_peak_gb"],
+     converged=r["metrics"]["details"]["eigen"]["converged"], planned_peak_gb=r["cost"]["planned_peak_gb"],
      n_params=r["config"]["n_params"], dtype=r["config"]["dtype"])
 """,
     "full": r"""
@@ -91,7 +91,7 @@ if variant == "float32_of_bf16":
 bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
 r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("lambda_max",), tol=1e-3, max_iter=30, seed={seed}))
 done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"], seed={seed},
-     eigen=r["details"]["eigen"], planned_peak_gb=r["cost"]["planned_peak_gb"], dtype=r["config"]["dtype"])
+     eigen=r["metrics"]["details"]["eigen"], planned_peak_gb=r["cost"]["planned_peak_gb"], dtype=r["config"]["dtype"])
 """,
     "plan": r"""
 ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype={dtype!r}))
