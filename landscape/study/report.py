@@ -198,7 +198,8 @@ def _fmt(v, digits: int = 3) -> str:
 def _table(header: list[str], rows: list[list], cls: str = "") -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table class='{cls}'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    # a wide table (many metrics and categories) scrolls inside the page instead of overflowing it
+    return f"<div class='scroll'><table class='{cls}'><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _ci(c: dict) -> str:
@@ -242,6 +243,8 @@ def scatter_figure(result: dict):
         fig.update_xaxes(title_text=html.escape(m) + (" (log)" if wide else ""), type="log" if wide else None,
                          row=r_, col=c_)
         fig.update_yaxes(title_text="forgetting (avg Δacc)" if c_ == 1 else None, row=r_, col=c_)
+    # long "metric @ where, data" titles: a smaller font, so that neighbours do not run into each other
+    fig.update_annotations(font_size=12)
     fig.update_layout(height=330 * nrows + 80, width=1150, title_text="flatness vs forgetting")
     return fig
 
@@ -336,7 +339,8 @@ def spectra_figure(result: dict):
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;
 margin:8px 0 24px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}
-th{background:#f3f3f3}td:first-child{text-align:left}.note{color:#555;font-size:13px}"""
+th{background:#f3f3f3}td:first-child{text-align:left}.note{color:#555;font-size:13px}
+.scroll{overflow-x:auto;max-width:100%}"""
 
 
 def _ranking_tables(result: dict) -> list[str]:
@@ -356,10 +360,14 @@ def _ranking_tables(result: dict) -> list[str]:
                                               for t in targets] for r in result["ranking"]]
     best = [f"{html.escape(t)}: <b>{html.escape(rk[0]['metric'])}</b>" for t, rk in (result.get("rankings") or {}).items()
             if rk and rk[0]["spearman"] is not None]
+    small = sorted({r["n"] for r in result["ranking"] if isinstance(r["n"], int) and r["n"] < 10})
+    warn = (f"<p class='note'><b>n = {', '.join(map(str, small))}</b>: p-values are exact (the permutation "
+            "distribution), but a correlation over so few checkpoints can be large by chance; intervals are wide, "
+            "or absent below 6.</p>") if small else ""
     return ["<h2>Which metric tracks forgetting (ranked by |Spearman ρ| vs average forgetting)</h2>",
             "<p class='note'>where: the weights a metric is measured at (tuned, base, or base→tuned along the update "
             "Δw); data: what it is measured on. Partial correlations control for the covariates (residuals of "
-            "regressions on them; ranks for Spearman).</p>",
+            "regressions on them; ranks for Spearman).</p>", warn,
             _table(rank_head, rank_rows, "ranking"),
             "<h2>Ranking per forgetting target (Spearman ρ [95% CI])</h2>",
             f"<p class='note'>best per target: {' · '.join(best) or '–'}</p>",
