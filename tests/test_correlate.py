@@ -121,6 +121,9 @@ def test_correlate_end_to_end_and_rerun_is_free(study, tmp_path, monkeypatch):
     if c["spearman"]["r"] is not None:
         assert c["spearman"]["r"] == pytest.approx(stats.spearmanr(xs, ys)[0])
     assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".sqlite").is_file()
+    page = out.read_text()  # wide tables scroll inside the page; 4 checkpoints are said to be few
+    assert page.count("<div class='scroll'><table") >= 3 and "<b>n = 4</b>: p-values are exact" in page
+    assert "note: n = 4" in CliRunner().invoke(cli, ["correlate", str(manifest(study)), "--out", str(out)]).output
     from landscape.measures import sharpness
 
     calls = []
