@@ -72,9 +72,9 @@ def test_density_weights_sum_to_one_and_nodes_bracket_spectrum():
     eigs = list(np.linspace(0, 5, 25))
     obj, _ = quadratic(eigs)
     d = hessian.spectral_density(hessian.HessianOperator(obj), n_vectors=3, steps=25, seed=0)
-    assert sum(d["weights"]) == pytest.approx(1.0, rel=1e-9)
-    assert min(d["nodes"]) == pytest.approx(0.0, abs=1e-6) and max(d["nodes"]) == pytest.approx(5.0, rel=1e-6)
-    assert np.trapezoid(d["density"], d["grid"]) == pytest.approx(1.0, rel=2e-2)
+    assert sum(d.weights) == pytest.approx(1.0, rel=1e-9)
+    assert min(d.nodes) == pytest.approx(0.0, abs=1e-6) and max(d.nodes) == pytest.approx(5.0, rel=1e-6)
+    assert np.trapezoid(d.density, d.grid) == pytest.approx(1.0, rel=2e-2)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_every_estimator_takes_a_dense_operator():
     tr = hessian.hutchinson_trace(op, samples=400, seed=1)
     assert abs(tr.trace - float(A.trace())) < 5 * tr.stderr
     d = hessian.spectral_density(op, n_vectors=2, steps=40, seed=0)
-    assert sum(d["weights"]) == pytest.approx(1.0) and min(d["nodes"]) >= truth[0] - 1e-8
+    assert sum(d.weights) == pytest.approx(1.0) and min(d.nodes) >= truth[0] - 1e-8
 
 
 def test_each_estimator_reports_its_own_products():
@@ -250,7 +250,7 @@ def test_each_estimator_reports_its_own_products():
     sp = hessian.lanczos(op, k=1, tol=1e-8, max_iter=50)
     tr = hessian.hutchinson_trace(op, samples=5)
     d = hessian.spectral_density(op, n_vectors=2, steps=7)
-    assert tr.hvps == 5 and d["hvps"] == 14
+    assert tr.hvps == 5 and d.hvps == 14
     assert op.calls == sp.hvps + 5 + 14
 
 

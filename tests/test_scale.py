@@ -246,8 +246,8 @@ def test_density_quadrature_reproduces_the_moments(reorth):
     A = symmetric(list(eigs), seed=9)
     d = hessian.spectral_density(hessian.DenseOperator(A), n_vectors=3, steps=40, seed=0,
                                  basis=BasisPolicy(reorth=reorth))
-    assert d["reorth"] == reorth and d["hvps"] == 120
-    nodes, w = np.array(d["nodes"]), np.array(d["weights"])
+    assert d.reorth == reorth and d.hvps == 120
+    nodes, w = np.array(d.nodes), np.array(d.weights)
     vs = [hessian.operator.random_unit(hessian.DenseOperator(A), torch.Generator().manual_seed(1000 * (i + 1)))
           for i in range(3)]
     for p in (1, 2, 3):
@@ -258,8 +258,8 @@ def test_density_quadrature_reproduces_the_moments(reorth):
 def test_density_auto_drops_the_basis_when_it_does_not_fit(monkeypatch):
     monkeypatch.setattr(hessian.basis, "default_budget", lambda device: 10 * 100 * 8)
     op = hessian.DenseOperator(symmetric(list(np.linspace(-1, 1, 100)), seed=1))
-    assert hessian.spectral_density(op, n_vectors=1, steps=40)["reorth"] == "none"
-    assert hessian.spectral_density(op, n_vectors=1, steps=8)["reorth"] == "full"
+    assert hessian.spectral_density(op, n_vectors=1, steps=40).reorth == "none"
+    assert hessian.spectral_density(op, n_vectors=1, steps=8).reorth == "full"
 
 
 # ---------------------------------------------------------------------------------- lean measures

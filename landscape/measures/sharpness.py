@@ -561,9 +561,10 @@ def _curvature(op, cfg: SharpnessConfig, into: tuple, stages) -> int:
         hvps += tr.hvps
     if "density" in names:
         stages.next("density")
-        out["density"] = hessian.spectral_density(op, seed=cfg.seed, progress=progress,
-                                                  basis=hessian.BasisPolicy(**cfg.basis_policy()))
-        hvps += out["density"]["hvps"]
+        density = hessian.spectral_density(op, seed=cfg.seed, progress=progress,
+                                           basis=hessian.BasisPolicy(**cfg.basis_policy()))
+        out["density"] = density.as_dict()
+        hvps += density.hvps
     return hvps
 
 

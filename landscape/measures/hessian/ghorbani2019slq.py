@@ -35,8 +35,28 @@ from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, r
 from landscape.measures.hessian.lanczos1950 import ritz, tridiagonal
 from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
 
+@dataclasses.dataclass
+class Density:
+    """A spectral density estimate: the Ritz nodes and weights of every probe (the exact spikes), the
+    Gaussian-smoothed density on a grid, and what it cost. Like :class:`~.spectrum.Spectrum` and
+    :class:`~.hutchinson1989.Trace`, ``as_dict()`` is its JSON form."""
+
+    nodes: list
+    weights: list
+    grid: list
+    density: list
+    sigma: float
+    n_vectors: int
+    steps: int
+    reorth: str
+    hvps: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def spectral_density(op, n_vectors: int = 4, steps: int = 40, seed: int = 0, grid: int = 400,
-                     sigma: float | None = None, progress: bool = False, basis: BasisPolicy | None = None) -> dict:
+                     sigma: float | None = None, progress: bool = False, basis: BasisPolicy | None = None) -> Density:
     """Nodes and weights (for plotting exact spikes) and the smoothed density on a grid."""
     op = Counted(op)
     policy = dataclasses.replace(basis or BasisPolicy(), max_basis=steps)
@@ -61,9 +81,8 @@ def spectral_density(op, n_vectors: int = 4, steps: int = 40, seed: int = 0, gri
     t = np.linspace(lo - 0.05 * span, hi + 0.05 * span, grid)
     dens = (weights_a[None, :] * np.exp(-((t[:, None] - nodes_a[None, :]) ** 2) / (2 * sigma**2))).sum(1)
     dens /= math.sqrt(2 * math.pi) * sigma
-    return {"nodes": nodes_a.tolist(), "weights": weights_a.tolist(), "grid": t.tolist(),
-            "density": dens.tolist(), "sigma": sigma, "n_vectors": n_vectors, "steps": steps,
-            "reorth": reorth, "hvps": op.calls}
+    return Density(nodes=nodes_a.tolist(), weights=weights_a.tolist(), grid=t.tolist(), density=dens.tolist(),
+                   sigma=sigma, n_vectors=n_vectors, steps=steps, reorth=reorth, hvps=op.calls)
 
 
 def _tridiagonal(op, v: torch.Tensor, steps: int, basis: Basis | None):
