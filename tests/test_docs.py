@@ -122,3 +122,19 @@ def test_shell_quick_start_runs(page, workspace):
         import json
 
         assert json.loads((workspace / "sharpness.json").read_text())["metrics"]["lambda_max"] is not None
+
+
+@pytest.mark.parametrize("name,script,results", [("bench", "run", "results.json"),
+                                                 ("bench-real", "real", "results_real.json"),
+                                                 ("probe-cost", "probe", "results_probe.json")])
+def test_result_tables_in_the_manual_are_rendered_from_the_committed_json(name, script, results):
+    """A measured figure lives in benchmarks/*.json; the page shows exactly what the script renders from
+    it (``--table-only`` rewrites the block), so a table cannot drift from its numbers."""
+    import importlib
+    import json
+
+    mod = importlib.import_module(f"benchmarks.{script}")
+    data = json.loads((ROOT / "benchmarks" / results).read_text())
+    text = next(p.read_text() for p in PAGES if f"<!-- {name}:start -->" in p.read_text())
+    block = text[text.index(f"<!-- {name}:start -->") + len(f"<!-- {name}:start -->"):text.index(f"<!-- {name}:end -->")]
+    assert block.strip() == mod.table(data).strip()
