@@ -150,7 +150,7 @@ def human_work(work: dict | None) -> str:
     what = ", ".join(f"{v} {k}" for k, v in n.items() if v)
     t = work["seconds_rough"]
     when = f"{t / 3600:.1f} h" if t >= 3600 else f"{t / 60:.1f} min" if t >= 60 else f"{t:.0f} s"
-    return f"\n  work: at most {what or 'nothing'}; roughly {when} (one loss evaluation took {work['loss_seconds']} s)"
+    return f"\n  work: at most {what or 'nothing'}; roughly {when} (one loss evaluation took {work['loss_seconds']:.3g} s)"
 
 
 def with_seed(f):

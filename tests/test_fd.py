@@ -217,7 +217,7 @@ def test_dry_run_prints_the_plan_and_a_plan_that_cannot_fit_is_refused(llama_dir
     assert p["peak_bytes"] > p["start_bytes"]
     # the work: Lanczos's bound + 3 noise products, SAM's gradient and two losses; a time from a timed loss
     assert w["at_most"] == {"hvps": 100 + 3, "gradients": 1, "losses": 2}
-    assert w["seconds_rough"] == pytest.approx(w["loss_seconds"] * (103 * 6 + 3 + 2), rel=0.01, abs=0.1)
+    assert w["seconds_rough"] == pytest.approx(w["loss_seconds"] * (103 * 6 + 3 + 2), abs=0.06)  # rounded to 0.1 s
     text = CliRunner().invoke(cli, ["sharpness", str(llama_dir), "--data", str(text_data), "--metrics", "lambda_max",
                                     "--max-iter", "7", "--dry-run"]).output
     assert "work: at most 7 hvps" in text and "roughly" in text

@@ -386,8 +386,8 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         # budget) beside two working vectors; power iteration: the k found vectors, v, Av, two temporaries
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
         def build(copy_on_disk: bool, q_on_disk: bool, vecs=vecs):
-            p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start,
-                                origin_held=kept is not None or copy_on_disk)
+            p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=kept is not None,
+                                origin_on_disk=copy_on_disk and kept is None)
             p.pending = pending
             if copy_on_disk and kept is None:
                 p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
@@ -498,7 +498,7 @@ def work(obj, cfg: SharpnessConfig, method: str, model) -> dict:
     fwd = (total["hvps"] * FORWARDS_PER["fd" if method == "fd" else "exact"]
            + total["gradients"] * FORWARDS_PER["gradient"] + total["losses"])
     return {"at_most": total, "per_metric": per, "not_counted": [m for m in names if m == "density"],
-            "loss_seconds": round(forward, 3), "seconds_rough": round(forward * fwd, 1),
+            "loss_seconds": round(forward, 6), "seconds_rough": round(forward * fwd, 1),
             "rough": "one loss evaluation timed now × forward-pass equivalents (gradient 3, fd product 6, exact 5); "
                      "within a factor of ~3; the counts are upper bounds (Lanczos usually stops sooner)"}
 
