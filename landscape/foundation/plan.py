@@ -115,7 +115,7 @@ def transients(params) -> int:
     return 4 * max((P.local(p).numel() * max(4, p.element_size()) for p in params), default=0)
 
 
-# With fd's saved weights and the Lanczos direction on disk, both read in 1M-entry chunks, what is left
+# With fd's saved weights or the Lanczos direction on disk, read in 1M-entry chunks, what is left
 # per parameter is the backward's own: the dense gradient autograd builds for the largest parameter (the
 # embedding) beside the streamed gradient of the next largest (an untied head). Measured on the real
 # Qwen2.5-Coder-1.5B (float32 λ_max, q and the copy on disk): peak 16.02 GiB; planned with 2 × the
@@ -124,19 +124,20 @@ DISK_TRANSIENTS = 2
 
 
 def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int,
-              origin_held: bool = False, origin_on_disk: bool = False) -> Plan:
+              origin_held: bool = False, on_disk: tuple = (False, False)) -> Plan:
     """Peak of an estimator holding ``vectors`` weight-sized vectors (of ``vector_itemsize`` bytes
     an entry) over HVPs by ``hvp_method`` (fd: one saved copy of the weights, none when the caller
-    holds the exact originals — ``origin_held`` — or keeps it on disk — ``origin_on_disk``, whose
-    chunked reads also leave fewer per-parameter transients; exact: the double-backward graph)."""
+    holds the exact originals — ``origin_held``; exact: the double-backward graph). ``on_disk``:
+    (fd's saved weights, the Lanczos direction) kept on disk and read in chunks — no copy in memory,
+    and fewer per-parameter transients (:data:`DISK_TRANSIENTS`)."""
     ps = list(params)
     n = P.numel(ps)
     unit = P.nbytes(ps)
     parts = {"vectors": vectors * n * vector_itemsize}
-    parts["transients"] = transients(ps) if not origin_on_disk else \
+    parts["transients"] = transients(ps) if not any(on_disk) else \
         DISK_TRANSIENTS * max((P.local(p).numel() * max(4, p.element_size()) for p in ps), default=0)
     if hvp_method == "fd":
-        parts["fd_weight_copy"] = 0 if origin_held or origin_on_disk else unit
+        parts["fd_weight_copy"] = 0 if origin_held or on_disk[0] else unit
         parts["gradient_stream"] = _largest(ps)
         parts["activations"] = act
     elif hvp_method in ("reverse", "forward"):

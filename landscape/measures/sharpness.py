@@ -387,7 +387,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
         def build(copy_on_disk: bool, q_on_disk: bool, vecs=vecs):
             p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=kept is not None,
-                                origin_on_disk=copy_on_disk and kept is None)
+                                on_disk=(copy_on_disk and kept is None, q_on_disk))
             p.pending = pending
             if copy_on_disk and kept is None:
                 p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
