@@ -44,3 +44,20 @@ def test_sharded_gpu_bench_script_runs_on_two_cpu_processes_with_a_tiny_config()
     for k in ("hvp_over_grad", "sam_over_adamw", "peak_gb_per_gpu"):
         assert math.isfinite(row[k]) and row[k] > 0, k
     assert 1.2 < row["hvp_over_grad"] < 4  # an fd product is two gradients
+
+
+def test_real_1b_bench_jobs_run_on_a_tiny_checkpoint(llama_dir):
+    """The 1.5B jobs take 20+ minutes each: a key error after the measurement loses it all (it did once).
+    Every job runs here on the tiny model, in its own process as on the real one."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.real_1b import run
+
+    for variant in ("float32", "bf16", "float32_of_bf16"):
+        r = run("full", ckpt=str(llama_dir), variant=variant, seed=0)
+        assert "error" not in r and r["lambda_max"] > 0 and r["eigen"]["hvps"] == r["hvps"], r
+    same = [run("full", ckpt=str(llama_dir), variant=v, seed=0)["lambda_max"] for v in ("bf16", "float32_of_bf16")]
+    assert same[0] == same[1]  # a bf16 checkpoint's view measures exactly its weights in float32
+    r = run("block", ckpt=str(llama_dir), variant="bf16", params=r"^model\.layers\.1\.")
+    assert "error" not in r and r["converged"] and r["dtype"] == "bfloat16", r
+    r = run("plan", ckpt=str(llama_dir), dtype="float32")
+    assert "error" not in r and r["plan"]["peak_bytes"] > r["plan"]["start_bytes"], r
