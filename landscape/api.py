@@ -114,8 +114,9 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
 
     ``settings``: :class:`SurfaceConfig` fields — ``x``/``y`` grids ("-1:1:21"), ``norm`` ("filter"),
     ``ignore`` ("biasbn"), ``seed``, ``directions`` ("auto" | "held" | "regenerated"), …
-    Returns a summary dict (``out``, ``points``, grid, ``loss`` min/max and at the centre); the grid's
-    losses are in the file (:func:`landscape.measures.surface.read_surface`).
+    Returns ``out``, ``points``, ``complete``, the coordinates ``x``/``y``, the losses ``loss`` (None
+    where a point is not computed yet), ``loss_at_origin``, ``loss_min``/``loss_max`` and ``cost``; the
+    file holds the same (:func:`landscape.measures.surface.read_surface`).
     Library: :func:`landscape.measures.surface.surface`.
     """
     from landscape.measures.surface import surface as run
