@@ -77,7 +77,7 @@ def test_manifest_sections_are_the_configs(tmp_path, llama_dir):
 
     def write(flatness):
         p = tmp_path / "m.yaml"
-        p.write_text(yaml.safe_dump({"base": str(llama_dir), "checkpoints": [str(llama_dir)], "flatness": flatness}))
+        p.write_text(yaml.safe_dump({"base": str(llama_dir), "checkpoints": [str(llama_dir), {"path": str(llama_dir), "label": "again"}], "flatness": flatness}))
         return p
 
     m = load_manifest(write({"metrics": ["lambda_max", "avg", "surface_curvature"], "avg_samples": 4,

@@ -144,7 +144,7 @@ def test_manifest_errors_exit_2_with_one_line(study, tmp_path):
     m["checkpoints"] = m["checkpoints"][:1]
     one.write_text(yaml.safe_dump(m))
     cases = [(manifest(study, "metric.yaml", metrics=["lambda_max", "flatness_vibes"]), "unknown metric(s) flatness_vibes"),
-             (one, "1 checkpoint(s); a correlation over checkpoints needs at least 3"),
+             (one, "1 checkpoint(s); a correlation over checkpoints needs at least 2"),
              (manifest(study, "key.yaml", batchsize=4), "known: metrics, surface, data, data_split, batch_size"),
              (missing, "does not exist"), (bad_yaml, "not valid YAML"), (tmp_path / "none.yaml", "no such manifest"),
              (manifest(study, "dup.yaml", labels=["a", "a", "b", "c"]), "share the label"),

@@ -84,8 +84,8 @@ def test_sharded_loss_and_forgetting_equal_one_process(llama_dir, evald, tmp_pat
                                                   "answer": i % 3} for i, e in enumerate(["cat", "dog", "mat"])])
     args = ["forgetting", llama_dir, llama_dir, "--suite", suite, "--suite", mc, "--suite", evald, "--device", "cpu",
             "--json", "--quiet"]
-    a = json.loads(run(args, tmp=tmp_path).stdout)
-    b = json.loads(run([*args, "--shard", "fsdp"], n=2, tmp=tmp_path).stdout)
+    (a,) = json.loads(run(args, tmp=tmp_path).stdout)  # a list, one result per tuned checkpoint
+    (b,) = json.loads(run([*args, "--shard", "fsdp"], n=2, tmp=tmp_path).stdout)
     assert set(a["suites"]) == {"gen", "colors", "eval"}  # generation, multiple choice, loss
     assert json.dumps(a["suites"], sort_keys=True) == json.dumps(b["suites"], sort_keys=True)
 

@@ -48,7 +48,7 @@ TOP_KEYS = ("base", "checkpoints", "flatness", "predictors", "covariates", "suit
             "bootstrap", "seed")
 COVARIATE_LABELS = ("steps", "lr", "rho", "epochs", "lora")  # numeric checkpoint labels usable as covariates
 # Batches over many checkpoints default to a little more of the spectrum and fewer trace samples.
-MIN_CHECKPOINTS = 3  # a correlation has a value from 3 pairs on
+MIN_CHECKPOINTS = 2  # one checkpoint correlates with nothing; with 2 every correlation is null with its reason
 FLATNESS_DEFAULTS = {"batch_size": 8, "num_batches": 4, "top_k": 3, "trace_samples": 20}
 DEFAULT_SURFACE = {"x": "-1:1:11"}
 

@@ -380,8 +380,6 @@ def tradeoff_figure(trade: dict):
 
     fig = go.Figure()
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
-    last = max((x["step"] for _, recs in runs for x in recs), default=1)
-    dtick = max(1, math.ceil(last / 8))  # whole optimizer steps (plotly's auto ticks fall at 2.5)
     for j, (fam, f) in enumerate(sorted(trade["families"].items())):
         color, name = palette[j % len(palette)], html.escape(fam)
         pts = f["points"]

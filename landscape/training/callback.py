@@ -194,10 +194,11 @@ class LandscapeCallback(TrainerCallback):
                                   max_length=D.resolve_max_length(model.config, self.cfg.probe_max_length),
                                   vocab_size=model.get_input_embeddings().num_embeddings).to(param_device(model))
 
-        if not self.cfg.probe_data:
-            D.refuse_toy_default(tok, "probe_data")
-        self._batches = batches(self.cfg.probe_data or D.default_eval_data(), self.cfg.probe_num_batches)
         metrics = self.cfg.probe_metrics
+        if GENERAL_METRICS & set(metrics):  # the metrics measured on general text
+            if not self.cfg.probe_data:
+                D.refuse_toy_default(tok, "probe_data")
+            self._batches = batches(self.cfg.probe_data or D.default_eval_data(), self.cfg.probe_num_batches)
         if "task_loss" in metrics:
             self._task = batches(self.cfg.probe_task_data, None)
         if "predictors" in metrics and lora_deltas(model) is None:
@@ -229,12 +230,13 @@ class LandscapeCallback(TrainerCallback):
         out: dict = {}
         metrics = self.cfg.probe_metrics
         trainable = P.select(model)
-        with P.grad_only(model, trainable.values()):
-            obj = ModelObjective(model, self._batches, trainable)
-            if "loss" in metrics:
-                out["loss"] = obj.value()
-            if "lambda_max" in metrics:
-                out.update(self._lambda_max(model, obj))
+        if {"loss", "lambda_max"} & set(metrics):
+            with P.grad_only(model, trainable.values()):
+                obj = ModelObjective(model, self._batches, trainable)
+                if "loss" in metrics:
+                    out["loss"] = obj.value()
+                if "lambda_max" in metrics:
+                    out.update(self._lambda_max(model, obj))
         if "predictors" in metrics and step > 0:
             out.update(self._predictors(model, trainable))
         if "forgetting" in metrics:
@@ -341,6 +343,9 @@ def _is_main() -> bool:
     from landscape.foundation import distributed
 
     return distributed.is_main()
+
+
+GENERAL_METRICS = {"loss", "lambda_max", "predictors"}  # measured on the general probe data
 
 
 def _tokenizer_of(model):
