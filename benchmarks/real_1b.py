@@ -39,6 +39,15 @@ from landscape.foundation.loss import evaluate
 from landscape.measures import sharpness
 ckpt, general = {ckpt!r}, {general!r}
 t0 = time.perf_counter()
+# the checkpoint as a row measures it (float32, bf16, or its bf16-rounded weights held in float32) and
+# the batch of every λ_max row: 4 × ≤ 48 general tokens
+def load_variant(variant):
+    ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype="bfloat16" if variant == "bf16" else "float32"))
+    if variant == "float32_of_bf16":
+        with torch.no_grad():
+            for p in ck.model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+    return ck, data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
 def done(**kw):
     print(json.dumps({{**kw, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(P.peak_rss() / 2**30, 3)}}))
 """
@@ -68,13 +77,7 @@ finally:
 done(loss=loss, tokens=bs.n_tokens)
 """,
     "block": r"""
-variant = {variant!r}
-ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype="bfloat16" if variant == "bf16" else "float32"))
-if variant == "float32_of_bf16":
-    with torch.no_grad():
-        for p in ck.model.parameters():
-            p.copy_(p.to(torch.bfloat16).float())
-bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
+ck, bs = load_variant({variant!r})
 r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("lambda_max",), params={params!r}, tol=1e-3,
                                                     max_iter=60))
 done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"],
@@ -82,13 +85,7 @@ done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"]
      n_params=r["config"]["n_params"], dtype=r["config"]["dtype"])
 """,
     "full": r"""
-variant = {variant!r}
-ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype="bfloat16" if variant == "bf16" else "float32"))
-if variant == "float32_of_bf16":
-    with torch.no_grad():
-        for p in ck.model.parameters():
-            p.copy_(p.to(torch.bfloat16).float())
-bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
+ck, bs = load_variant({variant!r})
 r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("lambda_max",), tol=1e-3, max_iter=30, seed={seed}))
 done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"], seed={seed},
      eigen=r["metrics"]["details"]["eigen"], planned_peak_gb=r["cost"]["planned_peak_gb"], dtype=r["config"]["dtype"])
