@@ -488,12 +488,10 @@ def refuse_toy_default(tokenizer, field: str) -> None:
     if not speaks_toy_world(tokenizer):
         from landscape.foundation.configs import ConfigError
 
-        real = data_dir() / "real"
-        what = ("suites", real / "suites") if field in ("suites", "probe_suites") else ("general.jsonl", real / "general.jsonl")
-        raise ConfigError(field, f"required for this checkpoint: the default is the toy world's invented "
-                                 f"{'suites' if what[0] == 'suites' else 'text'}, which only the demo model "
-                                 f"knows (real {'ones' if what[0] == 'suites' else 'general English'} ship in "
-                                 f"{what[1]})")
+        invented, real, path = (("suites", "ones", "suites") if field in ("suites", "probe_suites")
+                                else ("text", "general English", "general.jsonl"))
+        raise ConfigError(field, f"required for this checkpoint: the default is the toy world's invented {invented}, "
+                                 f"which only the demo model knows (real {real} ship in {data_dir() / 'real' / path})")
 
 
 def batches_for(ckpt, cfg: DataConfig | None = None) -> Batches:
