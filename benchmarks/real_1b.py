@@ -11,6 +11,9 @@ Each row runs in a fresh process (its peak RSS is its own) on general English (d
   view), and on the bf16-rounded weights loaded in float32 — the bf16 value must equal the last;
 - ``full:VARIANT:SEED`` (VARIANT float32, bf16 or float32_of_bf16): the full-model λ_max as the README's
   command measures it (tol 1e-3, ≤ 30 steps), seed SEED — ~20 min and ~18 GiB each;
+- ``ball:VARIANT``: SAM sharpness and ε-sharpness (their defaults: ρ 0.05, the box matched to ρ) on the
+  same batch, with the planned and measured peak;
+- ``line:VARIANT``: a 5-point filter-normalised line (−1…1) through the weights;
 - ``plans``: the full-model λ_max plan (`sharpness --dry-run`) in float32 and bf16, and whether it fits.
 
 Writes ``benchmarks/results_real_1b.json`` with the command, versions and machine.
@@ -90,6 +93,25 @@ r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("lambda_max",), tol
 done(lambda_max=r["metrics"]["lambda_max"], hvp=r["hvp"], hvps=r["cost"]["hvps"], seed={seed},
      eigen=r["metrics"]["details"]["eigen"], planned_peak_gb=r["cost"]["planned_peak_gb"], dtype=r["config"]["dtype"])
 """,
+    "ball": r"""
+ck, bs = load_variant({variant!r})
+r = sharpness.measure(ck.model, bs, SharpnessConfig(metrics=("sam", "eps"), seed=0))
+m = r["metrics"]
+done(sam=m["sam_sharpness"], eps=m["eps_sharpness"],
+     details={{k: v for k, v in m["details"].items() if k.startswith(("sam", "eps"))}},
+     loss=r["loss"], planned_peak_gb=r["cost"]["planned_peak_gb"], gradients=r["cost"].get("gradients"),
+     dtype=r["config"]["dtype"])
+""",
+    "line": r"""
+import tempfile, os
+from landscape.foundation.configs import SurfaceConfig
+from landscape.measures.surface import surface
+ck, bs = load_variant({variant!r})
+with tempfile.TemporaryDirectory() as d:
+    r = surface(ck.model, bs, os.path.join(d, "line.h5"), SurfaceConfig(x="-1:1:5"))
+done(x=list(r["x"]), loss=list(r["loss"]), loss_at_origin=r["loss_at_origin"],
+     planned_peak_gb=r["cost"].get("planned_peak_gb"), dtype={variant!r})
+""",
     "plan": r"""
 ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype={dtype!r}))
 bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
@@ -133,6 +155,9 @@ def main() -> None:
     for spec in (x for x in only if x.startswith("full:")):
         _, variant, seed = spec.split(":")
         jobs.append((f"full_{variant}_seed{seed}", "full", {"variant": variant, "seed": int(seed)}))
+    for spec in (x for x in only if x.startswith(("ball:", "line:"))):
+        job, variant = spec.split(":")
+        jobs.append((f"{job}_{variant}", job, {"variant": variant}))
     if "plans" in only:
         jobs += [(f"plan_full_{d}", "plan", {"dtype": d}) for d in ("float32", "bfloat16")]
     for name, job, kw in jobs:

@@ -61,3 +61,8 @@ def test_real_1b_bench_jobs_run_on_a_tiny_checkpoint(llama_dir):
     assert "error" not in r and r["converged"] and r["dtype"] == "bfloat16", r
     r = run("plan", ckpt=str(llama_dir), dtype="float32")
     assert "error" not in r and r["plan"]["peak_bytes"] > r["plan"]["start_bytes"], r
+    balls = [run("ball", ckpt=str(llama_dir), variant=v) for v in ("bf16", "float32_of_bf16")]
+    assert all("error" not in b and b["sam"] > 0 and b["eps"] > 0 for b in balls), balls
+    assert balls[0]["sam"] == balls[1]["sam"] and balls[0]["eps"] == balls[1]["eps"]
+    r = run("line", ckpt=str(llama_dir), variant="bf16")
+    assert "error" not in r and len(r["loss"]) == 5 and r["loss"][2] == pytest.approx(r["loss_at_origin"]), r
