@@ -90,7 +90,37 @@ def dither(ckpt, out):
             json.dump(got, f)
 
 
+def sam_trainer(ckpt, mode, out):
+    """A transformers Trainer with SAMMixin, 2 steps, on a model FSDP2-sharded at load time by
+    ``from_pretrained(distributed_config=...)`` (the Trainer neither wraps nor shards it again);
+    MODE sam or plain (the Trainer alone). The gathered weights go to OUT (safetensors, rank 0)."""
+    from safetensors.torch import save_file
+    from transformers import Trainer
+
+    from landscape.training.sam import SAMMixin
+    from tests.test_sam import sam_trainer_args, sam_trainer_rows
+
+    from transformers import AutoModelForCausalLM
+    from transformers.distributed import DistributedConfig
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt, distributed_config=DistributedConfig(fsdp_size=dist.world()))
+    assert all(params.is_sharded(p) for p in model.parameters())
+    rows = sam_trainer_rows(checkpoint.load_checkpoint(ckpt).tokenizer)
+    args = sam_trainer_args(out + ".hf", len(rows) // dist.world(), steps=2)
+    if mode == "sam":
+        class T(SAMMixin, Trainer):
+            pass
+        tr = T(model=model, args=args, train_dataset=rows, sam_rho=0.05)
+    else:
+        tr = Trainer(model=model, args=args, train_dataset=rows)
+    tr.train()
+    whole = {n: (p.full_tensor() if params.is_sharded(p) else p).detach().contiguous()
+             for n, p in model.named_parameters()}
+    if dist.is_main():
+        save_file(whole, out)
+
+
 if __name__ == "__main__":
     dist.init_from_env()
-    {"measure": measure, "resume": resume, "dither": dither}[sys.argv[1]](*sys.argv[2:5])
+    {"measure": measure, "resume": resume, "dither": dither, "sam_trainer": sam_trainer}[sys.argv[1]](*sys.argv[2:5])
     dist.shutdown()

@@ -239,3 +239,34 @@ def test_sharded_top_k_sketched_trace_density_and_per_layer_equal_one_process(ll
         assert two["metrics"]["per_layer"][name]["lambda_max"] == pytest.approx(row["lambda_max"], rel=1e-3), name
     a, b = one["metrics"]["density"], two["metrics"]["density"]
     assert np.allclose(b["density"], a["density"], rtol=1e-2, atol=1e-3 * max(a["density"]))
+
+
+def test_sam_mixin_under_fsdp2_steps_like_one_process(llama_dir, tmp_path):
+    """SAMMixin in a transformers Trainer on a model FSDP2-sharded by ``from_pretrained(distributed_config=
+    ...)`` (two gloo ranks, 4 rows each): after 2 steps its weights equal one process's SAMTrainer on the
+    8 rows to 1e-6, and differ from the sharded plain Trainer's (same SGD) by far more — before the fix pass 1's
+    ``autograd.grad`` on the DTensor parameters gave None, no weight moved, and SAM was AdamW."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    from landscape.foundation import checkpoint
+    from landscape.training.sam import SAMMixin
+    from tests.test_sam import sam_trainer_args, sam_trainer_rows
+
+    for mode in ("sam", "plain"):
+        check("sam_trainer", llama_dir, mode, tmp_path / f"{mode}.safetensors", tmp_path)
+    ck = checkpoint.load_checkpoint(llama_dir)
+    rows = sam_trainer_rows(ck.tokenizer)
+
+    class T(SAMMixin, Trainer):
+        pass
+
+    T(model=ck.model, args=sam_trainer_args(tmp_path / "one", len(rows), steps=2), train_dataset=rows,
+      sam_rho=0.05).train()
+    sharded, plain = load_file(tmp_path / "sam.safetensors"), load_file(tmp_path / "plain.safetensors")
+    one = {n: p.detach() for n, p in ck.model.named_parameters()}
+    assert sharded.keys() == one.keys()
+    off = max(float((sharded[n] - one[n]).abs().max()) for n in one)
+    apart = max(float((plain[n] - one[n]).abs().max()) for n in one)
+    assert off < 1e-6 and apart > 1e-3, (off, apart)

@@ -340,6 +340,27 @@ def one_step_args(tmp_path, batch_size: int):
                              disable_tqdm=True, dataloader_num_workers=0, seed=0)
 
 
+def sam_trainer_rows(tokenizer):
+    """8 rows of the Trainer tests that run several steps (one global batch per step)."""
+    texts = ["the cat sat on the mat .", "the dog is red .", "one plus two is three .", "the a cat .",
+             "the color of the cat is blue .", "red blue green .", "the dog lives in the forest .", "two ."]
+    b = data.load_batches("mem", tokenizer, batch_size=len(texts), max_length=16,
+                          records=[{"text": t} for t in texts]).batches[0]
+    return [{"input_ids": b.input_ids[i], "attention_mask": b.attention_mask[i], "labels": b.labels[i]}
+            for i in range(len(texts))]
+
+
+def sam_trainer_args(out, batch_size: int, steps: int):
+    """TrainingArguments of ``steps`` SGD steps (lr 0.5: AdamW's first steps, lr·g/(|g| + eps), turn the
+    rounding of near-zero gradients into differences of up to lr) with the Trainer's default clipping."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=steps,
+                             learning_rate=0.5, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
+                             report_to=[], use_cpu=True, save_strategy="no", logging_steps=1000,
+                             optim="sgd", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+
+
 def test_sam_trainer_step_equals_sam(tokenizer, tmp_path):
     pytest.importorskip("accelerate", reason="transformers.Trainer needs the accelerate package")
     from landscape.training.sam import SAMTrainer

@@ -207,13 +207,37 @@ class SAMMixin:
         self._sam = None
 
     def _sam_first_pass(self, model, inputs, num_items_in_batch, params) -> list:
-        """∇L(w) of this micro-batch through the trainer's own loss, without touching ``.grad``."""
+        """∇L(w) of this micro-batch through the trainer's own loss; ``.grad`` is left as it was.
+
+        Unsharded (one process, DDP): ``torch.autograd.grad`` under ``no_sync`` — this rank's own
+        gradient. FSDP2 (DTensor parameters): the graph's leaves are the all-gathered tensors, so
+        ``autograd.grad`` on the parameters returns None for every one (SAM would silently be the base
+        optimizer at twice the cost); the gradient exists only as the reduce-scattered ``.grad`` of each
+        parameter's rows, so pass 1 runs ``backward`` with the accumulated ``.grad`` set aside, and its ε
+        is that of the data-parallel batch (all ranks' rows of this micro-batch), as on one process with
+        that batch.
+        """
         first = self._prepare_inputs(dict(inputs))
-        sync = self.accelerator.no_sync(model) if self.accelerator.num_processes > 1 else _null()
-        with sync:
+        if not any(is_sharded(p) for p in params):
+            sync = self.accelerator.no_sync(model) if self.accelerator.num_processes > 1 else _null()
+            with sync:
+                with self.compute_loss_context_manager():
+                    loss1 = self.compute_loss(model, first, num_items_in_batch=num_items_in_batch)
+                return list(torch.autograd.grad(loss1, params, allow_unused=True))
+        _refuse_deferred_reduction(model)
+        kept = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
             with self.compute_loss_context_manager():
                 loss1 = self.compute_loss(model, first, num_items_in_batch=num_items_in_batch)
-            return list(torch.autograd.grad(loss1, params, allow_unused=True))
+            loss1.backward()
+            grads = [p.grad for p in params]
+        finally:
+            for p, g in zip(params, kept):
+                p.grad = g
+        _average_replicated(params, grads)
+        return grads
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         import copy
@@ -247,6 +271,30 @@ def _make_sam_trainer():
         """
 
     return SAMTrainer
+
+
+def _refuse_deferred_reduction(model) -> None:
+    """Under FSDP2 gradient accumulation (reduction deferred to the last micro-batch), pass 1's
+    gradient would never reach ``.grad``, or would be reduced together with the earlier micro-batches'
+    pass-2 sums: refused with what works instead."""
+    for m in model.modules():
+        state = getattr(m, "_get_fsdp_state", None)
+        group = getattr(state(), "_fsdp_param_group", None) if state else None
+        if group is not None and not getattr(group, "reduce_grads", True):
+            raise RuntimeError("SAM under FSDP2 needs each micro-batch's gradient reduced: use gradient_accumulation_"
+                               "steps=1 (a larger per-device batch), or accelerate's sync_each_batch=True")
+
+
+def _average_replicated(params, grads) -> None:
+    """Under FSDP2, gradients of parameters every rank holds whole (not managed by FSDP) averaged over
+    the ranks, in place, as FSDP's reduce-scatter averages the rows: every rank then takes one ε."""
+    import torch.distributed as tdist
+
+    whole = [g for p, g in zip(params, grads) if g is not None and not is_sharded(p)]
+    if whole and tdist.is_available() and tdist.is_initialized():
+        for g in whole:
+            tdist.all_reduce(g, op=tdist.ReduceOp.SUM)
+            g.div_(tdist.get_world_size())
 
 
 class _null:
