@@ -473,6 +473,35 @@ def test_sharpness_measures_with_their_saved_weights_on_disk_give_the_same_numbe
     assert all(torch.equal(p, q) for p, q in zip(ck.model.parameters(), before))
 
 
+def test_a_disk_copy_is_read_one_parameter_at_a_time_never_whole(llama_dir):
+    """The disk copy is there so that the saved weights take no memory: entering a perturbation reads
+    none of it, setting a point and restoring read each parameter once, one at a time (listing the
+    copy read it all back: SAM sharpness of the 1.5B model peaked 23.1 GB against a plan of 18.5)."""
+    from landscape.foundation import params as P
+    from landscape.measures.hessian.basis import DiskVector
+    from landscape.measures.hessian import basis
+
+    ps = list(load_checkpoint(llama_dir).model.parameters())
+    before = [p.detach().clone() for p in ps]
+    store = DiskVector.of([p.detach() for p in ps])
+    reads = []
+
+    class Counted(basis._LazyViews):
+        def __getitem__(self, i):
+            reads.append(i)
+            return super().__getitem__(i)
+
+    origin = Counted(store, [tuple(p.shape) for p in ps])
+    with P.perturbed(ps, origin=origin) as o:
+        assert reads == [] and o is origin
+        P.set_offset(ps, o, (torch.full_like(p, 0.5) for p in ps))
+        assert reads == list(range(len(ps)))
+        assert all(not torch.equal(p, q) for p, q in zip(ps, before))
+        reads.clear()
+    assert all(torch.equal(p, q) for p, q in zip(ps, before))
+    store.close()
+
+
 def test_a_plan_counts_weights_that_are_only_file_pages_as_not_held(monkeypatch):
     """A memory-mapped checkpoint's resident pages are file pages, which the free memory also counts:
     only anonymous memory is held for sure, so the rest of a plan's start comes out of the free memory
@@ -508,3 +537,19 @@ def test_an_eigenvalue_below_the_products_noise_is_null_with_its_reason(llama_di
     js = CliRunner().invoke(cli, ["sharpness", str(llama_dir), "--data", str(text_data), "--metrics", "lambda_max",
                                   "--hvp-method", "fd", "--tol", "1e-9", "--reorth", "none", "--max-iter", "30", "--json"])
     assert json.loads(js.stdout)["metrics"]["lambda_max"] is None
+
+
+def test_a_refusal_suggests_fd_only_when_the_plan_holds_an_exact_products_graph():
+    """The one line names what would fit: fd products only where exact ones are planned (SAM and
+    ε-sharpness take no products; an fd plan has already given them up)."""
+    from landscape.foundation import plan as plans
+    from landscape.foundation.errors import UserError
+
+    exact = plans.Plan("sharpness", {"hvp_graph": 3 * 2**30, "vectors": 2**30}, 2**30)
+    ball = plans.Plan("sharpness", {"vectors": 4 * 2**30, "transients": 2**30}, 2**30)
+    with pytest.raises(UserError, match="try hvp_method fd, fewer"):
+        plans.check_fits(exact, 2**30)
+    with pytest.raises(UserError, match=r"try fewer or shorter batches") as e:
+        plans.check_fits(ball, 2**30)
+    assert "hvp_method" not in str(e.value) and "\n" not in str(e.value)
+    plans.check_fits(ball, 8 * 2**30)  # fits: no error

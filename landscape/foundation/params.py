@@ -173,15 +173,15 @@ def perturbed(params, delta: Vector | None = None, origin: Vector | None = None)
     half-precision originals; any dtype that holds the values exactly).
     """
     params = list(params)
-    origin = [p.detach().clone() for p in params] if origin is None else list(origin)
+    # a disk-held origin stays on disk: read one parameter at a time when set or restored, never
+    # listed whole (that read the copy back into memory: SAM sharpness at 1.5B peaked 4.6 GB over plan)
+    origin = [p.detach().clone() for p in params] if origin is None else origin
     try:
         if delta is not None:
             set_offset(params, origin, delta)
         yield origin
     finally:
-        with torch.no_grad():
-            for p, o in zip(params, origin):
-                p.copy_(o)
+        restore(params, origin)
 
 
 HALF = (torch.bfloat16, torch.float16)

@@ -236,11 +236,14 @@ def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | Non
     return "reverse"
 
 
-def check_fits(plan: Plan, free: int | None, what: str = "",
-               hint: str = "hvp_method fd, fewer or shorter batches, a params subset, or a larger machine") -> None:
-    """A one-line :class:`UserError` when the plan's peak will not fit what the process may take."""
+def check_fits(plan: Plan, free: int | None, what: str = "", hint: str | None = None) -> None:
+    """A one-line :class:`UserError` when the plan's peak will not fit what the process may take.
+    ``hint``: what would fit; by default fd products when the plan has exact ones to give up."""
     if free is None:
         return
+    if hint is None:
+        fd = "hvp_method fd, " if plan.parts.get("hvp_graph") else ""
+        hint = fd + "fewer or shorter batches, a params subset, or a larger machine"
     need = plan.peak - plan.start + plan.pending  # what is not resident yet comes out of the free memory too
     if need > HEADROOM * free:
         parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in plan.parts.items() if v)

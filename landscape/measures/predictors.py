@@ -203,8 +203,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     pl = session.plan()
     if cfg.dry_run:
         return {"base": str(base), "tuned": [str(t) for t in tuned], "plan": pl.as_dict()}
-    plans.check_fits(pl, plans.free_bytes(ck.device), "predict",
-                     hint="hvp_method fd, fewer or shorter batches, a params subset, or a larger machine")
+    plans.check_fits(pl, plans.free_bytes(ck.device), "predict")
     results = []
     for path in tqdm(tuned, desc="checkpoints", disable=not progress or len(tuned) == 1):
         tk = checkpoint.load_checkpoint(path, load)
