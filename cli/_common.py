@@ -8,6 +8,7 @@ This module imports no torch: ``landscape --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -114,6 +115,36 @@ def load(ckpt_path, kwargs: dict):
     return load_checkpoint(ckpt_path, config_from(C.LoadConfig, kwargs))
 
 
+@contextlib.contextmanager
+def planned_for(kwargs: dict, dry_run: bool, *paths):
+    """Inside the block, plans are made for the machine ``--device-memory``/``--world-size`` describe,
+    or for this one when a checkpoint is a directory with only config.json (no weight is read: models
+    are built on the meta device). Those are plans only: without ``--dry-run`` they are one line and
+    exit status 2. Nothing changes when none of it is asked."""
+    from pathlib import Path
+
+    from landscape.foundation import params as P
+    from landscape.foundation.errors import UserError
+
+    lc = config_from(C.LoadConfig, dict(kwargs))  # peeked: the command pops them when it loads
+    config_only = [p for p in paths if p and (Path(p) / "config.json").is_file()
+                   and not any((Path(p) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
+                                                                  "pytorch_model.bin", "pytorch_model.bin.index.json"))]
+    if lc.device_memory is None and lc.world_size is None and not config_only:
+        yield None
+        return
+    what = "--device-memory" if lc.device_memory is not None else "--world-size" if lc.world_size is not None \
+        else f"{config_only[0]} (only config.json, no weights)"
+    if not dry_run:
+        raise UserError(f"{what} can only be planned for: add --dry-run")
+    if (lc.world_size or 1) > 1 and lc.shard != "fsdp":
+        raise UserError("--world-size N plans one rank of an FSDP-sharded run: add --shard fsdp (unsharded, every "
+                        "process holds the whole model: plan one with --world-size 1)")
+    memory = None if lc.device_memory is None else int(lc.device_memory * 2**30)
+    with P.planning_for(P.Target(memory=memory, world=lc.world_size or 1)) as t:
+        yield t
+
+
 def batches(ckpt, kwargs: dict):
     """The checkpoint's batches with the DataConfig options popped from ``kwargs``."""
     from landscape.foundation.data import batches_for
@@ -139,6 +170,17 @@ def human_plan(checkpoint, plan: dict) -> str:
     for k, v in plan["parts_gb"].items():
         lines.append(f"  + {k:<22} {v:8.3f} GB  ({plan['in_weight_units'][k]:g} × weights)")
     lines.append("  choices: " + ", ".join(f"{k}={v}" for k, v in plan["choices"].items()))
+    t = plan.get("target")
+    if t:
+        where = (f"{t['world_size']} × " if t["world_size"] > 1 else "") + (
+            f"a {t['device_memory_gb']:g} GB device" if t["device_memory_gb"] is not None else "this machine")
+        per = " per rank" if t["world_size"] > 1 else ""
+        lines.append(f"  on {where}: {'fits' if t['fits'] else 'does NOT fit'} ({plan['peak_gb']:.2f} GB peak{per}; "
+                     f"{t['free_gb']:.2f} GB free{per} beside the weights)")
+        if not t["fits"]:
+            lines.append("  what may fit: the same tokens in smaller batches (--batch-size 1 --num-batches B·N: "
+                         "activations scale with the batch), --grad-checkpointing, a --params subset, or more ranks "
+                         "(--shard fsdp --world-size N)")
     return "\n".join(lines)
 
 
@@ -149,6 +191,8 @@ def human_work(work: dict | None) -> str:
     n = work["at_most"]
     what = ", ".join(f"{v} {k}" for k, v in n.items() if v)
     t = work["seconds_rough"]
+    if t is None:
+        return f"\n  work: at most {what or 'nothing'} ({work['forward_equivalents']} forward-pass equivalents)"
     when = f"{t / 3600:.1f} h" if t >= 3600 else f"{t / 60:.1f} min" if t >= 60 else f"{t:.0f} s"
     return f"\n  work: at most {what or 'nothing'}; roughly {when} (one loss evaluation took {work['loss_seconds']:.3g} s)"
 

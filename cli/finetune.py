@@ -1,7 +1,7 @@
 import click
 
 from landscape.cli._common import (GroupedCommand, config_from, config_options, emit, human_plan, load_options,
-                                   output_options, show_progress, with_seed)
+                                   output_options, planned_for, show_progress, with_seed)
 from landscape.foundation.configs import FinetuneConfig, LoadConfig, ProbeConfig
 
 
@@ -41,7 +41,9 @@ def command(base, data, out, as_json, quiet, **kw):
         from landscape.training.callback import LandscapeCallback
 
         probe = LandscapeCallback(config=probe_cfg)
-    r = finetune(base, data, out, cfg, load=config_from(LoadConfig, kw), progress=show_progress(quiet), probe=probe)
+    with planned_for(kw, cfg.dry_run, base):
+        r = finetune(base, data, out, cfg, load=config_from(LoadConfig, kw), progress=show_progress(quiet),
+                     probe=probe)
     if "plan" in r:
         return emit(r, as_json, human_plan(base, r["plan"]))
     ev = f", eval loss {r['eval_loss']:.4f}" if r["eval_loss"] is not None else ""

@@ -1,7 +1,7 @@
 import click
 
 from landscape.cli._common import (GroupedCommand, config_from, config_options, emit, human_plan, load_options,
-                                   output_options, show_progress, with_seed)
+                                   output_options, planned_for, show_progress, with_seed)
 from landscape.foundation.configs import DataConfig, LoadConfig, PredictConfig
 
 
@@ -31,7 +31,8 @@ def command(base, tuned, as_json, quiet, **kw):
 
     cfg = config_from(PredictConfig, kw)  # fail fast, before loading anything
     data = config_from(DataConfig, kw)
-    r = predict(base, tuned, cfg, data, load=config_from(LoadConfig, kw), progress=show_progress(quiet))
+    with planned_for(kw, cfg.dry_run, base, *tuned):
+        r = predict(base, tuned, cfg, data, load=config_from(LoadConfig, kw), progress=show_progress(quiet))
     if "plan" in r:
         return emit(r, as_json, human_plan(base, r["plan"]))
     emit(r, as_json, _human(r))

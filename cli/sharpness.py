@@ -1,7 +1,7 @@
 import click
 
 from landscape.cli._common import (GroupedCommand, batches, config_from, config_options, emit, human_plan, human_work,
-                                   load, load_options, output_options, show_progress,
+                                   load, load_options, output_options, planned_for, show_progress,
                                    with_seed)
 from landscape.foundation.configs import DataConfig, SharpnessConfig
 
@@ -26,9 +26,10 @@ def command(checkpoint, as_json, quiet, **kw):
     from landscape.measures.sharpness import measure
 
     cfg = config_from(SharpnessConfig, kw)  # fail fast, before loading anything
-    ck = load(checkpoint, kw)
-    bs = batches(ck, kw)
-    r = measure(ck.model, bs, cfg, progress=show_progress(quiet))
+    with planned_for(kw, cfg.dry_run, checkpoint):
+        ck = load(checkpoint, kw)
+        bs = batches(ck, kw)
+        r = measure(ck.model, bs, cfg, progress=show_progress(quiet))
     if "plan" in r:
         return emit({"checkpoint": str(checkpoint), **r}, as_json, human_plan(checkpoint, r["plan"]) + human_work(r.get("work")))
     r = {"checkpoint": str(checkpoint), "fingerprint": ck.fingerprint,

@@ -1,7 +1,7 @@
 import click
 
 from landscape.cli._common import (GroupedCommand, batches, config_from, config_options, emit, human_plan, load,
-                                   load_options, output_options, show_progress,
+                                   load_options, output_options, planned_for, show_progress,
                                    with_seed)
 from landscape.foundation.configs import DataConfig, SurfaceConfig
 
@@ -33,18 +33,19 @@ def command(checkpoint, to_ckpt, to_y_ckpt, out, as_json, quiet, **kw):
     if to_y_ckpt and cfg.y is None:
         raise click.UsageError("--to-y needs --y")
     load_kw = dict(kw)
-    ck = load(checkpoint, kw)
-    bs = batches(ck, kw)
-    targets, fps = {}, {}
-    for key, path in (("to", to_ckpt), ("to_y", to_y_ckpt)):
-        if path:
-            t = load(path, {**load_kw, "device": str(ck.device)})
-            targets[key], fps[key] = dict(t.model.named_parameters()), t.fingerprint
-    if cfg.dry_run:
-        from landscape.measures.surface import plan
+    with planned_for(kw, cfg.dry_run, checkpoint, to_ckpt, to_y_ckpt):
+        ck = load(checkpoint, kw)
+        bs = batches(ck, kw)
+        targets, fps = {}, {}
+        for key, path in (("to", to_ckpt), ("to_y", to_y_ckpt)):
+            if path:
+                t = load(path, {**load_kw, "device": str(ck.device)})
+                targets[key], fps[key] = dict(t.model.named_parameters()), t.fingerprint
+        if cfg.dry_run:
+            from landscape.measures.surface import plan
 
-        pl = plan(ck.model, bs, cfg).as_dict()
-        return emit({"checkpoint": str(checkpoint), "plan": pl}, as_json, human_plan(checkpoint, pl))
+            pl = plan(ck.model, bs, cfg).as_dict()
+            return emit({"checkpoint": str(checkpoint), "plan": pl}, as_json, human_plan(checkpoint, pl))
     meta = {"checkpoint": str(checkpoint), "checkpoint_fingerprint": ck.fingerprint, "data": bs.source,
             "data_fingerprint": bs.fingerprint, "to_fingerprint": fps.get("to"),
             "to_y_fingerprint": fps.get("to_y"), "dtype": str(load_kw["dtype"]),

@@ -203,9 +203,11 @@ def inspect_adapter(p: Path, trust_pickle: bool = False, base=None) -> Checkpoin
     return files
 
 
-def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, adapter_base=None) -> CheckpointFiles:
+def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, adapter_base=None,
+                       config_only: bool = False) -> CheckpointFiles:
     """Validate a checkpoint directory (or a PEFT adapter directory and its base) without loading it;
-    raise :class:`CheckpointError` on problems."""
+    raise :class:`CheckpointError` on problems. ``config_only``: a directory with config.json and no
+    weights is accepted (format "config-only": a model to plan for, built on the meta device)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint directory")
@@ -229,8 +231,11 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, adap
                 field="trust_pickle")
         weights = _shards_from_index(p / PICKLE_INDEX) if (p / PICKLE_INDEX).is_file() else [p / PICKLE_SINGLE]
         fmt = "pickle"
+    elif config_only:
+        weights, fmt = [], "config-only"
     else:
-        raise CheckpointError(f"{p}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX})")
+        raise CheckpointError(f"{p}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX}; a directory with "
+                              "only config.json can be planned for with --dry-run)")
     if fmt == "safetensors":
         for w in weights:
             _check_safetensors(w)
@@ -327,8 +332,14 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     Missing weights are an error, not a silent random initialisation.
     """
     cfg = (config or LoadConfig()).replace(**{k: str(v) if k == "device" else v for k, v in settings.items()})
-    files = inspect_checkpoint(path, trust_pickle=cfg.trust_pickle, adapter_base=cfg.adapter_base)
+    from landscape.foundation import params as P
+
+    # planning for another machine (a dry run), a directory with only config.json is a model on meta
+    files = inspect_checkpoint(path, trust_pickle=cfg.trust_pickle, adapter_base=cfg.adapter_base,
+                               config_only=P.target() is not None)
     torch_dtype = resolve_dtype(cfg.dtype)
+    if P.target() is not None:  # no weight is read: the plan needs shapes and dtypes only
+        return _on_meta(files, torch_dtype, cfg)
     dev = resolve_device(cfg.device)
     sharded = shard_mode(cfg.shard, files, torch_dtype, dev) == "fsdp"
     if sharded:
@@ -418,6 +429,31 @@ def shard_mode(mode: str, files: CheckpointFiles, dtype: torch.dtype, device: to
         return "none"
     free = free_memory(device)
     return "fsdp" if free is not None and 3 * weight_bytes(files.weights, dtype) > free else "none"
+
+
+def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig) -> Checkpoint:
+    """The checkpoint's model on the meta device (shapes and dtypes, no memory, no weight read): what a
+    plan for another machine needs (its activations are probed by a forward on meta tensors). The
+    first model built this way is the one the plan's :class:`~landscape.foundation.params.Target` runs."""
+    from transformers import AutoModelForCausalLM
+
+    from landscape.foundation import params as P
+
+    config = _config(files, cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = with_attention(lambda impl: AutoModelForCausalLM.from_config(
+            config, dtype=torch_dtype, attn_implementation=impl, trust_remote_code=cfg.trust_remote_code), cfg.attn)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    if P.target() is not None and P.target().model is None:
+        P.target().model = model
+    return Checkpoint(path=files.path, model=model, tokenizer=load_tokenizer(files.path, cfg.trust_remote_code),
+                      fingerprint=fingerprint_files([files.config]), dtype=torch_dtype, device=torch.device("meta"),
+                      meta={"format": files.format, "model_type": config.model_type, "n_params": count_params(model),
+                            "shard": cfg.shard, "attn_implementation": getattr(model.config, "_attn_implementation", None)})
 
 
 def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device):

@@ -266,6 +266,13 @@ class LoadConfig(Config):
                                 "(FSDP2; each reads only its rows of the safetensors); auto: fsdp when three "
                                 "copies of the weights do not fit one process; none: each holds the model.",
                         choices=SHARD_MODES, numbers=False)
+    device_memory: float | None = option(None, "With --dry-run: plan for a device with this many GB (a GPU you do not "
+                                               "have) instead of this machine; no weight is read, and a directory "
+                                               "with only config.json is enough.", kind="float?", bounds="positive",
+                                         numbers=False)
+    world_size: int | None = option(None, "With --dry-run and --shard fsdp: plan one rank of this many processes (each "
+                                          "holds 1/N of every weight and of every weight-sized vector).", kind="int",
+                                    bounds=(1, None), numbers=False)
     chat_template: str | None = option(None, "A Jinja chat-template file that replaces the tokenizer's own (chat data "
                                              "is rendered with it; the batches' fingerprint follows the tokens).",
                                        kind="path", numbers=False)

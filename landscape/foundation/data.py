@@ -61,7 +61,10 @@ class Batch:
 
     @property
     def n_tokens(self) -> int:
-        """Number of predicted (loss-bearing) tokens: labels at positions 1..T-1."""
+        """Number of predicted (loss-bearing) tokens: labels at positions 1..T-1 (on the meta device,
+        where a plan has shapes only, all of them)."""
+        if self.labels.device.type == "meta":
+            return self.labels.shape[0] * max(0, self.labels.shape[1] - 1)
         return int((self.labels[:, 1:] != IGNORE).sum())
 
     def to(self, device) -> "Batch":
@@ -498,6 +501,8 @@ def batches_for(ckpt, cfg: DataConfig | None = None) -> Batches:
     """:func:`load_batches` with the tokenizer, vocabulary and position limit of a loaded checkpoint,
     on the checkpoint's device. ``cfg.data`` None: the embedded eval data, for toy-world models only."""
     cfg = cfg or DataConfig()
+    if ckpt.device.type == "meta" and (cfg.data is None or ckpt.tokenizer is None):
+        return planned_batches(ckpt, cfg)
     if cfg.data is None:
         refuse_toy_default(ckpt.tokenizer, "data")
     path = cfg.data or default_eval_data()
@@ -505,3 +510,15 @@ def batches_for(ckpt, cfg: DataConfig | None = None) -> Batches:
                       max_length=resolve_max_length(ckpt.model.config, cfg.max_length), num_batches=cfg.num_batches,
                       vocab_size=ckpt.vocab_size, records=read_jsonl(path, cfg.data_split) if cfg.data_split else None)
     return bs.to(ckpt.device)
+
+
+def planned_batches(ckpt, cfg: DataConfig) -> Batches:
+    """The batches a plan for a model on the meta device (a config-only directory) assumes when no data
+    is given (or there is no tokenizer to read it): ``num_batches`` (1) of ``batch_size`` sequences of
+    ``max_length`` tokens each, every one full length — the most memory data of that shape can take."""
+    T = resolve_max_length(ckpt.model.config, cfg.max_length)
+    ids = torch.zeros(cfg.batch_size, T, dtype=torch.long, device="meta")
+    one = Batch(ids, torch.ones_like(ids), ids.clone())
+    n = cfg.num_batches or 1
+    return Batches([one] * n, "", f"planned: {n} × {cfg.batch_size} × {T} tokens", n * cfg.batch_size,
+                   config={"batch_size": cfg.batch_size, "max_length": T, "num_batches": n})

@@ -221,6 +221,8 @@ def widened(model: torch.nn.Module, enabled: bool = True):
                         old = p.data
                         p.data = old.float()
                         swapped.append((p, old))
+                if _TARGET is not None:
+                    _TARGET.kept += nbytes([old for _, old in swapped])
                 for mod in model.modules():
                     for name, b in list(mod._buffers.items()):
                         if b is not None and b.dtype in HALF:
@@ -228,6 +230,8 @@ def widened(model: torch.nn.Module, enabled: bool = True):
                             bufs.append((mod, name, b))
         yield {id(p): old for p, old in swapped}
     finally:
+        if _TARGET is not None:
+            _TARGET.kept -= nbytes([old for _, old in swapped])
         for p, old in swapped:
             p.data = old
         for mod, name, b in bufs:
@@ -250,9 +254,80 @@ def grad_only(model: torch.nn.Module, selected):
             p.requires_grad_(flag)
 
 
+# device memory a CUDA process holds outside PyTorch's allocator: the context, cuBLAS/cuDNN workspaces
+# (~0.5-1 GB on an H100, by NVIDIA's and PyTorch's documentation; not measured here: no GPU)
+CUDA_CONTEXT = int(0.75 * 2**30)
+
+
+class Target:
+    """A machine this one is not, for plans (``--dry-run``): ``world`` processes (FSDP ranks, each
+    holding 1/world of every weight) on devices of ``memory`` bytes each (None: this machine's memory),
+    running ``model`` — often on the meta device (a directory holding only config.json).
+
+    While a target is set (:func:`planning_for`), :func:`footprint` and :func:`free_memory` answer for
+    the *whole* target — the sum over its ranks — so that every plan, and every choice ``auto`` makes
+    from it, comes out as world × one rank's (the ranks are alike); :meth:`Plan.as_dict
+    <landscape.foundation.plan.Plan.as_dict>` divides by world again for the reader."""
+
+    def __init__(self, model=None, memory: int | None = None, world: int = 1):
+        self.model, self.memory, self.world = model, memory, max(1, int(world))
+        self.kept = 0  # bytes of half-precision originals held beside a float32 view (:func:`widened`)
+        self.device_type = "cuda" if memory is not None else "cpu"
+        # this machine: what is available now plus what the process already holds (its runtime)
+        self.host = None if memory is not None else (_meminfo("MemAvailable") or 0) + (_proc_status("VmRSS") or 0)
+
+    def runtime(self) -> int:
+        """Memory of one process before any weight: the Python/torch runtime on the CPU; on a GPU the
+        CUDA context and library workspaces (:data:`CUDA_CONTEXT`; the caching allocator's rounding and
+        fragmentation, a few percent of what it hands out, are left to the plan's headroom)."""
+        return int(0.35 * 2**30) if self.device_type == "cpu" else CUDA_CONTEXT
+
+    def held(self) -> int:
+        """All ranks together: runtimes, the weights (each rank its 1/world) and kept originals."""
+        weights = nbytes(list(self.model.parameters())) if self.model is not None else 0
+        return self.world * self.runtime() + weights + self.kept
+
+    def free(self) -> int:
+        # devices of their own, or the ranks sharing this machine's memory (torchrun on one host)
+        total = self.world * self.memory if self.memory is not None else self.host
+        return int(total) - self.held()
+
+
+_TARGET: Target | None = None
+
+
+def target() -> Target | None:
+    """The machine being planned for (:class:`Target`), None when planning for this one."""
+    return _TARGET
+
+
+@contextlib.contextmanager
+def planning_for(t: Target | None):
+    """Inside the block plans are made for ``t`` (nothing changes when ``t`` is None)."""
+    global _TARGET
+    before, _TARGET = _TARGET, t if t is not None else _TARGET
+    try:
+        yield t
+    finally:
+        _TARGET = before
+
+
+def _meminfo(field: str) -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def footprint(device) -> int:
     """Bytes the process holds now: RSS on the CPU (peak RSS where /proc is missing), allocated
-    memory on a GPU."""
+    memory on a GPU; planning for another machine (:class:`Target`), what its ranks would hold."""
+    if _TARGET is not None:
+        return _TARGET.held()
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
@@ -437,13 +512,18 @@ def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, s
 
 
 def free_memory(device) -> int | None:
-    """Bytes this process may still allocate on ``device``: free CUDA memory, or MemAvailable of the
-    host (divided among the processes of this node under torchrun); None when unknown."""
+    """Bytes this process may still allocate on ``device``: free CUDA memory plus what the caching
+    allocator has reserved but not handed out (a long-lived process's cache is not taken), or
+    MemAvailable of the host (divided among the processes of this node under torchrun); None when
+    unknown. Planning for another machine (:class:`Target`): what its ranks would have free."""
+    if _TARGET is not None:
+        return _TARGET.free()
     device = torch.device(device)
     free = None
     try:
         if device.type == "cuda":
-            free = int(torch.cuda.mem_get_info(device)[0])
+            cached = int(torch.cuda.memory_reserved(device)) - int(torch.cuda.memory_allocated(device))
+            free = int(torch.cuda.mem_get_info(device)[0]) + max(0, cached)
         elif device.type == "cpu":
             with open("/proc/meminfo") as f:
                 for line in f:

@@ -50,12 +50,25 @@ class Plan:
         return self.start + sum(self.parts.values())
 
     def as_dict(self) -> dict:
-        gb = lambda b: round(b / 2**30, 3)  # noqa: E731
-        return {"command": self.command, "peak_gb": gb(self.peak), "start_gb": gb(self.start),
-                "peak_bytes": self.peak, "start_bytes": self.start,
-                "parts_gb": {k: gb(v) for k, v in self.parts.items()},
-                "in_weight_units": {k: round(v / max(self.unit, 1), 2) for k, v in self.parts.items()},
-                "weight_gb": gb(self.unit), "not_resident_gb": gb(self.pending), "choices": dict(self.choices)}
+        """The plan in GB; planning for another machine (:class:`params.Target
+        <landscape.foundation.params.Target>`), one rank's share and whether it fits there."""
+        t = P.target()
+        n = t.world if t is not None else 1
+        gb = lambda b: round(b / n / 2**30, 3)  # noqa: E731
+        out = {"command": self.command, "peak_gb": gb(self.peak), "start_gb": gb(self.start),
+               "peak_bytes": self.peak // n, "start_bytes": self.start // n,
+               "parts_gb": {k: gb(v) for k, v in self.parts.items()},
+               "in_weight_units": {k: round(v / max(self.unit, 1), 2) for k, v in self.parts.items()},
+               "weight_gb": gb(self.unit), "not_resident_gb": gb(self.pending), "choices": dict(self.choices)}
+        if t is not None:
+            free = t.free()
+            need = self.peak - self.start + self.pending
+            out["target"] = {"device": t.device_type, "device_memory_gb": None if t.memory is None else
+                             round(t.memory / 2**30, 3), "world_size": t.world, "per": "rank" if n > 1 else "process",
+                             "free_gb": gb(free), "fits": need <= HEADROOM * free}
+            if "free_gb" in out["choices"]:
+                out["choices"]["free_gb"] = gb(free)
+        return out
 
 
 def activation_bytes(model: torch.nn.Module, batches) -> int:
@@ -67,12 +80,64 @@ def activation_bytes(model: torch.nn.Module, batches) -> int:
 
     big = max(batches, key=lambda b: b.input_ids.numel())
     B = big.input_ids.shape[0]
+    if param_device(model).type == "meta":
+        return B * _meta_activation_bytes(model, big.input_ids.shape[1])
     one = Batch(big.input_ids[:1], big.attention_mask[:1], big.labels[:1]).to(param_device(model))
     counter = SavedBytes(list(model.parameters()), model=model)
     with torch.enable_grad(), counter:
         loss = nll_sum(model, one)
     del loss
     return counter.bytes * B
+
+
+def _meta_activation_bytes(model: torch.nn.Module, T: int) -> int:
+    """One sequence's graph for a model on the meta device (a plan for another machine), measured on
+    real CPU copies of its architecture cut to one and two decoder blocks (uninitialised weights: the
+    saved tensors' sizes do not depend on values) and extrapolated to all blocks — the same probe and
+    attention path as a loaded model's, at the cost of two blocks and the embeddings in memory for a
+    moment (7.6 GB for a 70B's in bf16). A forward on meta tensors cannot run: transformers reads the
+    attention mask's values."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from landscape.foundation.data import Batch
+    from landscape.foundation.loss import nll_sum
+
+    full = model.config.num_hidden_layers
+    dtype = next(model.parameters()).dtype
+    got = []
+    for layers in (1, 2):
+        cfg = copy.deepcopy(model.config)
+        cfg.num_hidden_layers = layers
+        for key in ("layer_types", "mlp_only_layers"):  # per-layer lists follow the depth
+            if isinstance(getattr(cfg, key, None), list):
+                setattr(cfg, key, getattr(cfg, key)[:layers])
+        with torch.device("meta"):
+            small = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=cfg._attn_implementation)
+        small = small.to_empty(device="cpu").eval()
+        if getattr(model, "is_gradient_checkpointing", False):
+            from landscape.foundation.checkpoint import enable_grad_checkpointing
+
+            enable_grad_checkpointing(small)
+        with torch.no_grad():
+            for p in small.parameters():
+                p.normal_(0, 0.02)  # finite values: uninitialised memory can hold NaN signalling traps
+        ids = torch.zeros(1, T, dtype=torch.long)
+        one = Batch(ids, torch.ones_like(ids), ids.clone())
+        counter = SavedBytes(list(small.parameters()), model=small)
+        with torch.enable_grad(), counter:
+            loss = nll_sum(small, one)
+        del loss, small
+        got.append(counter.bytes)
+    return got[0] + (full - 1) * max(0, got[1] - got[0])
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    """One number per storage (views share it): its address; on the meta device, where every address
+    is 0, the storage object's own."""
+    st = t.untyped_storage()
+    return st._cdata if t.device.type == "meta" else st.data_ptr()
 
 
 class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
@@ -82,15 +147,15 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
 
     def __init__(self, params, model=None):
         self.bytes = 0
-        skip = {P.local(p).untyped_storage().data_ptr() for p in params}
+        skip = {_storage_key(P.local(p)) for p in params}
         seen = set()
         # FSDP swaps gathered (whole) parameters into the model for each unit's pass and frees them
         # after: their storages are weights, not activations, and are new at every gather
         gathered = model if model is not None and any(P.is_sharded(p) for p in params) else None
 
         def pack(t):
-            key = t.untyped_storage().data_ptr()
-            counted = gathered is None or key not in {q.untyped_storage().data_ptr() for q in gathered.parameters()
+            key = _storage_key(t)
+            counted = gathered is None or key not in {_storage_key(q) for q in gathered.parameters()
                                                       if not P.is_sharded(q)}
             if counted and key not in skip and key not in seen:
                 seen.add(key)
@@ -224,7 +289,8 @@ def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | Non
 
     if asked != "auto":
         return asked
-    if dist.sharded():
+    t = P.target()
+    if dist.sharded() or (t is not None and t.world > 1):
         return "fd"
     ps = list(params)
     exact = curvature(ps, act, "reverse", 2, vector_itemsize, start)
@@ -261,6 +327,9 @@ def start_bytes(model: torch.nn.Module, device, kept=None) -> int:
     the ``kept`` tensors (the half-precision originals beside a float32 view).
     On a sharded model every pass also gathers one FSDP unit whole (:func:`gathered_bytes`)."""
     gathered = gathered_bytes(model)
+    t = P.target()
+    if t is not None:  # every rank's runtime, weights, kept originals and gathered unit
+        return t.world * t.runtime() + P.nbytes(list(model.parameters())) + P.nbytes(kept or []) + t.world * gathered
     held = P.footprint(device) + gathered
     if torch.device(device).type == "cuda":
         return held
@@ -273,7 +342,7 @@ def pending_bytes(weight_bytes: int, device) -> int:
     that the free memory (MemAvailable) also counts, until a measurement writes them and they become
     the process's own. Seen on the 1.5B model: a plan of 18.1 GB on top of 7.0 "held" whose 6.4 GB of
     weights were file pages, let run towards 25 GB on a 24 GB machine. 0 on a GPU (allocated is held)."""
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" or P.target() is not None:
         return 0
     anon = P._proc_status("RssAnon")  # the runtime's own anonymous memory counts as the weights' here:
     return max(0, weight_bytes - anon) if anon else 0  # an underestimate by at most that (~0.3 GB)
@@ -284,8 +353,17 @@ def gathered_bytes(model: torch.nn.Module) -> int:
     embedding or the head) whole, about three times over on gloo (the gathered chunks, their
     concatenation, the copy-in buffer) and twice with NCCL — measured on the 1.1B shape's embedding."""
     from landscape.foundation.loss import param_device
-    from landscape.foundation.sharding import units
+    from landscape.foundation.sharding import decoder_blocks, units
 
+    t = P.target()
+    if t is not None:  # the units --shard fsdp would make: each block, an untied embedding and head
+        if t.world == 1:
+            return 0
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        whole = [list(b.parameters()) for b in decoder_blocks(model)] + [[emb.weight]]
+        if head is not None and head.weight is not emb.weight:
+            whole.append([head.weight])
+        return (2 if t.device_type == "cuda" else 3) * max(P.nbytes(ps) for ps in whole)
     parts = [u for u in units(model) if u is not model]
     if not parts:
         return 0

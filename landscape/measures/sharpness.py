@@ -221,7 +221,8 @@ def float32_view(model, selected, what: str):
     if not P.is_half(selected):
         yield None
         return
-    if any(P.is_sharded(p) for p in model.parameters()):
+    planned = P.target() is not None and P.target().world > 1  # a plan for a sharded run: the same answer
+    if planned or any(P.is_sharded(p) for p in model.parameters()):
         raise UserError(f"{what} on bf16/fp16 weights needs them in float32 (a curvature measurement moves "
                         "them by far less than a half-precision spacing), and FSDP-sharded parameters cannot "
                         "be widened in place: load with dtype float32")
@@ -491,14 +492,19 @@ def work(obj, cfg: SharpnessConfig, method: str, model) -> dict:
     if cfg.per_layer:
         per["per_layer"] = {"hvps": len(P.layer_groups(model)) * (cfg.max_iter + ("trace" in names) * cfg.trace_samples)}
     total = {k: sum(v.get(k, 0) for v in per.values()) for k in ("hvps", "gradients", "losses")}
+    fwd = (total["hvps"] * FORWARDS_PER["fd" if method == "fd" else "exact"]
+           + total["gradients"] * FORWARDS_PER["gradient"] + total["losses"])
+    if P.target() is not None:  # another machine's speed cannot be timed here
+        return {"at_most": total, "per_metric": per, "not_counted": [m for m in names if m == "density"],
+                "forward_equivalents": fwd, "loss_seconds": None, "seconds_rough": None,
+                "rough": "planned for another machine: not timed (forward-pass equivalents: gradient 3, fd product "
+                         "6, exact 5)"}
     obj.value()  # the first evaluation pays one-time costs (allocator, kernels, lazy initialisation)
     t0 = time.perf_counter()
     obj.value()
     forward = time.perf_counter() - t0
-    fwd = (total["hvps"] * FORWARDS_PER["fd" if method == "fd" else "exact"]
-           + total["gradients"] * FORWARDS_PER["gradient"] + total["losses"])
     return {"at_most": total, "per_metric": per, "not_counted": [m for m in names if m == "density"],
-            "loss_seconds": round(forward, 6), "seconds_rough": round(forward * fwd, 1),
+            "forward_equivalents": fwd, "loss_seconds": round(forward, 6), "seconds_rough": round(forward * fwd, 1),
             "rough": "one loss evaluation timed now × forward-pass equivalents (gradient 3, fd product 6, exact 5); "
                      "within a factor of ~3; the counts are upper bounds (Lanczos usually stops sooner)"}
 
