@@ -195,7 +195,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     if not tuned:
         raise UserError("give at least one tuned checkpoint")
     for p in [base, *tuned]:  # every path checked before anything is measured
-        checkpoint.inspect_checkpoint(p, trust_pickle=load.trust_pickle)
+        checkpoint.inspect_checkpoint(p, trust_pickle=load.trust_pickle, config_only=P.target() is not None)
     t0 = time.perf_counter()
     ck = checkpoint.load_checkpoint(base, load)
     bs = batches_for(ck, data)
