@@ -54,6 +54,10 @@ def _human(r: dict) -> str:
                   f"  forgetting of the general loss: measured F {_g(m['general_loss_increase'])}   "
                   f"quadratic F̂ {_g(m['quad_pred'])} (explains {_g(x['explained'])} of F; line R² "
                   f"{_g(x['line']['r2'])})   bound {_g(m['bound'])}"]
+        kl = f"  KL(base‖tuned) {_g(m.get('kl_base_tuned'))}   KL(tuned‖base) {_g(m.get('kl_tuned_base'))} per token"
+        if "kl_base_tuned_task" in m:
+            kl += (f";  on the task data {_g(m['kl_base_tuned_task'])} / {_g(m['kl_tuned_base_task'])}")
+        lines.append(kl)
         if x["at_tuned"]:
             lines.append(f"  at the tuned weights: g_tᵀΔw {_g(m['grad_delta_tuned'])}   κ_tuned {_g(m['kappa_tuned'])}"
                          f"   F̂_tuned {_g(m['quad_pred_tuned'])}")

@@ -63,6 +63,7 @@ def test_the_run_is_unchanged_and_lambda_max_is_logged_every_n_steps(tokenizer, 
     assert [r["step"] for r in traj["records"]] == steps and traj["cost"]["share"] > 0
     assert all(r["lambda_max_hvps"] <= 20 + 3 for r in traj["records"])  # 20 steps (+3 measure the noise)
     assert "delta_norm" not in traj["records"][0] and traj["records"][-1]["delta_norm"] > 0
+    assert traj["records"][-1]["kl_base_tuned"] > 0 and traj["records"][-1]["kl_tuned_base"] > 0  # KL: forwards only
 
 
 def test_values_equal_the_commands(tokenizer, tmp_path, probe_data):

@@ -289,7 +289,8 @@ def test_predictors_and_covariates_through_the_manifest(study, tmp_path, monkeyp
     res = runner.run_manifest(p, out)
     from landscape.foundation.configs import PREDICTOR_METRICS
 
-    assert set(res["metrics"]) == {"sam", *PREDICTOR_METRICS}
+    general = [k for k in PREDICTOR_METRICS if not k.endswith("_task")]  # the task KL needs kl_data
+    assert set(res["metrics"]) == {"sam", *general}
     assert res["metric_info"]["kappa_base"]["where"] == "base" and res["metric_info"]["sam"]["where"] == "tuned"
     assert res["metric_info"]["kappa_base"]["data"].endswith("task.jsonl")
     assert res["covariates"] == ["delta_norm", "task_loss"]
@@ -302,7 +303,7 @@ def test_predictors_and_covariates_through_the_manifest(study, tmp_path, monkeyp
     assert r.exit_code == 0, r.output
     one = json.loads(r.stdout)["results"][0]["metrics"]
     row = next(x for x in res["checkpoints"] if x["path"].endswith("ck2"))
-    for k in PREDICTOR_METRICS:
+    for k in general:
         assert row["flatness"][k] == pytest.approx(one[k], rel=1e-9), k
     html = out.read_text()
     assert "predicted" in html and "kappa_base" in html and "partial" in html
@@ -314,6 +315,7 @@ def test_predictors_and_covariates_through_the_manifest(study, tmp_path, monkeyp
     assert calls == [] and again["partial"] == res["partial"]
     for bad, match in ((dict(m, covariates=["vibes"]), "covariates: unknown vibes"),
                        (dict(m, predictors={**m["predictors"], "metrics": ["kappa"]}), "predictors.metrics"),
+                       (dict(m, predictors={**m["predictors"], "metrics": ["kl_base_tuned_task"]}), "need kl_data"),
                        (dict(m, predictors={**m["predictors"], "line": "0:0.5:3"}), "predictors.line")):
         p.write_text(yaml.safe_dump(bad))
         r = CliRunner().invoke(cli, ["correlate", str(p), "--out", str(tmp_path / "y.html")])

@@ -105,6 +105,48 @@ def test_kappa_and_prediction_against_a_dense_hessian_on_a_tiny_transformer(llam
         assert torch.equal(p.detach(), before[n]), n
 
 
+def test_kl_predictors_equal_a_float64_hand_computation_in_any_chunking(llama_dir, text_data, monkeypatch):
+    """KL(base ‖ tuned) and KL(tuned ‖ base), token means over the loss-bearing positions, equal the
+    float64 softmaxes of a separately built tuned model to 1e-10, whether a batch's rows go in one
+    piece or one by one (the memory budget); both are ≥ 0, differ from each other (KL is not
+    symmetric), and the weights are bit-identical afterwards."""
+    from landscape.foundation.data import IGNORE
+
+    ck = checkpoint.load_checkpoint(llama_dir, dtype="float64")
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3, max_length=16)
+    tuned_named = _tuned_copy(ck.model, 3e-2, 7, [n for n, _ in ck.model.named_parameters()])
+    before = {n: p.detach().clone() for n, p in ck.model.named_parameters()}
+    obj = ModelObjective(ck.model, bs)
+    delta = predictors.update_vector(obj.names, obj.params, tuned_named)
+    got = predictors.measure_pair(obj, delta, PredictConfig(at_tuned=False, line="0:1:2"))["metrics"]
+    monkeypatch.setattr(predictors, "KL_BUDGET", 1)  # one sequence at a time
+    with P.perturbed(obj.params) as origin:
+        rowwise = predictors.kl_divergences(obj, origin, delta)
+
+    import copy
+    other = copy.deepcopy(ck.model)
+    with torch.no_grad():
+        for n, p in other.named_parameters():
+            p.copy_(tuned_named[n])
+    fb = fwd = 0.0
+    n_tok = 0
+    for b in bs:
+        keep = b.labels[:, 1:] != IGNORE
+        with torch.no_grad():
+            lb = torch.log_softmax(ck.model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1][keep], -1)
+            lt = torch.log_softmax(other(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1][keep], -1)
+        fb += float((lb.exp() * (lb - lt)).sum())
+        fwd += float((lt.exp() * (lt - lb)).sum())
+        n_tok += int(keep.sum())
+    ref = {"kl_base_tuned": fb / n_tok, "kl_tuned_base": fwd / n_tok}
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, rel=1e-10) and rowwise[k] == pytest.approx(v, rel=1e-10), k
+    assert ref["kl_base_tuned"] > 1e-4 and ref["kl_tuned_base"] > 1e-4
+    assert abs(ref["kl_base_tuned"] - ref["kl_tuned_base"]) > 1e-8
+    for n, p in ck.model.named_parameters():
+        assert torch.equal(p.detach(), before[n]), n
+
+
 def test_predict_cli_json_and_bad_input(tmp_path, tiny_ckpts, llama_dir, text_data):
     from landscape.foundation import toy
     from tests.conftest import make_checkpoint
@@ -122,12 +164,19 @@ def test_predict_cli_json_and_bad_input(tmp_path, tiny_ckpts, llama_dir, text_da
     r = json.loads(res.output)
     x = r["results"][0]
     assert x["tuned"] == str(out) and set(x["at_tuned"]) >= {"kappa_tuned", "grad_delta_tuned"}
-    assert set(x["metrics"]) == set(predictors.PREDICTOR_METRICS)
+    assert set(x["metrics"]) == {k for k in predictors.PREDICTOR_METRICS if not k.endswith("_task")}
+    assert x["metrics"]["kl_base_tuned"] > 0 and x["metrics"]["kl_tuned_base"] > 0
     assert r["lambda_max_base"]["lambda_max"] > 0
     assert x["metrics"]["bound"] >= x["metrics"]["quad_pred"]
     assert x["where"]["kappa_base"] == "base" and x["where"]["kappa_tuned"] == "tuned"
     assert x["loss_tuned"] == pytest.approx(
         json.loads(runner.invoke(cli, ["loss", str(out), "--data", str(text_data), "--json"]).output)["loss"], rel=1e-5)
+    # the KL on the task's data (--kl-data): here the same file, so the same numbers as on the general data
+    res = runner.invoke(cli, ["predict", str(llama_dir), str(out), "--data", str(text_data), "--json", "--no-lambda-max",
+                              "--line", "0:1:2", "--kl-data", str(text_data)])
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.output)["results"][0]["metrics"]
+    assert m["kl_base_tuned_task"] == m["kl_base_tuned"] and m["kl_tuned_base_task"] == m["kl_tuned_base"]
     # text: each checkpoint headed by its path, also without the tuned-weights measurements
     res = runner.invoke(cli, ["predict", str(llama_dir), str(out), "--data", str(text_data), "--max-iter", "5",
                               "--line", "0:1:3", "--no-at-tuned"])

@@ -60,6 +60,11 @@ PREDICTOR_METRICS = {
     "general_loss_increase": ("base→tuned", "F = L_general(w_tuned) − L_general(w_base), measured"),
     "critical_sharpness": ("base", "λc = 2/t_c, t_c the smallest t > 0 with L_general(w_base + tΔw) > L_general(w_base) "
                                    "(Kalra et al. 2026's relative critical sharpness; forward passes only)"),
+    "kl_base_tuned": ("base→tuned", "E_t Σ_v p_base log(p_base/p_tuned): token-mean KL(base ‖ tuned) of the next-token "
+                                    "distributions on the general data (Shenfeld et al. 2025; forward passes only)"),
+    "kl_tuned_base": ("base→tuned", "E_t Σ_v p_tuned log(p_tuned/p_base): the reverse KL(tuned ‖ base)"),
+    "kl_base_tuned_task": ("base→tuned", "KL(base ‖ tuned) on the task data (--kl-data), as kl_base_tuned"),
+    "kl_tuned_base_task": ("base→tuned", "KL(tuned ‖ base) on the task data (--kl-data)"),
     "grad_delta_tuned": ("tuned", "g_tᵀΔw, g_t = ∇L_general(w_tuned)"),
     "kappa_tuned": ("tuned", "ΔwᵀH_tΔw / ‖Δw‖², H_t = ∇²L_general(w_tuned)"),
     "quad_pred_tuned": ("tuned", "g_tᵀΔw − ½ΔwᵀH_tΔw (F expanded around the tuned weights)"),
@@ -533,6 +538,9 @@ class PredictConfig(Config):
                             flag="at-tuned/--no-at-tuned")
     params: str | None = option(None, "Only parameters whose name matches this regex (Δw is zero elsewhere).",
                                 kind="str")
+    kl_data: str | None = option(None, "Also the KL predictors on this data — the fine-tune's own task, where Shenfeld et "
+                                       "al. 2025 measured it (kl_base_tuned_task, kl_tuned_base_task); same batch "
+                                       "size and length as the general data.", kind="path")
     max_iter: int = option(100, "Lanczos steps for λ_max.", bounds=(1, None))
     tol: float = option(1e-3, "Relative residual that stops λ_max's Lanczos.", bounds="positive")
     hvp_method: str = option("auto", "Hessian-vector products (κ, F̂, λ_max): exact (reverse, forward) or finite "

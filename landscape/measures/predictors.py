@@ -108,6 +108,54 @@ def _loss_at(obj, origin, delta, t: float) -> float:
     return obj.value()
 
 
+# bytes of next-token log-probabilities (two models' B·T·V float32) one KL pass may hold at once
+KL_BUDGET = 1 << 28
+
+
+@torch.no_grad()
+def kl_divergences(obj, origin, delta) -> dict:
+    """Token-mean KL divergences between the base's and the tuned model's next-token distributions
+    over the loss-bearing positions of ``obj``'s batches (Shenfeld et al. 2025, "RL's Razor": forgetting
+    follows KL(base ‖ tuned) on the new task's data):
+
+        kl_base_tuned = E_t[Σ_v p_base(v) log p_base(v)/p_tuned(v)],  kl_tuned_base the reverse.
+
+    Forward passes only; the weights hold the base on entry and on exit (each point set from
+    ``origin``, never walked). Memory: both models' log-probabilities for as many rows of a batch as
+    :data:`KL_BUDGET` allows (one sequence at least: 2·T·V float32), not B·T·V twice for a batch; the
+    sums in float64. Sharded or several processes: each its share of the batches, summed over ranks."""
+    from landscape.foundation import distributed as dist
+    from landscape.foundation.data import IGNORE, Batch
+    from landscape.foundation.loss import logits_of
+
+    ps = obj.params
+    sums = torch.zeros(2, dtype=torch.float64)
+    for b, weight in obj.local_batches:
+        B, T = b.input_ids.shape
+        vocab = int(getattr(obj.model.config, "vocab_size", 0) or 1)
+        rows = max(1, min(B, KL_BUDGET // max(1, 2 * 4 * T * vocab)))
+        for a in range(0, B, rows):
+            piece = Batch(b.input_ids[a:a + rows], b.attention_mask[a:a + rows], b.labels[a:a + rows])
+            keep = piece.labels[:, 1:] != IGNORE
+            if weight == 0 or not bool(keep.any()):
+                continue
+            P.restore(ps, origin)
+            logits = logits_of(obj.model, piece)[:, :-1][keep]
+            wide = torch.promote_types(logits.dtype, torch.float32)  # float64 models stay float64
+            lb = torch.log_softmax(logits.to(wide), dim=-1)
+            del logits
+            P.set_offset(ps, origin, delta)
+            lt = torch.log_softmax(logits_of(obj.model, piece)[:, :-1][keep].to(wide), dim=-1)
+            d = lb - lt  # log p_base − log p_tuned, one row per loss-bearing position
+            sums[0] += float((lb.exp() * d).sum(dtype=torch.float64)) * weight
+            sums[1] -= float((lt.exp() * d).sum(dtype=torch.float64)) * weight
+            del lb, lt, d
+    P.restore(ps, origin)
+    n = obj.n_tokens
+    kl = [dist.all_reduce_scalar(float(x)) / n for x in sums]
+    return {"kl_base_tuned": kl[0], "kl_tuned_base": kl[1]}
+
+
 def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lambda_max: float | None = None,
                  groups: dict | None = None, progress: bool = False) -> dict:
     """The forgetting predictors of the update ``delta`` from the base weights ``obj.params`` hold.
@@ -130,6 +178,8 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
         L0, g_delta, dhd = _curvature_along(obj, delta, method, origin)
         losses = _line(obj, origin, delta, ts, progress)
         crit = critical_step(lambda t: _loss_at(obj, origin, delta, t) > L0)
+        kl = kl_divergences(obj, origin, delta) if hasattr(obj, "local_batches") else \
+            {"kl_base_tuned": None, "kl_tuned_base": None}  # a closed-form objective has no distributions
         tuned = None
         if cfg.at_tuned:
             P.set_offset(ps, origin, delta)
@@ -147,7 +197,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
     metrics = {"delta_norm": math.sqrt(dn2), "delta_rel": math.sqrt(dn2) / wn if wn > 0 else None,
                "grad_delta": g_delta, "kappa_base": dhd / dn2, "quad_pred": quad,
                "bound": g_delta + 0.5 * lambda_max * dn2 if lambda_max is not None else None,
-               "general_loss_increase": F, "critical_sharpness": crit["lambda_c"]}
+               "general_loss_increase": F, "critical_sharpness": crit["lambda_c"], **kl}
     if tuned:
         metrics.update({k: tuned[k] for k in ("grad_delta_tuned", "kappa_tuned", "quad_pred_tuned")})
     return {
@@ -199,7 +249,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     t0 = time.perf_counter()
     ck = checkpoint.load_checkpoint(base, load)
     bs = batches_for(ck, data)
-    session = Session(ck.model, bs, cfg)
+    session = Session(ck.model, bs, cfg, kl_batches(ck, cfg, data))
     pl = session.plan()
     if cfg.dry_run:
         return {"base": str(base), "tuned": [str(t) for t in tuned], "plan": pl.as_dict()}
@@ -221,12 +271,25 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
                      "planned_peak_gb": round(pl.peak / 2**30, 3), "plan": pl.as_dict()}}
 
 
+def kl_batches(ck, cfg: PredictConfig, data: DataConfig | None):
+    """The batches of ``cfg.kl_data`` (the task data of the KL predictors) with the general data's
+    batch size and length, or None when none is asked for."""
+    from landscape.foundation.data import batches_for
+
+    if cfg.kl_data is None:
+        return None
+    d = data or DataConfig()
+    return batches_for(ck, DataConfig(data=cfg.kl_data, batch_size=d.batch_size, max_length=d.max_length,
+                                      num_batches=d.num_batches))
+
+
 class Session:
     """A base model on general data, measured against many fine-tunes: λ_max(H_base) once, then
     :func:`measure_pair` per fine-tune (what `predict` and the batch runner share)."""
 
-    def __init__(self, model, batches, config: PredictConfig):
+    def __init__(self, model, batches, config: PredictConfig, kl_batches=None):
         self.model, self.batches, self.cfg = model, batches, config
+        self.kl_batches = kl_batches  # the task data of kl_*_task (``config.kl_data``), or None
         self.selected = P.select(model, config.params)
         self.groups = P.layer_groups(model)
         self._lambda = None
@@ -268,4 +331,10 @@ class Session:
                 self._lambda = base_lambda_max(obj, self.cfg, progress)
             lam = self._lambda["lambda_max"] if self._lambda else None
             r = measure_pair(obj, delta, self.cfg, lambda_max=lam, groups=self.groups, progress=progress)
+            if self.kl_batches is not None:
+                task = ModelObjective(self.model, self.kl_batches, self.selected)
+                with P.perturbed(task.params, origin=obj.origin) as origin:
+                    kl = kl_divergences(task, origin, delta)
+                r["metrics"].update({f"{k}_task": v for k, v in kl.items()})
+                r["where"].update({f"{k}_task": PREDICTOR_METRICS[f"{k}_task"][0] for k in kl})
         return {**r, "lambda_max_run": self._lambda}  # how λ_max(H_base) was found (HVPs, convergence)

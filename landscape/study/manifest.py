@@ -92,7 +92,9 @@ class Manifest:
         for m in self.metrics:
             if m in PREDICTOR_METRICS:
                 where, what = PREDICTOR_METRICS[m]
-                info[m] = {"where": where, **label(self.predict_data), "kind": "predictor", "what": what}
+                on = DataConfig(data=self.predictors.kl_data) if m.endswith("_task") and self.predictors else \
+                    self.predict_data
+                info[m] = {"where": where, **label(on), "kind": "predictor", "what": what}
         return info
 
 
@@ -212,7 +214,8 @@ def _predictors(p: Path, pr, rel) -> tuple:
     pr = dict(pr)
     metrics = pr.pop("metrics", None) or [m for m in PREDICTOR_METRICS
                                           if (m != "bound" or pr.get("lambda_max", True))
-                                          and (not m.endswith("_tuned") or pr.get("at_tuned", True))]
+                                          and (PREDICTOR_METRICS[m][0] != "tuned" or pr.get("at_tuned", True))
+                                          and (not m.endswith("_task") or pr.get("kl_data"))]
     if isinstance(metrics, str):
         metrics = [s.strip() for s in metrics.split(",") if s.strip()]
     unknown = [x for x in metrics if x not in PREDICTOR_METRICS]
@@ -227,9 +230,14 @@ def _predictors(p: Path, pr, rel) -> tuple:
     if data_keys.get("data"):
         data_keys["data"] = str(rel(data_keys["data"], "predictors.data"))
     data = DataConfig.from_mapping(data_keys, f"{p}: predictors")
+    if pr.get("kl_data"):
+        pr["kl_data"] = str(rel(pr["kl_data"], "predictors.kl_data"))
     cfg = PredictConfig.from_mapping(pr, f"{p}: predictors")
     if "bound" in metrics and not cfg.lambda_max:
         raise UserError(f"{p}: predictors: the metric 'bound' needs lambda_max: true")
+    task = [m for m in metrics if m.endswith("_task")]
+    if task and not cfg.kl_data:
+        raise UserError(f"{p}: predictors: {', '.join(task)} need kl_data (the task's data file)")
     return metrics, data, cfg
 
 

@@ -122,7 +122,7 @@ def plot_surfaces(paths: list, out: str | os.PathLike, log: bool = False, clip: 
 
 
 TRAJECTORY_METRICS = ("loss", "lambda_max", "delta_norm", "kappa_base", "quad_pred", "general_loss_increase",
-                      "critical_sharpness", "forgetting")
+                      "critical_sharpness", "kl_base_tuned", "forgetting")
 
 
 LOG_AXES = {"lambda_max", "critical_sharpness"}  # spans decades along a run

@@ -79,14 +79,16 @@ def predictor_session(base_ck, m: Manifest):
     if m.predictors is None:
         return None
     from landscape.foundation import data
-    from landscape.measures.predictors import Session
+    from landscape.measures.predictors import Session, kl_batches
 
-    return Session(base_ck.model, data.batches_for(base_ck, m.predict_data), m.predictors)
+    return Session(base_ck.model, data.batches_for(base_ck, m.predict_data), m.predictors,
+                   kl_batches(base_ck, m.predictors, m.predict_data))
 
 
 def measure_predictors(ck, session, m: Manifest, store, base_fp: str, progress: bool = False) -> dict:
     """The forgetting predictors of the loaded fine-tune ``ck`` against the session's base, through the store."""
     key = {**m.predictors.numbers(), "data": session.batches.fingerprint, "base": base_fp,
+           "kl_data": session.kl_batches.fingerprint if session.kl_batches is not None else None,
            "version": landscape.__version__}
     return store.cached(ck.fingerprint, "predictors", key,
                         lambda: session.measure(dict(ck.model.named_parameters()), progress=progress))

@@ -56,7 +56,8 @@ except ImportError:  # pragma: no cover
 
 DEFAULT_EVERY = 100
 LINE = "0:1:2"  # predictors: L at t = 0 and t = 1 only (F measured, no line)
-PREDICTOR_KEYS = ("delta_norm", "grad_delta", "kappa_base", "quad_pred", "general_loss_increase", "critical_sharpness")
+PREDICTOR_KEYS = ("delta_norm", "grad_delta", "kappa_base", "quad_pred", "general_loss_increase", "critical_sharpness",
+                  "kl_base_tuned", "kl_tuned_base")
 
 
 @contextlib.contextmanager
