@@ -49,7 +49,15 @@ def _human(checkpoint, r: dict) -> str:
     for g, row in m.get("per_layer", {}).items():
         lines.append(f"  λ_max[{g}]{'':<{max(0, 15 - len(g))}} {row['lambda_max']:.6g}")
     lines.append(f"  cost: {r['cost']['hvps']} HVPs ({r['hvp']['hvp_method']}), {r['cost']['seconds']} s, "
-                 f"peak {r['cost']['peak_rss_gb']} GB (planned {r['cost']['planned_peak_gb']} GB)")
+                 f"{_peak(r['cost'])} (planned {r['cost']['planned_peak_gb']} GB)")
     lines += [f"  {k:<24} null: {why}" for k, why in r.get("nulls", {}).items() if k != "eigenvalues"]
     lines += [f"  warning: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _peak(cost: dict) -> str:
+    """The peak that the plan predicts, labelled: a GPU's allocator peak (with the host's RSS beside it),
+    or the host's RSS."""
+    if cost.get("device_peak_gb") is not None:
+        return f"{cost['device']} peak {cost['device_peak_gb']} GB (host RSS {cost['peak_rss_gb']} GB)"
+    return f"peak RSS {cost['peak_rss_gb']} GB"

@@ -66,6 +66,33 @@ def test_the_run_is_unchanged_and_lambda_max_is_logged_every_n_steps(tokenizer, 
     assert traj["records"][-1]["kl_base_tuned"] > 0 and traj["records"][-1]["kl_tuned_base"] > 0  # KL: forwards only
 
 
+def test_a_probe_that_does_not_fit_is_null_with_its_reason_and_the_run_goes_on(tokenizer, tmp_path, probe_data,
+                                                                                  monkeypatch):
+    """The callback plans like `landscape sharpness` and `predict`: with too little memory left for a
+    probe, λ_max and the predictors are null with the refusal's line (one warning each), the loss is
+    still measured, and training is the run without the callback, bit for bit — never an OOM.
+    FlashAttention or compiled models are sent to fd products (no double backward)."""
+    from landscape.foundation import plan as plans
+    from landscape.training import callback as C
+
+    plain = train(model_of(tokenizer), tokenizer, tmp_path / "a")
+    monkeypatch.setattr(plans, "free_bytes", lambda device: 1024)
+    cb = LandscapeCallback(data=probe_data, every=2, metrics=["loss", "lambda_max", "predictors"])
+    with pytest.warns(UserWarning, match="not measured") as seen:
+        probed = train(model_of(tokenizer), tokenizer, tmp_path / "b", [cb])
+    assert sum("lambda_max not measured" in str(w.message) for w in seen) == 1
+    assert sum("predictors not measured" in str(w.message) for w in seen) == 1
+    for (n, p), q in zip(plain.model.named_parameters(), probed.model.parameters()):
+        assert torch.equal(p, q), n
+    last = cb.records[-1]
+    assert last["lambda_max"] is None and "GB is free" in last["lambda_max_null"] and last["loss"] > 0
+    assert last["delta_norm"] is None and "GB is free" in last["predictors_null"]
+    m = model_of(tokenizer)
+    assert C._twice_differentiable(m)
+    m.config._attn_implementation = "flash_attention_2"
+    assert not C._twice_differentiable(m) and LandscapeCallback(data=probe_data)._hvp_method(m) == "fd"
+
+
 def test_values_equal_the_commands(tokenizer, tmp_path, probe_data):
     """λ_max at step 0 = `sharpness`'s λ_max on the same batches; at the end ‖Δw‖ and the general-loss
     rise F equal a hand computation against the step-0 weights."""

@@ -553,3 +553,24 @@ def test_a_refusal_suggests_fd_only_when_the_plan_holds_an_exact_products_graph(
         plans.check_fits(ball, 2**30)
     assert "hvp_method" not in str(e.value) and "\n" not in str(e.value)
     plans.check_fits(ball, 8 * 2**30)  # fits: no error
+
+
+def test_on_a_gpu_the_device_peak_and_the_host_rss_are_two_labelled_numbers(monkeypatch):
+    """On CUDA the cost reports the allocator's peak since the command's start (what a GPU plan
+    predicts) beside the host RSS, never one for the other; the plan's free memory counts the caching
+    allocator's reserved-but-unallocated blocks as free (a long-lived process is not refused for its
+    cache). A stub stands in for the GPU this machine lacks."""
+    from landscape.foundation import params as P
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append(("reset", str(d))))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 7 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 5 * 2**30)
+    P.reset_peak("cuda:0")
+    got = P.peak_memory("cuda:0")
+    assert calls == [("reset", "cuda:0")]
+    assert got["device_peak_gb"] == 3.0 and got["device"] == "cuda:0" and got["peak_rss_gb"] > 0
+    assert P.free_memory("cuda:0") == 12 * 2**30  # 10 free + 2 cached but unallocated
+    assert set(P.peak_memory("cpu")) == {"peak_rss_gb"}

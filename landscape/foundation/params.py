@@ -354,6 +354,25 @@ def peak_rss() -> int:
     return _proc_status("VmHWM") or int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def reset_peak(device) -> None:
+    """Start a command's peak: on a GPU the allocator's peak statistic is reset (host RSS's peak,
+    VmHWM, cannot be, and is the process's own from its start)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device) -> dict:
+    """A command's peak memory, each labelled: ``peak_rss_gb`` the host process's (VmHWM), and on a GPU
+    ``device_peak_gb`` — the allocator's peak since :func:`reset_peak` — which is what a GPU plan
+    predicts; the two are different memories and are never one number."""
+    out = {"peak_rss_gb": round(peak_rss() / 2**30, 3)}
+    device = torch.device(device)
+    if device.type == "cuda":
+        out["device_peak_gb"] = round(int(torch.cuda.max_memory_allocated(device)) / 2**30, 3)
+        out["device"] = str(device)
+    return out
+
+
 def release_memory() -> None:
     """Hand memory that is free back to the system: Python's cycles, the CUDA cache, and glibc's free
     heap pages (``malloc_trim``; nothing on other C libraries). A long-lived process that loads one

@@ -116,7 +116,8 @@ def _meta_activation_bytes(model: torch.nn.Module, T: int) -> int:
         with torch.device("meta"):
             small = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=cfg._attn_implementation)
         small = small.to_empty(device="cpu").eval()
-        if getattr(model, "is_gradient_checkpointing", False):
+        if getattr(model, "is_activation_checkpointing", None) or (  # transformers ≥ 5.2's name, then the old
+                not hasattr(model, "is_activation_checkpointing") and getattr(model, "is_gradient_checkpointing", False)):
             from landscape.foundation.checkpoint import enable_grad_checkpointing
 
             enable_grad_checkpointing(small)

@@ -248,6 +248,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
         checkpoint.inspect_checkpoint(p, trust_pickle=load.trust_pickle, config_only=P.target() is not None)
     t0 = time.perf_counter()
     ck = checkpoint.load_checkpoint(base, load)
+    P.reset_peak(ck.device)
     bs = batches_for(ck, data)
     session = Session(ck.model, bs, cfg, kl_batches(ck, cfg, data))
     pl = session.plan()
@@ -267,7 +268,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
             "data": {"path": bs.source, "fingerprint": bs.fingerprint, **bs.config}, "tokens": bs.n_tokens,
             "lambda_max_base": session.lambda_max, "results": results,
             "config": {**cfg.as_dict(), "version": landscape.__version__},
-            "cost": {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_gb": round(P.peak_rss() / 2**30, 3),
+            "cost": {"seconds": round(time.perf_counter() - t0, 3), **P.peak_memory(ck.device),
                      "planned_peak_gb": round(pl.peak / 2**30, 3), "plan": pl.as_dict()}}
 
 

@@ -208,6 +208,7 @@ def measure(model, batches, config: SharpnessConfig | None = None, progress: boo
     cfg = config or SharpnessConfig()
     t0 = time.perf_counter()
     selected = P.select(model, cfg.params)
+    P.reset_peak(next(iter(selected.values())).device)
     with float32_view(model, selected.values(), "sharpness") as origins:
         return _measure(model, batches, cfg, selected, origins, progress, t0)
 
@@ -277,7 +278,7 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
                   "dtype": weights_dtype, "version": landscape.__version__,
                   "shard": {"mode": "fsdp" if obj.sharded else "none", "processes": dist.world()}}
     cost = {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached,
-            "peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3),
+            **P.peak_memory(obj.device), "planned_peak_gb": round(pl.peak / 2**30, 3),
             "basis": (details.get("eigen") or {}).get("basis")}
     if dist.world() > 1:  # every process's own peak (under sharding each holds its rows only)
         cost["peak_rss_gb_per_process"] = [round(b / 2**30, 3) for b in dist.all_gather_object(P.peak_rss())]

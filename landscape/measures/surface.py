@@ -156,6 +156,7 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
     state = dist.broadcast_object(_read_partial(partial, attrs, grid.shape) if dist.is_main() else None)
     loss, done = state if state is not None else (np.full(grid.shape, np.nan), np.zeros(grid.shape, np.uint8))
     t0 = time.perf_counter()
+    P.reset_peak(grid.ps[0].device)
     with P.perturbed(grid.ps) as grid.origin:
         grid.dx, grid.dy = _directions(grid, mode, cfg, targets)
         computed = _walk(grid, cfg.points_per_pass, (loss, done), (partial, attrs), control, progress)
@@ -170,7 +171,7 @@ def surface(model, batches, out: str | os.PathLike, config: SurfaceConfig | None
     return {"out": str(out) if complete else str(partial), "points": int(np.prod(grid.shape)), "computed": computed,
             "complete": complete, "directions": mode,
             **grid_values({"x": cfg.coords("x"), "y": cfg.coords("y"), "loss": np.where(done, loss, np.nan)}), "seconds": round(time.perf_counter() - t0, 3),
-            "cost": {"peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3)}}
+            "cost": {**P.peak_memory(grid.ps[0].device), "planned_peak_gb": round(pl.peak / 2**30, 3)}}
 
 
 def plan(model, batches, config: SurfaceConfig | None = None) -> "plans.Plan":

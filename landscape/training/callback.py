@@ -132,6 +132,7 @@ class LandscapeCallback(TrainerCallback):
         self.records: list[dict] = []
         self.seconds = 0.0
         self._batches = self._suites = self._w0 = self._scores0 = self._task = None
+        self._skipped: set = set()
         self._t_start = None
 
     # -- Trainer events ------------------------------------------------------------------------
@@ -203,7 +204,8 @@ class LandscapeCallback(TrainerCallback):
         if "task_loss" in metrics:
             self._task = batches(self.cfg.probe_task_data, None)
         if "predictors" in metrics and lora_deltas(model) is None:
-            self._w0 = [p.detach().clone() for p in P.select(model).values()]
+            # the step-0 weights, held on the host: a GPU run keeps all its memory (restored per probe)
+            self._w0 = [p.detach().to("cpu", copy=True) for p in P.select(model).values()]
         if "forgetting" in metrics:
             from landscape.measures.forgetting import load_suites
 
@@ -250,26 +252,41 @@ class LandscapeCallback(TrainerCallback):
 
     def _hvp_method(self, model) -> str:
         asked = self.cfg.probe_hvp_method
-        if asked == "auto" and _checkpointing(model):
-            return "fd"  # checkpointed blocks cannot be differentiated twice
+        if asked == "auto" and not _twice_differentiable(model):
+            return "fd"  # checkpointed blocks, FlashAttention kernels, compiled graphs: no double backward
         return asked
 
     def _lambda_max(self, model, obj) -> dict:
-        from landscape.measures import hessian
-        from landscape.measures.predictors import hvp_method
+        """λ_max as `landscape sharpness` measures it — the same memory plan (exact or fd products, the
+        saved weights and the Lanczos direction in memory or on disk, the float32 view of bf16/fp16
+        weights), and a result that cannot be trusted to ``probe_tol`` is null with its reason. A plan
+        that does not fit beside the training run is a null with the refusal's line (warned once), never
+        an out-of-memory in the run it was added to."""
+        from landscape.foundation.configs import SharpnessConfig
+        from landscape.foundation.errors import UserError
+        from landscape.measures import sharpness
 
-        from landscape.measures.sharpness import float32_view
+        cfg = SharpnessConfig(metrics=("lambda_max",), max_iter=self.cfg.probe_max_iter, tol=self.cfg.probe_tol,
+                              seed=0, hvp_method=self._hvp_method(model))
+        try:
+            r = sharpness.measure(model, obj.batches, cfg)
+        except UserError as e:
+            self._skip("lambda_max", str(e))
+            return {"lambda_max": None, "lambda_max_null": str(e)}
+        eigen = r["metrics"].get("details", {}).get("eigen") or {}
+        out = {"lambda_max": r["metrics"]["lambda_max"], "lambda_max_hvps": r["cost"]["hvps"],
+               "lambda_max_converged": bool(eigen.get("converged")), "lambda_max_hvp_method": r["hvp"]["hvp_method"]}
+        if r.get("nulls", {}).get("lambda_max"):
+            out["lambda_max_null"] = r["nulls"]["lambda_max"]
+        return out
 
-        with float32_view(model, obj.leaves, "the callback's lambda_max") as origins:  # bf16/fp16: see there
-            op = hessian.HessianOperator(obj, hvp_method(obj, self._hvp_method(model)), "auto",
-                                         origin=[origins[id(p)] for p in obj.params] if origins else None)
-            try:
-                sp = hessian.lanczos(op, k=1, max_iter=self.cfg.probe_max_iter, tol=self.cfg.probe_tol, seed=0,
-                                     want_min=False)
-            finally:
-                op.release()
-        d = sp.as_dict()
-        return {"lambda_max": d["lambda_max"], "lambda_max_hvps": d["hvps"], "lambda_max_converged": bool(d["converged"])}
+    def _skip(self, what: str, why: str) -> None:
+        """A probe metric left out at this step: warned once per metric, recorded in every record."""
+        if what not in self._skipped:
+            self._skipped.add(what)
+            import warnings
+
+            warnings.warn(f"LandscapeCallback: {what} not measured: {why}", stacklevel=2)
 
     def _predictors(self, model, trainable) -> dict:
         from landscape.measures.sharpness import float32_view
@@ -289,7 +306,11 @@ class LandscapeCallback(TrainerCallback):
                 r = measure_pair(ModelObjective(model, self._batches, named), delta, cfg)
         else:
             ps = list(trainable.values())
-            delta = [p.detach().to(t := torch.promote_types(p.dtype, torch.float32)) - w.to(t)
+            why = self._predictors_do_not_fit(model, trainable, cfg.hvp_method)
+            if why:
+                self._skip("predictors", why)
+                return {k: None for k in PREDICTOR_KEYS} | {"predictors_null": why}
+            delta = [p.detach().to(t := torch.promote_types(p.dtype, torch.float32)) - w.to(p.device, t)
                      for p, w in zip(ps, self._w0)]
             with P.grad_only(model, ps), P.perturbed(ps):  # the current weights come back bit-exactly
                 with torch.no_grad():
@@ -297,6 +318,26 @@ class LandscapeCallback(TrainerCallback):
                         p.copy_(w)
                 r = measure_pair(ModelObjective(model, self._batches, trainable), delta, cfg)
         return {k: r["metrics"][k] for k in PREDICTOR_KEYS}
+
+    def _predictors_do_not_fit(self, model, trainable, asked: str) -> str | None:
+        """The refusal line when the predictors' plan (``landscape predict``'s: Δw, H·Δw, the saved
+        weights, one HVP) does not fit the memory the training run leaves, else None."""
+        from landscape.foundation import plan as plans
+        from landscape.foundation.errors import UserError
+        from landscape.foundation.objective import ModelObjective
+
+        with P.grad_only(model, trainable.values()):
+            obj = ModelObjective(model, self._batches, trainable)
+            dev = obj.params[0].device
+            act = plans.activation_bytes(obj.model, obj.batches)
+            start = plans.start_bytes(obj.model, dev)
+            free = plans.free_bytes(dev)
+            method = plans.resolve_hvp_method(obj.params, act, asked, start, free)
+            try:
+                plans.check_fits(plans.predict(obj.params, act, method, start), free, "the callback's predictors")
+            except UserError as e:
+                return str(e)
+        return None
 
     def _forgetting(self, model, step: int) -> dict:
         from landscape.measures.forgetting import compare, score_suite
@@ -373,6 +414,15 @@ def read_trajectory(path) -> dict:
     if not isinstance(doc, dict) or doc.get("kind") != "landscape-trajectory":
         raise UserError(f"{p}: not a trajectory written by LandscapeCallback")
     return doc
+
+
+def _twice_differentiable(model) -> bool:
+    """Whether exact (double-backward) products can run through the model as it trains: not with
+    activation checkpointing, FlashAttention kernels (no double backward; our exact products swap
+    in math attention only for SDPA/eager) or a ``torch.compile``d module."""
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    compiled = hasattr(model, "_orig_mod") or type(model).__name__ == "OptimizedModule"
+    return not (_checkpointing(model) or attn.startswith("flash") or compiled)
 
 
 def _checkpointing(model) -> bool:

@@ -350,6 +350,7 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     if job.cfg.dry_run:  # the plan (the steady state, from the second step on); nothing is written
         return {"base": str(job.ck.path), "out": str(out), "plan": plan(job.ck.model, job.train_b, job.cfg).as_dict()}
     pl = _check_memory(job)
+    P.reset_peak(param_device(job.ck.model))
     if probe is not None:
         _begin_probe(job, probe)
     opt = make_optimizer([p for p in job.ck.model.parameters() if p.requires_grad], job.cfg)
@@ -360,7 +361,7 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     _run(job, opt, state, progress, _probing(on_step, probe, job))
     traj = probe.end(job.ck.model, state.step, main=dist.is_main()) if probe is not None else None
     r = _save(job, state, start, time.perf_counter() - t0, traj)
-    r["cost"] = {"peak_rss_gb": round(P.peak_rss() / 2**30, 3), "planned_peak_gb": round(pl.peak / 2**30, 3)}
+    r["cost"] = {**P.peak_memory(param_device(job.ck.model)), "planned_peak_gb": round(pl.peak / 2**30, 3)}
     return r
 
 
