@@ -93,6 +93,26 @@ def test_a_probe_that_does_not_fit_is_null_with_its_reason_and_the_run_goes_on(t
     assert not C._twice_differentiable(m) and LandscapeCallback(data=probe_data)._hvp_method(m) == "fd"
 
 
+def test_the_forgetting_meter_equals_the_predictors_at_one_forward_a_probe(tokenizer, tmp_path, probe_data):
+    """The meter's ‖Δw‖, gᵀΔw and KL both ways equal the full predictors' on the same run (two callbacks on
+    one Trainer) to float rounding: its g and base log-probabilities are taken once at step 0 and held,
+    so a later probe costs one forward a batch, not a gradient, an HVP and the line. At step 0 all four
+    are 0; the run is unchanged."""
+    plain = train(model_of(tokenizer), tokenizer, tmp_path / "a")
+    meter = LandscapeCallback(data=probe_data, every=2, metrics=["meter"])
+    full = LandscapeCallback(data=probe_data, every=2, metrics=["predictors"])
+    probed = train(model_of(tokenizer), tokenizer, tmp_path / "b", [meter, full])
+    for (n, p), q in zip(plain.model.named_parameters(), probed.model.parameters()):
+        assert torch.equal(p, q), n
+    assert [meter.records[0][k] for k in ("delta_norm", "grad_delta", "kl_base_tuned", "kl_tuned_base")] == [0] * 4
+    for a, b in zip(meter.records[1:], full.records[1:]):
+        assert a["step"] == b["step"]
+        for k in ("delta_norm", "grad_delta", "kl_base_tuned", "kl_tuned_base"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-9), (a["step"], k)
+    assert meter.records[-1]["kl_base_tuned"] > 0 and meter.records[-1]["delta_norm"] > 0
+    assert LandscapeCallback().cfg.probe_metrics == ("loss", "meter")  # the default: cheap, no HVP
+
+
 def test_values_equal_the_commands(tokenizer, tmp_path, probe_data):
     """λ_max at step 0 = `sharpness`'s λ_max on the same batches; at the end ‖Δw‖ and the general-loss
     rise F equal a hand computation against the step-0 weights."""
@@ -252,7 +272,7 @@ def test_settings_come_from_the_config_unless_given():
     assert (cb.cfg.probe_every, cb.cfg.probe_metrics, cb.cfg.probe_data) == (7, ("loss",), "g.jsonl")
     cb = LandscapeCallback(data="h.jsonl", every=3, metrics=["lambda_max"], config=cb.cfg)
     assert (cb.cfg.probe_every, cb.cfg.probe_metrics, cb.cfg.probe_data) == (3, ("lambda_max",), "h.jsonl")
-    assert LandscapeCallback().cfg.probe_every == 100 and LandscapeCallback().cfg.probe_metrics == ("loss", "lambda_max")
+    assert LandscapeCallback().cfg.probe_every == 100 and LandscapeCallback().cfg.probe_metrics == ("loss", "meter")
 
 
 def test_a_trainer_without_processing_class_finds_the_models_own_tokenizer(tokenizer, tmp_path, probe_data):

@@ -96,19 +96,22 @@ def test_two_process_forgetting_equals_one_process(llama_dir, tiny_ckpts, tmp_pa
         assert two["suites"][name]["delta"] == pytest.approx(one["suites"][name]["delta"], rel=1e-6, abs=1e-9)
 
 
-def test_two_process_probe_equals_one_process(llama_dir, data, tmp_path):
+@pytest.mark.parametrize("metrics", ["loss,lambda_max,predictors", "loss,meter"])
+def test_two_process_probe_equals_one_process(llama_dir, data, tmp_path, metrics):
     """finetune --probe-every under torchrun: every rank measures its share of the probe batches and the
-    sums are all-reduced, so the trajectory equals one process's (same global batch)."""
+    sums are all-reduced, so the trajectory equals one process's (same global batch) — the full
+    predictors, and the forgetting meter (its step-0 gradient and log-probabilities per rank)."""
     _, evald, train = data
     common = ["finetune", llama_dir, "--data", train, "--lr", 3e-3, "--max-steps", 2, "--batch-size", 2,
               "--eval-fraction", 0, "--device", "cpu", "--quiet", "--probe-every", 1, "--probe-data", evald,
-              "--probe-batch-size", 2, "--probe-num-batches", 2, "--probe-metrics", "loss,lambda_max,predictors",
+              "--probe-batch-size", 2, "--probe-num-batches", 2, "--probe-metrics", metrics,
               "--probe-tol", 1e-6, "--probe-max-iter", 30]
     run([*common, "--grad-accum", 2, "--out", tmp_path / "one"])
     run([*common, "--grad-accum", 1, "--out", tmp_path / "two"], n=2)
     one, two = (json.loads((tmp_path / k / "trajectory.json").read_text())["records"] for k in ("one", "two"))
     assert [r["step"] for r in two] == [r["step"] for r in one] == [0, 1, 2]
     for a, b in zip(one, two):
-        for k in ("loss", "lambda_max", "delta_norm", "general_loss_increase"):
+        for k in ("loss", "lambda_max", "delta_norm", "general_loss_increase", "grad_delta", "kl_base_tuned"):
             if k in a:
                 assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), (a["step"], k)
+    assert metrics == "loss,lambda_max,predictors" or one[-1]["kl_base_tuned"] > 0

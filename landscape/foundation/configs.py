@@ -419,7 +419,7 @@ class SurfaceConfig(Config):
         return parse_grid(v, axis) if isinstance(v, str) else np.asarray(v, dtype=float)
 
 
-PROBE_METRICS = ("loss", "lambda_max", "predictors", "forgetting", "task_loss")
+PROBE_METRICS = ("loss", "meter", "lambda_max", "predictors", "forgetting", "task_loss")
 
 
 @dataclass(frozen=True)
@@ -430,9 +430,11 @@ class ProbeConfig(Config):
                                            "not given.", kind="int", bounds=(1, None))
     probe_data: str | None = option(None, "General data the measurements use, any data format (default: the "
                                           "embedded eval data).", kind="path")
-    probe_metrics: tuple = option(("loss", "lambda_max"), "Comma list of " + ",".join(PROBE_METRICS) + " (predictors: "
-                                  "‖Δw‖, gᵀΔw, κ, F̂ and the measured general-loss rise against step 0).",
-                                  choices=PROBE_METRICS)
+    probe_metrics: tuple = option(("loss", "meter"), "Comma list of " + ",".join(PROBE_METRICS) + " (meter: the "
+                                  "forgetting meter — ‖Δw‖, gᵀΔw with g the general gradient at step 0, and "
+                                  "KL(base ‖ now) both ways — one forward a probe batch; predictors: also κ, F̂ and "
+                                  "the measured general-loss rise against step 0, an HVP and more; lambda_max: "
+                                  "Lanczos, the most expensive).", choices=PROBE_METRICS)
     probe_suites: tuple = option((), "Suite file or directory for the forgetting metric (repeatable; default the "
                                      "embedded suites).", flag="probe-suite")
     probe_suite_items: int | None = option(None, "Items of each suite the forgetting metric scores (the first N; "

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -133,6 +134,7 @@ class LandscapeCallback(TrainerCallback):
         self.seconds = 0.0
         self._batches = self._suites = self._w0 = self._scores0 = self._task = None
         self._skipped: set = set()
+        self._meter_base = None  # the forgetting meter's step-0 state (see _meter_setup)
         self._t_start = None
 
     # -- Trainer events ------------------------------------------------------------------------
@@ -240,6 +242,8 @@ class LandscapeCallback(TrainerCallback):
                     out["loss"] = obj.value()
                 if "lambda_max" in metrics:
                     out.update(self._lambda_max(model, obj))
+        if "meter" in metrics:
+            out.update(self._meter(model, trainable))
         if "predictors" in metrics and step > 0:
             out.update(self._predictors(model, trainable))
         if "forgetting" in metrics:
@@ -319,6 +323,77 @@ class LandscapeCallback(TrainerCallback):
                 r = measure_pair(ModelObjective(model, self._batches, trainable), delta, cfg)
         return {k: r["metrics"][k] for k in PREDICTOR_KEYS}
 
+    # -- the forgetting meter ------------------------------------------------------------------
+    def _meter(self, model, trainable) -> dict:
+        """‖Δw‖, gᵀΔw and KL(base ‖ now) both ways against the step-0 weights, on the general probe
+        data — the cheap predictors (`landscape predict`'s values of the same names, for Δw = now − step
+        0): the general gradient g and the base's next-token log-probabilities are taken once, at the
+        first probe, and held in host memory; each later probe costs one forward a probe batch and two
+        dot products over the weights. LoRA: Δw in the merged space, g along the base weights."""
+        with frozen_run(model):
+            if self._meter_base is None:
+                self._meter_base = self._meter_setup(model, trainable)
+            named, g0, w0, cached = self._meter_base
+            lora = lora_deltas(model)
+            if lora is not None:
+                deltas = iter(lora[1])
+            else:
+                deltas = (P.local(p).detach().to(torch.promote_types(p.dtype, torch.float32)) - w.to(p.device)
+                          for p, w in zip(named.values(), w0))
+            dn2 = gd = 0.0
+            for g, d in zip(g0, deltas):
+                dn2 += float(P.dot([d], [d]))
+                gd += float(P.dot([d], [g.to(d.device)]))
+                del d
+            kl = self._meter_kl(model, cached)
+        return {"delta_norm": math.sqrt(dn2), "grad_delta": gd, **kl}
+
+    def _meter_setup(self, model, trainable):
+        """(the weights Δw is over, g at step 0 on the host, the step-0 weights on the host — none for
+        LoRA, whose Δw is its own —, the base's log-probabilities of each probe batch on the host)."""
+        from landscape.foundation.objective import ModelObjective, gradient
+
+        lora = lora_deltas(model)
+        named = lora[0] if lora is not None else trainable
+        off = model.disable_adapter() if lora is not None else contextlib.nullcontext()
+        with off, P.grad_only(model, named.values()):
+            obj = ModelObjective(model, self._batches, named)
+            _, g = gradient(obj, dtype=torch.float32)
+            cached = self._log_probs(model, obj)
+        g0 = [x.to("cpu") for x in g]
+        del g
+        w0 = None if lora is not None else [P.local(p).detach().to("cpu", torch.promote_types(p.dtype, torch.float32),
+                                                                    copy=True) for p in named.values()]
+        return named, g0, w0, cached
+
+    def _log_probs(self, model, obj) -> list:
+        """Per local probe batch: (its weight, the loss-bearing positions' next-token log-probabilities
+        at the current weights, in float32 on the host)."""
+        from landscape.foundation.data import IGNORE
+        from landscape.foundation.loss import logits_of
+
+        out = []
+        with torch.no_grad():
+            for b, weight in obj.local_batches:
+                keep = b.labels[:, 1:] != IGNORE
+                logits = logits_of(model, b)[:, :-1][keep]
+                out.append((weight, torch.log_softmax(logits.float(), dim=-1).to("cpu")))
+        return out
+
+    def _meter_kl(self, model, cached) -> dict:
+        from landscape.foundation import distributed as dist
+        from landscape.foundation.objective import ModelObjective
+
+        now = self._log_probs(model, ModelObjective(model, self._batches, P.select(model)))
+        sums, n = [0.0, 0.0], 0
+        for (weight, lb), (_, lt) in zip(cached, now):
+            d = lb - lt
+            sums[0] += float((lb.exp() * d).sum(dtype=torch.float64)) * weight
+            sums[1] -= float((lt.exp() * d).sum(dtype=torch.float64)) * weight
+            n += int(lb.shape[0] * weight)
+        n = dist.all_reduce_scalar(float(n))
+        return {"kl_base_tuned": dist.all_reduce_scalar(sums[0]) / n, "kl_tuned_base": dist.all_reduce_scalar(sums[1]) / n}
+
     def _predictors_do_not_fit(self, model, trainable, asked: str) -> str | None:
         """The refusal line when the predictors' plan (``landscape predict``'s: Δw, H·Δw, the saved
         weights, one HVP) does not fit the memory the training run leaves, else None."""
@@ -387,7 +462,8 @@ def _is_main() -> bool:
     return distributed.is_main()
 
 
-GENERAL_METRICS = {"loss", "lambda_max", "predictors"}  # measured on the general probe data
+GENERAL_METRICS = {"loss", "meter", "lambda_max", "predictors"}  # measured on the general probe data
+METER_KEYS = ("delta_norm", "grad_delta", "kl_base_tuned", "kl_tuned_base")
 
 
 def _tokenizer_of(model):
