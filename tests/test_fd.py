@@ -574,3 +574,35 @@ def test_on_a_gpu_the_device_peak_and_the_host_rss_are_two_labelled_numbers(monk
     assert got["device_peak_gb"] == 3.0 and got["device"] == "cuda:0" and got["peak_rss_gb"] > 0
     assert P.free_memory("cuda:0") == 12 * 2**30  # 10 free + 2 cached but unallocated
     assert set(P.peak_memory("cpu")) == {"peak_rss_gb"}
+
+
+def test_gpu_runs_draw_and_reduce_on_the_device_with_the_accuracy_kept(llama_dir, text_data, monkeypatch):
+    """The device path (random vectors drawn where the weights live, in the vector's dtype; dots in
+    16M-entry float64 pieces summed on the device), run here by declaring the CPU a "device": no float64
+    random vector is drawn and no draw comes from the host generator; λ_max, the trace and average
+    sharpness agree with the host stream's within their statistical/solver tolerance; the same seed
+    gives the same numbers; the CPU's own stream is untouched (the other tests pin it)."""
+    from landscape.foundation import data, params as P
+
+    ck = load_checkpoint(llama_dir)
+    bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
+    cfg = SharpnessConfig(metrics=("lambda_max", "avg"), hvp_method="reverse", tol=1e-8, max_iter=60,
+                          avg_samples=64)
+    host = sharpness.measure(ck.model, bs, cfg)["metrics"]
+    drawn = []
+    real_randn = torch.randn
+
+    def spy(*a, **k):
+        drawn.append((k.get("dtype"), str(k.get("device", "cpu")), k.get("generator")))
+        return real_randn(*a, **k)
+
+    monkeypatch.setattr(P, "DEVICE_DRAWS", {"cpu"})
+    monkeypatch.setattr(torch, "randn", spy)
+    dev = sharpness.measure(ck.model, bs, cfg)["metrics"]
+    again = sharpness.measure(ck.model, bs, cfg)["metrics"]
+    assert drawn and all(d != torch.float64 for d, _, _ in drawn)
+    assert all(g is not None and g.initial_seed() >= 0 for _, _, g in drawn)
+    assert dev["lambda_max"] == pytest.approx(host["lambda_max"], rel=1e-6)  # both converged to 1e-8
+    se = (dev["avg_sharpness_stderr"] ** 2 + host["avg_sharpness_stderr"] ** 2) ** 0.5
+    assert abs(dev["avg_sharpness"] - host["avg_sharpness"]) < 4 * se  # 64 draws each: within their spread
+    assert dev == again  # reproducible for a seed on that device

@@ -210,14 +210,15 @@ class Basis:
     def project(self, w: torch.Tensor, rows: int | None = None) -> np.ndarray:
         """Qᵀw over the first ``rows`` vectors, in float64, accurate at any length."""
         rows = self.count if rows is None else rows
-        h = np.zeros(rows)
         if rows == 0:
-            return h
+            return np.zeros(0)
+        acc = None  # float64 on the vectors' device: one host synchronisation at the end, not one a chunk
         for start, stop, block in self._chunks(rows):
             for a in range(0, stop - start, CHUNK):
                 b = min(stop - start, a + CHUNK)
-                h += (block[:, a:b] @ w[start + a:start + b].to(block.dtype)).double().cpu().numpy()
-        return dist.sharded_sum(h)  # FSDP: each rank projected its rows
+                part = (block[:, a:b] @ w[start + a:start + b].to(block.dtype)).double()
+                acc = part if acc is None else acc.add_(part.to(acc.device))
+        return dist.sharded_sum(acc.cpu().numpy())  # FSDP: each rank projected its rows
 
     def subtract(self, w: torch.Tensor, h: np.ndarray) -> None:
         """w ← w − Q h (in place), Q the first ``len(h)`` vectors."""

@@ -430,11 +430,17 @@ def randn(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | No
     """A Gaussian vector drawn block by block on the CPU in float64 (the same numbers on any
     device, and the same as a per-parameter draw), in the operator's dtype and device (into
     ``out`` when given)."""
+    dg = P.device_generator(generator, op.device)
+    if dg is not None:  # on a GPU: drawn there, in the operator's dtype (see params.device_generator)
+        return _fill(op, lambda s: torch.randn(s, generator=dg, device=op.device, dtype=op.dtype), out)
     return _fill(op, lambda s: torch.randn(s, generator=generator, dtype=torch.float64), out)
 
 
 def rademacher(op: LinearOperator, generator: torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
     """A vector of ±1, drawn block by block on the CPU."""
+    dg = P.device_generator(generator, op.device)
+    if dg is not None:
+        return _fill(op, lambda s: torch.randint(0, 2, s, generator=dg, device=op.device, dtype=op.dtype) * 2 - 1, out)
     return _fill(op, lambda s: torch.randint(0, 2, s, generator=generator) * 2 - 1, out)
 
 
@@ -449,6 +455,8 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> float:
     one ``torch.dot``, and no temporary vector.
     """
     n = a.numel()
+    if a.device.type in P.DEVICE_DRAWS:  # a GPU: float64 pieces of 16M entries, summed there (see params)
+        return dist.sharded_sum(float(P._chunked_dot([(a, b)])))
     if n <= DOT_CHUNK:
         return dist.sharded_sum(float(torch.dot(a, b)))
     parts = [torch.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK]) for i in range(0, n, DOT_CHUNK)]
