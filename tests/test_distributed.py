@@ -115,3 +115,34 @@ def test_two_process_probe_equals_one_process(llama_dir, data, tmp_path, metrics
             if k in a:
                 assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), (a["step"], k)
     assert metrics == "loss,lambda_max,predictors" or one[-1]["kl_base_tuned"] > 0
+
+
+def test_all_reduce_packs_small_tensors_and_reduces_large_ones_in_place(tmp_path):
+    """Gradients and vectors are summed over ranks in buckets of at most BUCKET_BYTES (a tensor larger
+    than that alone, in place), never in one weight-sized concatenation; every tensor, contiguous or not,
+    comes back whole (2 gloo ranks: each value doubled)."""
+    script = tmp_path / "ar.py"
+    script.write_text(
+        "import torch\n"
+        "from landscape.foundation import distributed as dist\n"
+        "dist.init_from_env()\n"
+        "dist.BUCKET_BYTES = 64\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "ts = [torch.randn(3, generator=g), torch.randn(40, generator=g), torch.randn(5, 4, generator=g).t(),\n"
+        "      torch.randn(2, generator=g, dtype=torch.float64), torch.randn(7, generator=g)]\n"
+        "before = [t.clone() for t in ts]\n"
+        "sizes, cat = [], torch.cat\n"
+        "def spy(xs, *a, **k):\n"
+        "    out = cat(xs, *a, **k)\n"
+        "    sizes.append(out.numel() * out.element_size())\n"
+        "    return out\n"
+        "torch.cat = spy\n"
+        "dist.all_reduce_(ts)\n"
+        "assert all(torch.equal(t, 2 * b) and t.shape == b.shape for t, b in zip(ts, before))\n"
+        "assert sizes and max(sizes) <= 64, sizes\n"
+        "dist.shutdown()\n")
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "PATH": str(Path(sys.executable).parent)}
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node=2", str(script)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]

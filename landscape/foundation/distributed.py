@@ -115,18 +115,42 @@ def shard(items: list) -> list:
     return list(items)[rank()::world()] if available() else list(items)
 
 
+# bytes of one flat all-reduce buffer: small tensors are packed together up to this size (one call for
+# many), a larger tensor is reduced in place on its own — never a weight-sized concatenation (a whole
+# gradient's copy beside it: 28 GB for a 7B in float32, counted by no plan)
+BUCKET_BYTES = 1 << 27
+
+
 def all_reduce_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sum each tensor over ranks, in place (one flat buffer per dtype and device)."""
+    """Sum each tensor over ranks, in place: tensors of one dtype and device packed into flat buckets of
+    at most :data:`BUCKET_BYTES`, a tensor larger than that reduced alone, in place."""
     if not available() or not tensors:
         return tensors
     groups: dict = {}
     for t in tensors:
         groups.setdefault((t.dtype, t.device), []).append(t)
     for ts in groups.values():
-        flat = torch.cat([t.reshape(-1) for t in ts])
-        torch.distributed.all_reduce(flat)
-        for t, summed in zip(ts, flat.split([t.numel() for t in ts])):
-            t.copy_(summed.view(t.shape))
+        bucket, size = [], 0
+        for t in [*ts, None]:
+            big = t is not None and t.numel() * t.element_size() > BUCKET_BYTES
+            if bucket and (t is None or big or size + t.numel() * t.element_size() > BUCKET_BYTES):
+                flat = torch.cat([x.reshape(-1) for x in bucket])
+                torch.distributed.all_reduce(flat)
+                for x, summed in zip(bucket, flat.split([x.numel() for x in bucket])):
+                    x.copy_(summed.view(x.shape))
+                bucket, size = [], 0
+            if t is None:
+                break
+            if big:
+                if t.is_contiguous():
+                    torch.distributed.all_reduce(t)
+                else:
+                    c = t.contiguous()
+                    torch.distributed.all_reduce(c)
+                    t.copy_(c)
+            else:
+                bucket.append(t)
+                size += t.numel() * t.element_size()
     return tensors
 
 
