@@ -606,3 +606,25 @@ def test_gpu_runs_draw_and_reduce_on_the_device_with_the_accuracy_kept(llama_dir
     se = (dev["avg_sharpness_stderr"] ** 2 + host["avg_sharpness_stderr"] ** 2) ** 0.5
     assert abs(dev["avg_sharpness"] - host["avg_sharpness"]) < 4 * se  # 64 draws each: within their spread
     assert dev == again  # reproducible for a seed on that device
+
+
+def test_an_exact_plan_counts_the_attention_weights_of_the_math_path(tokenizer):
+    """Exact products run math attention, which saves B·H·T² attention weights that SDPA's fused
+    kernels do not: the exact plan's activations are probed under it and grow with T² where SDPA's
+    grow with T (a 2,048-token exact HVP was planned from SDPA's and would have been a CUDA OOM)."""
+    from landscape.foundation import plan as plans, toy
+    from landscape.foundation.data import Batch
+
+    cfg = toy.tiny_config("llama", vocab_size=len(tokenizer), tokenizer=tokenizer, hidden=32, layers=2, heads=4)
+    cfg.max_position_embeddings = 1024
+    model = toy.build_model(cfg, seed=0)
+    model.config._attn_implementation = "sdpa"
+
+    def act(T, exact):
+        ids = torch.zeros(1, T, dtype=torch.long)
+        return plans.activation_bytes(model, [Batch(ids, torch.ones_like(ids), ids.clone())], exact=exact)
+
+    math_growth = act(512, True) - act(256, True)
+    t2 = 2 * 4 * 4 * (512 ** 2 - 256 ** 2)  # layers × heads × ΔT² float32 weights, one saved copy a layer
+    assert act(512, True) > act(512, False)
+    assert math_growth >= t2  # at least the attention weights' T² growth

@@ -67,7 +67,9 @@ def hvp_method(obj, asked: str = "auto") -> str:
     if not hasattr(obj, "model"):  # a closed form: no activations, nothing but its tensors
         return plans.resolve_hvp_method(obj.params, 0, "auto", P.footprint(dev), plans.free_bytes(dev))
     return plans.resolve_hvp_method(obj.params, plans.activation_bytes(obj.model, obj.batches), "auto",
-                                    plans.start_bytes(obj.model, dev), plans.free_bytes(dev))
+                                    plans.start_bytes(obj.model, dev), plans.free_bytes(dev),
+                                    act_exact=None if obj.sharded else plans.activation_bytes(obj.model, obj.batches,
+                                                                                              exact=True))
 
 
 def _curvature_along(obj, delta: P.Vector, method: str = "reverse", origin=None) -> tuple[float, float, float]:
@@ -310,9 +312,11 @@ class Session:
             obj = self._objective()
             dev = obj.params[0].device
             act = plans.activation_bytes(obj.model, obj.batches)
+            exact = plans.activation_bytes(obj.model, obj.batches, exact=True) \
+                if self.cfg.hvp_method != "fd" and not obj.sharded else None
             method = plans.resolve_hvp_method(obj.params, act, self.cfg.hvp_method, plans.start_bytes(obj.model, dev),
-                                              plans.free_bytes(dev))
-            return plans.predict(obj.params, act, method, plans.start_bytes(obj.model, dev))
+                                              plans.free_bytes(dev), act_exact=exact)
+            return plans.predict(obj.params, act, method, plans.start_bytes(obj.model, dev), act_exact=exact)
 
     def delta(self, tuned_named: dict) -> P.Vector:
         """Δw = w_tuned − w_base over the selected parameters (the tuned model may go afterwards)."""

@@ -380,8 +380,12 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     free = plans.free_bytes(obj.device)
     vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
     curv = {"lambda_max", "lambda_min", "trace", "density"} & set(cfg.metrics)
-    method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize) if curv or cfg.per_layer \
-        else (("fd" if obj.sharded else "reverse") if cfg.hvp_method == "auto" else cfg.hvp_method)
+    # exact products run math attention: their activations are probed there (B·H·T² attention weights)
+    act_exact = plans.activation_bytes(model, obj.batches, exact=True) \
+        if (curv or cfg.per_layer) and cfg.hvp_method != "fd" and not obj.sharded else None
+    method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize, act_exact=act_exact) \
+        if curv or cfg.per_layer else (("fd" if obj.sharded else "reverse") if cfg.hvp_method == "auto"
+                                       else cfg.hvp_method)
     unit, wide = P.nbytes(ps), P.numel(ps) * max(4, ps[0].element_size())
     copy = 0 if kept is not None else unit  # the saved weights of every measure that moves them
     grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps),
@@ -394,7 +398,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
         def build(copy_on_disk: bool, q_on_disk: bool, vecs=vecs):
             p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=kept is not None,
-                                on_disk=(copy_on_disk and kept is None, q_on_disk))
+                                on_disk=(copy_on_disk and kept is None, q_on_disk), act_exact=act_exact)
             p.pending = pending
             if copy_on_disk and kept is None:
                 p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
