@@ -235,7 +235,7 @@ def inspect_checkpoint(path: str | os.PathLike, trust_pickle: bool = False, adap
         weights, fmt = [], "config-only"
     else:
         raise CheckpointError(f"{p}: no weights found (expected {SAFE_SINGLE} or {SAFE_INDEX}; a directory with "
-                              "only config.json can be planned for with --dry-run)")
+                              "only config.json can be planned for: dry_run)")
     if fmt == "safetensors":
         for w in weights:
             _check_safetensors(w)

@@ -89,3 +89,16 @@ def evaluate(model: torch.nn.Module, batches, reduce: bool = True) -> LossResult
         acc += weight * nll_sum(model, b.to(device)).double()  # weight 0: a sharded rank's padding pass
     total = dist.all_reduce_scalar(float(acc)) if reduce else float(acc)
     return LossResult(total / n, n)
+
+
+def math_attention():
+    """Force the differentiable-twice math path of SDPA (exact HVPs; the plans of exact products probe
+    their activations under it)."""
+    import contextlib
+
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    except ImportError:  # pragma: no cover - very old torch
+        return contextlib.nullcontext()

@@ -75,10 +75,10 @@ def activation_bytes(model: torch.nn.Module, batches, exact: bool = False) -> in
     """Bytes autograd saves for the largest batch's loss (its graph), measured on one sequence of
     that batch's length and scaled by its number of sequences. Parameters' own storages are not
     counted (they are the weights). ``exact``: under the math attention that exact (double-backward)
-    products run (:func:`~landscape.measures.hessian.operator.math_attention`), whose B·H·T² attention
+    products run (:func:`~landscape.foundation.loss.math_attention`), whose B·H·T² attention
     weights SDPA's fused kernels never save — at 2,048 tokens they dominate."""
     if exact:
-        from landscape.measures.hessian.operator import math_attention
+        from landscape.foundation.loss import math_attention
 
         with math_attention():
             return activation_bytes(model, batches)
@@ -196,14 +196,15 @@ def transients(params) -> int:
 DISK_TRANSIENTS = 2
 
 
-def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: int, start: int,
-              origin_held: bool = False, on_disk: tuple = (False, False), act_exact: int | None = None) -> Plan:
+def curvature(params, act, hvp_method: str, vectors: int, vector_itemsize: int, start: int,
+              origin_held: bool = False, on_disk: tuple = (False, False)) -> Plan:
     """Peak of an estimator holding ``vectors`` weight-sized vectors (of ``vector_itemsize`` bytes
     an entry) over HVPs by ``hvp_method`` (fd: one saved copy of the weights, none when the caller
     holds the exact originals — ``origin_held``; exact: the double-backward graph). ``on_disk``:
     (fd's saved weights, the Lanczos direction) kept on disk and read in chunks — no copy in memory,
-    and fewer per-parameter transients (:data:`DISK_TRANSIENTS`). ``act_exact``: the activations under
-    math attention (:func:`activation_bytes` ``exact``), which exact products hold; default ``act``."""
+    and fewer per-parameter transients (:data:`DISK_TRANSIENTS`). ``act``: the activations, or the pair
+    (SDPA's, math attention's — :func:`activation_bytes` ``exact``, which exact products hold)."""
+    act, act_exact = act if isinstance(act, tuple) else (act, act)
     ps = list(params)
     n = P.numel(ps)
     unit = P.nbytes(ps)
@@ -216,17 +217,17 @@ def curvature(params, act: int, hvp_method: str, vectors: int, vector_itemsize: 
         parts["activations"] = act
     elif hvp_method in ("reverse", "forward"):
         parts["hvp_graph"] = int(EXACT_HVP_FACTOR * unit)
-        parts["activations"] = int(EXACT_ACT_FACTOR * (act if act_exact is None else act_exact))
+        parts["activations"] = int(EXACT_ACT_FACTOR * act_exact)
     return Plan("sharpness", parts, start, unit, {"hvp_method": hvp_method, "vectors": vectors})
 
 
-def predict(params, act: int, hvp_method: str, start: int, act_exact: int | None = None) -> Plan:
+def predict(params, act, hvp_method: str, start: int) -> Plan:
     """Peak of `predict` per fine-tune (the tuned weights are freed once Δw is formed): Δw and H·Δw
     (float32, or the parameters' dtype when wider), the base weights saved for the line and for fd
     products to restore from, and one HVP (fd: a streamed gradient; exact: its graph)."""
     ps = list(params)
     itemsize = max(4, max((p.element_size() for p in ps), default=4))
-    p = curvature(ps, act, hvp_method, 2, itemsize, start, act_exact=act_exact)
+    p = curvature(ps, act, hvp_method, 2, itemsize, start)
     parts = {k: v for k, v in p.parts.items() if k != "fd_weight_copy"}
     parts["base_copy"] = p.unit
     if P.is_half(ps):  # measured in a float32 view (params.widened): the originals are the base's copy
@@ -288,8 +289,7 @@ def forward_bytes(model: torch.nn.Module, batches) -> int:
 EXACT_OVER_FD = 1.5
 
 
-def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | None, vector_itemsize: int = 4,
-                       act_exact: int | None = None) -> str:
+def resolve_hvp_method(params, act, asked: str, start: int, free: int | None, vector_itemsize: int = 4) -> str:
     """``asked``, or for "auto": finite differences on a sharded model (double backward does not run
     through FSDP: pytorch#172543) or where the exact plan does not fit the memory still free, or
     peaks above :data:`EXACT_OVER_FD` × fd's (from SmolLM2-135M up: its graph is 7 weight copies and
@@ -303,7 +303,7 @@ def resolve_hvp_method(params, act: int, asked: str, start: int, free: int | Non
     if dist.sharded() or (t is not None and t.world > 1):
         return "fd"
     ps = list(params)
-    exact = curvature(ps, act, "reverse", 2, vector_itemsize, start, act_exact=act_exact)
+    exact = curvature(ps, act, "reverse", 2, vector_itemsize, start)
     if free is not None and exact.peak - start > HEADROOM * free:
         return "fd"
     fd = curvature(ps, act, "fd", 2, vector_itemsize, start)

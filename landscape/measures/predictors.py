@@ -66,10 +66,10 @@ def hvp_method(obj, asked: str = "auto") -> str:
     dev = obj.params[0].device
     if not hasattr(obj, "model"):  # a closed form: no activations, nothing but its tensors
         return plans.resolve_hvp_method(obj.params, 0, "auto", P.footprint(dev), plans.free_bytes(dev))
-    return plans.resolve_hvp_method(obj.params, plans.activation_bytes(obj.model, obj.batches), "auto",
-                                    plans.start_bytes(obj.model, dev), plans.free_bytes(dev),
-                                    act_exact=None if obj.sharded else plans.activation_bytes(obj.model, obj.batches,
-                                                                                              exact=True))
+    act = plans.activation_bytes(obj.model, obj.batches)
+    if not obj.sharded:  # exact products hold math attention's activations
+        act = (act, plans.activation_bytes(obj.model, obj.batches, exact=True))
+    return plans.resolve_hvp_method(obj.params, act, "auto", plans.start_bytes(obj.model, dev), plans.free_bytes(dev))
 
 
 def _curvature_along(obj, delta: P.Vector, method: str = "reverse", origin=None) -> tuple[float, float, float]:
@@ -135,11 +135,13 @@ def kl_divergences(obj, origin, delta) -> dict:
     for b, weight in obj.local_batches:
         B, T = b.input_ids.shape
         vocab = int(getattr(obj.model.config, "vocab_size", 0) or 1)
-        rows = max(1, min(B, KL_BUDGET // max(1, 2 * 4 * T * vocab)))
+        # sharded, every rank runs as many forwards (FSDP's collectives): a batch in one piece, and the
+        # padding batches (weight 0) run too
+        rows = B if obj.sharded else max(1, min(B, KL_BUDGET // max(1, 2 * 4 * T * vocab)))
         for a in range(0, B, rows):
             piece = Batch(b.input_ids[a:a + rows], b.attention_mask[a:a + rows], b.labels[a:a + rows])
             keep = piece.labels[:, 1:] != IGNORE
-            if weight == 0 or not bool(keep.any()):
+            if not obj.sharded and (weight == 0 or not bool(keep.any())):
                 continue
             P.restore(ps, origin)
             logits = logits_of(obj.model, piece)[:, :-1][keep]
@@ -312,11 +314,11 @@ class Session:
             obj = self._objective()
             dev = obj.params[0].device
             act = plans.activation_bytes(obj.model, obj.batches)
-            exact = plans.activation_bytes(obj.model, obj.batches, exact=True) \
-                if self.cfg.hvp_method != "fd" and not obj.sharded else None
+            if self.cfg.hvp_method != "fd" and not obj.sharded:  # exact products: math attention's too
+                act = (act, plans.activation_bytes(obj.model, obj.batches, exact=True))
             method = plans.resolve_hvp_method(obj.params, act, self.cfg.hvp_method, plans.start_bytes(obj.model, dev),
-                                              plans.free_bytes(dev), act_exact=exact)
-            return plans.predict(obj.params, act, method, plans.start_bytes(obj.model, dev), act_exact=exact)
+                                              plans.free_bytes(dev))
+            return plans.predict(obj.params, act, method, plans.start_bytes(obj.model, dev))
 
     def delta(self, tuned_named: dict) -> P.Vector:
         """Δw = w_tuned − w_base over the selected parameters (the tuned model may go afterwards)."""

@@ -376,19 +376,15 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     kept = getattr(obj, "origin", None)  # exact originals held (a float32 view of half weights): no saved copy
     start = plans.start_bytes(model, obj.device, kept=kept)
     pending = plans.pending_bytes(P.nbytes(list(model.parameters())) + P.nbytes(kept or []), obj.device)
-    act = plans.activation_bytes(model, obj.batches)
+    curv = {"lambda_max", "lambda_min", "trace", "density"} & set(cfg.metrics)
+    act, act_fd = _activations(model, obj, cfg, bool(curv))
     free = plans.free_bytes(obj.device)
     vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
-    curv = {"lambda_max", "lambda_min", "trace", "density"} & set(cfg.metrics)
-    # exact products run math attention: their activations are probed there (B·H·T² attention weights)
-    act_exact = plans.activation_bytes(model, obj.batches, exact=True) \
-        if (curv or cfg.per_layer) and cfg.hvp_method != "fd" and not obj.sharded else None
-    method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize, act_exact=act_exact) \
-        if curv or cfg.per_layer else (("fd" if obj.sharded else "reverse") if cfg.hvp_method == "auto"
-                                       else cfg.hvp_method)
+    method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize) if curv or cfg.per_layer \
+        else (("fd" if obj.sharded else "reverse") if cfg.hvp_method == "auto" else cfg.hvp_method)
     unit, wide = P.nbytes(ps), P.numel(ps) * max(4, ps[0].element_size())
     copy = 0 if kept is not None else unit  # the saved weights of every measure that moves them
-    grad = {"activations": act, "gradient_stream": max(p.numel() * p.element_size() for p in ps),
+    grad = {"activations": act_fd, "gradient_stream": max(p.numel() * p.element_size() for p in ps),
             "transients": plans.transients(ps)}
     candidates = []
     disk = {}
@@ -398,7 +394,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         vecs = cfg.top_k + 4 if cfg.method == "power" else _lanczos_vectors(cfg, P.numel(ps), vsize, obj.device)
         def build(copy_on_disk: bool, q_on_disk: bool, vecs=vecs):
             p = plans.curvature(ps, act, method, vecs - int(q_on_disk), vsize, start, origin_held=kept is not None,
-                                on_disk=(copy_on_disk and kept is None, q_on_disk), act_exact=act_exact)
+                                on_disk=(copy_on_disk and kept is None, q_on_disk))
             p.pending = pending
             if copy_on_disk and kept is None:
                 p.parts["fd_weight_copy_on_disk"] = 0  # named, for the plan's reader: it costs no memory
@@ -418,7 +414,7 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
         vecs = 2 * wide + cfg.subspace * P.numel(ps) * 8
         candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "vectors": vecs, **grad}, start, unit))
     if "avg" in cfg.metrics:
-        candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "activations": act}, start, unit))
+        candidates.append(plans.Plan("sharpness", {"weight_copy": copy, "activations": act_fd}, start, unit))
     moved = [c for c in candidates if "weight_copy" in c.parts]  # the measures that move the weights
     if moved and copy and cfg.weights_copy != "memory":  # their saved copy on disk when it does not fit otherwise
         worst = max(c.peak for c in moved)
@@ -431,6 +427,15 @@ def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     best.choices = {"hvp_method": method, "eigen_vectors": (cfg.top_k + 4 if cfg.method == "power" else 2) if curv else 0,
                     "free_gb": None if free is None else round(free / 2**30, 3), **disk}
     return best
+
+
+def _activations(model, obj, cfg: SharpnessConfig, curv: bool) -> tuple:
+    """(what the curvature plan gets: SDPA's activations, or with exact products possible the pair with
+    math attention's — its B·H·T² attention weights —, and SDPA's alone for gradients and losses)."""
+    act = plans.activation_bytes(model, obj.batches)
+    if (curv or cfg.per_layer) and cfg.hvp_method != "fd" and not obj.sharded:
+        return (act, plans.activation_bytes(model, obj.batches, exact=True)), act
+    return act, act
 
 
 def _curvature_plan(build, lean_fits: bool, cfg: SharpnessConfig, free, pending):

@@ -35,6 +35,7 @@ import torch
 
 from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
+from landscape.foundation.loss import math_attention  # noqa: F401 (re-exported by hessian)
 from landscape.foundation.configs import CACHE_GRAPH, HVP_METHODS, ConfigError
 from landscape.foundation.objective import accumulate_grad
 from landscape.foundation.plan import SavedBytes
@@ -100,16 +101,6 @@ class Counted:
         self.calls += 1
         self.seconds += time.perf_counter() - t0
         return out
-
-
-def math_attention():
-    """Force the differentiable-twice math path of SDPA."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel(SDPBackend.MATH)
-    except ImportError:  # pragma: no cover - very old torch
-        return contextlib.nullcontext()
 
 
 def fd_step(dtype: torch.dtype, weight_norm: float, order: int = 2) -> float:
