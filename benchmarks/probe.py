@@ -94,10 +94,19 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> list:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=",".join(SETUPS))
+    ap.add_argument("--metrics", default=";".join(METRICS), help="probe sets, ';'-separated (rows of other sets "
+                                                                    "already in the results are kept)")
     ap.add_argument("--no-readme", action="store_true")
     a = ap.parse_args(argv)
-    rows = [r for n in a.only.split(",") for r in rows_of(n, SETUPS[n])]
-    (ROOT / "benchmarks" / "results_probe.json").write_text(json.dumps(rows, indent=1))
+    sets = tuple(a.metrics.split(";"))
+    new = [r for n in a.only.split(",") for r in rows_of(n, SETUPS[n], sets)]
+    path = ROOT / "benchmarks" / "results_probe.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    done = {(r["model"], r["metrics"]) for r in new}
+    kept = [r for r in old if (r["model"], r.get("metrics", "loss,lambda_max")) not in done]
+    rows = sorted(new + kept, key=lambda r: (list(SETUPS).index(r["model"]), METRICS.index(r.get("metrics", METRICS[1]))
+                                             if r.get("metrics", METRICS[1]) in METRICS else 9))
+    path.write_text(json.dumps(rows, indent=1))
     print(table(rows))
     if not a.no_readme:
         from benchmarks._readme import replace_block
