@@ -39,9 +39,7 @@ class functional:
 
 def logits_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """(B, T, V) next-token logits."""
-    # on the meta device (a plan) the mask cannot be read, and a plan's sequences are full length
-    mask = None if batch.attention_mask.device.type == "meta" else batch.attention_mask
-    return model(input_ids=batch.input_ids, attention_mask=mask, use_cache=False).logits
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
 
 
 def nll_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:

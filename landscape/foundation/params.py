@@ -316,7 +316,7 @@ class Target:
         self.kept = 0  # bytes of half-precision originals held beside a float32 view (:func:`widened`)
         self.device_type = "cuda" if memory is not None else "cpu"
         # this machine: what is available now plus what the process already holds (its runtime)
-        self.host = None if memory is not None else (_meminfo("MemAvailable") or 0) + (_proc_status("VmRSS") or 0)
+        self.host = None if memory is not None else _proc_status("MemAvailable", "/proc/meminfo") + _proc_status("VmRSS")
 
     def runtime(self) -> int:
         """Memory of one process before any weight: the Python/torch runtime on the CPU; on a GPU the
@@ -354,17 +354,6 @@ def planning_for(t: Target | None):
         _TARGET = before
 
 
-def _meminfo(field: str) -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def footprint(device) -> int:
     """Bytes the process holds now: RSS on the CPU (peak RSS where /proc is missing), allocated
     memory on a GPU; planning for another machine (:class:`Target`), what its ranks would hold."""
@@ -376,10 +365,11 @@ def footprint(device) -> int:
     return _proc_status("VmRSS") or peak_rss()
 
 
-def _proc_status(field: str) -> int:
-    """A memory field of /proc/self/status in bytes, 0 where /proc is missing."""
+def _proc_status(field: str, path: str = "/proc/self/status") -> int:
+    """A memory field of /proc/self/status (or of ``path``: /proc/meminfo) in bytes, 0 where /proc is
+    missing."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024

@@ -141,13 +141,6 @@ def _meta_activation_bytes(model: torch.nn.Module, T: int) -> int:
     return got[0] + (full - 1) * max(0, got[1] - got[0])
 
 
-def _storage_key(t: torch.Tensor) -> int:
-    """One number per storage (views share it): its address; on the meta device, where every address
-    is 0, the storage object's own."""
-    st = t.untyped_storage()
-    return st._cdata if t.device.type == "meta" else st.data_ptr()
-
-
 class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
     """Counts the bytes of distinct storages autograd saves inside the block (the graph's memory),
     leaving out the parameters' own storages (the activation probe here, the kept-graph decision of
@@ -155,15 +148,15 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
 
     def __init__(self, params, model=None):
         self.bytes = 0
-        skip = {_storage_key(P.local(p)) for p in params}
+        skip = {P.local(p).untyped_storage().data_ptr() for p in params}
         seen = set()
         # FSDP swaps gathered (whole) parameters into the model for each unit's pass and frees them
         # after: their storages are weights, not activations, and are new at every gather
         gathered = model if model is not None and any(P.is_sharded(p) for p in params) else None
 
         def pack(t):
-            key = _storage_key(t)
-            counted = gathered is None or key not in {_storage_key(q) for q in gathered.parameters()
+            key = t.untyped_storage().data_ptr()
+            counted = gathered is None or key not in {q.untyped_storage().data_ptr() for q in gathered.parameters()
                                                       if not P.is_sharded(q)}
             if counted and key not in skip and key not in seen:
                 seen.add(key)
