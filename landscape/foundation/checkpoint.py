@@ -324,6 +324,16 @@ def enable_grad_checkpointing(model: torch.nn.Module) -> int:
     return len(blocks)
 
 
+def recomputes_activations(model) -> bool:
+    """Whether the model recomputes activations in its backward (transformers ≥ 5.2 names it activation
+    checkpointing, the older name warns)."""
+    with quiet_peft():
+        for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+            if hasattr(model, attr):
+                return bool(getattr(model, attr))
+    return False
+
+
 def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, **settings) -> Checkpoint:
     """Load a local HF causal-LM directory on ``config.device`` in ``config.dtype``, in eval mode.
 

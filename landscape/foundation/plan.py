@@ -108,6 +108,7 @@ def _meta_activation_bytes(model: torch.nn.Module, T: int) -> int:
 
     from transformers import AutoModelForCausalLM
 
+    from landscape.foundation.checkpoint import enable_grad_checkpointing, recomputes_activations
     from landscape.foundation.data import Batch
     from landscape.foundation.loss import nll_sum
 
@@ -123,10 +124,7 @@ def _meta_activation_bytes(model: torch.nn.Module, T: int) -> int:
         with torch.device("meta"):
             small = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=cfg._attn_implementation)
         small = small.to_empty(device="cpu").eval()
-        if getattr(model, "is_activation_checkpointing", None) or (  # transformers ≥ 5.2's name, then the old
-                not hasattr(model, "is_activation_checkpointing") and getattr(model, "is_gradient_checkpointing", False)):
-            from landscape.foundation.checkpoint import enable_grad_checkpointing
-
+        if recomputes_activations(model):
             enable_grad_checkpointing(small)
         with torch.no_grad():
             for p in small.parameters():

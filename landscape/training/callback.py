@@ -498,15 +498,6 @@ def _twice_differentiable(model) -> bool:
     in math attention only for SDPA/eager) or a ``torch.compile``d module."""
     attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
     compiled = hasattr(model, "_orig_mod") or type(model).__name__ == "OptimizedModule"
-    return not (_checkpointing(model) or attn.startswith("flash") or compiled)
+    from landscape.foundation.checkpoint import recomputes_activations
 
-
-def _checkpointing(model) -> bool:
-    """Whether the model recomputes activations (transformers ≥ 5.2 names it activation checkpointing)."""
-    from landscape.foundation.checkpoint import quiet_peft
-
-    with quiet_peft():  # the older name warns
-        for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-            if hasattr(model, attr):
-                return bool(getattr(model, attr))
-    return False
+    return not (recomputes_activations(model) or attn.startswith("flash") or compiled)
