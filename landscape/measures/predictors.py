@@ -115,6 +115,24 @@ KL_BUDGET = 1 << 28
 
 
 @torch.no_grad()
+def next_token_log_probs(model, batch) -> torch.Tensor:
+    """log p(next token) at the loss-bearing positions of ``batch``, one row each over the vocabulary,
+    in the wider of float32 and the model's dtype (a float64 model stays float64)."""
+    from landscape.foundation.data import IGNORE
+    from landscape.foundation.loss import logits_of
+
+    logits = logits_of(model, batch)[:, :-1][batch.labels[:, 1:] != IGNORE]
+    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+
+def kl_sums(lb: torch.Tensor, lt: torch.Tensor) -> tuple[float, float]:
+    """(Σ p_b log(p_b/p_t), Σ p_t log(p_t/p_b)) over the rows of two tables of log-probabilities, summed
+    in float64 — the token sums of the two KL predictors."""
+    d = lb - lt
+    return float((lb.exp() * d).sum(dtype=torch.float64)), -float((lt.exp() * d).sum(dtype=torch.float64))
+
+
+@torch.no_grad()
 def kl_divergences(obj, origin, delta) -> dict:
     """Token-mean KL divergences between the base's and the tuned model's next-token distributions
     over the loss-bearing positions of ``obj``'s batches (Shenfeld et al. 2025, "RL's Razor": forgetting
@@ -128,7 +146,6 @@ def kl_divergences(obj, origin, delta) -> dict:
     sums in float64. Sharded or several processes: each its share of the batches, summed over ranks."""
     from landscape.foundation import distributed as dist
     from landscape.foundation.data import IGNORE, Batch
-    from landscape.foundation.loss import logits_of
 
     ps = obj.params
     sums = torch.zeros(2, dtype=torch.float64)
@@ -144,16 +161,11 @@ def kl_divergences(obj, origin, delta) -> dict:
             if not obj.sharded and (weight == 0 or not bool(keep.any())):
                 continue
             P.restore(ps, origin)
-            logits = logits_of(obj.model, piece)[:, :-1][keep]
-            wide = torch.promote_types(logits.dtype, torch.float32)  # float64 models stay float64
-            lb = torch.log_softmax(logits.to(wide), dim=-1)
-            del logits
+            lb = next_token_log_probs(obj.model, piece)
             P.set_offset(ps, origin, delta)
-            lt = torch.log_softmax(logits_of(obj.model, piece)[:, :-1][keep].to(wide), dim=-1)
-            d = lb - lt  # log p_base − log p_tuned, one row per loss-bearing position
-            sums[0] += float((lb.exp() * d).sum(dtype=torch.float64)) * weight
-            sums[1] -= float((lt.exp() * d).sum(dtype=torch.float64)) * weight
-            del lb, lt, d
+            lt = next_token_log_probs(obj.model, piece)
+            sums += torch.tensor(kl_sums(lb, lt), dtype=torch.float64) * weight
+            del lb, lt
     P.restore(ps, origin)
     n = obj.n_tokens
     kl = [dist.all_reduce_scalar(float(x)) / n for x in sums]

@@ -368,28 +368,22 @@ class LandscapeCallback(TrainerCallback):
 
     def _log_probs(self, model, obj) -> list:
         """Per local probe batch: (its weight, the loss-bearing positions' next-token log-probabilities
-        at the current weights, in float32 on the host)."""
-        from landscape.foundation.data import IGNORE
-        from landscape.foundation.loss import logits_of
+        at the current weights, on the host)."""
+        from landscape.measures.predictors import next_token_log_probs
 
-        out = []
-        with torch.no_grad():
-            for b, weight in obj.local_batches:
-                keep = b.labels[:, 1:] != IGNORE
-                logits = logits_of(model, b)[:, :-1][keep]
-                out.append((weight, torch.log_softmax(logits.float(), dim=-1).to("cpu")))
-        return out
+        return [(weight, next_token_log_probs(model, b).to("cpu")) for b, weight in obj.local_batches]
 
     def _meter_kl(self, model, cached) -> dict:
         from landscape.foundation import distributed as dist
         from landscape.foundation.objective import ModelObjective
+        from landscape.measures.predictors import kl_sums
 
         now = self._log_probs(model, ModelObjective(model, self._batches, P.select(model)))
         sums, n = [0.0, 0.0], 0
         for (weight, lb), (_, lt) in zip(cached, now):
-            d = lb - lt
-            sums[0] += float((lb.exp() * d).sum(dtype=torch.float64)) * weight
-            sums[1] -= float((lt.exp() * d).sum(dtype=torch.float64)) * weight
+            bt, tb = kl_sums(lb, lt)
+            sums[0] += bt * weight
+            sums[1] += tb * weight
             n += int(lb.shape[0] * weight)
         n = dist.all_reduce_scalar(float(n))
         return {"kl_base_tuned": dist.all_reduce_scalar(sums[0]) / n, "kl_tuned_base": dist.all_reduce_scalar(sums[1]) / n}
