@@ -123,13 +123,13 @@ def planned_for(kwargs: dict, dry_run: bool, *paths):
     exit status 2. Nothing changes when none of it is asked."""
     from pathlib import Path
 
-    from landscape.foundation import params as P
+    from landscape.foundation import checkpoint as K, params as P
     from landscape.foundation.errors import UserError
 
     lc = config_from(C.LoadConfig, dict(kwargs))  # peeked: the command pops them when it loads
+    weights = (K.SAFE_SINGLE, K.SAFE_INDEX, K.PICKLE_SINGLE, K.PICKLE_INDEX)
     config_only = [p for p in paths if p and (Path(p) / "config.json").is_file()
-                   and not any((Path(p) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json",
-                                                                  "pytorch_model.bin", "pytorch_model.bin.index.json"))]
+                   and not any((Path(p) / f).is_file() for f in weights)]
     if lc.device_memory is None and lc.world_size is None and not config_only:
         yield None
         return

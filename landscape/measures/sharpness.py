@@ -181,15 +181,14 @@ def _set_noise(ps, origin, g: torch.Generator, sigma: float, adaptive: bool, lea
     weight-sized float64 vectors (2.2 GB for a 135M model); each drawn whole and cut to the local
     rows on a sharded model (``leaves``: the parameters whose layout ``ps`` hold)."""
     for p, o, leaf in zip(ps, origin, leaves):
+        wide = torch.promote_types(p.dtype, torch.float32)
         dg = P.device_generator(g, p.device)  # a GPU draws where the weights are (params.device_generator)
         if dg is None:
             d = P.draw(leaf, lambda s: torch.randn(s, generator=g, dtype=torch.float64)).to(p.device) * sigma
         else:
-            wide = torch.promote_types(p.dtype, torch.float32)
             d = P.draw(leaf, lambda s: torch.randn(s, generator=dg, device=p.device, dtype=wide)).mul_(sigma)
         if adaptive:
             d *= o.abs().double()
-        wide = torch.promote_types(p.dtype, torch.float32)
         p.copy_((o.to(wide) + d.to(wide)).to(p.dtype))
 
 
