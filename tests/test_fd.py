@@ -427,15 +427,16 @@ def test_a_child_process_does_not_report_its_parents_peak():
 
 
 def test_fd_lambda_with_weights_and_q_on_disk_gives_the_same_bits(llama_dir, text_data, monkeypatch):
-    """When the memory left holds the weights and one vector only, `sharpness` keeps fd's saved weights
-    and the Lanczos q vector on disk (read back parameter by parameter): the same arithmetic, so the
-    same λ_max and λ_min bit for bit as in memory, the weights bit-identical afterwards, and the plan
-    says where everything went and counts one vector fewer and no saved copy."""
+    """When the memory left holds the weights and one vector only, `sharpness` keeps fd's saved weights,
+    the Lanczos q vector and Hutchinson's z on disk (read back parameter by parameter): the same
+    arithmetic, so the same λ_max, λ_min and trace bit for bit as in memory, the weights bit-identical
+    afterwards, and the plan says where everything went and counts one vector fewer and no saved copy."""
     from landscape.foundation import data
 
     ck = load_checkpoint(llama_dir)
     bs = data.load_batches(text_data, ck.tokenizer, batch_size=3)
-    cfg = SharpnessConfig(metrics=("lambda_max", "lambda_min"), hvp_method="fd", max_iter=40, tol=1e-4, reorth="none")
+    cfg = SharpnessConfig(metrics=("lambda_max", "lambda_min", "trace"), hvp_method="fd", max_iter=40, tol=1e-4,
+                          reorth="none", trace_samples=3)
     ref = sharpness.measure(ck.model, bs, cfg)
     assert ref["metrics"]["details"]["eigen"]["basis"]["where"] == "none"
     obj = ModelObjective(ck.model, bs)
@@ -452,6 +453,9 @@ def test_fd_lambda_with_weights_and_q_on_disk_gives_the_same_bits(llama_dir, tex
     est = lambda r, k: r["metrics"]["details"]["eigen"][k]  # noqa: E731  (the estimates, null or not)
     assert est(lean, "lambda_max") == est(ref, "lambda_max") and est(lean, "lambda_min") == est(ref, "lambda_min")
     assert lean["metrics"]["lambda_max"] == ref["metrics"]["lambda_max"]
+    tr = lambda r: r["metrics"]["details"]["trace"]  # noqa: E731
+    assert (tr(ref)["where"], tr(lean)["where"]) == ("memory", "disk")
+    assert (tr(lean)["trace"], tr(lean)["stderr"]) == (tr(ref)["trace"], tr(ref)["stderr"])
     assert all(torch.equal(p, q) for p, q in zip(ck.model.parameters(), before))
 
 
@@ -628,3 +632,23 @@ def test_an_exact_plan_counts_the_attention_weights_of_the_math_path(tokenizer):
     t2 = 2 * 4 * 4 * (512 ** 2 - 256 ** 2)  # layers × heads × ΔT² float32 weights, one saved copy a layer
     assert act(512, True) > act(512, False)
     assert math_growth >= t2  # at least the attention weights' T² growth
+
+
+def test_bf16_originals_held_on_the_host_measure_the_same(llama_dir, text_data, tmp_path, monkeypatch):
+    """When the plan moves the bf16 originals of the float32 view to host memory (a GPU that cannot hold
+    them beside the plan; forced here), fd products set and restore from that copy: the same λ_max to
+    the last bit, the choice reported, and the weights bit-identical bf16 afterwards."""
+    from landscape.foundation import data
+
+    dirs = _bf16_dirs(llama_dir, tmp_path)
+    half = load_checkpoint(dirs["base"], dtype="bfloat16")
+    bs = data.load_batches(text_data, half.tokenizer, batch_size=3)
+    before = [p.detach().clone() for p in half.model.parameters()]
+    cfg = SharpnessConfig(metrics=("lambda_max", "sam"), hvp_method="fd", max_iter=30, tol=1e-6)
+    kept = sharpness.measure(half.model, bs, cfg)
+    monkeypatch.setattr(sharpness, "_originals_may_go", lambda device, pl: True)
+    moved = sharpness.measure(half.model, bs, cfg)
+    assert moved["metrics"]["lambda_max"] == kept["metrics"]["lambda_max"]
+    assert moved["metrics"]["sam_sharpness"] == kept["metrics"]["sam_sharpness"]
+    assert (kept["cost"]["originals"], moved["cost"]["originals"]) == ("device", "host")
+    assert all(torch.equal(p, q) and p.dtype == torch.bfloat16 for p, q in zip(half.model.parameters(), before))

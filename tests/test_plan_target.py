@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from landscape.foundation import params as P
+from landscape.foundation import plan as plans
 from tests.test_cli import assert_user_error, run
 
 COMMON = ["--batch-size", 2, "--max-length", 12, "--metrics", "lambda_max", "--dry-run", "--json"]
@@ -94,3 +95,30 @@ def _data(llama_dir):
         words = list(WORDS) * 20  # every text longer than max_length: full-length rows, as a plan assumes
         write_jsonl(path, [{"text": " ".join(words[i:i + 20])} for i in range(0, 80, 10)])
     return path
+
+
+def test_bf16_originals_go_to_the_host_when_only_that_fits(tmp_path):
+    """A bf16 model is measured in a float32 view beside its bf16 originals; they are read only to set
+    and restore the weights, so when the device cannot hold the plan beside them but can without
+    them, they move to host memory (choices: originals=host) — the 13B-on-141-GB case, on a
+    117M-parameter Llama config (exact bytes; no weight read)."""
+    d = tmp_path / "mid"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
+        "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000,
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
+    args = [d, "--dtype", "bfloat16", "--batch-size", 2, "--max-length", 12, "--metrics", "lambda_max", "--dry-run",
+            "--json", "--device-memory"]
+    roomy = plan_of(*args, 100)
+    assert "originals" not in roomy["choices"] and roomy["target"]["fits"]  # nothing moves when it fits
+    short = plan_of(*args, 1.7)  # fits nowhere: the leanest plan, with the originals already on the host
+    assert short["choices"]["originals"] == "host" and not short["target"]["fits"]
+    n = 2 * 32000 * 1024 + 4 * (4 * 1024 * 1024 + 3 * 1024 * 2816 + 2 * 1024) + 1024
+    kept = 2 * n  # the bf16 originals' bytes
+    assert short["choices"]["host_gb"] == round(kept / 2**30, 3)
+    # the least memory that holds this plan, and the same plan with the originals on the device
+    need_host = short["start_bytes"] + (short["peak_bytes"] - short["start_bytes"]) / plans.HEADROOM
+    between = plan_of(*args, (need_host + kept / 2) / 2**30)
+    assert between["target"]["fits"] and between["choices"]["originals"] == "host"
+    assert between["start_bytes"] == roomy["start_bytes"] - kept

@@ -253,31 +253,57 @@ def widened(model: torch.nn.Module, enabled: bool = True):
 
     FSDP-sharded parameters are left as they are (their storage belongs to FSDP); callers refuse
     half-precision sharded curvature instead.
+
+    The yielded originals may be moved off the device while the block runs (:func:`offload`, when the
+    plan needs their room); on exit they are then copied back into fresh device storage (the same
+    bits, a new storage).
     """
-    swapped, bufs = [], []
+    swapped, bufs, origins = [], [], Originals()
     try:
         if enabled:
             with torch.no_grad():
                 for p in model.parameters():
                     if p.dtype in HALF and not is_sharded(p):
-                        old = p.data
-                        p.data = old.float()
-                        swapped.append((p, old))
+                        origins[id(p)] = p.data
+                        swapped.append((p, p.data.device))
+                        p.data = p.data.float()
                 if _TARGET is not None:
-                    _TARGET.kept += nbytes([old for _, old in swapped])
+                    _TARGET.kept += nbytes(list(origins.values()))
                 for mod in model.modules():
                     for name, b in list(mod._buffers.items()):
                         if b is not None and b.dtype in HALF:
                             mod._buffers[name] = b.float()
                             bufs.append((mod, name, b))
-        yield {id(p): old for p, old in swapped}
+        yield origins
     finally:
-        if _TARGET is not None:
-            _TARGET.kept -= nbytes([old for _, old in swapped])
-        for p, old in swapped:
-            p.data = old
+        if _TARGET is not None and not origins.host:
+            _TARGET.kept -= nbytes(list(origins.values()))
+        for p, device in swapped:
+            old = origins[id(p)]
+            p.data = old if old.device == device else old.to(device)
         for mod, name, b in bufs:
             mod._buffers[name] = b
+
+
+class Originals(dict):
+    """:func:`widened`'s exact originals, ``{id(parameter): tensor}``; ``host``: moved off the device."""
+
+    host = False
+
+
+def offload(origins: Originals) -> int:
+    """Move :func:`widened`'s originals to host memory (pinned when CUDA is there: a product reads them
+    back over PCIe), freeing their device storage; returns the bytes moved. Under a plan for another
+    machine (meta tensors) nothing is allocated: the plan counts them on the host from then on."""
+    moved = nbytes(list(origins.values())) if not origins.host else 0
+    for k, o in list(origins.items()):
+        if o.device.type != "meta":  # (on a CPU-only machine a copy in the same memory: never chosen there)
+            host = torch.empty(o.shape, dtype=o.dtype, device="cpu", pin_memory=torch.cuda.is_available())
+            origins[k] = host.copy_(o)
+    origins.host = True
+    if _TARGET is not None:
+        _TARGET.kept -= moved
+    return moved
 
 
 @contextlib.contextmanager
@@ -455,7 +481,7 @@ def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
     """p ← origin + α·delta, computed in the wider of float32 and the parameter dtype."""
     for p, o, d in zip(params, origin, delta):
         wide = torch.promote_types(p.dtype, torch.float32)
-        p.copy_((o.to(wide) + alpha * d.to(wide)).to(p.dtype))
+        p.copy_((o.to(p.device, wide) + alpha * d.to(wide)).to(p.dtype))  # an origin may be on the host
 
 
 DITHER_CHUNK = 1 << 20
@@ -544,7 +570,7 @@ def set_dithered_offset(params, origin: Vector, delta: Vector, eps: float, ks, s
             for J in range(off // C, (off + n - 1) // C + 1) if n else ():
                 g0, g1 = max(J * C, off), min((J + 1) * C, off + n)  # this chunk of the whole, held here
                 a, b = g0 - off, g1 - off
-                oc = read_o(a, b)
+                oc = read_o(a, b).to(p.device)  # an origin held on the host (params.offload) comes over
                 oc = oc if oc.dtype == p.dtype else oc.to(p.dtype)  # a narrower exact origin
                 ulp = spacing(oc).to(wide)
                 q = read_d(a, b).to(wide).mul(eps).div_(ulp)  # the step in units of ulp

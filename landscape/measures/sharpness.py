@@ -249,7 +249,7 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
         obj = ModelObjective(model, batches, selected)
         obj.origin = [origins[id(p)] for p in obj.leaves] if origins else None
         cfg = _basis_fitted(model, obj, cfg)
-        pl = plan(model, obj, cfg)
+        pl = plan_with_originals(model, obj, cfg, origins)
         if cfg.dry_run:
             stages.close()
             return {"plan": pl.as_dict(), "work": work(obj, cfg, pl.choices["hvp_method"], model),
@@ -283,7 +283,8 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
                   "shard": {"mode": "fsdp" if obj.sharded else "none", "processes": dist.world()}}
     cost = {"hvps": hvps, "seconds": round(time.perf_counter() - t0, 3), "graph_cached": graph_cached,
             **P.peak_memory(obj.device), "planned_peak_gb": round(pl.peak / 2**30, 3),
-            "basis": (details.get("eigen") or {}).get("basis")}
+            "basis": (details.get("eigen") or {}).get("basis"),
+            **({"originals": pl.choices.get("originals", "device")} if origins else {})}
     if dist.world() > 1:  # every process's own peak (under sharding each holds its rows only)
         cost["peak_rss_gb_per_process"] = [round(b / 2**30, 3) for b in dist.all_gather_object(P.peak_rss())]
     res = {"loss": L0, "tokens": obj.n_tokens, "metrics": out, "hvp": hvp, "config": config_out, "cost": cost}
@@ -367,14 +368,45 @@ def _accuracy(eigen: dict | None, cfg: SharpnessConfig) -> dict:
     return out
 
 
+def plan_with_originals(model, obj, cfg: SharpnessConfig, origins) -> "plans.Plan":
+    """:func:`plan`, with the half-precision originals of a float32 view moved to host memory
+    (:func:`landscape.foundation.params.offload`) when the plan does not fit the device beside them and
+    does without them: they are read only to set and restore the weights (an fd product reads them
+    over PCIe three times, about 1 s a product for a 13B's 26 GB at 25 GB/s — slower, not refused).
+    ``choices["originals"]``: where they are; ``host_gb`` what the host then holds."""
+    pl = plan(model, obj, cfg)
+    if not origins or not _originals_may_go(obj.device, pl):
+        return pl
+    kept = P.nbytes(list(origins.values()))
+    free_host = None if P.target() is not None else P.free_memory("cpu")
+    if free_host is not None and kept > plans.HEADROOM * free_host:
+        return pl
+    P.offload(origins)
+    obj.origin = [origins[id(p)] for p in obj.leaves]
+    obj.origin_on_host = True
+    pl = plan(model, obj, cfg)
+    pl.choices.update(originals="host", host_gb=round(kept / 2**30, 3))
+    return pl
+
+
+def _originals_may_go(device, pl) -> bool:
+    """Originals go to the host only from a device other than the host (a GPU, or the device of a plan
+    for another machine) and only when the plan does not fit beside them."""
+    if P.target() is None and torch.device(device).type == "cpu":
+        return False
+    free = plans.free_bytes(device)
+    return free is not None and pl.peak - pl.start + pl.pending > plans.HEADROOM * free
+
+
 def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
     """The memory plan of :func:`measure` (before anything is allocated): the starting footprint,
     one batch's measured activations, and the weight-sized tensors of the costliest requested
     metric; ``choices["hvp_method"]`` is what ``auto`` picks."""
     ps = obj.params
     kept = getattr(obj, "origin", None)  # exact originals held (a float32 view of half weights): no saved copy
-    start = plans.start_bytes(model, obj.device, kept=kept)
-    pending = plans.pending_bytes(P.nbytes(list(model.parameters())) + P.nbytes(kept or []), obj.device)
+    on_device = None if getattr(obj, "origin_on_host", False) else kept  # or held in host memory
+    start = plans.start_bytes(model, obj.device, kept=on_device)
+    pending = plans.pending_bytes(P.nbytes(list(model.parameters())) + P.nbytes(on_device or []), obj.device)
     curv = {"lambda_max", "lambda_min", "trace", "density"} & set(cfg.metrics)
     act, act_fd = _activations(model, obj, cfg, bool(curv))
     free = plans.free_bytes(obj.device)
@@ -441,10 +473,14 @@ def _curvature_plan(build, lean_fits: bool, cfg: SharpnessConfig, free, pending)
     """The curvature estimator's plan (``build(copy_on_disk, q_on_disk)``: fd with two working vectors
     when ``lean_fits``), and where fd's saved weights and the basis-free Lanczos's q go: in memory when
     that fits (or is asked), else the weights' copy on disk, else q on disk too (one weight-sized
-    vector in memory: the weights, it and the products' transients). Returns (plan, choices)."""
+    vector in memory: the weights, it and the products' transients; Hutchinson's z goes with q). Returns
+    (plan, choices)."""
     # q on disk: the basis-free recurrence (asked, or auto's choice) computing nothing but eigenvalues
     basis_free = cfg.reorth == "none" or (cfg.reorth == "auto" and cfg.basis == "auto")
-    lean_ok = lean_fits and cfg.method == "lanczos" and basis_free and not ({"trace", "density"} & set(cfg.metrics))
+    # and Hutchinson's z (the same file: one vector at a time); Hutch++/XTrace sketches and SLQ stay
+    eig = not {"lambda_max", "lambda_min"} & set(cfg.metrics) or (cfg.method == "lanczos" and basis_free)
+    trace = "trace" not in cfg.metrics or cfg.trace_method == "hutchinson"
+    lean_ok = lean_fits and eig and trace and "density" not in cfg.metrics
     fd = "fd_weight_copy" in build(False, False).parts
     if not fd or cfg.weights_copy == "memory":
         return build(False, False), {}
