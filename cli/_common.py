@@ -108,11 +108,12 @@ def seed_option(f):
     return click.option("--seed", type=int, default=0, show_default=True, help="Random seed (recorded in outputs).")(f)
 
 
-def load(ckpt_path, kwargs: dict):
-    """Load CHECKPOINT with the LoadConfig options popped from ``kwargs``."""
+def load(ckpt_path, kwargs: dict, curvature: bool = False):
+    """Load CHECKPOINT with the LoadConfig options popped from ``kwargs`` (``curvature``: see
+    :func:`landscape.foundation.checkpoint.load_checkpoint`)."""
     from landscape.foundation.checkpoint import load_checkpoint
 
-    return load_checkpoint(ckpt_path, config_from(C.LoadConfig, kwargs))
+    return load_checkpoint(ckpt_path, config_from(C.LoadConfig, kwargs), curvature=curvature)
 
 
 @contextlib.contextmanager

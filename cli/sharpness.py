@@ -27,7 +27,7 @@ def command(checkpoint, as_json, quiet, **kw):
 
     cfg = config_from(SharpnessConfig, kw)  # fail fast, before loading anything
     with planned_for(kw, cfg.dry_run, checkpoint):
-        ck = load(checkpoint, kw)
+        ck = load(checkpoint, kw, curvature=True)
         bs = batches(ck, kw)
         r = measure(ck.model, bs, cfg, progress=show_progress(quiet))
     if "plan" in r:

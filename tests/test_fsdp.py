@@ -107,6 +107,31 @@ def test_dithered_fd_steps_on_the_shards_equal_the_one_process_steps(llama_dir, 
     assert all(rk["same"] for rk in got) and all(rk["moved"] > 0 for rk in got)
 
 
+def test_a_sharded_bf16_checkpoint_is_measured_in_float32_rows_of_its_values(llama_dir, evald, tmp_path):
+    """FSDP-sharded bf16 parameters cannot be widened in place, so `sharpness --dtype bfloat16 --shard
+    fsdp` loads each rank's rows as float32 copies of the bf16 values: the one-process float32 view's
+    numbers (λ_max, SAM sharpness), reported as bfloat16 weights computed in float32."""
+    import torch
+
+    from landscape.foundation.checkpoint import load_checkpoint
+
+    half = tmp_path / "bf16"
+    load_checkpoint(llama_dir).model.to(dtype=torch.bfloat16).save_pretrained(half)
+    for f in Path(llama_dir).iterdir():
+        if "token" in f.name:
+            (half / f.name).write_bytes(f.read_bytes())
+    common = ["sharpness", half, "--dtype", "bfloat16", "--data", evald, "--batch-size", 4, "--metrics",
+              "lambda_max,sam", "--hvp-method", "fd", "--tol", 1e-4, "--device", "cpu", "--json", "--quiet", *FD_STEP]
+    one = json.loads(run(common).stdout)
+    two = json.loads(run([*common, "--shard", "fsdp"], n=2).stdout)
+    assert two["config"]["shard"]["mode"] == "fsdp" and one["config"]["dtype"] == two["config"]["dtype"] == "bfloat16"
+    assert one["hvp"]["compute_dtype"] == two["hvp"]["compute_dtype"] == "float32"
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-7)
+    est = lambda r: r["metrics"]["details"]["eigen"]["lambda_max"]  # noqa: E731
+    assert est(two) == pytest.approx(est(one), rel=1e-4)
+    assert two["metrics"]["sam_sharpness"] == pytest.approx(one["metrics"]["sam_sharpness"], rel=1e-4, abs=1e-7)
+
+
 def test_sharding_refusals_are_one_line(llama_dir, evald):
     base = [sys.executable, "-m", "landscape.cli", "sharpness", str(llama_dir), "--data", str(evald), "--metrics",
             "lambda_max", "--device", "cpu"]

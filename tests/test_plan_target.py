@@ -63,14 +63,16 @@ def test_a_plan_for_n_ranks_is_one_nth_of_the_whole_and_says_whether_it_fits(con
 
 def test_plans_for_other_machines_are_plans_only(llama_dir, config_only):
     """Without --dry-run they are one line and exit 2 (a meta model cannot be measured); --world-size
-    plans an FSDP rank and needs --shard fsdp; half-precision sharded curvature is refused as the run
-    itself would refuse it."""
+    plans an FSDP rank and needs --shard fsdp; half-precision sharded curvature is planned as the run
+    loads it: float32 rows of the bf16 values, the float32 plan."""
     args = [a for a in COMMON if a != "--dry-run"]
     assert_user_error(run("sharpness", config_only, *args), "add --dry-run")
     assert_user_error(run("sharpness", llama_dir, "--device-memory", 80, *args), "add --dry-run")
     assert_user_error(run("sharpness", config_only, "--world-size", 2, *COMMON), "--shard fsdp")
-    assert_user_error(run("sharpness", config_only, "--world-size", 2, "--shard", "fsdp", "--dtype", "bfloat16",
-                          *COMMON), "load with dtype float32")
+    sharded = ["--world-size", 2, "--shard", "fsdp", *COMMON]
+    half, wide = (plan_of(config_only, "--dtype", dt, *sharded) for dt in ("bfloat16", "float32"))
+    assert {k: half[k] for k in ("weight_gb", "parts_gb", "peak_bytes")} == \
+        {k: wide[k] for k in ("weight_gb", "parts_gb", "peak_bytes")}
     r = run("sharpness", config_only, "--data", _data(llama_dir), *args)
     assert r.exit_code == 2 and P.target() is None
 

@@ -334,12 +334,19 @@ def recomputes_activations(model) -> bool:
     return False
 
 
-def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, **settings) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *, curvature: bool = False,
+                    **settings) -> Checkpoint:
     """Load a local HF causal-LM directory on ``config.device`` in ``config.dtype``, in eval mode.
 
     ``settings`` override fields of ``config`` (``load_checkpoint(p, dtype="bfloat16")``). Every
     parameter keeps ``requires_grad=True`` (curvature code needs gradients); dropout is off.
     Missing weights are an error, not a silent random initialisation.
+
+    ``curvature``: the model is for a curvature measurement. A bf16/fp16 model is measured in a float32
+    view of its weights (:func:`landscape.foundation.params.widened`), which FSDP-sharded parameters
+    cannot take in place; so an FSDP-sharded half-precision load then holds each rank's rows as float32
+    copies of their bf16/fp16 values (the same numbers, 4 bytes each — less than the 6 of an unsharded
+    view beside its originals), and the model says so (:func:`values_dtype`).
     """
     cfg = (config or LoadConfig()).replace(**{k: str(v) if k == "device" else v for k, v in settings.items()})
     from landscape.foundation import params as P
@@ -349,11 +356,13 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
                                config_only=P.target() is not None)
     torch_dtype = resolve_dtype(cfg.dtype)
     if P.target() is not None:  # no weight is read: the plan needs shapes and dtypes only
-        return _on_meta(files, torch_dtype, cfg)
+        held = _held_dtype(torch_dtype, curvature, P.target().world > 1)
+        return _on_meta(files, held or torch_dtype, cfg, values=torch_dtype if held else None)
     dev = resolve_device(cfg.device)
     sharded = shard_mode(cfg.shard, files, torch_dtype, dev) == "fsdp"
+    held = _held_dtype(torch_dtype, curvature, sharded)
     if sharded:
-        model, config_ = _sharded(files, torch_dtype, cfg, dev)
+        model, config_ = _sharded(files, torch_dtype, cfg, dev, held)
     else:
         model, config_ = _from_pretrained(files, torch_dtype, cfg.trust_remote_code, cfg.attn)
     if files.adapter is not None:
@@ -382,12 +391,26 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
         dtype=torch_dtype,
         device=dev,
         meta={"format": files.format, "model_type": config_.model_type, "n_params": count_params(model),
-              "shard": "fsdp" if sharded else "none",
+              "shard": "fsdp" if sharded else "none", **({"held_as": str(held).replace("torch.", "")} if held else {}),
               "attn_implementation": getattr(model.config, "_attn_implementation", None),
               **({"provenance": prov} if (prov := read_provenance(files.path)) else {}),
               **({"adapter": {"peft_type": adapter.peft_type, "base": str(adapter.base), "weights": cfg.adapter}}
                  if adapter else {})},
     )
+
+
+VALUES = "landscape_values_dtype"  # a model attribute: the dtype its float32-held weights' values came from
+
+
+def values_dtype(model) -> torch.dtype | None:
+    """The bf16/fp16 dtype whose values a model's float32 weights hold (a sharded half-precision load
+    for a curvature measurement, ``load_checkpoint(curvature=True)``), else None."""
+    return getattr(model, VALUES, None)
+
+
+def _held_dtype(dtype: torch.dtype, curvature: bool, sharded: bool) -> torch.dtype | None:
+    """float32 for a curvature measurement's FSDP-sharded half-precision load (see load_checkpoint)."""
+    return torch.float32 if curvature and sharded and dtype in (torch.bfloat16, torch.float16) else None
 
 
 @contextlib.contextmanager
@@ -441,7 +464,7 @@ def shard_mode(mode: str, files: CheckpointFiles, dtype: torch.dtype, device: to
     return "fsdp" if free is not None and 3 * weight_bytes(files.weights, dtype) > free else "none"
 
 
-def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig) -> Checkpoint:
+def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, values=None) -> Checkpoint:
     """The checkpoint's model on the meta device (shapes and dtypes, no memory, no weight read): what a
     plan for another machine needs (its activations are probed by a forward on meta tensors). The
     first model built this way is the one the plan's :class:`~landscape.foundation.params.Target` runs."""
@@ -454,6 +477,8 @@ def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig) -> Checkpoint
         model = with_attention(lambda impl: AutoModelForCausalLM.from_config(
             config, dtype=torch_dtype, attn_implementation=impl, trust_remote_code=cfg.trust_remote_code), cfg.attn)
     model.eval()
+    if values is not None:
+        setattr(model, VALUES, values)
     for p in model.parameters():
         p.requires_grad_(True)
     if cfg.grad_checkpointing:
@@ -466,8 +491,9 @@ def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig) -> Checkpoint
                             "shard": cfg.shard, "attn_implementation": getattr(model.config, "_attn_implementation", None)})
 
 
-def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device):
-    """(model, config) built shard-wise (see :mod:`landscape.foundation.sharding`)."""
+def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device, held=None):
+    """(model, config) built shard-wise (see :mod:`landscape.foundation.sharding`); with ``held``
+    (float32) the rows are rounded to ``torch_dtype`` and held in ``held``."""
     from transformers import AutoModelForCausalLM
 
     from landscape.foundation.sharding import load_sharded
@@ -480,9 +506,13 @@ def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device):
 
     def build():
         return with_attention(lambda impl: AutoModelForCausalLM.from_config(
-            config, dtype=torch_dtype, attn_implementation=impl, trust_remote_code=cfg.trust_remote_code), cfg.attn)
+            config, dtype=held or torch_dtype, attn_implementation=impl, trust_remote_code=cfg.trust_remote_code),
+            cfg.attn)
 
-    return load_sharded(build, files.weights, torch_dtype, device, files.path), config
+    model = load_sharded(build, files.weights, (torch_dtype, held or torch_dtype), device, files.path)
+    if held is not None:
+        setattr(model, VALUES, torch_dtype)
+    return model, config
 
 
 def _first_line(e: Exception) -> str:

@@ -263,7 +263,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     for p in [base, *tuned]:  # every path checked before anything is measured
         checkpoint.inspect_checkpoint(p, trust_pickle=load.trust_pickle, config_only=P.target() is not None)
     t0 = time.perf_counter()
-    ck = checkpoint.load_checkpoint(base, load)
+    ck = checkpoint.load_checkpoint(base, load, curvature=True)
     P.reset_peak(ck.device)
     bs = batches_for(ck, data)
     session = Session(ck.model, bs, cfg, kl_batches(ck, cfg, data))
@@ -273,7 +273,7 @@ def predict(base, tuned, config: PredictConfig | None = None, data: DataConfig |
     plans.check_fits(pl, plans.free_bytes(ck.device), "predict")
     results = []
     for path in tqdm(tuned, desc="checkpoints", disable=not progress or len(tuned) == 1):
-        tk = checkpoint.load_checkpoint(path, load)
+        tk = checkpoint.load_checkpoint(path, load, curvature=True)
         delta, fp = session.delta(dict(tk.model.named_parameters())), tk.fingerprint
         del tk  # Δw is formed: the tuned weights are not needed for the measurement
         r = session.measure(delta=delta, progress=progress)

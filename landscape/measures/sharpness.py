@@ -32,6 +32,7 @@ import torch
 from landscape.foundation.progress import tqdm
 
 import landscape
+from landscape.foundation import checkpoint
 from landscape.foundation import distributed as dist
 from landscape.foundation import params as P
 from landscape.foundation import plan as plans
@@ -230,7 +231,8 @@ def float32_view(model, selected, what: str):
     if planned or any(P.is_sharded(p) for p in model.parameters()):
         raise UserError(f"{what} on bf16/fp16 weights needs them in float32 (a curvature measurement moves "
                         "them by far less than a half-precision spacing), and FSDP-sharded parameters cannot "
-                        "be widened in place: load with dtype float32")
+                        "be widened in place: load with curvature=True (float32 rows of the bf16/fp16 values; "
+                        "the sharpness and predict commands do)")
     half = [p for p in model.parameters() if p.dtype in P.HALF]
     dev = half[0].device
     plans.check_fits(plans.Plan(what, {"float32_view": 4 * P.numel(half)}, plans.start_bytes(model, dev)),
@@ -245,6 +247,8 @@ def _measure(model, batches, cfg, selected, origins, progress, t0) -> dict:
     weights_dtype = str(next(iter(selected.values())).dtype).replace("torch.", "")
     if origins is not None:
         weights_dtype = str(origins[id(next(iter(selected.values())))].dtype).replace("torch.", "")
+    elif (values := checkpoint.values_dtype(model)) is not None:  # float32 rows of a sharded bf16/fp16 load
+        weights_dtype = str(values).replace("torch.", "")
     with P.grad_only(model, selected.values()):
         obj = ModelObjective(model, batches, selected)
         obj.origin = [origins[id(p)] for p in obj.leaves] if origins else None
