@@ -376,7 +376,8 @@ def plan_with_originals(model, obj, cfg: SharpnessConfig, origins) -> "plans.Pla
     """:func:`plan`, with the half-precision originals of a float32 view moved to host memory
     (:func:`landscape.foundation.params.offload`) when the plan does not fit the device beside them and
     does without them: they are read only to set and restore the weights (an fd product reads them
-    over PCIe three times, about 1 s a product for a 13B's 26 GB at 25 GB/s — slower, not refused).
+    over PCIe three times: ~3 s a product for a 13B's 26 GB at 25 GB/s, by the bus's rate — slower,
+    not refused).
     ``choices["originals"]``: where they are; ``host_gb`` what the host then holds."""
     pl = plan(model, obj, cfg)
     if not origins or not _originals_may_go(obj.device, pl):
