@@ -49,7 +49,7 @@ REAL = StudySpec(
     fast_runs=("adamw-lr1e-4", "adamw-lr3e-4", "sam-rho0.05"),
     finetune=FinetuneConfig(batch_size=8, warmup=3, seed=0, max_length=48),
     flatness=FLATNESS,
-    fast_flatness={"max_iter": 8, "metrics": ["lambda_max", "sam", "avg", "surface_curvature"]},
+    fast_flatness={"max_iter": 8, "metrics": ["lambda_max", "sam", "surface_curvature"]},  # avg: covered by test_real.py (bf16)
     comparisons=(("sam-rho0.05", "adamw-lr3e-4", "equal steps (30)"),),
     task_scoring_batch=16,
     # Forgetting predictors on plain English (data/real/general.jsonl) at the base, along each Δw.
