@@ -342,11 +342,7 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     parameter keeps ``requires_grad=True`` (curvature code needs gradients); dropout is off.
     Missing weights are an error, not a silent random initialisation.
 
-    ``curvature``: the model is for a curvature measurement. A bf16/fp16 model is measured in a float32
-    view of its weights (:func:`landscape.foundation.params.widened`), which FSDP-sharded parameters
-    cannot take in place; so an FSDP-sharded half-precision load then holds each rank's rows as float32
-    copies of their bf16/fp16 values (the same numbers, 4 bytes each — less than the 6 of an unsharded
-    view beside its originals), and the model says so (:func:`values_dtype`).
+    ``curvature``: the model is for a curvature measurement (sharded half precision: :func:`_held_dtype`).
     """
     cfg = (config or LoadConfig()).replace(**{k: str(v) if k == "device" else v for k, v in settings.items()})
     from landscape.foundation import params as P
@@ -409,7 +405,11 @@ def values_dtype(model) -> torch.dtype | None:
 
 
 def _held_dtype(dtype: torch.dtype, curvature: bool, sharded: bool) -> torch.dtype | None:
-    """float32 for a curvature measurement's FSDP-sharded half-precision load (see load_checkpoint)."""
+    """float32 for a curvature measurement's FSDP-sharded half-precision load. A bf16/fp16 model is
+    measured in a float32 view of its weights (:func:`landscape.foundation.params.widened`), which
+    FSDP-sharded parameters cannot take in place; so such a load holds each rank's rows as float32
+    copies of their bf16/fp16 values (the same numbers, 4 bytes each — less than the 6 of an unsharded
+    view beside its originals), and the model says so (:func:`values_dtype`)."""
     return torch.float32 if curvature and sharded and dtype in (torch.bfloat16, torch.float16) else None
 
 
