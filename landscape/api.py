@@ -36,7 +36,7 @@ def _config(cls, config, settings: dict):
     return config.replace(**settings) if config is not None else cls(**settings)
 
 
-def load(path: str | os.PathLike, config: LoadConfig | None = None, **settings):
+def load(path: str | os.PathLike, config: LoadConfig | None = None, *, curvature: bool = False, **settings):
     """Load a local checkpoint (HF directory, sharded or not, or a PEFT adapter directory) in eval mode.
 
     ``settings``: :class:`LoadConfig` fields — ``dtype`` ("float32" default, "bfloat16", "float16",
@@ -44,12 +44,15 @@ def load(path: str | os.PathLike, config: LoadConfig | None = None, **settings):
     under torchrun), ``grad_checkpointing``, ``chat_template``, ``trust_remote_code`` (off). A GGUF
     file is converted once with ``landscape convert-gguf FILE OUT``. Every parameter keeps
     ``requires_grad``; missing weights are an error, never a random initialisation.
+    ``curvature=True``: for :func:`sharpness`/curvature on an FSDP-sharded bf16/fp16 model, whose
+    parameters cannot be widened to float32 in place: each rank then holds float32 copies of its rows'
+    half-precision values (the same numbers; results say ``dtype: bfloat16``).
     Returns a :class:`Checkpoint` (``.model``, ``.tokenizer``, ``.fingerprint``, ``.dtype``, ``.device``).
     Library: :func:`landscape.foundation.checkpoint.load_checkpoint`.
     """
     from landscape.foundation.checkpoint import load_checkpoint
 
-    return load_checkpoint(path, _config(LoadConfig, config, settings))
+    return load_checkpoint(path, _config(LoadConfig, config, settings), curvature=curvature)
 
 
 def batches(data: str | os.PathLike, checkpoint=None, *, tokenizer=None, batch_size: int = 8,

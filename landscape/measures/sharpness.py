@@ -231,7 +231,7 @@ def float32_view(model, selected, what: str):
     if planned or any(P.is_sharded(p) for p in model.parameters()):
         raise UserError(f"{what} on bf16/fp16 weights needs them in float32 (a curvature measurement moves "
                         "them by far less than a half-precision spacing), and FSDP-sharded parameters cannot "
-                        "be widened in place: load with curvature=True (float32 rows of the bf16/fp16 values; "
+                        "be widened in place: load it with curvature=True (float32 rows of the bf16/fp16 values; "
                         "the sharpness and predict commands do)")
     half = [p for p in model.parameters() if p.dtype in P.HALF]
     dev = half[0].device
