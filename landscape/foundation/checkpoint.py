@@ -353,7 +353,7 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
     torch_dtype = resolve_dtype(cfg.dtype)
     if P.target() is not None:  # no weight is read: the plan needs shapes and dtypes only
         held = _held_dtype(torch_dtype, curvature, P.target().world > 1)
-        return _on_meta(files, held or torch_dtype, cfg, values=torch_dtype if held else None)
+        return _marked(_on_meta(files, held or torch_dtype, cfg), torch_dtype, held)
     dev = resolve_device(cfg.device)
     sharded = shard_mode(cfg.shard, files, torch_dtype, dev) == "fsdp"
     held = _held_dtype(torch_dtype, curvature, sharded)
@@ -379,7 +379,7 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
             f"{files.path}: tokenizer has {len(tokenizer)} tokens but the embedding only {rows} rows"
         )
     adapter = files.adapter
-    return Checkpoint(
+    return _marked(Checkpoint(
         path=adapter.path if adapter else files.path,
         model=model,
         tokenizer=tokenizer,
@@ -392,7 +392,7 @@ def load_checkpoint(path: str | os.PathLike, config: LoadConfig | None = None, *
               **({"provenance": prov} if (prov := read_provenance(files.path)) else {}),
               **({"adapter": {"peft_type": adapter.peft_type, "base": str(adapter.base), "weights": cfg.adapter}}
                  if adapter else {})},
-    )
+    ), torch_dtype, held)
 
 
 VALUES = "landscape_values_dtype"  # a model attribute: the dtype its float32-held weights' values came from
@@ -402,6 +402,13 @@ def values_dtype(model) -> torch.dtype | None:
     """The bf16/fp16 dtype whose values a model's float32 weights hold (a sharded half-precision load
     for a curvature measurement, ``load_checkpoint(curvature=True)``), else None."""
     return getattr(model, VALUES, None)
+
+
+def _marked(ck: "Checkpoint", values: torch.dtype, held: torch.dtype | None) -> "Checkpoint":
+    """``ck`` with its model marked as holding ``values``-dtype numbers in ``held`` (when not None)."""
+    if held is not None:
+        setattr(ck.model, VALUES, values)
+    return ck
 
 
 def _held_dtype(dtype: torch.dtype, curvature: bool, sharded: bool) -> torch.dtype | None:
@@ -464,7 +471,7 @@ def shard_mode(mode: str, files: CheckpointFiles, dtype: torch.dtype, device: to
     return "fsdp" if free is not None and 3 * weight_bytes(files.weights, dtype) > free else "none"
 
 
-def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, values=None) -> Checkpoint:
+def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig) -> Checkpoint:
     """The checkpoint's model on the meta device (shapes and dtypes, no memory, no weight read): what a
     plan for another machine needs (its activations are probed by a forward on meta tensors). The
     first model built this way is the one the plan's :class:`~landscape.foundation.params.Target` runs."""
@@ -477,8 +484,6 @@ def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, values=None) 
         model = with_attention(lambda impl: AutoModelForCausalLM.from_config(
             config, dtype=torch_dtype, attn_implementation=impl, trust_remote_code=cfg.trust_remote_code), cfg.attn)
     model.eval()
-    if values is not None:
-        setattr(model, VALUES, values)
     for p in model.parameters():
         p.requires_grad_(True)
     if cfg.grad_checkpointing:
@@ -493,7 +498,7 @@ def _on_meta(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, values=None) 
 
 def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device, held=None):
     """(model, config) built shard-wise (see :mod:`landscape.foundation.sharding`); with ``held``
-    (float32) the rows are rounded to ``torch_dtype`` and held in ``held``."""
+    (float32) the model is built in ``held`` and the rows, read in ``torch_dtype``, are copied into it."""
     from transformers import AutoModelForCausalLM
 
     from landscape.foundation.sharding import load_sharded
@@ -509,10 +514,7 @@ def _sharded(files: CheckpointFiles, torch_dtype, cfg: LoadConfig, device, held=
             config, dtype=held or torch_dtype, attn_implementation=impl, trust_remote_code=cfg.trust_remote_code),
             cfg.attn)
 
-    model = load_sharded(build, files.weights, (torch_dtype, held or torch_dtype), device, files.path)
-    if held is not None:
-        setattr(model, VALUES, torch_dtype)
-    return model, config
+    return load_sharded(build, files.weights, torch_dtype, device, files.path), config
 
 
 def _first_line(e: Exception) -> str:

@@ -265,7 +265,7 @@ def widened(model: torch.nn.Module, enabled: bool = True):
                 for p in model.parameters():
                     if p.dtype in HALF and not is_sharded(p):
                         origins[id(p)] = p.data
-                        swapped.append((p, p.data.device))
+                        swapped.append(p)
                         p.data = p.data.float()
                 if _TARGET is not None:
                     _TARGET.kept += nbytes(list(origins.values()))
@@ -278,9 +278,9 @@ def widened(model: torch.nn.Module, enabled: bool = True):
     finally:
         if _TARGET is not None and not origins.host:
             _TARGET.kept -= nbytes(list(origins.values()))
-        for p, device in swapped:
+        for p in swapped:  # the float32 view lives where the original did
             old = origins[id(p)]
-            p.data = old if old.device == device else old.to(device)
+            p.data = old if old.device == p.device else old.to(p.device)
         for mod, name, b in bufs:
             mod._buffers[name] = b
 
@@ -295,7 +295,9 @@ def offload(origins: Originals) -> int:
     """Move :func:`widened`'s originals to host memory (pinned when CUDA is there: a product reads them
     back over PCIe), freeing their device storage; returns the bytes moved. Under a plan for another
     machine (meta tensors) nothing is allocated: the plan counts them on the host from then on."""
-    moved = nbytes(list(origins.values())) if not origins.host else 0
+    if origins.host:
+        return 0
+    moved = nbytes(list(origins.values()))
     for k, o in list(origins.items()):
         if o.device.type != "meta":  # (on a CPU-only machine a copy in the same memory: never chosen there)
             host = torch.empty(o.shape, dtype=o.dtype, device="cpu", pin_memory=torch.cuda.is_available())

@@ -49,6 +49,11 @@ class Plan:
     def peak(self) -> int:
         return self.start + sum(self.parts.values())
 
+    def fits(self, free: int | None) -> bool:
+        """Whether what the plan adds (and what of its start is not resident yet) fits ``free`` bytes
+        with the headroom; True when the free memory is unknown."""
+        return free is None or self.peak - self.start + self.pending <= HEADROOM * free
+
     def as_dict(self) -> dict:
         """The plan in GB; planning for another machine (:class:`params.Target
         <landscape.foundation.params.Target>`), one rank's share and whether it fits there."""
@@ -62,10 +67,9 @@ class Plan:
                "weight_gb": gb(self.unit), "not_resident_gb": gb(self.pending), "choices": dict(self.choices)}
         if t is not None:
             free = t.free()
-            need = self.peak - self.start + self.pending
             out["target"] = {"device": t.device_type, "device_memory_gb": None if t.memory is None else
                              round(t.memory / 2**30, 3), "world_size": t.world, "per": "rank" if n > 1 else "process",
-                             "free_gb": gb(free), "fits": need <= HEADROOM * free}
+                             "free_gb": gb(free), "fits": self.fits(free)}
             if "free_gb" in out["choices"]:
                 out["choices"]["free_gb"] = gb(free)
         return out
@@ -306,17 +310,16 @@ def resolve_hvp_method(params, act, asked: str, start: int, free: int | None, ve
 def check_fits(plan: Plan, free: int | None, what: str = "", hint: str | None = None) -> None:
     """A one-line :class:`UserError` when the plan's peak will not fit what the process may take.
     ``hint``: what would fit; by default fd products when the plan has exact ones to give up."""
-    if free is None:
+    if plan.fits(free):
         return
     if hint is None:
         fd = "hvp_method fd, " if plan.parts.get("hvp_graph") else ""
         hint = fd + "fewer or shorter batches, a params subset, or a larger machine"
     need = plan.peak - plan.start + plan.pending  # what is not resident yet comes out of the free memory too
-    if need > HEADROOM * free:
-        parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in plan.parts.items() if v)
-        raise UserError(f"{what or plan.command} needs about {need / 2**30:.1f} GB more ({parts}; peak "
-                        f"{plan.peak / 2**30:.1f} GB) and {free / 2**30:.1f} GB is free: try {hint} (dry_run shows the "
-                        f"plan)")
+    parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in plan.parts.items() if v)
+    raise UserError(f"{what or plan.command} needs about {need / 2**30:.1f} GB more ({parts}; peak "
+                    f"{plan.peak / 2**30:.1f} GB) and {free / 2**30:.1f} GB is free: try {hint} (dry_run shows the "
+                    f"plan)")
 
 
 RUNTIME = int(0.35 * 2**30)  # RSS of Python + torch + transformers before any weights (measured: 0.31 GB)

@@ -95,10 +95,10 @@ def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def load_sharded(build, weights: list[Path], dtype, device: torch.device, where: Path):
+def load_sharded(build, weights: list[Path], dtype: torch.dtype, device: torch.device, where: Path):
     """``build()`` (a model constructor) run with parameters on meta, sharded, then filled with this
-    rank's rows of every tensor read from ``weights``; weights missing from the files are an error.
-    ``dtype``: the rows' dtype, or (values, held): rounded to the first, held in the second."""
+    rank's rows of every tensor read from ``weights`` in ``dtype`` (copied into the parameters' own
+    dtype: float32 rows of bf16 values when built wider); weights missing from the files are an error."""
     files = _tensor_files(weights)
 
     def check(model):
@@ -145,8 +145,7 @@ def _read_rows_one(files: dict, name: str, rows, dtype):
     with safe_open(str(files[name]), framework="pt") as fh:
         sl = fh.get_slice(name)
         t = sl[:] if rows is None or not sl.get_shape() else sl[rows[0]:rows[1]]
-    values, held = dtype if isinstance(dtype, tuple) else (dtype, dtype)
-    return t.to(values).to(held)
+    return t.to(dtype)
 
 
 @torch.no_grad()

@@ -388,8 +388,7 @@ def plan_with_originals(model, obj, cfg: SharpnessConfig, origins) -> "plans.Pla
         return pl
     P.offload(origins)
     obj.origin = [origins[id(p)] for p in obj.leaves]
-    obj.origin_on_host = True
-    pl = plan(model, obj, cfg)
+    pl = plan(model, obj, cfg, originals_on_host=True)
     pl.choices.update(originals="host", host_gb=round(kept / 2**30, 3))
     return pl
 
@@ -399,17 +398,16 @@ def _originals_may_go(device, pl) -> bool:
     for another machine) and only when the plan does not fit beside them."""
     if P.target() is None and torch.device(device).type == "cpu":
         return False
-    free = plans.free_bytes(device)
-    return free is not None and pl.peak - pl.start + pl.pending > plans.HEADROOM * free
+    return not pl.fits(plans.free_bytes(device))
 
 
-def plan(model, obj, cfg: SharpnessConfig) -> "plans.Plan":
-    """The memory plan of :func:`measure` (before anything is allocated): the starting footprint,
-    one batch's measured activations, and the weight-sized tensors of the costliest requested
-    metric; ``choices["hvp_method"]`` is what ``auto`` picks."""
+def plan(model, obj, cfg: SharpnessConfig, originals_on_host: bool = False) -> "plans.Plan":
+    """The memory plan of :func:`measure` (before anything is allocated): the starting footprint, one
+    batch's measured activations, the weight-sized tensors of the costliest requested metric (``obj.origin``
+    on the host: ``originals_on_host``); ``choices["hvp_method"]`` is what ``auto`` picks."""
     ps = obj.params
     kept = getattr(obj, "origin", None)  # exact originals held (a float32 view of half weights): no saved copy
-    on_device = None if getattr(obj, "origin_on_host", False) else kept  # or held in host memory
+    on_device = None if originals_on_host else kept
     start = plans.start_bytes(model, obj.device, kept=on_device)
     pending = plans.pending_bytes(P.nbytes(list(model.parameters())) + P.nbytes(on_device or []), obj.device)
     curv = {"lambda_max", "lambda_min", "trace", "density"} & set(cfg.metrics)
@@ -493,7 +491,7 @@ def _curvature_plan(build, lean_fits: bool, cfg: SharpnessConfig, free, pending)
     options = [o for o in options if lean_ok or not o[1]]
     for copy_on_disk, q_on_disk in options:
         p = build(copy_on_disk, q_on_disk)
-        if free is None or p.peak - p.start + pending <= plans.HEADROOM * free or (copy_on_disk, q_on_disk) == options[-1]:
+        if p.fits(free) or (copy_on_disk, q_on_disk) == options[-1]:  # build() set p.pending
             return p, {"weights_copy": "disk" if copy_on_disk else "memory", "lanczos_q": "disk" if q_on_disk else "memory"}
     raise AssertionError("unreachable")
 
