@@ -108,6 +108,25 @@ def test_perturbation_norm_is_rho_and_weights_restore_bit_exactly(tokenizer):
         pert.restore()
 
 
+def test_bf16_perturbation_is_rounded_once_from_the_saved_weights(tokenizer):
+    """w + ε for bf16 weights is (w in float32 + ε) rounded once, the rounding every measurement uses;
+    the old in-place add rounded ε to bf16 first (two roundings) and fails the equality."""
+    model, batch = tiny_model(tokenizer, dtype=torch.bfloat16), tiny_batch(tokenizer)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    batch_term(model, batch, batch.n_tokens).backward()
+    g = [p.grad.float() for p in model.parameters()]
+    norm = math.sqrt(sum(float((gi.double() ** 2).sum()) for gi in g))
+    pert = Perturbation(model.parameters(), rho=0.05)
+    assert pert.perturb() == pytest.approx(norm, rel=1e-6)
+    scale = torch.tensor(0.05) / (torch.tensor(pert.last_norm, dtype=torch.float32) + 1e-12)
+    want = [(w.float() + gi * scale).bfloat16() for w, gi in zip(w0, g)]
+    moved = [p for p in model.parameters()]
+    assert all(torch.equal(p.detach(), w) for p, w in zip(moved, want))
+    assert any(not torch.equal(p.detach(), w) for p, w in zip(moved, w0))
+    pert.restore()
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), w0))
+
+
 def test_step_runs_exactly_two_passes_and_restores_on_failure(tokenizer):
     model, batch = tiny_model(tokenizer), tiny_batch(tokenizer)
     opt = SAM(model.parameters(), lr=LR)

@@ -11,7 +11,9 @@ That is exactly two forward/backward passes per step: one for g at w, one at w +
 
 Conventions this module keeps:
 
-- The weights are restored bit-exactly between the passes (a saved copy, not ``w + ε − ε``).
+- The weights are restored bit-exactly between the passes (a saved copy, not ``w + ε − ε``), with the
+  perturb/restore every measurement uses (:func:`landscape.foundation.params.set_offset`, ``restore``):
+  w + ε is computed from the saved copy in float32 and rounded once to the parameter's dtype.
 - ‖g‖ is global over all parameters of the optimizer. Under DDP each rank holds the whole
   gradient, so the local norm *is* the global one; FSDP2 parameters (DTensors) are recognised and
   their rows' squared norms all-reduced; for any other set-up where each rank holds a slice, pass
@@ -31,7 +33,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from landscape.foundation.params import is_sharded, local, mixed_sq_norm
+from landscape.foundation.params import is_sharded, local, mixed_sq_norm, restore, set_offset
 
 
 class Perturbation:
@@ -76,9 +78,11 @@ class Perturbation:
         self.last_norm = float(norm)
         self._saved = [local(p).detach().clone() for p in self.params]
         scale = self.rho / (norm + 1e-12)
-        for (p, _), tg in zip(pairs, scaled):
-            e = tg * (p.detach().abs() + self.eta) if self.adaptive else tg  # T² g, or g
-            p.add_((e.float() * scale.to(e.device)).to(p.dtype))
+        eps = [(tg * (p.detach().abs() + self.eta) if self.adaptive else tg).float() * scale.to(tg.device)
+               for (p, _), tg in zip(pairs, scaled)]  # ε = ρ·T²g/‖Tg‖, or ρ·g/‖g‖
+        moved = {id(p) for p, _ in kept}
+        origin = [w for p, w in zip(self.params, self._saved) if id(p) in moved]
+        set_offset([p for p, _ in pairs], origin, eps)  # w + ε from the saved copy, rounded once
         return self.last_norm
 
     @torch.no_grad()
@@ -86,8 +90,7 @@ class Perturbation:
         """Put back the weights saved by :meth:`perturb` (bit-exact)."""
         if self._saved is None:
             raise RuntimeError("restore() called without perturb()")
-        for p, w in zip(self.params, self._saved):
-            local(p).copy_(w)
+        restore([local(p) for p in self.params], self._saved)
         self._saved = None
 
 
