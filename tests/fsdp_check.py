@@ -27,11 +27,18 @@ def measure(ckpt, data_path, out):
     bs = data.batches_for(ck, DataConfig(data=data_path, batch_size=3))
     cfg = SharpnessConfig(metrics=("lambda_max", "sam", "asam", "eps", "avg", "trace"), hvp_method="fd",
                           trace_samples=3, max_iter=20)
-    sharpness.measure(ck.model, bs, cfg)
+    rows = sharpness.measure(ck.model, bs, cfg)["metrics"]
     surface.surface(ck.model, bs, f"{out}.h5", SurfaceConfig(x="-1:1:3", y="-1:1:2", norm="layer"))
     unchanged = all(torch.equal(params.local(p), before[n]) for n, p in named.items())
+    # the same checkpoint loaded whole in this process afterwards: nothing of the sharded load may
+    # linger (a process-wide "sharded" flag once summed its whole-vector norms over the ranks: √2 off)
+    whole_ck = checkpoint.load_checkpoint(ckpt, device="cpu")
+    again = sharpness.measure(whole_ck.model, data.batches_for(whole_ck, DataConfig(data=data_path, batch_size=3)),
+                              cfg)["metrics"]
     got = dist.all_gather_object({"rows_match": rows_match, "held": held, "unchanged": unchanged,
-                                  "sharded": all(params.is_sharded(p) for p in named.values())})
+                                  "sharded": all(params.is_sharded(p) for p in named.values()),
+                                  "sharded_sam": rows["sam_sharpness"], "whole_sam": again["sam_sharpness"],
+                                  "sharded_eps": rows["eps_sharpness"], "whole_eps": again["eps_sharpness"]})
     if dist.is_main():
         total = sum(p.numel() for p in named.values())
         with open(out, "w") as f:

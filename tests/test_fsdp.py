@@ -96,6 +96,9 @@ def test_each_rank_holds_and_reads_its_rows_and_measurements_leave_them_bit_iden
     got = json.loads(out.read_text())
     for rank in got["ranks"]:
         assert rank == {**rank, "rows_match": True, "unchanged": True, "sharded": True}
+        # a whole model measured after a sharded one in the same process: the same numbers
+        for k in ("sam", "eps"):
+            assert rank[f"whole_{k}"] == pytest.approx(rank[f"sharded_{k}"], rel=1e-4, abs=1e-7), k
     assert sum(rk["held"] for rk in got["ranks"]) == got["total"]  # the rows partition the model
     assert max(rk["held"] for rk in got["ranks"]) <= 0.55 * got["total"]
 

@@ -13,7 +13,9 @@ all batches are built identically on every rank; the work is split, never the mo
 
 With ``--shard fsdp`` (:func:`landscape.foundation.checkpoint.load_checkpoint`) the model itself is
 split: each decoder block and the model are wrapped with FSDP2's ``fully_shard``, every rank holds
-rows of each parameter (dim-0 shards), and :func:`sharded` is true. Then
+rows of each parameter (dim-0 shards: DTensors, ``params.is_sharded``). No process-wide state records
+this: the parameters say it (``params.any_sharded(model.parameters())``), and whoever builds vectors
+from them passes ``sharded`` on to the sums below (an operator's ``sharded``, a basis's). Then
 
 - a weight-sized vector is the list of this rank's *local shards* (``params.local``); dots and norms
   of vectors are summed over ranks (:func:`sharded_sum`); random vectors are drawn whole on every
@@ -33,23 +35,10 @@ import os
 
 import torch
 
-_SHARDED = False
-
-
-def sharded() -> bool:
-    """True once a model was loaded FSDP-sharded in this process (vectors are local shards)."""
-    return _SHARDED and available()
-
-
-def set_sharded(flag: bool) -> None:
-    global _SHARDED
-    _SHARDED = bool(flag)
-
-
-def sharded_sum(x):
-    """Σ over ranks of a partial sum over local shards (a float, a 0-d tensor or a numpy array);
-    unchanged when vectors are not sharded."""
-    if not sharded():
+def sharded_sum(x, sharded: bool):
+    """Σ over ranks of a partial sum over local shards (a float, a 0-d tensor or a numpy array) when
+    ``sharded`` (the vectors summed are this rank's rows); ``x`` unchanged otherwise."""
+    if not (sharded and available()):
         return x
     import numpy as np
 
@@ -60,20 +49,21 @@ def sharded_sum(x):
     return all_reduce_scalar(float(x))
 
 
-def share(items: list) -> list:
-    """This rank's share of ``items`` as (item, weight) pairs: :func:`shard` with weight 1, and under
-    FSDP sharding padded with (items[0], 0.0) so every rank runs the same number of passes."""
+def share(items: list, sharded: bool = False) -> list:
+    """This rank's share of ``items`` as (item, weight) pairs: :func:`shard` with weight 1, and for a
+    ``sharded`` model (FSDP) padded with (items[0], 0.0) so every rank runs the same number of passes
+    (each forward gathers the weights on all of them)."""
     items = list(items)
     mine = [(x, 1.0) for x in shard(items)]
-    if sharded() and items:
+    if sharded and items:
         mine += [(items[0], 0.0)] * (-(-len(items) // world()) - len(mine))
     return mine
 
 
-def point_workers() -> tuple[int, int]:
-    """(workers, my index) for work split by points (surface grid points): every rank under
-    sharding (they evaluate each point together), else (world, rank)."""
-    return (1, 0) if sharded() else (world(), rank())
+def point_workers(sharded: bool) -> tuple[int, int]:
+    """(workers, my index) for work split by points (surface grid points): of a ``sharded`` model every
+    rank (they evaluate each point together), else (world, rank)."""
+    return (1, 0) if sharded else (world(), rank())
 
 
 def available() -> bool:

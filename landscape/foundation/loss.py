@@ -79,11 +79,12 @@ def evaluate(model: torch.nn.Module, batches, reduce: bool = True) -> LossResult
     sums are all-reduced; ``reduce=False`` evaluates every batch locally (no communication).
     """
     from landscape.foundation import distributed as dist
+    from landscape.foundation.params import any_sharded
 
     device = param_device(model)
     n = total_tokens(batches)
     acc = torch.zeros((), dtype=torch.float64, device=device)
-    for b, weight in (dist.share(list(batches)) if reduce else [(b, 1.0) for b in batches]):
+    for b, weight in (dist.share(list(batches), any_sharded(model.parameters())) if reduce else [(b, 1.0) for b in batches]):
         acc += weight * nll_sum(model, b.to(device)).double()  # weight 0: a sharded rank's padding pass
     total = dist.all_reduce_scalar(float(acc)) if reduce else float(acc)
     return LossResult(total / n, n)

@@ -95,14 +95,17 @@ class ModelObjective:
         named = select(model) if params is None else params
         self.names = list(named.keys())
         self.leaves = list(named.values())
-        self.sharded = any(P.is_sharded(p) for p in self.leaves)
+        self.sharded = P.any_sharded(self.leaves)  # the measured vectors are this rank's rows
+        # the model's forwards gather FSDP rows on every rank (an adapter over a sharded base, too):
+        # every rank must run as many passes
+        self.lockstep = self.sharded or P.any_sharded(model.parameters())
         self.params = [P.local(p) for p in self.leaves] if self.sharded else self.leaves
 
     @property
     def local_batches(self) -> list:
         """This process's share of the batches (all of them on one process) as (batch, weight)
         pairs; under sharding padded with weight-0 repeats so that every rank runs as many passes."""
-        return dist.share(self.batches)
+        return dist.share(self.batches, self.lockstep)
 
     @property
     def n_terms(self) -> int:

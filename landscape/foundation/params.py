@@ -64,11 +64,12 @@ def layer_groups(model: torch.nn.Module) -> "OrderedDict[str, str]":
 DOT_CHUNK = 1 << 20
 
 
-def dot(a: Vector, b: Vector) -> torch.Tensor:
-    """Σ_i ⟨a_i, b_i⟩ as a float64 0-d tensor (summed over ranks when vectors are shards): products
+def dot(a: Vector, b: Vector, sharded: bool = False) -> torch.Tensor:
+    """Σ_i ⟨a_i, b_i⟩ as a float64 0-d tensor (summed over ranks when ``sharded``: the vectors are this
+    rank's rows, :func:`any_sharded` of their parameters): products
     and sums in float64, :data:`DOT_CHUNK` entries at a time — never a float64 copy of a whole tensor
     (SmolLM2's embedding pair in float64 was 0.45 GB of transients, Qwen2.5-1.5B's 3.7 GB)."""
-    return dist.sharded_sum(_chunked_dot(zip(a, b)))
+    return dist.sharded_sum(_chunked_dot(zip(a, b)), sharded)
 
 
 # entries per float64 piece of a dot on a GPU: a few kernels per 16M entries (128 MB of float64 pieces),
@@ -92,6 +93,13 @@ def _chunked_dot(pairs) -> torch.Tensor:
 def is_sharded(t) -> bool:
     """A DTensor (an FSDP2-sharded parameter or its gradient)."""
     return type(t).__name__ == "DTensor"
+
+
+def any_sharded(tensors) -> bool:
+    """Whether some of ``tensors`` (a model's parameters) are FSDP2 rows: then weight-sized vectors built
+    from them hold this rank's rows, and their dots and norms sum over the ranks. The model's own
+    parameters are the record of its sharding; nothing process-wide is kept."""
+    return any(is_sharded(t) for t in tensors)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -120,9 +128,9 @@ def draw(t, fn) -> torch.Tensor:
     return full if not is_sharded(t) else full[a:b].clone()  # a copy: a view would keep the whole draw alive
 
 
-def norm(a: Vector) -> torch.Tensor:
+def norm(a: Vector, sharded: bool = False) -> torch.Tensor:
     """‖a‖₂ as :func:`dot` forms ⟨a, a⟩, each tensor of ``a`` read once (they may come from disk)."""
-    return dist.sharded_sum(_chunked_dot((x, x) for x in a)).sqrt()
+    return dist.sharded_sum(_chunked_dot((x, x) for x in a), sharded).sqrt()
 
 
 def mixed_sq_norm(tensors, rows: list[bool], group=None, slices: bool = False) -> torch.Tensor:
@@ -594,7 +602,9 @@ def free_memory(device) -> int | None:
     """Bytes this process may still allocate on ``device``: free CUDA memory plus what the caching
     allocator has reserved but not handed out (a long-lived process's cache is not taken), or
     MemAvailable of the host (divided among the processes of this node under torchrun); None when
-    unknown. Planning for another machine (:class:`Target`): what its ranks would have free."""
+    unknown. Planning for another machine (:class:`Target`): what its ranks would have free. Under
+    torchrun the least over the ranks: they run each command's code together (a collective here), and
+    every memory-driven choice (fd or exact, basis in memory or on disk) must be the same on all."""
     if _TARGET is not None:
         return _TARGET.free()
     device = torch.device(device)
@@ -611,7 +621,7 @@ def free_memory(device) -> int | None:
                         break
     except (OSError, RuntimeError, ValueError):
         free = None
-    if dist.sharded():  # every rank must make the same memory-driven choice (they run in lockstep)
+    if dist.world() > 1:  # the ranks run each command's code together: the same memory-driven choices
         free = dist.all_reduce_scalar(float(free if free is not None else -1), op="min")
         free = None if free < 0 else int(free)
     return free

@@ -284,20 +284,21 @@ def forward_bytes(model: torch.nn.Module, batches) -> int:
 EXACT_OVER_FD = 1.5
 
 
-def resolve_hvp_method(params, act, asked: str, start: int, free: int | None, vector_itemsize: int = 4) -> str:
+def resolve_hvp_method(params, act, asked: str, start: int, free: int | None, vector_itemsize: int = 4,
+                       sharded: bool = False) -> str:
     """``asked``, or for "auto": finite differences on a sharded model (double backward does not run
     through FSDP: pytorch#172543) or where the exact plan does not fit the memory still free, or
     peaks above :data:`EXACT_OVER_FD` × fd's (from SmolLM2-135M up: its graph is 7 weight copies and
     3× the activations, against fd's one copy); else the exact double backward — small models.
-    Half-precision weights are measured in a float32 view (``params.widened``): the same rule holds."""
-    from landscape.foundation import distributed as dist
-
+    Half-precision weights are measured in a float32 view (``params.widened``): the same rule holds.
+    ``sharded``: ``params`` are this rank's rows of an FSDP model (the objective's ``sharded``)."""
     if asked != "auto":
         return asked
     t = P.target()
-    if dist.sharded() or (t is not None and t.world > 1):
-        return "fd"
     ps = list(params)
+    if sharded or (t is not None and t.world > 1):
+        return "fd"
+
     exact = curvature(ps, act, "reverse", 2, vector_itemsize, start)
     if free is not None and exact.peak - start > HEADROOM * free:
         return "fd"

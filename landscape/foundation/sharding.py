@@ -135,7 +135,6 @@ def materialise(build, device: torch.device, check=None):
     # row once more with the old storage still held: a second shard at the peak (+2 GB a rank at 1.1B).
     with torch.no_grad():
         model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
-    dist.set_sharded(True)
     return model, buffers
 
 

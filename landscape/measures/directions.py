@@ -51,7 +51,7 @@ def random_tensor(name: str, w: torch.Tensor, seed: int, axis: str, norm: str, i
     if P.is_sharded(w):
         g = _generator(seed, axis, name)
         d = P.draw(w, lambda s: torch.randn(s, generator=g, dtype=torch.float32))
-        return normalize(d.to(w.device), P.local(w), norm, ignore)
+        return normalize(d.to(w.device), P.local(w), norm, ignore, sharded=True)
     dev = w.device if on_device else torch.device("cpu")
     g = _generator(seed, axis, name, dev)
     if out is not None and on_device:
@@ -69,9 +69,10 @@ def random_direction(named, seed: int, axis: str = "x", norm: str = "filter", ig
 
 
 @torch.no_grad()
-def normalize(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> torch.Tensor:
+def normalize(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str, sharded: bool = False) -> torch.Tensor:
     """Filter/layer normalisation of one parameter's direction (see module docstring); float32 result.
-    ``d`` is rescaled in place (callers pass a freshly drawn tensor)."""
+    ``d`` is rescaled in place (callers pass a freshly drawn tensor). ``sharded``: ``d`` and ``w`` are this
+    rank's rows of an FSDP parameter (filter norms are per row; a layer norm sums over the ranks)."""
     w = w.to(torch.float32)
     if w.dim() <= 1:
         if ignore == "biasbn":
@@ -82,17 +83,18 @@ def normalize(d: torch.Tensor, w: torch.Tensor, norm: str, ignore: str) -> torch
         wn = w.reshape(w.shape[0], -1).norm(dim=1)
         scale = wn / (dn + 1e-10)
         return d.mul_(scale.reshape(-1, *([1] * (d.dim() - 1))))
-    if norm == "layer" and dist.sharded():  # whole-tensor norms: sums of squares over the ranks' rows
-        wn, dn = (float(dist.sharded_sum(t.double().pow(2).sum())) ** 0.5 for t in (w, d))
+    if norm == "layer" and sharded:  # whole-tensor norms: sums of squares over the ranks' rows
+        wn, dn = (float(dist.sharded_sum(t.double().pow(2).sum(), True)) ** 0.5 for t in (w, d))
         return d.mul_(wn / (dn + 1e-10))
     if norm == "layer":
         return d.mul_(w.norm() / (d.norm() + 1e-10))
     return d
 
 
-def orthogonalize(y: list, x: list) -> list:
-    """y − (⟨y,x⟩/⟨x,x⟩)·x (applied after normalisation, when asked)."""
-    c = float(P.dot(y, x) / P.dot(x, x))
+def orthogonalize(y: list, x: list, sharded: bool = False) -> list:
+    """y − (⟨y,x⟩/⟨x,x⟩)·x (applied after normalisation, when asked); ``sharded``: the lists hold this
+    rank's rows (the dots sum over the ranks)."""
+    c = float(P.dot(y, x, sharded) / P.dot(x, x, sharded))
     return [yi - c * xi for yi, xi in zip(y, x)]
 
 

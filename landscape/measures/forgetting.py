@@ -184,8 +184,9 @@ def _sharded(score, model, items: list, batch_size: int) -> list:
     gets every score, in the order of ``items``. A sharded model is one model across the ranks:
     they score every item together (each forward gathers the weights on all of them)."""
     from landscape.foundation import distributed as dist
+    from landscape.foundation.params import any_sharded
 
-    if dist.world() == 1 or dist.sharded():
+    if dist.world() == 1 or any_sharded(model.parameters()):
         return score(model, items, batch_size)
     mine = dist.shard(list(range(len(items))))
     part = score(model, [items[i] for i in mine], batch_size)

@@ -69,21 +69,23 @@ def hvp_method(obj, asked: str = "auto") -> str:
     act = plans.activation_bytes(obj.model, obj.batches)
     if not obj.sharded:  # exact products hold math attention's activations
         act = (act, plans.activation_bytes(obj.model, obj.batches, exact=True))
-    return plans.resolve_hvp_method(obj.params, act, "auto", plans.start_bytes(obj.model, dev), plans.free_bytes(dev))
+    return plans.resolve_hvp_method(obj.params, act, "auto", plans.start_bytes(obj.model, dev), plans.free_bytes(dev),
+                                    sharded=obj.sharded)
 
 
 def _curvature_along(obj, delta: P.Vector, method: str = "reverse", origin=None) -> tuple[float, float, float]:
     """(L, gᵀΔw, ΔwᵀHΔw) of ``obj`` at its current weights: one gradient and one HVP (``origin``: an
     exact copy of the current weights the caller holds, which fd products restore from)."""
     L, g = gradient(obj)
-    g_delta = float(P.dot(g, delta))
+    split = getattr(obj, "sharded", False)
+    g_delta = float(P.dot(g, delta, split))
     del g
     op = hessian.HessianOperator(obj, method, "off", origin=origin)  # one product: no graph worth keeping
     hd = op.hvp(delta)
-    return L, g_delta, float(P.dot(delta, hd))
+    return L, g_delta, float(P.dot(delta, hd, split))
 
 
-def _block_norms(names: list, base: list, delta: P.Vector, groups: dict) -> dict:
+def _block_norms(names: list, base: list, delta: P.Vector, groups: dict, sharded: bool) -> dict:
     """‖Δw‖ and ‖Δw‖/‖w_base‖ of each block (a transformer layer, or the rest)."""
     import re
 
@@ -93,8 +95,8 @@ def _block_norms(names: list, base: list, delta: P.Vector, groups: dict) -> dict
         idx = [i for i, n in enumerate(names) if pat.search(n)]
         if not idx:
             continue
-        dn = float(P.norm([delta[i] for i in idx]))
-        wn = float(P.norm([base[i] for i in idx]))
+        dn = float(P.norm([delta[i] for i in idx], sharded))
+        wn = float(P.norm([base[i] for i in idx], sharded))
         out[g] = {"delta_norm": dn, "delta_rel": dn / wn if wn > 0 else None}
     return out
 
@@ -154,11 +156,11 @@ def kl_divergences(obj, origin, delta) -> dict:
         vocab = int(getattr(obj.model.config, "vocab_size", 0) or 1)
         # sharded, every rank runs as many forwards (FSDP's collectives): a batch in one piece, and the
         # padding batches (weight 0) run too
-        rows = B if obj.sharded else max(1, min(B, KL_BUDGET // max(1, 2 * 4 * T * vocab)))
+        rows = B if obj.lockstep else max(1, min(B, KL_BUDGET // max(1, 2 * 4 * T * vocab)))
         for a in range(0, B, rows):
             piece = Batch(b.input_ids[a:a + rows], b.attention_mask[a:a + rows], b.labels[a:a + rows])
             keep = piece.labels[:, 1:] != IGNORE
-            if not obj.sharded and (weight == 0 or not bool(keep.any())):
+            if not obj.lockstep and (weight == 0 or not bool(keep.any())):
                 continue
             P.restore(ps, origin)
             lb = next_token_log_probs(obj.model, piece)
@@ -184,13 +186,13 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
     """
     cfg = config or PredictConfig()
     ts = cfg.coords()
-    ps = obj.params
-    dn2 = float(P.dot(delta, delta))
+    ps, split = obj.params, getattr(obj, "sharded", False)
+    dn2 = float(P.dot(delta, delta, split))
     if dn2 == 0:
         raise UserError("the tuned weights equal the base's (Δw = 0): nothing to predict")
     method = hvp_method(obj, cfg.hvp_method)
     with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
-        wn = float(P.norm(origin))
+        wn = float(P.norm(origin, split))
         L0, g_delta, dhd = _curvature_along(obj, delta, method, origin)
         losses = _line(obj, origin, delta, ts, progress)
         crit = critical_step(lambda t: _loss_at(obj, origin, delta, t) > L0)
@@ -202,7 +204,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
             L1, gt_delta, dhd_t = _curvature_along(obj, delta, method)
             tuned = {"loss": L1, "grad_delta_tuned": gt_delta, "kappa_tuned": dhd_t / dn2,
                      "quad_pred_tuned": gt_delta - 0.5 * dhd_t, "delta_hessian_delta": dhd_t}
-        blocks = _block_norms(getattr(obj, "names", [str(i) for i in range(len(ps))]), origin, delta, groups) \
+        blocks = _block_norms(getattr(obj, "names", [str(i) for i in range(len(ps))]), origin, delta, groups, split) \
             if groups else {}
     i0, i1 = int(np.argmin(np.abs(ts))), int(np.argmin(np.abs(ts - 1)))
     F = losses[i1] - losses[i0]
@@ -329,7 +331,7 @@ class Session:
             if self.cfg.hvp_method != "fd" and not obj.sharded:  # exact products: math attention's too
                 act = (act, plans.activation_bytes(obj.model, obj.batches, exact=True))
             method = plans.resolve_hvp_method(obj.params, act, self.cfg.hvp_method, plans.start_bytes(obj.model, dev),
-                                              plans.free_bytes(dev))
+                                              plans.free_bytes(dev), sharded=obj.sharded)
             return plans.predict(obj.params, act, method, plans.start_bytes(obj.model, dev))
 
     def delta(self, tuned_named: dict) -> P.Vector:

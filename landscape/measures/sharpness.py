@@ -43,15 +43,16 @@ from landscape.measures import hessian
 from landscape.measures.hessian.cullum1985plain import linearity_defect
 
 
-def matched_eps(params, rho: float) -> float:
-    """The ε whose box |z_i| ≤ ε(|w_i| + 1) has its corner at ℓ2 distance ρ: ε = ρ / ‖|w| + 1‖₂.
+def matched_eps(params, rho: float, sharded: bool = False) -> float:
+    """The ε whose box |z_i| ≤ ε(|w_i| + 1) has its corner at ℓ2 distance ρ: ε = ρ / ‖|w| + 1‖₂
+    (the norm over the ranks when ``params`` are FSDP rows: ``sharded``).
 
     Keskar et al.'s ε = 1e-3 lets every weight move by at least 1e-3; for 134.5M weights that is a
     corner at distance ~12 and took SmolLM2's loss from 3.4 to 36 (ε-sharpness 976) — a measure of
     nothing. Matched to SAM's ρ (0.05) the box fits inside SAM's ball at any model size: ε ≈ 4.3e-6
     for SmolLM2-135M, 5.6e-5 for the 0.72M demo model.
     """
-    sq = dist.sharded_sum(sum(float(((p.detach().abs().double() + 1.0) ** 2).sum()) for p in params))
+    sq = dist.sharded_sum(sum(float(((p.detach().abs().double() + 1.0) ** 2).sum()) for p in params), sharded)
     return rho / math.sqrt(sq)
 
 
@@ -59,16 +60,16 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
                   progress: bool = False, rho: float = 0.05) -> dict:
     """Keskar et al.'s ε-sharpness (see module docstring); ``subspace=p`` for the random-subspace form;
     ``eps=None``: :func:`matched_eps` of ``rho``."""
-    ps = obj.params
+    ps, split = obj.params, getattr(obj, "sharded", False)
     rule = "given" if eps is not None else f"matched to rho={rho:g}"
-    eps = eps if eps is not None else matched_eps(ps, rho)
+    eps = eps if eps is not None else matched_eps(ps, rho, split)
     with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
         L0 = obj.value()
         if subspace:
             g = torch.Generator().manual_seed(seed)
             A = [P.randn_like(obj.leaves, g, dtype=torch.float64) for _ in range(subspace)]
-            G = np.array([[float(P.dot(a, b)) for b in A] for a in A])
-            Atw = np.array([float(P.dot(a, origin)) for a in A])
+            G = np.array([[float(P.dot(a, b, split)) for b in A] for a in A])
+            Atw = np.array([float(P.dot(a, origin, split)) for a in A])
             bound = eps * (np.abs(np.linalg.solve(G, Atw)) + 1.0)  # ε(|A⁺w| + 1)
             y = np.zeros(subspace)
         else:
@@ -90,7 +91,7 @@ def eps_sharpness(obj, eps: float | None = 1e-3, steps: int = 20, subspace: int 
             best = max(best, L)
             step = 2.0 / steps  # in units of the box half-width: reaches a vertex in steps/2
             if subspace:
-                gy = np.array([float(P.dot(a, grad)) for a in A])
+                gy = np.array([float(P.dot(a, grad, split)) for a in A])
                 y = np.clip(y + step * bound * np.sign(gy), -bound, bound)
             else:
                 for i, gi in enumerate(grad):
@@ -123,7 +124,7 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
     weight-sized tensors with the weights for SAM's one step (1.1B float32: 13.2 GB), one more (u
     beside the next gradient) for more steps, one more for ASAM's T.
     """
-    ps = obj.params
+    ps, split = obj.params, getattr(obj, "sharded", False)
     with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
         wide = torch.promote_types(ps[0].dtype, torch.float32)
         # T = 1 is left implicit (a Python 1.0, not a vector of ones: one weight-sized vector less)
@@ -139,17 +140,17 @@ def ball_sharpness(obj, rho: float = 0.05, steps: int = 1, adaptive: bool = Fals
             if adaptive:
                 for gi, ti in zip(gu, T):
                     gi.mul_(ti)  # ∂L/∂u = T⊙g, in place
-            n = float(P.norm(gu))
+            n = float(P.norm(gu, split))
             if n < 1e-12:
                 gu = P.randn_like(obj.leaves, torch.Generator().manual_seed(seed + t), dtype=wide)
-                n = float(P.norm(gu))
+                n = float(P.norm(gu, split))
             if u is None:
                 u = [gi.mul_(rho / n) for gi in gu]  # a step of ρ from 0: on the ball already
                 continue
             for ui, gi in zip(u, gu):
                 ui.add_(gi, alpha=rho / n)
             del gu
-            un = float(P.norm(u))
+            un = float(P.norm(u, split))
             if un > rho:
                 for ui in u:
                     ui.mul_(rho / un)  # back onto the ball
@@ -414,7 +415,7 @@ def plan(model, obj, cfg: SharpnessConfig, originals_on_host: bool = False) -> "
     act, act_fd = _activations(model, obj, cfg, bool(curv))
     free = plans.free_bytes(obj.device)
     vsize = torch.empty((), dtype=_vector_dtype(cfg, ps)).element_size()
-    method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize) if curv or cfg.per_layer \
+    method = plans.resolve_hvp_method(ps, act, cfg.hvp_method, start, free, vsize, obj.sharded) if curv or cfg.per_layer \
         else (("fd" if obj.sharded else "reverse") if cfg.hvp_method == "auto" else cfg.hvp_method)
     unit, wide = P.nbytes(ps), P.numel(ps) * max(4, ps[0].element_size())
     copy = 0 if kept is not None else unit  # the saved weights of every measure that moves them

@@ -278,7 +278,7 @@ def _walk(grid: _Grid, K: int, state: tuple, files: tuple, control: RunControl, 
     blocks = [blk for blk in (points[i:i + K] for i in range(0, len(points), K)) if not all(done[j] for j in blk)]
     if control.max_points is not None:
         blocks = blocks[:max(1, control.max_points // K) if control.max_points else 0]
-    W, R = dist.point_workers()
+    W, R = dist.point_workers(grid.layouts is not None)
     computed, last_save = 0, time.perf_counter()
     bar = tqdm(total=sum(len(b) for b in blocks), desc="surface", disable=not progress or not dist.is_main(),
                leave=False)
@@ -319,7 +319,7 @@ def _directions(grid: _Grid, mode: str, cfg: SurfaceConfig, targets: Targets):
         dy = D.target_direction(named, to_y) if to_y is not None else \
             D.random_direction(drawn, cfg.seed, "y", cfg.norm, cfg.ignore)
         if cfg.orthogonal:
-            dy = D.orthogonalize(dy, dx)
+            dy = D.orthogonalize(dy, dx, sharded=grid.layouts is not None)
     return dx, dy
 
 

@@ -341,9 +341,10 @@ class LandscapeCallback(TrainerCallback):
                 deltas = (P.local(p).detach().to(torch.promote_types(p.dtype, torch.float32)) - w.to(p.device)
                           for p, w in zip(named.values(), w0))
             dn2 = gd = 0.0
+            split = lora is None and P.any_sharded(named.values())  # FSDP rows: sums over the ranks
             for g, d in zip(g0, deltas):
-                dn2 += float(P.dot([d], [d]))
-                gd += float(P.dot([d], [g.to(d.device)]))
+                dn2 += float(P.dot([d], [d], split))
+                gd += float(P.dot([d], [g.to(d.device)], split))
                 del d
             kl = self._meter_kl(model, cached)
         return {"delta_norm": math.sqrt(dn2), "grad_delta": gd, **kl}
@@ -401,7 +402,7 @@ class LandscapeCallback(TrainerCallback):
             act = plans.activation_bytes(obj.model, obj.batches)
             start = plans.start_bytes(obj.model, dev)
             free = plans.free_bytes(dev)
-            method = plans.resolve_hvp_method(obj.params, act, asked, start, free)
+            method = plans.resolve_hvp_method(obj.params, act, asked, start, free, sharded=obj.sharded)
             try:
                 plans.check_fits(plans.predict(obj.params, act, method, start), free, "the callback's predictors")
             except UserError as e:

@@ -121,7 +121,7 @@ def train_step(model, opt, micro, cfg: FinetuneConfig, lr: float, n_tok: int | N
                 loss2.backward()
         finally:
             sam.restore()
-    _sum_replicated(params, [p.grad for p in params])
+    _sum_replicated(model, params, [p.grad for p in params])
     gnorm = None
     if cfg.grad_clip:
         gnorm = clip_grad_norm(params, cfg.grad_clip)
@@ -142,7 +142,7 @@ def _first_pass(model, params, b, n_tok: int, how: tuple) -> tuple:
     with _no_sync(model, True):
         with _autocast(device, bf16):
             loss = batch_term(model, b, n_tok)
-        if not several or dist.sharded():
+        if not several or P.any_sharded(model.parameters()):
             # into .grad (one micro-batch: dropped before pass 2, no second buffer; FSDP's gradients
             # arrive only there), pass 2's sum so far set aside meanwhile
             kept = [p.grad for p in params]
@@ -154,15 +154,15 @@ def _first_pass(model, params, b, n_tok: int, how: tuple) -> tuple:
                 p.grad = g
         else:  # .grad accumulates pass 2 of the earlier micro-batches: keep pass 1 apart
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-    _sum_replicated(params, grads)
+    _sum_replicated(model, params, grads)
     return loss, grads
 
 
-def _sum_replicated(params, grads) -> None:
+def _sum_replicated(model, params, grads) -> None:
     """On a sharded model, the gradients of the parameters every rank holds whole (a LoRA adapter's,
     which FSDP does not manage) summed over the ranks, in place — each rank saw its rows of the
     micro-batch; FSDP's own parameters were reduce-scattered already."""
-    if dist.sharded():
+    if P.any_sharded(model.parameters()):
         dist.all_reduce_([g for p, g in zip(params, grads) if g is not None and not P.is_sharded(p)])
 
 
@@ -201,7 +201,7 @@ def _train(model, batches, cfg: FinetuneConfig, eval_batches, opt, state, on_ste
     opt = opt or make_optimizer(params, cfg)
     state = state or TrainState()
     steps, W, R = cfg.max_steps, dist.world(), dist.rank()
-    sharded = dist.sharded()
+    sharded = P.any_sharded(model.parameters())
     # micro-batches per global step: dealt out across DDP ranks; under FSDP each micro-batch's rows
     # are split across the ranks instead (FSDP's reduce-scatter sums their gradients: the one-process
     # gradient of that micro-batch, so SAM's per-micro-batch ε is the one-process ε)
@@ -271,20 +271,25 @@ def split_records(records: list[dict], eval_fraction: float, seed: int) -> tuple
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def state_file(partial: Path) -> Path:
-    """The training state of this process: one file, or under FSDP one per rank (its rows)."""
-    return partial / (f"train_state.rank{dist.rank()}-of-{dist.world()}.pt" if dist.sharded() else STATE_FILE)
+def state_file(partial: Path, sharded: bool) -> Path:
+    """The training state of this process: one file, or of a sharded model one per rank (its rows)."""
+    return partial / (f"train_state.rank{dist.rank()}-of-{dist.world()}.pt" if sharded else STATE_FILE)
 
 
-def _writes_state() -> bool:
-    """Whether this process writes a training state: rank 0, or every rank (its rows) under FSDP."""
-    return dist.is_main() or dist.sharded()
+def _has_state(partial: Path) -> bool:
+    """Whether ``partial`` holds a training state, one-process or sharded."""
+    return (partial / STATE_FILE).is_file() or any(partial.glob("train_state.rank*-of-*.pt"))
+
+
+def _writes_state(model) -> bool:
+    """Whether this process writes a training state: rank 0, or every rank (its rows) of a sharded model."""
+    return dist.is_main() or P.any_sharded(model.parameters())
 
 
 def _save_state(path: Path, model, opt, state: TrainState, meta: dict) -> None:
     """Atomic: temp file, fsync, rename. Sharded: every rank its own rows of the weights and moments."""
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_write(state_file(path)) as tmp:
+    with atomic_write(state_file(path, P.any_sharded(model.parameters()))) as tmp:
         torch.save({"step": state.step, "log": state.log, "evals": state.evals,
                     "model": {k: P.local(v) for k, v in model.state_dict().items()},
                     "optimizer": _map_tensors(opt.state_dict(), P.local), "meta": meta}, tmp)
@@ -328,6 +333,11 @@ class _Job:
     partial: Path
     data: str
 
+    @property
+    def sharded(self) -> bool:
+        """The base was loaded FSDP-sharded: each rank holds rows of its weights (and writes its own state)."""
+        return P.any_sharded(self.ck.model.parameters())
+
 
 def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: LoadConfig | None = None,
              progress: bool = False, on_step=None, probe=None) -> dict:
@@ -344,7 +354,7 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
     ``trajectory.json``, and into ``out.partial`` while running, so a resumed run keeps it).
     """
     job = _prepare(base, data, Path(out), config or FinetuneConfig(), load or LoadConfig())
-    if probe is not None and dist.sharded():
+    if probe is not None and job.sharded:
         raise ConfigError("probe_every", "probes during a sharded fine-tune are not supported yet; measure the "
                                          "saved checkpoints instead")
     if job.cfg.dry_run:  # the plan (the steady state, from the second step on); nothing is written
@@ -411,7 +421,7 @@ def _check_paths(out: Path, partial: Path, cfg: FinetuneConfig) -> None:
         raise ConfigError("overwrite", f"is off and {out} already exists (set it to replace the directory)")
     if partial.exists() and not cfg.resume:
         raise ConfigError("resume", f"is off and {partial} holds an interrupted run: resume it, or remove it")
-    if cfg.resume and not state_file(partial).is_file():
+    if cfg.resume and not _has_state(partial):
         raise ConfigError("resume", f"is on but there is no interrupted run at {partial}")
 
 
@@ -434,7 +444,7 @@ def _prepare(base, data, out: Path, cfg: FinetuneConfig, load: LoadConfig) -> _J
     train_b = data_mod.load_batches(data, batch_size=cfg.batch_size, records=train_recs, **mk)
     eval_b = (data_mod.load_batches(cfg.eval_data or data, batch_size=max(8, cfg.batch_size), records=eval_recs, **mk)
               .to(ck.device) if eval_recs else None)
-    W = 1 if dist.sharded() else dist.world()  # FSDP splits each micro-batch's rows, DDP deals them out
+    W = 1 if P.any_sharded(ck.model.parameters()) else dist.world()  # FSDP splits each micro-batch's rows, DDP deals them out
     steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_b) / (cfg.grad_accum * W)))
     run_cfg = cfg.replace(max_steps=steps)
     ident = {**run_cfg.numbers(), "world": W}
@@ -471,14 +481,14 @@ def with_lora(model, cfg: FinetuneConfig, base_path):
 
 def _resume(job: _Job, opt) -> TrainState:
     """Phase 2: the saved state of an interrupted run of this exact configuration."""
-    saved = torch.load(state_file(job.partial), map_location=job.ck.device, weights_only=True)
+    saved = torch.load(state_file(job.partial, job.sharded), map_location=job.ck.device, weights_only=True)
     theirs = {k: saved["meta"].get(k) for k in ("config_hash", "base_fingerprint", "data_fingerprint")}
     ours = {k: job.meta[k] for k in theirs}
     if theirs != ours:
         diff = ", ".join(k for k in ours if ours[k] != theirs[k])
         raise UserError(f"{job.partial}: the interrupted run used another {diff}; "
                         "remove it or resume with the same options")
-    if dist.sharded():
+    if job.sharded:
         steps = dist.all_gather_object(saved["step"])
         if len(set(steps)) > 1:  # a kill between two ranks' saves
             raise UserError(f"{job.partial}: the ranks' saved states are at different steps ({steps}); "
@@ -506,7 +516,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
 
     def save_and_callback(st: TrainState, o) -> None:
         interrupt["at_boundary"] = True  # a KeyboardInterrupt from here on leaves a consistent state
-        if st.step % cfg.save_every == 0 and st.step < cfg.max_steps and _writes_state():
+        if st.step % cfg.save_every == 0 and st.step < cfg.max_steps and _writes_state(job.ck.model):
             _save_state(job.partial, job.ck.model, o, st, job.meta)
         if on_step is not None:
             on_step(st, o)
@@ -525,7 +535,7 @@ def _run(job: _Job, opt, state: TrainState, progress: bool, on_step) -> None:
         train(job.ck.model, job.train_b, cfg, eval_batches=job.eval_b, opt=opt, state=state,
               on_step=save_and_callback, progress=progress)
     except KeyboardInterrupt as e:
-        saved = _writes_state() and interrupt["at_boundary"]
+        saved = _writes_state(job.ck.model) and interrupt["at_boundary"]
         if saved:
             _save_state(job.partial, job.ck.model, opt, state, job.meta)  # a Ctrl-C loses nothing that finished
         raise Interrupted(_interrupted_note(job, state.step, saved)) from e
@@ -539,7 +549,7 @@ def _interrupted_note(job: _Job, step: int, saved: bool) -> str:
     if saved:
         return (f"interrupted after step {step} of {job.cfg.max_steps}: the training state is kept in {job.partial}; "
                 f"the same command with --resume continues from step {step}")
-    if state_file(job.partial).is_file():
+    if state_file(job.partial, job.sharded).is_file():
         return (f"interrupted at step {step} of {job.cfg.max_steps} (a second Ctrl-C, mid-step): {job.partial} keeps the "
                 f"last periodic state; the same command with --resume continues from it")
     return (f"interrupted at step {step} of {job.cfg.max_steps}: no training state was saved yet (the first at step "
@@ -562,7 +572,7 @@ def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: 
     config = {**job.meta, "settings": cfg.as_dict(), "dtype": str(job.ck.dtype).replace("torch.", ""),
               "version": landscape.__version__}
     whole = None
-    if dist.sharded() and not cfg.lora:  # every rank gathers the weights, rank 0 holds and writes them
+    if job.sharded and not cfg.lora:  # every rank gathers the weights, rank 0 holds and writes them
         # (an adapter is whole on every rank: rank 0 writes it as it is, the base is not gathered)
         from landscape.foundation.sharding import full_state_dict
 

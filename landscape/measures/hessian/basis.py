@@ -131,11 +131,13 @@ def resolve_reorth(op, policy: BasisPolicy, wanted: int, max_iter: int) -> str:
 class Basis:
     """Up to ``capacity`` vectors of length ``n`` (see the module docstring); ``len(basis)`` held."""
 
-    def __init__(self, n: int, capacity: int, dtype, device, where: str = "memory", directory: str | None = None):
+    def __init__(self, n: int, capacity: int, dtype, device, where: str = "memory", directory: str | None = None,
+                 sharded: bool = False):
         if where not in WHERE[1:]:
             raise ValueError(f"basis location must be one of {', '.join(WHERE[1:])}, not {where!r}")
         self.n, self.capacity, self.dtype, self.device = n, capacity, dtype, torch.device(device)
         self.where, self.count = where, 0
+        self.sharded = sharded  # its vectors are this rank's rows (FSDP): projections sum over the ranks
         self.itemsize = torch.empty((), dtype=dtype).element_size()
         self.nbytes = capacity * n * self.itemsize
         if where != "disk":
@@ -218,7 +220,7 @@ class Basis:
                 b = min(stop - start, a + CHUNK)
                 part = (block[:, a:b] @ w[start + a:start + b].to(block.dtype)).double()
                 acc = part if acc is None else acc.add_(part.to(acc.device))
-        return dist.sharded_sum(acc.cpu().numpy())  # FSDP: each rank projected its rows
+        return dist.sharded_sum(acc.cpu().numpy(), self.sharded)  # FSDP: each rank projected its rows
 
     def subtract(self, w: torch.Tensor, h: np.ndarray) -> None:
         """w ← w − Q h (in place), Q the first ``len(h)`` vectors."""
@@ -273,8 +275,9 @@ class DiskVector:
     a time), which is all an fd product needs of its direction and of the saved weights.
     """
 
-    def __init__(self, n: int, dtype, device, directory: str | None = None):
+    def __init__(self, n: int, dtype, device, directory: str | None = None, sharded: bool = False):
         self.n, self.dtype, self.device = n, dtype, torch.device(device)
+        self.sharded = sharded  # this rank's rows (FSDP): its dots sum over the ranks
         self.itemsize = torch.empty((), dtype=dtype).element_size()
         self.np_dtype = torch.empty((), dtype=dtype).numpy().dtype
         self.nbytes = n * self.itemsize
@@ -343,18 +346,18 @@ class DiskVector:
         for start, stop, c in self.chunks():
             parts += [torch.dot(c[a:a + DOT_CHUNK], c[a:a + DOT_CHUNK]) for a in range(0, stop - start, DOT_CHUNK)]
         if self.n <= DOT_CHUNK:
-            return dist.sharded_sum(float(parts[0]))
-        return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)))
+            return dist.sharded_sum(float(parts[0]), self.sharded)
+        return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)), self.sharded)
 
     # ------------------------------------------------------------------ algebra with a memory vector
     def dot(self, w: torch.Tensor) -> float:
         """⟨self, w⟩ exactly as :func:`.operator.dot` forms it (65,536-entry BLAS dots, summed in float64)."""
         if self.n <= DOT_CHUNK:
-            return dist.sharded_sum(float(torch.dot(w, self.read(0, self.n))))
+            return dist.sharded_sum(float(torch.dot(w, self.read(0, self.n))), self.sharded)
         parts = []
         for start, stop, c in self.chunks():
             parts += [torch.dot(w[start + a:start + a + DOT_CHUNK], c[a:a + DOT_CHUNK]) for a in range(0, stop - start, DOT_CHUNK)]
-        return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)))
+        return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)), self.sharded)
 
     def add_to(self, w: torch.Tensor, alpha: float) -> None:
         """w ← w + α·self (``w.add_(self, alpha=α)``)."""

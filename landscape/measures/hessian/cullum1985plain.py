@@ -57,7 +57,7 @@ from scipy.linalg import eigh_tridiagonal
 from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import DiskVector, OnDisk
-from landscape.measures.hessian.operator import add_matvec, dot, norm, random_unit
+from landscape.measures.hessian.operator import add_matvec, dot, norm, random_unit, sharded
 from landscape.measures.hessian.spectrum import Spectrum
 
 
@@ -68,7 +68,7 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
     vector in memory instead of two; the same arithmetic, so the same bits; per step q is read ~6
     times and written once)."""
     w = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
-    q = DiskVector(op.shape[0], op.dtype, op.device, disk.directory) if disk else torch.empty_like(w)
+    q = DiskVector(op.shape[0], op.dtype, op.device, disk.directory, sharded(op)) if disk else torch.empty_like(w)
     try:
         return _run(op, k, max_iter, tol, seed, want_min, progress, (q, w))
     finally:
@@ -76,8 +76,8 @@ def plain_lanczos(op, k: int, max_iter: int, tol: float, seed: int, want_min: bo
             q.close()
 
 
-def _dot(w: torch.Tensor, q) -> float:
-    return q.dot(w) if isinstance(q, DiskVector) else dot(w, q)
+def _dot(w: torch.Tensor, q, split: bool) -> float:
+    return q.dot(w) if isinstance(q, DiskVector) else dot(w, q, split)
 
 
 def _sub(w: torch.Tensor, q, a: float) -> None:
@@ -104,12 +104,12 @@ def _run(op, k, max_iter, tol, seed, want_min, progress, qw):
     try:
         while op.calls < limit:
             add_matvec(op, q, w)  # w = A q − β q_prev (w held −β q_prev)
-            a = _dot(w, q)
+            a = _dot(w, q, sharded(op))
             _sub(w, q, a)
-            a2 = _dot(w, q)  # local reorthogonalisation against q only (one dot, one axpy)
+            a2 = _dot(w, q, sharded(op))  # local reorthogonalisation against q only (one dot, one axpy)
             _sub(w, q, a2)
             alphas.append(a + a2)
-            beta = norm(w)
+            beta = norm(w, sharded(op))
             bar.update(1)
             if len(alphas) <= 100 or len(alphas) % (len(alphas) // 100 + 1) == 0 or op.calls >= limit:
                 theta, last = _ritz(alphas, betas)  # O(j²): checked less often on long runs
@@ -172,7 +172,7 @@ def _noise(op, seed: int, x: torch.Tensor, d: torch.Tensor) -> float:
     x = random_unit(op, q_gen(), x)
     x.map_(lambda c, *_: c.neg_()) if disk else x.neg_()
     add_matvec(op, x, d)
-    return norm(d) / 3 ** 0.5
+    return norm(d, sharded(op)) / 3 ** 0.5
 
 
 def _settled(theta, res, ends, last, tol: float, eta: float) -> bool:

@@ -33,7 +33,7 @@ from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis, resolve_reorth
 from landscape.measures.hessian.lanczos1950 import ritz, tridiagonal
-from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
+from landscape.measures.hessian.operator import Counted, dot, norm, random_unit, sharded
 
 @dataclasses.dataclass
 class Density:
@@ -65,7 +65,7 @@ def spectral_density(op, n_vectors: int = 4, steps: int = 40, seed: int = 0, gri
     nodes, weights = [], []
     for i in tqdm(range(n_vectors), desc="density", disable=not progress, leave=False):
         v = random_unit(op, torch.Generator().manual_seed(seed + 1000 * (i + 1)))
-        basis = Basis(op.shape[0], steps, op.dtype, op.device, where, policy.directory) if where else None
+        basis = Basis(op.shape[0], steps, op.dtype, op.device, where, policy.directory, sharded(op)) if where else None
         try:
             alphas, betas = _tridiagonal(op, v, steps, basis)
         finally:
@@ -89,18 +89,18 @@ def _tridiagonal(op, v: torch.Tensor, steps: int, basis: Basis | None):
     """α, β of ``steps`` Lanczos steps from the unit v (reorthogonalised against ``basis`` if given)."""
     alphas: list[float] = []
     betas: list[float] = []
-    q_prev = None
+    q_prev, split = None, sharded(op)
     for j in range(steps):
         w = op.matvec(v)
         if q_prev is not None:
             w.sub_(q_prev, alpha=betas[-1])
-        a = dot(w, v)
+        a = dot(w, v, split)
         w.sub_(v, alpha=a)
         alphas.append(a)
         if basis is not None:
             basis.append(v)
             basis.orthogonalize(w)
-        beta = norm(w)
+        beta = norm(w, split)
         if j == steps - 1 or beta < 1e-10 * max(1.0, max(abs(x) for x in alphas)):
             break
         betas.append(beta)

@@ -19,7 +19,7 @@ import torch
 from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import DiskVector
-from landscape.measures.hessian.operator import Counted, add_matvec, dot, rademacher
+from landscape.measures.hessian.operator import Counted, add_matvec, dot, rademacher, sharded
 
 
 @dataclass
@@ -46,14 +46,14 @@ def hutchinson_trace(op, samples: int = 50, seed: int = 0, progress: bool = Fals
     g = torch.Generator().manual_seed(seed)
     est = []
     on_disk = basis is not None and basis.where == "disk"
-    z = DiskVector(op.shape[0], op.dtype, op.device, basis.directory) if on_disk else \
+    z = DiskVector(op.shape[0], op.dtype, op.device, basis.directory, sharded(op)) if on_disk else \
         torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
     az = torch.empty(op.shape[0], dtype=op.dtype, device=op.device)
     try:
         for _ in tqdm(range(samples), desc="trace", disable=not progress, leave=False):
             rademacher(op, g, z)
             az = add_matvec(op, z, az.zero_())
-            est.append(z.dot(az) if on_disk else dot(z, az))
+            est.append(z.dot(az) if on_disk else dot(z, az, sharded(op)))
     finally:
         if on_disk:
             z.close()

@@ -40,7 +40,7 @@ from landscape.foundation.progress import tqdm
 from landscape.measures.hessian.basis import Basis, BasisPolicy, OnDisk, choose_basis, resolve_reorth
 from landscape.measures.hessian.cullum1985plain import linearity_defect, plain_lanczos
 from landscape.measures.hessian.spectrum import Spectrum
-from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
+from landscape.measures.hessian.operator import Counted, dot, norm, random_unit, sharded
 
 
 def ritz(T: np.ndarray):
@@ -141,6 +141,7 @@ class _Negated:
     def __init__(self, op):
         self.op = op
         self.shape, self.dtype, self.device, self.blocks = op.shape, op.dtype, op.device, op.blocks
+        self.sharded = sharded(op)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.op.matvec(v).neg_()
@@ -174,6 +175,7 @@ class _ThickRestart:
 
     def __init__(self, op, k, want_min, tol, policy: BasisPolicy):
         self.op, self.k, self.want_min, self.tol, self.policy = op, k, want_min, tol, policy
+        self.split = sharded(op)  # the vectors are this rank's rows: dots sum over the ranks
         self.stop = policy.stop
         self.eta, self.skip = None, 0  # the products' measured error (fd), and the products spent on it
         self.last_ends = None  # the wanted Ritz values at the previous convergence check
@@ -194,9 +196,10 @@ class _ThickRestart:
             w = self.op.matvec(q)
             if self.Q is None:  # sized after the first product, when the graph's memory is known
                 cap, where = choose_basis(self.op, self.policy, self.k + int(self.want_min), max_iter)
-                self.Q = Basis(self.op.shape[0], cap, self.op.dtype, self.op.device, where, self.policy.directory)
+                self.Q = Basis(self.op.shape[0], cap, self.op.dtype, self.op.device, where, self.policy.directory,
+                               sharded(self.op))
             q = self._extend(q, w)
-            beta = norm(w)
+            beta = norm(w, self.split)
             self.theta, S = ritz(self.T)
             self.res = np.abs(beta * S[-1, :])
             self.history.append(float(self.theta[-1]))
@@ -229,16 +232,16 @@ class _ThickRestart:
         else:
             if self.q_prev is not None:
                 w.sub_(self.q_prev, alpha=float(T[j - 2, j - 1]))
-            a = dot(w, q)
+            a = dot(w, q, self.split)
             w.sub_(q, alpha=a)
             T[j - 1, j - 1] = a
             passes = 1
         for p in range(3):
-            before = norm(w) if p >= passes - 1 else None
+            before = norm(w, self.split) if p >= passes - 1 else None
             h = Q.project(w)
             Q.subtract(w, h)
             T[:j, j - 1] += h
-            if p >= passes - 1 and norm(w) > 0.7071 * before:
+            if p >= passes - 1 and norm(w, self.split) > 0.7071 * before:
                 break
         T[j - 1, :j - 1] = T[:j - 1, j - 1]
         self.arrow = False

@@ -26,7 +26,7 @@ from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.basis import Basis, BasisPolicy, choose_basis
 from landscape.measures.hessian.hutchinson1989 import Trace
-from landscape.measures.hessian.operator import Counted, dot, norm, rademacher
+from landscape.measures.hessian.operator import Counted, dot, norm, rademacher, sharded
 
 
 def sketch(op, vectors, policy: BasisPolicy | None, bar) -> tuple[Basis, np.ndarray]:
@@ -35,14 +35,14 @@ def sketch(op, vectors, policy: BasisPolicy | None, bar) -> tuple[Basis, np.ndar
     vectors = list(vectors)
     s = len(vectors)
     cap, where = choose_basis(op, dataclasses.replace(policy or BasisPolicy(), max_basis=s), 0, s)
-    Q = Basis(op.shape[0], cap, op.dtype, op.device, where, (policy or BasisPolicy()).directory)
+    Q = Basis(op.shape[0], cap, op.dtype, op.device, where, (policy or BasisPolicy()).directory, sharded(op))
     R = np.zeros((s, s))
     scale = 0.0
     for i, omega in enumerate(vectors):
         y = op.matvec(omega())
         bar.update(1)
         h = Q.orthogonalize(y)
-        r = norm(y)
+        r = norm(y, sharded(op))
         R[:len(h), i] = h
         scale = max(scale, r)
         if r > 1e-10 * scale:
@@ -65,13 +65,13 @@ def hutchpp_trace(op, hvps: int = 30, seed: int = 0, progress: bool = False,
         low = 0.0
         for i in range(len(Q)):
             qi = Q.row(i)
-            low += dot(qi, op.matvec(qi))
+            low += dot(qi, op.matvec(qi), sharded(op))
             bar.update(1)
         est = []
         while op.calls < hvps:
             z = rademacher(op, g)
             Q.orthogonalize(z)
-            est.append(dot(z, op.matvec(z)))
+            est.append(dot(z, op.matvec(z), sharded(op)))
             bar.update(1)
     finally:
         Q.close()

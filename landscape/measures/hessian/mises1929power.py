@@ -17,24 +17,24 @@ import torch
 from landscape.foundation.progress import tqdm
 
 from landscape.measures.hessian.lanczos1950 import Spectrum
-from landscape.measures.hessian.operator import Counted, dot, norm, random_unit
+from landscape.measures.hessian.operator import Counted, dot, norm, random_unit, sharded
 
 
 def _power(op, shift: float, deflate: list, g, max_iter: int, tol: float, history: list):
     """Power iteration on A − shift·I with deflation of found (λ, u); returns (θ of A, v, residual, it)."""
     v = random_unit(op, g)
-    theta, res, it = 0.0, float("inf"), 0
+    theta, res, it, split = 0.0, float("inf"), 0, sharded(op)
     for it in range(1, max_iter + 1):
         av = op.matvec(v) - shift * v
         for lam, u in deflate:
-            av = av - (lam - shift) * dot(u, v) * u
-        mu = dot(av, v)  # Rayleigh quotient of A − shift·I at the unit v
+            av = av - (lam - shift) * dot(u, v, split) * u
+        mu = dot(av, v, split)  # Rayleigh quotient of A − shift·I at the unit v
         theta = mu + shift
-        res = norm(av - mu * v)  # ‖(A_defl − θ I) v‖
+        res = norm(av - mu * v, split)  # ‖(A_defl − θ I) v‖
         history.append(theta)
         if res <= tol * max(abs(theta), 1e-12):
             break
-        n = norm(av)
+        n = norm(av, split)
         if n == 0.0:
             break
         v = av / n

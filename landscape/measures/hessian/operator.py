@@ -47,6 +47,7 @@ class LinearOperator(Protocol):
     dtype: torch.dtype
     device: torch.device
     blocks: list
+    sharded: bool  # its vectors are this rank's rows (FSDP): dots sum over the ranks; absent = False
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor: ...
 
@@ -59,6 +60,7 @@ class DenseOperator:
         self.shape = tuple(A.shape)
         self.dtype, self.device = A.dtype, A.device
         self.blocks = [torch.Size([A.shape[0]])]
+        self.sharded = False
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self.A @ v
@@ -86,6 +88,7 @@ class Counted:
         self.shape, self.dtype, self.device, self.blocks = op.shape, op.dtype, op.device, op.blocks
         self.leaves = getattr(op, "leaves", None)
         self.takes_disk = getattr(op, "takes_disk", False)
+        self.sharded = sharded(op)
         self.calls, self.seconds = 0, 0.0
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -215,8 +218,9 @@ class HessianOperator:
         self._store = None
         self.calls = 0
         self.seconds = 0.0
+        self.sharded = bool(getattr(objective, "sharded", False))
         ps = objective.params
-        if getattr(objective, "sharded", False) and method != "fd":
+        if self.sharded and method != "fd":
             raise ConfigError("hvp_method", f"{method!r} HVPs need double backward or torch.func, which do not "
                                             "run on an FSDP-sharded model; use 'fd' (or 'auto')")
         if method == "fd" and P.is_half(ps) and self.refuse_half:
@@ -238,7 +242,7 @@ class HessianOperator:
         self.dither = dither if dither is not None else objective.params[0].element_size() >= 4
         self.step, self.step_given = step, step is not None
         if method == "fd" and step is None:
-            self.step = fd_step(ps[0].dtype, float(P.norm([p.detach() for p in ps])), order)
+            self.step = fd_step(ps[0].dtype, float(P.norm([p.detach() for p in ps], self.sharded)), order)
 
     def describe(self) -> dict:
         """How the products are formed (for the JSON of every curvature measure)."""
@@ -296,7 +300,7 @@ class HessianOperator:
         ps = self.obj.params
         if self._origin is None or (self._versions is not None and self._versions != [p._version for p in ps]):
             self._save_origin(ps)
-        vn = float(P.norm(v))
+        vn = float(P.norm(v, self.sharded))
         if vn == 0.0:
             return
         eps = self.step / vn
@@ -435,8 +439,16 @@ def rademacher(op: LinearOperator, generator: torch.Generator, out: torch.Tensor
     return _fill(op, lambda s: torch.randint(0, 2, s, generator=generator) * 2 - 1, out)
 
 
-def dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    """⟨a, b⟩ of two flat vectors, accurate at any length.
+def sharded(op) -> bool:
+    """Whether ``op``'s vectors are this rank's rows of weight-sized vectors (an operator of an
+    FSDP2-sharded model): their dots and norms are summed over the ranks. Operators without the
+    attribute (a user's own, a matrix) are whole."""
+    return bool(getattr(op, "sharded", False))
+
+
+def dot(a: torch.Tensor, b: torch.Tensor, sharded: bool = False) -> float:
+    """⟨a, b⟩ of two flat vectors, accurate at any length; summed over the ranks when ``sharded``
+    (pass the operator's :func:`sharded`).
 
     ``torch.dot`` and ``Tensor.norm`` on float32 vectors accumulate in float32 with few partial
     sums: on this CPU build their relative error on a coherent sum (⟨w, w⟩, ⟨Hq, q⟩) is 3e-6 at
@@ -447,22 +459,23 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> float:
     """
     n = a.numel()
     if a.device.type in P.DEVICE_DRAWS:  # a GPU: float64 pieces of 16M entries, summed there (see params)
-        return dist.sharded_sum(float(P._chunked_dot([(a, b)])))
+        return dist.sharded_sum(float(P._chunked_dot([(a, b)])), sharded)
     if n <= DOT_CHUNK:
-        return dist.sharded_sum(float(torch.dot(a, b)))
+        return dist.sharded_sum(float(torch.dot(a, b)), sharded)
     parts = [torch.dot(a[i:i + DOT_CHUNK], b[i:i + DOT_CHUNK]) for i in range(0, n, DOT_CHUNK)]
-    return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)))  # over ranks' rows
+    return dist.sharded_sum(float(torch.stack(parts).sum(dtype=torch.float64)), sharded)  # over ranks' rows
 
 
-def norm(a) -> float:
-    """‖a‖₂ with :func:`dot`'s accuracy (of a memory or a :class:`~.basis.DiskVector`)."""
+def norm(a, sharded: bool = False) -> float:
+    """‖a‖₂ with :func:`dot`'s accuracy (of a memory or a :class:`~.basis.DiskVector`, which knows
+    whether it is sharded)."""
     if isinstance(a, DiskVector):
         return a.sqnorm() ** 0.5
-    return dot(a, a) ** 0.5
+    return dot(a, a, sharded) ** 0.5
 
 
 def random_unit(op: LinearOperator, generator: torch.Generator, out=None):
     """A Gaussian vector scaled to unit norm (into ``out``: a memory or a disk vector, when given)."""
     v = randn(op, generator, out)
-    n = norm(v)
+    n = norm(v, sharded(op))
     return v.map_(lambda c, *_: c.div_(n)) if isinstance(v, DiskVector) else v.div_(n)
