@@ -33,8 +33,9 @@ class GroupedOption(click.Option):
 
 
 # --help sections, in order: what the command does first, the shared plumbing last.
-SECTIONS = ("Options", "Data", "Output", "Loading the checkpoint (every command)")
-GROUP_OF = {"LoadConfig": SECTIONS[3], "DataConfig": SECTIONS[1]}
+SECTIONS = ("Options", "Data", "Output", "How it is computed (chosen by the memory plan; set to override)",
+            "Loading the checkpoint (every command)")
+GROUP_OF = {"LoadConfig": SECTIONS[4], "DataConfig": SECTIONS[1]}
 
 
 class GroupedCommand(click.Command):
@@ -64,7 +65,7 @@ def _click_option(fld: dataclasses.Field, group: str = ""):
     m = fld.metadata
     flag = C.flag_for(fld.name)
     kw: dict = {"help": m["help"], "show_default": fld.default not in (None, ()), "cls": GroupedOption,
-                "group": group}
+                "group": SECTIONS[3] if fld.name in C.ENGINE else group}
     kind, default = m["kind"], fld.default
     if kind == "bool":
         return click.option(flag, fld.name, is_flag=True, default=default, **{**kw, "show_default": "/" in flag})

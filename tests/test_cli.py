@@ -239,10 +239,13 @@ def test_help_puts_the_commands_own_options_first_and_the_shared_ones_in_section
     for command in ("sharpness", "finetune", "surface", "predict", "loss"):
         text = run(command, "--help").output
         heads = [line for line in text.splitlines() if line and not line[0].isspace() and line.endswith(":")]
-        assert heads == [h for h in ("Options:", "Data:", "Output:", "Loading the checkpoint (every command):")
+        engine = "How it is computed (chosen by the memory plan; set to override):"
+        assert heads == [h for h in ("Options:", "Data:", "Output:", engine, "Loading the checkpoint (every command):")
                          if h in heads] and heads[0] == "Options:" and heads[-1].startswith("Loading"), (command, heads)
         loading = text[text.index("Loading the checkpoint"):]
         own = text[:text.index("Loading the checkpoint")]
         assert "--dtype" in loading and "--trust-remote-code" in loading and "--dtype" not in own
     sharp = run("sharpness", "--help").output
     assert sharp.index("--metrics") < sharp.index("Data:") < sharp.index("--batch-size") < sharp.index("Output:")
+    # what is measured before how: the engine's knobs (planned by default) after the data and output
+    assert sharp.index("--rho") < sharp.index("How it is computed") < sharp.index("--basis-dir") < sharp.index("--fd-step")

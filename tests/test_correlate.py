@@ -394,3 +394,28 @@ def test_manifest_reads_exponent_floats_as_numbers(study):
     p.write_text(text + "title: 1e-4 run\n")
     m = load_manifest(p)
     assert [c["lr"] for c in m.checkpoints] == [1e-4] * 4 and m.title == "1e-4 run"
+
+
+def _row_gaps_px(fig) -> list[float]:
+    """Pixels between consecutive rows of a subplot grid (from the y axes' domains)."""
+    lay = fig.layout
+    area = lay.height - (lay.margin.t if lay.margin.t is not None else 100) - (lay.margin.b if lay.margin.b is not None else 80)
+    doms = sorted({tuple(lay[k].domain) for k in lay if k.startswith("yaxis")}, reverse=True)
+    return [(hi_row[0] - lo_row[1]) * area for hi_row, lo_row in zip(doms, doms[1:])]
+
+
+def test_report_grids_keep_a_fixed_gap_between_rows():
+    """plotly's vertical_spacing is a share of the plot area: a fixed share opened 225 px between the
+    rows of an 18-metric flatness grid; the gap is now the same few lines of text at any size."""
+    from landscape.study import report as R
+
+    def result(n_metrics):
+        ms = [f"m{i}" for i in range(n_metrics)]
+        rows = [{"label": f"c{j}", "optimizer": "sam" if j % 2 else "adamw", "flatness": {m: j + i for i, m in enumerate(ms)},
+                 "forgetting": {"average": {"delta": 0.01 * j}}} for j in range(4)]
+        return {"metrics": ms, "checkpoints": rows}
+
+    for n in (4, 9, 18):
+        fig = R.scatter_figure(result(n))
+        gaps = _row_gaps_px(fig)  # plotly.js margins: top 100, bottom 80 px
+        assert gaps and all(abs(g - R.ROW_GAP_PX) < 1 for g in gaps), (n, gaps)

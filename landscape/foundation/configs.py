@@ -79,6 +79,12 @@ class ConfigError(UserError):
         self.detail = detail
 
 
+# fields that say how a number is computed, not what is measured (HVP method, where the basis lives,
+# the fd step): the memory plan chooses them; ``--help`` lists them in a section of their own
+ENGINE = frozenset({"max_basis", "basis", "reorth", "basis_memory", "weights_copy", "basis_dir", "stop",
+                    "hvp_method", "fd_step", "fd_order", "vector_dtype", "cache_graph"})
+
+
 def option(default, help: str, *, kind: str | None = None, choices: tuple | None = None, numbers: bool = True,
            bounds: tuple | str | None = None, flag: str | None = None, flag_value: str | None = None):
     """A config field.

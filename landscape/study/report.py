@@ -37,6 +37,19 @@ def _short(path) -> str:
     return "/".join(Path(str(path)).parts[-2:]) if path else "?"
 
 
+# a grid of panels: each panel's height and the gap between rows in pixels (room for the x-axis title
+# and the next row's subplot title), and plotly's default top/bottom margins around the plot area
+PANEL_PX, ROW_GAP_PX, MARGIN_PX = 270, 90, 180
+
+
+def _grid(nrows: int, panel_px: int = PANEL_PX) -> dict:
+    """The figure height and ``vertical_spacing`` of ``nrows`` rows of panels: plotly's spacing is a
+    fraction of the plot area, so a fixed fraction opens a gap that grows with the rows (0.12 of a
+    6-row figure was 250 px between rows); this keeps it :data:`ROW_GAP_PX`."""
+    area = nrows * panel_px + (nrows - 1) * ROW_GAP_PX
+    return {"height": area + MARGIN_PX, "vertical_spacing": ROW_GAP_PX / area if nrows > 1 else 0.0}
+
+
 def surface_labels(s: dict, log: bool = False) -> dict:
     """What a surface's axes are, from its file: a random filter-normalised direction (α, β) or the
     straight line to another checkpoint (0 = this one, 1 = that one); the loss; checkpoint and data."""
@@ -149,7 +162,8 @@ def trajectory_figure(paths: list):
         raise UserError(f"{paths[0]}: the trajectory holds no metric to plot")
     cols = min(3, len(present))
     nrows = math.ceil(len(present) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=present)
+    grid = _grid(nrows)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=present, vertical_spacing=grid["vertical_spacing"])
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
     last = max((x["step"] for _, recs in runs for x in recs), default=1)
     dtick = max(1, math.ceil(last / 8))  # whole optimizer steps (plotly's auto ticks fall at 2.5)
@@ -164,7 +178,7 @@ def trajectory_figure(paths: list):
         fig.update_yaxes(title_text=m, row=r, col=c)
         if m in LOG_AXES:
             fig.update_yaxes(type="log", row=r, col=c)
-    fig.update_layout(height=320 * nrows, width=max(420 * cols, 700), title_text="measured while training")
+    fig.update_layout(height=grid["height"], width=max(420 * cols, 700), title_text="measured while training")
     return fig
 
 
@@ -221,8 +235,9 @@ def scatter_figure(result: dict):
     metrics = result["metrics"]
     cols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / cols)
+    grid = _grid(nrows)
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[html.escape(_where(result, m)) for m in metrics],
-                        horizontal_spacing=0.08, vertical_spacing=0.12)
+                        horizontal_spacing=0.08, vertical_spacing=grid["vertical_spacing"])
     rows = result["checkpoints"]
     groups = sorted({str(r.get("optimizer") or "?") for r in rows})
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
@@ -245,7 +260,7 @@ def scatter_figure(result: dict):
         fig.update_yaxes(title_text="forgetting (avg Δacc)" if c_ == 1 else None, row=r_, col=c_)
     # long "metric @ where, data" titles: a smaller font, so that neighbours do not run into each other
     fig.update_annotations(font_size=12)
-    fig.update_layout(height=330 * nrows + 80, width=1150, title_text="flatness vs forgetting")
+    fig.update_layout(height=grid["height"], width=1150, title_text="flatness vs forgetting")
     return fig
 
 
@@ -307,8 +322,9 @@ def surfaces_grid_figure(paths: list, titles: list, cols: int = 4):
         return fig
     two = [(s, t) for s, t in zip(surfs, titles) if s["y"] is not None]
     rows = math.ceil(len(two) / cols)
+    grid = _grid(rows, panel_px=230)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in two], horizontal_spacing=0.05,
-                        vertical_spacing=0.08)
+                        vertical_spacing=grid["vertical_spacing"])
     zs = [np.log10(np.where(_prepare(s["loss"], False, None) > 0, _prepare(s["loss"], False, None), np.nan))
           for s, _ in two]
     lo = float(np.nanmin([np.nanmin(z) for z in zs]))
@@ -317,7 +333,7 @@ def surfaces_grid_figure(paths: list, titles: list, cols: int = 4):
         fig.add_trace(go.Contour(x=s["x"].tolist(), y=s["y"].tolist(), z=_none_for_nan(z.T), zmin=lo, zmax=hi,
                                  colorscale="Viridis", showscale=i == 0, ncontours=25, name=t,
                                  colorbar=dict(title="log10 loss")), row=i // cols + 1, col=i % cols + 1)
-    fig.update_layout(height=280 * rows + 80, width=1150, title_text="2-D loss surfaces (log10 loss, shared scale)")
+    fig.update_layout(height=grid["height"], width=1150, title_text="2-D loss surfaces (log10 loss, shared scale)")
     return fig
 
 
@@ -460,7 +476,8 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
     page = [
         "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{title}</title>",
         f"<style>{CSS}</style></head><body>", f"<h1>{title}</h1>",
-        f"<p class='note'>base {html.escape(result['base'])} · {len(result['checkpoints'])} checkpoints · "
+        f"<p class='note'>base <span title='{html.escape(str(result['base']))}'>{html.escape(_short(result['base']))}"
+        f"</span> · {len(result['checkpoints'])} checkpoints · "
         f"forgetting Δ &gt; 0 = forgotten (base − tuned accuracy) · bootstrap 95% intervals over "
         f"{html.escape(result.get('bootstrap_over') or 'checkpoints')} · landscape "
         f"{html.escape(result['version'])}</p>",
