@@ -121,10 +121,15 @@ def summary(r: dict) -> str:
             part = f"  partial {_g(row.get('partial_spearman')):>7} [{_g(pci[0])}, {_g(pci[1])}]"
         lines.append(f"  {row['metric']:<22} {where:<30} ρ {_g(row['spearman']):>7} [{_g(ci[0])}, {_g(ci[1])}]  "
                      f"p {_g(row['p'])}{part}  n {row['n']}")
+    ranks = r.get("rankings") or {}
     best = [f"{t.replace('category:', '')} {rk[0]['metric']} ({_g(rk[0]['spearman'])})"
-            for t, rk in (r.get("rankings") or {}).items() if t != "average" and rk and rk[0]["spearman"] is not None]
+            for t, rk in ranks.items() if t.startswith("category:") and rk and rk[0]["spearman"] is not None]
     if best:
         lines.append("  best per category: " + "; ".join(best))
+    top = (ranks.get("suite_mean") or [{}])[0]
+    if top.get("spearman") is not None:
+        lines.append(f"  forgetting as the plain mean over the suites (Biderman et al. 2024): best {top['metric']} "
+                     f"({_g(top['spearman'])})")
     lines += ["", f"report: {r['report']}  (json: {Path(r['report']).with_suffix('.json')}); total {r['seconds']:.0f} s"]
     return "\n".join(lines)
 

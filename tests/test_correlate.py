@@ -419,3 +419,14 @@ def test_report_grids_keep_a_fixed_gap_between_rows():
         fig = R.scatter_figure(result(n))
         gaps = _row_gaps_px(fig)  # plotly.js margins: top 100, bottom 80 px
         assert gaps and all(abs(g - R.ROW_GAP_PX) < 1 for g in gaps), (n, gaps)
+
+
+def test_suite_mean_is_a_target_only_where_it_differs_from_the_category_average():
+    from landscape.study.runner import _targets
+
+    def row(avg, mean):
+        return {"forgetting": {"average": {"delta": avg}, "suite_mean": {"delta": mean}, "categories": {}}}
+
+    assert _targets([row(0.1, 0.2), row(0.3, 0.3)])["suite_mean"] == [0.2, 0.3]
+    assert "suite_mean" not in _targets([row(0.1, 0.1), row(0.3, 0.3)])  # one suite a category: the same numbers
+    assert "suite_mean" not in _targets([{"forgetting": {"average": {"delta": 0.1}, "categories": {}}}])  # older rows

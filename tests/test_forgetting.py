@@ -232,3 +232,20 @@ def test_lm_eval_adapter_agrees_with_our_scorer(llama_dir, suite_dir, tmp_path, 
     (r,) = FG.forgetting(llama_dir, [llama_dir], ForgettingConfig(lm_eval_tasks=["toy_colors"],
                                                                   lm_eval_include=tmp_path / "tasks"))
     assert r["suites"]["toy_colors"]["delta"] == 0.0
+
+
+def test_average_is_the_mean_of_category_means_and_suite_mean_the_plain_mean():
+    """Two protocols by hand: knowledge holds three suites, reasoning one; the loss suite enters neither."""
+    suites = [FG.Suite(n, n, "mc", [], n, category=c) for n, c in
+              (("a", "knowledge"), ("b", "knowledge"), ("c", "knowledge"), ("d", "reasoning"))]
+    suites.append(FG.Suite("txt", "txt", "text", [], "txt", category="other"))
+    base = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6}
+    tuned = {"a": 0.6, "b": 0.8, "c": 0.7, "d": 0.6}  # only a forgets: 0.3
+    bs = {**{k: {"metric": "accuracy", "score": v} for k, v in base.items()}, "txt": {"metric": "loss", "score": 2.0}}
+    ts = {**{k: {"metric": "accuracy", "score": v} for k, v in tuned.items()}, "txt": {"metric": "loss", "score": 9.0}}
+    r = FG.compare(bs, ts, suites)
+    # Li et al.: knowledge forgets 0.1 (mean of 0.3, 0, 0), reasoning 0 → 0.05
+    assert r["average"]["delta"] == pytest.approx(0.05, abs=1e-12)
+    # Biderman et al.: 0.3 over four suites → 0.075
+    assert r["suite_mean"]["delta"] == pytest.approx(0.075, abs=1e-12)
+    assert r["suite_mean"]["base"] == pytest.approx(0.75, abs=1e-12)

@@ -20,7 +20,9 @@ knowledge, reasoning, understanding, exams; ``data/suites`` has the same structu
 Forgetting of a suite, signed so that **positive = forgotten**:
 ``delta = base − tuned`` for accuracies (higher is better), ``delta = tuned − base`` for losses;
 ``relative = 100 · delta / base`` (Luo et al. 2023's FG). Categories average their accuracy suites;
-``average`` is the mean over categories (loss suites are reported, not averaged with accuracies).
+``average`` is the mean over categories (Li et al. 2024's protocol: each category counts once, however
+many suites it holds); ``suite_mean`` is the plain mean over the accuracy suites (Biderman et al. 2024's
+protocol). Loss suites are reported, not averaged with accuracies.
 
 Scores are cached in a :class:`landscape.foundation.store.Store` under (checkpoint fingerprint, "suite",
 suite fingerprint + scorer settings + library version), so a batch never re-scores a pair.
@@ -426,7 +428,8 @@ def _row(metric, base, tuned) -> dict:
 
 
 def compare(base_scores: dict, tuned_scores: dict, suites: list[Suite]) -> dict:
-    """Per-suite, per-category and average forgetting from two score dicts."""
+    """Per-suite, per-category and average forgetting from two score dicts: ``average`` the mean of the
+    category means, ``suite_mean`` the plain mean over the accuracy suites (see the module docstring)."""
     rows, cats = {}, {}
     for s in suites:
         b, t = base_scores[s.name], tuned_scores[s.name]
@@ -440,12 +443,15 @@ def compare(base_scores: dict, tuned_scores: dict, suites: list[Suite]) -> dict:
         b = sum(rows[n]["base"] for n in names) / len(names)
         t = sum(rows[n]["tuned"] for n in names) / len(names)
         categories[c] = {**_row("accuracy", b, t), "suites": names}
-    average = None
+    average = suite_mean = None
     if categories:
         b = sum(c["base"] for c in categories.values()) / len(categories)
         t = sum(c["tuned"] for c in categories.values()) / len(categories)
         average = _row("accuracy", b, t)
-    return {"suites": rows, "categories": categories, "average": average}
+        acc = [n for names in cats.values() for n in names]
+        suite_mean = _row("accuracy", sum(rows[n]["base"] for n in acc) / len(acc),
+                          sum(rows[n]["tuned"] for n in acc) / len(acc))
+    return {"suites": rows, "categories": categories, "average": average, "suite_mean": suite_mean}
 
 
 def forgetting(base, tuned, config: ForgettingConfig | None = None, *, store=None, load: LoadConfig | None = None,

@@ -386,6 +386,9 @@ def _ranking_tables(result: dict) -> list[str]:
             "regressions on them; ranks for Spearman).</p>", warn,
             _table(rank_head, rank_rows, "ranking"),
             "<h2>Ranking per forgetting target (Spearman ρ [95% CI])</h2>",
+            "<p class='note'>average: the mean of the category means (Li et al. 2024's protocol)"
+            + ("; suite_mean: the plain mean over the suites (Biderman et al. 2024's)" if "suite_mean" in targets else "")
+            + "; category:X: that category's mean.</p>",
             f"<p class='note'>best per target: {' · '.join(best) or '–'}</p>",
             _table(["metric", *targets], cat_rows, "per-target")]
 

@@ -105,8 +105,13 @@ def _covariates(rows: list[dict], names) -> dict:
 
 
 def _targets(rows: list[dict]) -> dict:
-    """Forgetting targets: the average and each category's, one value per checkpoint."""
+    """Forgetting targets, one value per checkpoint: the average (the mean of the category means: Li et
+    al. 2024), the plain mean over the suites (Biderman et al. 2024) where the categories are unequal,
+    and each category's."""
     targets = {"average": [r["forgetting"]["average"]["delta"] if r["forgetting"]["average"] else None for r in rows]}
+    means = [(r["forgetting"].get("suite_mean") or {}).get("delta") for r in rows]
+    if any(v is not None for v in means) and means != targets["average"]:
+        targets["suite_mean"] = means
     for c in sorted({c for r in rows for c in r["forgetting"]["categories"]}):
         targets[f"category:{c}"] = [r["forgetting"]["categories"].get(c, {}).get("delta") for r in rows]
     return targets
