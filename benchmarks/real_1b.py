@@ -15,6 +15,11 @@ Each row runs in a fresh process (its peak RSS is its own) on general English (d
   same batch, with the planned and measured peak;
 - ``line:VARIANT``: a 5-point filter-normalised line (−1…1) through the weights;
 - ``plans``: the full-model λ_max plan (`sharpness --dry-run`) in float32 and bf16, and whether it fits.
+- ``train:OPT``: what a fine-tune step costs, for sizing the study at this size (OPT adamw or sam: the
+  full model in bf16, StochasticAdamW; lora-adamw / lora-sam: rank 8 on the float32 model): `landscape
+  finetune` on the reverse task, batch 4 × ≤ 48 tokens, 3 steps — seconds a step (after the first)
+  and peak RSS;
+- ``score``: seconds per item of scoring the real suites (the first 20 items of each, base model).
 
 Writes ``benchmarks/results_real_1b.json`` with the command, versions and machine.
 """
@@ -112,6 +117,31 @@ with tempfile.TemporaryDirectory() as d:
 done(x=list(r["x"]), loss=list(r["loss"]), loss_at_origin=r["loss_at_origin"],
      planned_peak_gb=r["cost"].get("planned_peak_gb"), dtype={variant!r})
 """,
+    "train": r"""
+import tempfile
+from landscape.foundation.configs import FinetuneConfig
+from landscape.training.finetune import finetune
+opt, lora = {opt!r}.replace("lora-", ""), {opt!r}.startswith("lora-")
+steps = []
+with tempfile.TemporaryDirectory() as d:
+    cfg = FinetuneConfig(optimizer=opt, lr=2e-5 if not lora else 1e-3, max_steps=3, batch_size=4, max_length=48,
+                         lora=8 if lora else 0, eval_fraction=0.0, seed=0)
+    r = finetune(ckpt, {task!r}, d + "/out", cfg, load=LoadConfig(dtype="float32" if lora else "bfloat16"),
+                 on_step=lambda st, o: steps.append(time.perf_counter()))
+per = (steps[-1] - steps[0]) / (len(steps) - 1)
+done(opt={opt!r}, seconds_per_step=round(per, 1), update_rounding=r["update_rounding"], steps=len(steps))
+""",
+    "score": r"""
+from landscape.measures import forgetting as FG
+ck = checkpoint.load_checkpoint(ckpt)
+suites = [FG.load_suite(f) for f in sorted(__import__("pathlib").Path({suites!r}).glob("*.jsonl"))]
+n, t1 = 0, time.perf_counter()
+for s in suites:
+    s.items[:] = s.items[:20]
+    FG.score_suite(ck.model, ck.tokenizer, s, 16)
+    n += len(s.items)
+done(items=n, seconds_per_item=round((time.perf_counter() - t1) / n, 2))
+""",
     "plan": r"""
 ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype={dtype!r}))
 bs = data.batches_for(ck, DataConfig(data=general, batch_size=4, num_batches=1, max_length=48))
@@ -158,6 +188,12 @@ def main() -> None:
     for spec in (x for x in only if x.startswith(("ball:", "line:"))):
         job, variant = spec.split(":")
         jobs.append((f"{job}_{variant}", job, {"variant": variant}))
+    for spec in (x for x in only if x.startswith("train:")):
+        opt = spec.split(":")[1]
+        jobs.append((f"train_{opt}", "train", {"opt": opt, "task": str(ROOT / "data" / "real" / "tasks" / "reverse" /
+                                                                       "train.jsonl")}))
+    if "score" in only:
+        jobs.append(("score", "score", {"suites": str(ROOT / "data" / "real" / "suites")}))
     if "plans" in only:
         jobs += [(f"plan_full_{d}", "plan", {"dtype": d}) for d in ("float32", "bfloat16")]
     for name, job, kw in jobs:

@@ -26,7 +26,7 @@ _EXPORTS = {
     "LossResult": "landscape.foundation.loss",
     # training
     "SAM": "landscape.training.sam", "SAMMixin": "landscape.training.sam", "SAMTrainer": "landscape.training.sam",
-    "LandscapeCallback": "landscape.training.callback",
+    "StochasticAdamW": "landscape.training.rounding", "LandscapeCallback": "landscape.training.callback",
 }
 
 __all__ = ["UserError", *_EXPORTS]

@@ -17,12 +17,13 @@ from landscape.training.sam import SAM, Perturbation
 from tests.conftest import write_jsonl
 
 
-def finetune_(base, data, out, *, on_step=None, device="cpu", **settings):
+def finetune_(base, data, out, *, on_step=None, device="cpu", dtype="float32", **settings):
     """landscape.training.finetune.finetune with its settings given as keywords."""
     from landscape.foundation.configs import FinetuneConfig, LoadConfig
     from landscape.training import finetune as F
 
-    return F.finetune(base, data, out, FinetuneConfig(**settings), load=LoadConfig(device=device), on_step=on_step)
+    return F.finetune(base, data, out, FinetuneConfig(**settings), load=LoadConfig(device=device, dtype=dtype),
+                      on_step=on_step)
 
 LR, WD, BETAS, EPS = 1e-2, 0.1, (0.9, 0.999), 1e-8
 
@@ -297,10 +298,11 @@ def task_data(tmp_path):
     return write_jsonl(tmp_path / "train.jsonl", rows)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sam"])
-def test_finetune_resume_gives_the_same_weights(llama_dir, task_data, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,dtype", [("adamw", "float32"), ("sam", "float32"), ("sam", "bfloat16")])
+def test_finetune_resume_gives_the_same_weights(llama_dir, task_data, tmp_path, optimizer, dtype):
+    # bf16: StochasticAdamW's random rounding is seeded by the step, so a resumed run draws the same bits
     kw = dict(optimizer=optimizer, lr=3e-3, max_steps=6, batch_size=4, grad_accum=2, save_every=2,
-              device="cpu", eval_fraction=0.2)
+              device="cpu", eval_fraction=0.2, dtype=dtype)
     full = finetune_(llama_dir, task_data, tmp_path / "full", **kw)
 
     def stop_at_3(state, opt):
@@ -312,6 +314,7 @@ def test_finetune_resume_gives_the_same_weights(llama_dir, task_data, tmp_path, 
     assert (tmp_path / "cut.partial" / F.STATE_FILE).is_file() and not (tmp_path / "cut").exists()
     resumed = finetune_(llama_dir, task_data, tmp_path / "cut", resume=True, **kw)
     assert resumed["resumed_from"] == 3
+    assert resumed["update_rounding"].startswith("stochastic" if dtype == "bfloat16" else "none")
     assert resumed["fingerprint"] == full["fingerprint"]  # bit-identical weights
     a = checkpoint.load_checkpoint(tmp_path / "full").model.state_dict()
     b = checkpoint.load_checkpoint(tmp_path / "cut").model.state_dict()

@@ -4,7 +4,7 @@ Imports ``foundation``; only ``callback`` imports ``measures`` (a fine-tuner nee
 a measuring callback does)."""
 
 _EXPORTS = {"SAM": "sam", "Perturbation": "sam", "SAMMixin": "sam", "SAMTrainer": "sam",
-            "LandscapeCallback": "callback"}
+            "StochasticAdamW": "rounding", "LandscapeCallback": "callback"}
 
 
 def __getattr__(name):

@@ -60,11 +60,19 @@ def batch_order(n_batches: int, n: int, seed: int) -> list[int]:
 
 
 def make_optimizer(params, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """AdamW, or SAM/ASAM around AdamW (weight decay in the base step only)."""
+    """AdamW, or SAM/ASAM around AdamW (weight decay in the base step only). bf16/fp16 weights take
+    :class:`~landscape.training.rounding.StochasticAdamW` (float32 arithmetic, stochastic rounding back):
+    torch's AdamW on them loses every update below half a weight's spacing."""
+    params = list(params)
+    base, extra = torch.optim.AdamW, {}
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in params):
+        from landscape.training.rounding import StochasticAdamW
+
+        base, extra = StochasticAdamW, {"seed": cfg.seed}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return SAM(params, torch.optim.AdamW, rho=cfg.rho, adaptive=cfg.optimizer == "asam", eta=cfg.eta,
-               lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return base(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    return SAM(params, base, rho=cfg.rho, adaptive=cfg.optimizer == "asam", eta=cfg.eta,
+               lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
 def _no_sync(model, on: bool):
@@ -561,6 +569,7 @@ def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: 
     from landscape.foundation import checkpoint
 
     cfg, log = job.cfg, state.log
+    half = any(p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) for p in job.ck.model.parameters())
     summary = {
         "out": str(job.out), "base": str(job.ck.path), "base_fingerprint": job.ck.fingerprint,
         "optimizer": cfg.optimizer, "steps": cfg.max_steps, "resumed_from": start if cfg.resume else None,
@@ -568,6 +577,8 @@ def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: 
         "train_loss_first": log[0]["loss"], "train_loss_last": sum(r["loss"] for r in log[-10:]) / min(10, len(log)),
         "eval_loss": state.evals[-1]["eval_loss"] if state.evals else None,
         "seconds": round(seconds, 2), "version": landscape.__version__,
+        # how the updates reach half-precision weights (make_optimizer): stochastic rounding, not nearest
+        "update_rounding": "stochastic (StochasticAdamW)" if half else "none (float32 weights)",
     }
     config = {**job.meta, "settings": cfg.as_dict(), "dtype": str(job.ck.dtype).replace("torch.", ""),
               "version": landscape.__version__}
