@@ -107,10 +107,17 @@ def summary(r: dict) -> str:
     if lam:
         lines += ["", f"λ_max of the general loss's Hessian at the base: {_g(lam['lambda_max'])} "
                       f"({lam['hvps']} HVPs, converged {lam['converged']})"]
+    lines += _ranking_lines(r, info)
+    lines += ["", f"report: {r['report']}  (json: {Path(r['report']).with_suffix('.json')}); total {r['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+def _ranking_lines(r: dict, info: dict) -> list[str]:
+    """The ranking of every metric against average forgetting (and the best per target)."""
     covs = r.get("covariates") or []
     over = f" over {r['bootstrap_over']}" if r.get("bootstrap_over") else ""
-    lines += ["", f"metric vs average forgetting, ranked (Spearman ρ [95% bootstrap CI{over}], p"
-              + (f"; partial ρ given {', '.join(covs)} [CI]" if covs else "") + "; n checkpoints):"]
+    lines = ["", f"metric vs average forgetting, ranked (Spearman ρ [95% bootstrap CI{over}], p"
+             + (f"; partial ρ given {', '.join(covs)} [CI]" if covs else "") + "; n checkpoints):"]
     for row in r["ranking"]:
         ci = row.get("ci") or [None, None]
         i = info.get(row["metric"], {})
@@ -130,8 +137,7 @@ def summary(r: dict) -> str:
     if top.get("spearman") is not None:
         lines.append(f"  forgetting as the plain mean over the suites (Biderman et al. 2024): best {top['metric']} "
                      f"({_g(top['spearman'])})")
-    lines += ["", f"report: {r['report']}  (json: {Path(r['report']).with_suffix('.json')}); total {r['seconds']:.0f} s"]
-    return "\n".join(lines)
+    return lines
 
 
 def across_summary(r: dict) -> str:
