@@ -66,3 +66,19 @@ def test_bf16_weights_move_as_far_as_float32_ones_where_torchs_bf16_adamw_stalls
     torch_along, torch_frozen = _drift(torch.optim.AdamW, torch.bfloat16, lr)
     assert torch_along < 0.9 and torch_frozen > 0.4  # what the fine-tuner used before (0.40 / 0.85 at 1e-5)
     assert frozen < torch_frozen
+
+
+def test_a_strided_parameter_is_updated_whole_like_a_contiguous_one():
+    """A transposed view (not contiguous) takes the same update as its contiguous copy (float32: exact)."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(40, 30, generator=g)
+    strided = torch.nn.Parameter(base.t())  # 30 × 40, strides (1, 30)
+    plain = torch.nn.Parameter(base.t().contiguous())
+    assert not strided.is_contiguous()
+    a, b = StochasticAdamW([strided], lr=1e-2), StochasticAdamW([plain], lr=1e-2)
+    for _ in range(3):
+        grad = torch.randn(30, 40, generator=g)
+        strided.grad, plain.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+    assert torch.equal(strided.detach(), plain.detach())

@@ -105,9 +105,11 @@ def _update(p, grad, st: dict, group: dict, gen) -> None:
     lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
     step = float(st["step"])
     bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
-    w_all, g_all, m_all, v_all = (t.view(-1) for t in (p.data, grad, st["exp_avg"], st["exp_avg_sq"]))
-    for a in range(0, w_all.numel(), CHUNK):
-        sl = slice(a, a + CHUNK)
+    tensors = (p.data, grad, st["exp_avg"], st["exp_avg_sq"])
+    whole = not all(t.is_contiguous() for t in tensors)  # a strided view: one piece, written back whole
+    w_all, g_all, m_all, v_all = tensors if whole else (t.view(-1) for t in tensors)
+    for a in [0] if whole else range(0, w_all.numel(), CHUNK):
+        sl = ... if whole else slice(a, a + CHUNK)
         w, g, m, v = (t[sl].float() for t in (w_all, g_all, m_all, v_all))
         w.mul_(1 - lr * wd)
         m.lerp_(g, 1 - b1)
