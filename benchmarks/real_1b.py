@@ -125,7 +125,7 @@ opt, lora = {opt!r}.replace("lora-", ""), {opt!r}.startswith("lora-")
 steps = []
 with tempfile.TemporaryDirectory() as d:
     cfg = FinetuneConfig(optimizer=opt, lr=2e-5 if not lora else 1e-3, max_steps=3, batch_size=4, max_length=48,
-                         lora=8 if lora else 0, eval_fraction=0.0, seed=0)
+                         lora=8 if lora else None, eval_fraction=0.0, seed=0)
     r = finetune(ckpt, {task!r}, d + "/out", cfg, load=LoadConfig(dtype="float32" if lora else "bfloat16"),
                  on_step=lambda st, o: steps.append(time.perf_counter()))
 per = (steps[-1] - steps[0]) / (len(steps) - 1)

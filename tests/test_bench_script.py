@@ -66,3 +66,9 @@ def test_real_1b_bench_jobs_run_on_a_tiny_checkpoint(llama_dir):
     assert balls[0]["sam"] == balls[1]["sam"] and balls[0]["eps"] == balls[1]["eps"]
     r = run("line", ckpt=str(llama_dir), variant="bf16")
     assert "error" not in r and len(r["loss"]) == 5 and r["loss"][2] == pytest.approx(r["loss_at_origin"]), r
+    task = str(ROOT / "data" / "real" / "tasks" / "reverse" / "train.jsonl")
+    for opt, rounding in (("adamw", "stochastic"), ("lora-adamw", "none")):  # bf16 full; LoRA on float32
+        r = run("train", ckpt=str(llama_dir), opt=opt, task=task)
+        assert "error" not in r and r["steps"] == 3 and r["update_rounding"].startswith(rounding), r
+    r = run("score", ckpt=str(llama_dir), suites=str(ROOT / "data" / "real" / "suites"))
+    assert "error" not in r and r["items"] == 120 and r["seconds_per_item"] > 0, r

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -412,3 +413,18 @@ def test_sam_trainer_is_one_class():
     from landscape.training.sam import SAMTrainer
 
     assert SAMTrainer is sam.SAMTrainer
+
+
+def test_bf16_perturbation_holds_one_parameters_float32_temporaries_at_a_time():
+    """SAM's ε on bf16 weights: the saved bf16 copy (191 MB here) plus one parameter's float32
+    temporaries (a few × 38 MB) — 367 MB measured. ε of every parameter at once in float32 (400 MB more:
+    710 MB measured) is what got a bf16 1.5B SAM fine-tune killed by the OS at 24 GB."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "tests" / "sam_peak_check.py"), str(root)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved_mb = 10 * 10_000_000 * 2 / 2**20
+    assert float(r.stdout.strip()) < 2.5 * saved_mb, r.stdout

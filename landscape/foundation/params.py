@@ -488,10 +488,23 @@ def reused_memory(enabled: bool = True):
 
 @torch.no_grad()
 def set_offset(params, origin: Vector, delta: Vector, alpha=1.0) -> None:
-    """p ← origin + α·delta, computed in the wider of float32 and the parameter dtype."""
-    for p, o, d in zip(params, origin, delta):
+    """p ← origin + α·delta, computed in the wider of float32 and the parameter dtype. When ``origin`` or
+    ``delta`` is read by pieces (``read_flat``: on disk, or computed on demand like SAM's ε) each
+    parameter is set :data:`DITHER_CHUNK` entries at a time — the same bits, and no float32 temporary
+    of a whole parameter (a 233M-entry embedding's is 0.9 GB each)."""
+    if not (hasattr(origin, "read_flat") or hasattr(delta, "read_flat")):
+        for p, o, d in zip(params, origin, delta):
+            wide = torch.promote_types(p.dtype, torch.float32)
+            p.copy_((o.to(p.device, wide) + alpha * d.to(wide)).to(p.dtype))  # an origin may be on the host
+        return
+    streamed = None if hasattr(delta, "read_flat") or hasattr(delta, "__getitem__") else iter(delta)  # a generator
+    for i, p in enumerate(params):
         wide = torch.promote_types(p.dtype, torch.float32)
-        p.copy_((o.to(p.device, wide) + alpha * d.to(wide)).to(p.dtype))  # an origin may be on the host
+        rd = flat_piece(delta, i) if streamed is None else flat_piece([next(streamed)], 0)
+        ro, flat = flat_piece(origin, i), p.view(-1)
+        for a in range(0, flat.numel(), DITHER_CHUNK):
+            b = min(a + DITHER_CHUNK, flat.numel())
+            flat[a:b].copy_((ro(a, b).to(p.device, wide) + alpha * rd(a, b).to(p.device, wide)).to(p.dtype))
 
 
 DITHER_CHUNK = 1 << 20

@@ -78,11 +78,11 @@ class Perturbation:
         self.last_norm = float(norm)
         self._saved = [local(p).detach().clone() for p in self.params]
         scale = self.rho / (norm + 1e-12)
-        eps = [(tg * (p.detach().abs() + self.eta) if self.adaptive else tg).float() * scale.to(tg.device)
-               for (p, _), tg in zip(pairs, scaled)]  # ε = ρ·T²g/‖Tg‖, or ρ·g/‖g‖
         moved = {id(p) for p, _ in kept}
         origin = [w for p, w in zip(self.params, self._saved) if id(p) in moved]
-        set_offset([p for p, _ in pairs], origin, eps)  # w + ε from the saved copy, rounded once
+        # w + ε from the saved copy, rounded once; ε computed a chunk at a time as it is written (a list
+        # of float32 ε was a float32 copy of the gradient: 6.6 GB more for a bf16 1.5B, killed by the OS)
+        set_offset([p for p, _ in pairs], origin, _Ascent(pairs, scaled, scale, self.adaptive, self.eta))
         return self.last_norm
 
     @torch.no_grad()
@@ -92,6 +92,20 @@ class Perturbation:
             raise RuntimeError("restore() called without perturb()")
         restore([local(p) for p in self.params], self._saved)
         self._saved = None
+
+
+class _Ascent:
+    """SAM's ε = ρ·T²g/‖Tg‖ (ASAM) or ρ·g/‖g‖, read by pieces (``read_flat``: entries a..b of the i-th
+    parameter, float32) so that :func:`~landscape.foundation.params.set_offset` never holds a whole
+    parameter's ε. The i-th parameter is read before it is written (ASAM's T uses its weights)."""
+
+    def __init__(self, pairs, scaled, scale, adaptive: bool, eta: float):
+        self.pairs, self.scaled, self.scale, self.adaptive, self.eta = pairs, scaled, scale, adaptive, eta
+
+    def read_flat(self, i: int, a: int, b: int) -> torch.Tensor:
+        tg = self.scaled[i].reshape(-1)[a:b]
+        e = tg * (self.pairs[i][0].detach().reshape(-1)[a:b].abs() + self.eta) if self.adaptive else tg
+        return e.float() * self.scale.to(e.device)
 
 
 class SAM(torch.optim.Optimizer):
