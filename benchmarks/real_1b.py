@@ -140,7 +140,7 @@ for s in suites:
     s.items[:] = s.items[:20]
     FG.score_suite(ck.model, ck.tokenizer, s, 16)
     n += len(s.items)
-done(items=n, seconds_per_item=round((time.perf_counter() - t1) / n, 2))
+done(items=n, seconds_per_item=round((time.perf_counter() - t1) / n, 4))
 """,
     "plan": r"""
 ck = checkpoint.load_checkpoint(ckpt, LoadConfig(dtype={dtype!r}))
