@@ -154,7 +154,7 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
         seen = set()
         # FSDP swaps gathered (whole) parameters into the model for each unit's pass and frees them
         # after: their storages are weights, not activations, and are new at every gather
-        gathered = model if model is not None and any(P.is_sharded(p) for p in params) else None
+        gathered = model if model is not None and P.any_sharded(params) else None
 
         def pack(t):
             key = t.untyped_storage().data_ptr()

@@ -54,7 +54,7 @@ def units(model: torch.nn.Module) -> list:
     """The FSDP units of a sharded model (its fully_shard-wrapped modules); [] when not sharded."""
     from torch.distributed.fsdp import FSDPModule
 
-    if not any(P.is_sharded(p) for p in model.parameters()):
+    if not P.any_sharded(model.parameters()):
         return []
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 

@@ -229,7 +229,7 @@ def float32_view(model, selected, what: str):
         yield None
         return
     planned = P.target() is not None and P.target().world > 1  # a plan for a sharded run: the same answer
-    if planned or any(P.is_sharded(p) for p in model.parameters()):
+    if planned or P.any_sharded(model.parameters()):
         raise UserError(f"{what} on bf16/fp16 weights needs them in float32 (a curvature measurement moves "
                         "them by far less than a half-precision spacing), and FSDP-sharded parameters cannot "
                         "be widened in place: load it with curvature=True (float32 rows of the bf16/fp16 values; "

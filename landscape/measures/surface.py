@@ -201,7 +201,7 @@ def _check_sharded(selected: dict, cfg: SurfaceConfig, targets: Targets) -> dict
     """name → sharded parameter on an FSDP-sharded model (None otherwise), after refusing what does
     not run there: several points per pass (vmap over whole weights), regenerated directions and
     checkpoint axes (both read whole tensors)."""
-    if not any(P.is_sharded(p) for p in selected.values()):
+    if not P.any_sharded(selected.values()):
         return None
     if cfg.points_per_pass > 1:
         raise ConfigError("points_per_pass", "a sharded model evaluates one grid point per pass")

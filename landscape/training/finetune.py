@@ -65,7 +65,7 @@ def make_optimizer(params, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     torch's AdamW on them loses every update below half a weight's spacing."""
     params = list(params)
     base, extra = torch.optim.AdamW, {}
-    if any(p.dtype in (torch.bfloat16, torch.float16) for p in params):
+    if P.is_half(params):
         from landscape.training.rounding import StochasticAdamW
 
         base, extra = StochasticAdamW, {"seed": cfg.seed}
@@ -177,7 +177,7 @@ def _sum_replicated(model, params, grads) -> None:
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale the gradients so that their global ℓ2 norm is at most ``max_norm``; returns the norm
     before clipping. FSDP2 gradients (DTensors): each rank's rows, the squared norms all-reduced."""
-    if not any(P.is_sharded(p) for p in params):
+    if not P.any_sharded(params):
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     kept = [p for p in params if p.grad is not None]
     grads = [P.local(p.grad) for p in kept]
@@ -569,7 +569,7 @@ def _save(job: _Job, state: TrainState, start: int, seconds: float, trajectory: 
     from landscape.foundation import checkpoint
 
     cfg, log = job.cfg, state.log
-    half = any(p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) for p in job.ck.model.parameters())
+    half = P.is_half([p for p in job.ck.model.parameters() if p.requires_grad])
     summary = {
         "out": str(job.out), "base": str(job.ck.path), "base_fingerprint": job.ck.fingerprint,
         "optimizer": cfg.optimizer, "steps": cfg.max_steps, "resumed_from": start if cfg.resume else None,

@@ -18,8 +18,8 @@ distance to the lower neighbour over the spacing, so E[round(x)] = x and no upda
 in the parameter's dtype); float32 parameters take the same float32 arithmetic with no rounding, the
 update of ``torch.optim.AdamW(foreach=False)`` bit for bit (tested).
 
-The random bits come from a generator seeded by (``seed``, step, parameter index, chunk), on the
-parameter's device: a run is reproducible and a resumed run continues the same stream; data-parallel
+The random bits come from one generator a parameter and step, seeded by (``seed``, step, parameter
+index), on the parameter's device: a run is reproducible and a resumed run continues the same stream; data-parallel
 ranks draw the same bits and stay identical.
 """
 
@@ -29,10 +29,9 @@ import math
 
 import torch
 
-from landscape.foundation.params import local
+from landscape.foundation.params import HALF, local
 
 CHUNK = 1 << 20  # entries read in float32 at once (4 MB a tensor)
-HALF = (torch.bfloat16, torch.float16)
 
 
 def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:

@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from landscape.foundation.params import is_sharded, local, mixed_sq_norm, restore, set_offset
+from landscape.foundation.params import any_sharded, is_sharded, local, mixed_sq_norm, restore, set_offset
 
 
 class Perturbation:
@@ -47,7 +47,7 @@ class Perturbation:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.params = [p for p in params if p.requires_grad]
         # FSDP2 parameters (DTensors): everything below acts on this rank's rows, the norm all-reduced
-        self.sharded = any(is_sharded(p) for p in self.params)  # some rows are this rank's only
+        self.sharded = any_sharded(self.params)  # some rows are this rank's only
         self.rho, self.adaptive, self.eta, self.shard_group = float(rho), bool(adaptive), float(eta), shard_group
         self._saved: list[torch.Tensor] | None = None
         self.last_norm: float | None = None
@@ -235,7 +235,7 @@ class SAMMixin:
         that batch.
         """
         first = self._prepare_inputs(dict(inputs))
-        if not any(is_sharded(p) for p in params):
+        if not any_sharded(params):
             sync = self.accelerator.no_sync(model) if self.accelerator.num_processes > 1 else _null()
             with sync:
                 with self.compute_loss_context_manager():
