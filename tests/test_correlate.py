@@ -322,6 +322,29 @@ def test_predictors_and_covariates_through_the_manifest(study, tmp_path, monkeyp
         assert r.exit_code == 2 and match in r.stderr, (match, r.stderr)
 
 
+def test_no_flatness_metrics_measures_the_task_loss_alone(study, tmp_path, monkeypatch):
+    """``flatness.metrics: []`` (a model too large to measure beside the base the predictors hold): each
+    checkpoint gets its task loss (what `landscape loss` prints) and the predictors; no sharpness runs."""
+    from landscape.measures import sharpness
+
+    m = yaml.safe_load(manifest(study).read_text())
+    m["flatness"]["metrics"] = []
+    m["flatness"].pop("surface")
+    m["predictors"] = {"data": "task.jsonl", "batch_size": 4, "num_batches": 1, "line": "0:1:2", "max_iter": 5,
+                       "metrics": ["delta_norm", "kl_base_tuned"]}
+    m["covariates"] = ["task_loss"]
+    p = study / "loss_only.yaml"
+    p.write_text(yaml.safe_dump(m))
+    monkeypatch.setattr(sharpness, "measure", lambda *a, **k: pytest.fail("no sharpness was asked"))
+    res = runner.run_manifest(p, tmp_path / "l.html")
+    assert res["metrics"] == ["delta_norm", "kl_base_tuned"]
+    for row in res["checkpoints"]:
+        r = CliRunner().invoke(cli, ["loss", row["path"], "--data", str(study / "task.jsonl"), "--batch-size", "4",
+                                     "--num-batches", "2", "--json"])
+        assert row["flatness"]["loss"] == pytest.approx(json.loads(r.stdout)["loss"], rel=1e-12), row["label"]
+        assert set(row["flatness"]) == {"loss", "delta_norm", "kl_base_tuned"}
+
+
 def test_cluster_bootstrap_of_tripled_rows_is_the_bootstrap_of_the_unique_rows():
     """Seed repeats are not independent checkpoints: with every row tripled and the copies grouped,
     the cluster bootstrap's intervals equal those of the 12 unique rows exactly (same draws of whole

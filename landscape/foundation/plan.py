@@ -216,21 +216,22 @@ def curvature(params, act, hvp_method: str, vectors: int, vector_itemsize: int, 
     return Plan("sharpness", parts, start, unit, {"hvp_method": hvp_method, "vectors": vectors})
 
 
-def predict(params, act, hvp_method: str, start: int) -> Plan:
+def predict(params, act, hvp_method: str, start: int, on_disk: bool = False) -> Plan:
     """Peak of `predict` per fine-tune (the tuned weights are freed once Δw is formed): Δw and H·Δw
     (float32, or the parameters' dtype when wider), the base weights saved for the line and for fd
-    products to restore from, and one HVP (fd: a streamed gradient; exact: its graph)."""
+    products to restore from, and one HVP (fd: a streamed gradient; exact: its graph). ``on_disk``: Δw
+    and the saved weights in temporary files (read a piece at a time): H·Δw is the one vector held."""
     ps = list(params)
     itemsize = max(4, max((p.element_size() for p in ps), default=4))
-    p = curvature(ps, act, hvp_method, 2, itemsize, start)
+    p = curvature(ps, act, hvp_method, 1 if on_disk else 2, itemsize, start, on_disk=(on_disk, on_disk))
     parts = {k: v for k, v in p.parts.items() if k != "fd_weight_copy"}
-    parts["base_copy"] = p.unit
+    parts["base_copy"] = 0 if on_disk else p.unit
     if P.is_half(ps):  # measured in a float32 view (params.widened): the originals are the base's copy
         parts.update(float32_view=2 * p.unit, base_copy=0, activations=2 * parts.get("activations", 0))
         for k in ("gradient_stream", "hvp_graph"):
             if k in parts:
                 parts[k] *= 2
-    return Plan("predict", parts, start, p.unit, {"hvp_method": hvp_method})
+    return Plan("predict", parts, start, p.unit, {"hvp_method": hvp_method, "vectors_on_disk": on_disk})
 
 
 def finetune(params, act: int, optimizer: str, start: int, bf16: bool = False, grad_accum: int = 1) -> Plan:

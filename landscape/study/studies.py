@@ -54,24 +54,40 @@ class StudySpec:
     # allocated goes back to the OS: in one process a 135M model's fine-tunes left the study holding
     # 21 GB (freed memory the allocator keeps, fragmented), and the plan refused the 14th fine-tune
     finetune_isolated: bool = False
+    # the precision the full fine-tunes train in (their weights, AdamW's moments: bf16 with stochastic
+    # rounding, as users train models that do not fit in float32); LoRA adapters train in float32 over
+    # the base's values. The base is then stored in it, so every checkpoint's weights lie on one grid;
+    # measurements load them in float32 (exact) and compute in float32.
+    dtype: str = "float32"
 
 
-def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, probe, progress: bool) -> str:
+def _finetuned(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, probe, dtype: str,
+               progress: bool) -> str:
     """Fine-tune unless ``out`` already holds this exact run (same base, data and config, and the
-    trajectory of the same probes when ``probe``, a ProbeConfig, is given)."""
+    trajectory of the same probes when ``probe``, a ProbeConfig, is given); an interrupted run of the
+    same settings (``out.partial`` with its saved state) is continued, any other one replaced."""
+    from landscape.foundation.errors import UserError
     from landscape.training.callback import LandscapeCallback
-    from landscape.training.finetune import finetune
+    from landscape.training.finetune import _has_state, finetune
 
-    if _done(base, base_fp, out, data, run, probe):
+    if _done(base, base_fp, out, data, run, probe, dtype):
         return "reused"
-    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)
-    finetune(base, data, out, run, load=LoadConfig(device="cpu"), progress=progress,
-             probe=LandscapeCallback(config=probe) if probe is not None else None)
+    partial = out.with_name(out.name + ".partial")
+    load = LoadConfig(device="cpu", dtype="float32" if run.lora else dtype)
+    callback = (lambda: LandscapeCallback(config=probe)) if probe is not None else (lambda: None)
+    if _has_state(partial):
+        try:
+            finetune(base, data, out, run.replace(resume=True), load=load, progress=progress, probe=callback())
+            return "resumed"
+        except UserError:  # another run's state (other settings): start this one afresh
+            pass
+    shutil.rmtree(partial, ignore_errors=True)
+    finetune(base, data, out, run, load=load, progress=progress, probe=callback())
     return "trained"
 
 
 def finetune_all(jobs: dict, workers: int, progress: bool, isolated: bool = False) -> dict:
-    """{label: "trained" | "reused"} for every job (the arguments of :func:`_finetuned` but progress):
+    """{label: "trained" | "resumed" | "reused"} for every job (the arguments of :func:`_finetuned` but progress):
     in this process; or side by side in ``workers`` one-thread processes; or (``isolated``) each in a
     fresh process of its own, with this process's threads. Pools are spawned (no forked torch state)
     and show one progress bar over the runs."""
@@ -98,7 +114,7 @@ def finetune_all(jobs: dict, workers: int, progress: bool, isolated: bool = Fals
     return {label: done[label] for label in order}
 
 
-def _done(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, probe) -> bool:
+def _done(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, probe, dtype: str = "float32") -> bool:
     """``out`` already holds this exact run (what :func:`_finetuned` would reuse)."""
     return _reusable(out, base_fp, run) and (probe is None or _trajectory_of(out, probe) is not None)
 
@@ -198,7 +214,7 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
                          spec.finetune.replace(optimizer=r["optimizer"], lr=r["lr"], max_steps=r["steps"],
                                                rho=r["rho"] or 0.05, lora=r["lora"], seed=r["seed"],
                                                eval_data=str(task / "eval.jsonl"), overwrite=True),
-                         probe if r["probed"] else None) for r in runs}
+                         probe if r["probed"] else None, spec.dtype) for r in runs}
     how = finetune_all(jobs, min(spec.finetune_workers, os.cpu_count() or 1), progress, spec.finetune_isolated)
     t_ft = time.perf_counter() - t0
     manifest = study_manifest(spec, out, root, runs, fast, base)
