@@ -97,6 +97,7 @@ def measure_predictors(ck, session, m: Manifest, store, base_fp: str, progress: 
     key = {**m.predictors.numbers(), "data": session.batches.fingerprint, "base": base_fp,
            "kl_data": session.kl_batches.fingerprint if session.kl_batches is not None else None,
            "version": landscape.__version__}
+    P.release_memory()  # the flatness graphs' freed pages, before the predictors' own
     fp = ck[0].fingerprint
     hit = store.get(fp, "predictors", key)
     if hit is not None:
@@ -161,12 +162,10 @@ def run_manifest(manifest: str | os.PathLike | Manifest, out_html: str | os.Path
     info = m.metric_info()
     rows = []
     for c in tqdm(m.checkpoints, desc="checkpoints", disable=not progress):
-        ck = checkpoint.load_checkpoint(c["path"], load)
-        fg = FG.compare(base_scores, FG.evaluate_checkpoint(ck, suites, store), suites)
-        flat = measure_flatness(ck, m, store, surface_dir, c["label"], progress)
-        P.release_memory()  # the flatness graphs' freed pages, before the predictors' own
-        fp, held = ck.fingerprint, [ck]
-        del ck  # the predictors drop it once Δw is formed
+        held = [checkpoint.load_checkpoint(c["path"], load)]  # the predictors drop it once Δw is formed
+        fp = held[0].fingerprint
+        fg = FG.compare(base_scores, FG.evaluate_checkpoint(held[0], suites, store), suites)
+        flat = measure_flatness(held[0], m, store, surface_dir, c["label"], progress)
         pred = measure_predictors(held, session, m, store, base_fp, progress) if session else None
         if pred:
             flat.update({k: pred["metrics"].get(k) for k in m.metrics if info[k]["kind"] == "predictor"})
