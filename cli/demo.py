@@ -14,8 +14,12 @@ from landscape.cli._common import GroupedCommand, emit, output_options, show_pro
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Study folder [default: runs/demo, runs/smollm2-study or runs/qwen2.5-coder-1.5b-study].")
 @click.option("--fast", is_flag=True, help="A shorter run (for CI).")
+@click.option("--lr-sweep", "sweep", is_flag=True,
+              help="Also run every method at 1/3, 1 and 3 times its learning rate and compare the methods at their "
+                   "best rate by task exact match, forgetting as the plain suite mean (Biderman et al. 2024), "
+                   "beside the matched comparisons (toy and smollm2).")
 @output_options
-def command(model, out, fast, as_json, quiet):
+def command(model, out, fast, sweep, as_json, quiet):
     """The paper's study end to end: fine-tune a base with AdamW, SAM and ASAM, measure flatness and
     forgetting, correlate, write an offline HTML report.
 
@@ -27,19 +31,30 @@ def command(model, out, fast, as_json, quiet):
     if model == "toy":
         from landscape.study.demo import run_demo
 
-        r = run_demo(out or "runs/demo", fast=fast, progress=show_progress(quiet))
+        r = run_demo(out or "runs/demo", fast=fast, progress=show_progress(quiet), sweep=sweep)
     elif model == "smollm2":
         from landscape.study.real import run_real
 
-        r = run_real(out or "runs/smollm2-study", fast=fast, progress=show_progress(quiet))
+        r = run_real(out or "runs/smollm2-study", fast=fast, progress=show_progress(quiet), sweep=sweep)
     else:
         from landscape.foundation.errors import UserError
         from landscape.study.real import run_real_1b
 
-        if fast:
-            raise UserError("--fast has no shorter 1.5B study (CI runs the SmolLM2 one)")
+        if fast or sweep:
+            raise UserError("the 1.5B study has no --fast or --lr-sweep (two hours already; CI runs the SmolLM2 one)")
         r = run_real_1b(out or "runs/qwen2.5-coder-1.5b-study", progress=show_progress(quiet))
-    emit(r, as_json, summary(r) + (across_summary(r) if r.get("second_task") else ""))
+    emit(r, as_json, summary(r) + (across_summary(r) if r.get("second_task") else "") + sweep_summary(r))
+
+
+def sweep_summary(r: dict) -> str:
+    if not r.get("lr_sweep"):
+        return ""
+    from landscape.study.sweep import sweep_lines
+
+    s = r["lr_sweep"]
+    trade = [f"  {c['line']}" for c in (s.get("tradeoff") or {}).get("pairs") or []]
+    return "\n".join(sweep_lines(s) + (["  over all the rates, at matched task EM:"] + trade if trade else [])
+                     + [f"  report: {s['report']}"])
 
 
 TABLE_PREDICTORS = ("delta_norm", "kappa_base", "quad_pred", "general_loss_increase")

@@ -68,10 +68,19 @@ def test_demo_fast_end_to_end(tmp_path):
     assert len(gone) == 2
     for label in gone:
         shutil.rmtree(out_dir / "ft" / label)
-    r2 = CliRunner().invoke(cli, ["demo", "--fast", "--out", str(out_dir), "--json", "--quiet"])
+    # (and the learning-rate sweep beside the study: each fast method at three rates, read at its best)
+    r2 = CliRunner().invoke(cli, ["demo", "--fast", "--lr-sweep", "--out", str(out_dir), "--json", "--quiet"])
+    assert r2.exit_code == 0, r2.output
     again = json.loads(r2.stdout)
     assert again["model"]["reused"] is True
     assert {k for k, v in again["finetunes"].items() if v != "reused"} == set(gone)
+    sweep = again["lr_sweep"]
+    assert set(sweep["methods"]) == {"adamw", "sam", "asam", "adamw-lora"} and len(sweep["finetunes"]) == 12
+    for fam, m in sweep["methods"].items():
+        assert len(m["rates"]) == 3 and m["best"] is not None, fam
+        assert m["best"]["task_exact_match"] == max(x["task_exact_match"] for x in m["rates"]), fam
+    assert {v["method"] for v in sweep["against_adamw"]} == {"sam", "asam", "adamw-lora"}
+    assert (out_dir / "sweep" / "report.html").is_file()
     assert {label: checkpoint.fingerprint(out_dir / "ft" / label) for label in gone} == gone
     assert again["ranking"] == out["ranking"] and again["comparisons"] == out["comparisons"]
     if chromium():

@@ -41,3 +41,53 @@ def test_a_study_continues_an_interrupted_finetune_and_replaces_another_runs_sta
     _cut_at_3(llama_dir, train, tmp_path / "other", run.replace(lr=2e-2))  # another setting's interrupted run
     assert _finetuned(*args(tmp_path / "other")) == "trained"
     assert checkpoint.fingerprint(tmp_path / "other") == want
+
+
+def test_the_lr_sweep_protocol_picks_each_methods_best_rate_by_task_em():
+    """Biderman et al. 2024's reading: a method at the rate that learns the task best (ties: the one
+    that forgets less), forgetting as the plain suite mean; a best rate at the grid's edge is flagged."""
+    from landscape.study.demo import TOY
+    from landscape.study.sweep import best_per_method, lr_sweep
+
+    spec = lr_sweep(TOY, fast=True)
+    fams = {(r[1], len(r) > 5) for r in spec.runs}
+    assert fams == {("adamw", False), ("sam", False), ("asam", False), ("adamw", True)}
+    sam = sorted(r[2] for r in spec.runs if r[1] == "sam")
+    assert sam == pytest.approx([1e-3 / 3, 1e-3, 3e-3], rel=0.02)  # the claim-carrying SAM run's rate (ρ 0.05)
+    assert all(r[4] == 0.05 for r in spec.runs if r[1] == "sam") and spec.probe is None and spec.predictors is None
+    assert spec.flatness["metrics"] == [] and spec.seeds == (0,)
+
+    def ck(fam, lr, em, suite_mean, average):
+        return {"label": f"{fam}-{lr}", "optimizer": fam, "lr": lr, "task_exact_match": em,
+                "forgetting": {"suite_mean": {"delta": suite_mean}, "average": {"delta": average}}}
+
+    r = best_per_method([ck("adamw", 1e-3, 0.9, 0.20, 0.25), ck("adamw", 3e-4, 0.5, 0.05, 0.06),
+                         ck("adamw", 3e-3, 0.9, 0.30, 0.31),  # ties with 1e-3 on EM, forgets more
+                         ck("sam", 1e-3, 0.7, 0.10, 0.12), ck("sam", 3e-3, 0.95, 0.28, 0.30)])
+    a, s = r["methods"]["adamw"], r["methods"]["sam"]
+    assert [x["lr"] for x in a["rates"]] == [3e-4, 1e-3, 3e-3]
+    assert a["best"]["lr"] == 1e-3 and a["best_at_edge"] is False
+    assert s["best"]["lr"] == 3e-3 and s["best_at_edge"] is True
+    (v,) = r["against_adamw"]
+    assert v["method"] == "sam" and v["forgetting_difference"] == pytest.approx(0.28 - 0.20)
+    assert "Biderman" in r["protocol"] and r["seeds"] == 1
+
+
+def test_a_trajectory_is_reused_from_another_checkout_of_the_same_data(tmp_path):
+    """The 1.5B study's probed fine-tunes (20 minutes each) are not retrained because the study runs
+    from another clone: data paths compare by their last three parts; other settings still differ."""
+    import json
+
+    from landscape.foundation.configs import ProbeConfig
+    from landscape.study.studies import _trajectory_of
+
+    def cfg(root, every=5):
+        return ProbeConfig(probe_every=every, probe_metrics=("forgetting", "task_loss"),
+                           probe_task_data=f"{root}/data/real/tasks/reverse/eval.jsonl",
+                           probe_suites=(f"{root}/data/real/suites",))
+
+    (tmp_path / "trajectory.json").write_text(json.dumps({"config": cfg("/tmp/wtq").as_dict(), "records": []}))
+    assert _trajectory_of(tmp_path, cfg("/work/main")) is not None
+    assert _trajectory_of(tmp_path, cfg("/work/main", every=10)) is None
+    other = ProbeConfig(**{**cfg("/work/main").as_dict(), "probe_suites": ("/work/main/data/suites",)})
+    assert _trajectory_of(tmp_path, other) is None

@@ -133,7 +133,8 @@ TOY = StudySpec(
 )
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress: bool = False) -> dict:
+def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress: bool = False,
+             sweep: bool = False) -> dict:
     """The main job on the embedded default: the paper's study at toy scale.
 
     1. build or reuse the demo base model (pretrained on the general corpus);
@@ -145,7 +146,12 @@ def run_demo(out: str | os.PathLike = "runs/demo", fast: bool = False, progress:
     4. compare SAM with AdamW at equal steps and at equal compute (means over seeds, Welch intervals)
        and every family at matched task exact match and, over the probes, at matched task loss. The
        numbers are reported as measured; ``landscape demo`` prints them as a table.
+    5. ``sweep``: also every method at ⅓×, 1× and 3× its rate, compared at its best one
+       (:mod:`landscape.study.sweep`, Biderman et al. 2024's protocol) under ``out/sweep``.
     """
+    from landscape.study.sweep import run_sweep
+
     out = Path(out)
     model = ensure_demo_model(out / "base", steps=800 if fast else DEMO_TRAIN["steps"], progress=progress)
-    return run_study(TOY, out / "base", out, data_dir(), model, fast=fast, progress=progress)
+    r = run_study(TOY, out / "base", out, data_dir(), model, fast=fast, progress=progress)
+    return {**r, "lr_sweep": run_sweep(TOY, out, data_dir(), model, fast, progress)} if sweep else r

@@ -142,17 +142,23 @@ def run_real_1b(out: str | os.PathLike = "runs/qwen2.5-coder-1.5b-study", progre
     return run_study(QWEN15, out / "base", out, real_data_dir(), model, progress=progress)
 
 
-def run_real(out: str | os.PathLike = "runs/smollm2-study", fast: bool = False, progress: bool = False) -> dict:
+def run_real(out: str | os.PathLike = "runs/smollm2-study", fast: bool = False, progress: bool = False,
+             sweep: bool = False) -> dict:
     """The study on SmolLM2-135M: the base converted into ``out/base`` (reused), the reversal fine-tunes
     under ``out/ft`` (report ``out/report.html``), the JSON task's under ``out/json`` (its report
     ``out/json/report.html``; one results store, so the base is scored once), and how the two tasks
-    agree. ``fast`` (CI): the reversal task's three settings at one seed, no probes."""
+    agree. ``fast`` (CI): the reversal task's three settings at one seed, no probes. ``sweep``: also
+    the reversal task's learning-rate sweep per method (:mod:`landscape.study.sweep`)."""
     from landscape.foundation.convert import ensure_smollm2
     from landscape.study.studies import across_tasks
 
     out = Path(out)
     model = ensure_smollm2(out / "base")
     first = run_study(REAL, out / "base", out, real_data_dir(), model, fast=fast, progress=progress)
+    if sweep:  # the reversal task's methods at ⅓×, 1×, 3× their rates (landscape.study.sweep)
+        from landscape.study.sweep import run_sweep
+
+        first["lr_sweep"] = run_sweep(REAL, out, real_data_dir(), model, fast, progress)
     if fast:
         return first
     second = run_study(REAL_JSON, out / "base", out / "json", real_data_dir(), model, progress=progress,

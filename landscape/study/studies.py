@@ -147,7 +147,21 @@ def _trajectory_of(out: Path, probe) -> dict | None:
         doc = json.loads((out / "trajectory.json").read_text())
     except (ValueError, OSError):
         return None
-    return doc if doc.get("config") == probe.as_dict() else None
+    return doc if _portable(doc.get("config")) == _portable(probe.as_dict()) else None
+
+
+PROBE_PATHS = ("probe_data", "probe_task_data", "probe_suites")
+
+
+def _portable(cfg: dict | None) -> dict | None:
+    """A probe config with its data paths cut to their last three parts (``data/real/suites``): a study
+    run from another checkout of the same data (a worktree, a moved clone) reuses its trajectories —
+    as its fine-tunes are reused by their settings, not by where the data lay."""
+    if not isinstance(cfg, dict):
+        return cfg
+    cut = lambda p: "/".join(Path(p).parts[-3:]) if isinstance(p, str) else p  # noqa: E731
+    return {k: ([cut(x) for x in v] if isinstance(v, (list, tuple)) else cut(v)) if k in PROBE_PATHS else v
+            for k, v in cfg.items()}
 
 
 def probe_config(spec: StudySpec, root: Path, fast: bool):
