@@ -343,6 +343,13 @@ def test_no_flatness_metrics_measures_the_task_loss_alone(study, tmp_path, monke
                                      "--num-batches", "2", "--json"])
         assert row["flatness"]["loss"] == pytest.approx(json.loads(r.stdout)["loss"], rel=1e-12), row["label"]
         assert set(row["flatness"]) == {"loss", "delta_norm", "kl_base_tuned"}
+    # no metric at all (a learning-rate sweep: forgetting and the task loss only): the report still writes
+    m.pop("predictors")
+    m["covariates"] = []
+    p.write_text(yaml.safe_dump(m))
+    res = runner.run_manifest(p, tmp_path / "none.html")
+    assert res["metrics"] == [] and res["ranking"] == [] and (tmp_path / "none.html").is_file()
+    assert all(r["flatness"]["loss"] > 0 for r in res["checkpoints"])
 
 
 def test_cluster_bootstrap_of_tripled_rows_is_the_bootstrap_of_the_unique_rows():

@@ -459,7 +459,7 @@ def correlation_report(result: dict, out: str | os.PathLike) -> Path:
                        + [_fmt(r["flatness"].get(m)) for m in metrics]
                        + [_fmt(fg["average"]["delta"] if fg["average"] else None)]
                        + [_fmt(fg["categories"].get(c, {}).get("delta")) for c in cats])
-    figs = [("Flatness against forgetting", scatter_figure(result))]
+    figs = [("Flatness against forgetting", scatter_figure(result))] if metrics else []  # a sweep measures none
     pf = predicted_figure(result)
     if pf is not None:
         figs.append(("Predicted vs measured forgetting (general loss at the base along Δw)", pf))

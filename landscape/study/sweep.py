@@ -95,11 +95,11 @@ def sweep_lines(r: dict) -> list[str]:
     """The sweep's printed summary: each method's rates and its best, then each against AdamW."""
     lines = ["", f"learning-rate sweep ({r['protocol']}; one seed, so each best rate is a point, not an interval):"]
     for fam, m in r["methods"].items():
-        rates = ", ".join(f"{x['lr']:g}: EM {x['task_exact_match']:.2f} forget {x['suite_mean']:+.3f}"
+        rates = ", ".join(f"{_rate(x['lr'])}: EM {x['task_exact_match']:.2f} forget {x['suite_mean']:+.3f}"
                           for x in m["rates"] if x["task_exact_match"] is not None and x["suite_mean"] is not None)
         b = m["best"]
         edge = " (at the edge of the grid: the best rate may lie beyond it)" if m["best_at_edge"] else ""
-        lines.append(f"  {fam:<11} {rates}" + (f"  → best lr {b['lr']:g}{edge}" if b else ""))
+        lines.append(f"  {fam:<11} {rates}" + (f"  → best lr {_rate(b['lr'])}{edge}" if b else ""))
     for v in r["against_adamw"]:
         lines.append(f"  {v['method']} vs adamw at their best rates: forgetting difference {v['forgetting_difference']:+.3f} "
                      f"(task EM {v['task_exact_match'][0]:.2f} vs {v['task_exact_match'][1]:.2f})")

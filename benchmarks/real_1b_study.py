@@ -1,0 +1,66 @@
+"""The 1.5B study's table in the manual, from a committed result: a saved
+`landscape demo --model qwen2.5-coder-1.5b --json` output (two hours on 2 cores: not rerun here), kept
+with the command, the versions, the machine, its wall time and peak memory.
+
+    python benchmarks/real_1b_study.py --from q1b.json --wall-seconds S --peak-rss-gb G [--note TEXT]
+    python benchmarks/real_1b_study.py --table-only      # re-render the block from the committed JSON
+
+Writes benchmarks/results_real_1b_study.json and the block between the ``real-1b-table`` markers of
+docs/results/real-1b-study.md (tests/test_docs.py checks the block against this rendering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.demo_study import environment, slim  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results_real_1b_study.json"
+COMMAND = ["landscape", "demo", "--model", "qwen2.5-coder-1.5b", "--json"]
+
+
+def table(data: dict) -> str:
+    """The provenance line, then the summary exactly as `landscape demo` prints it."""
+    from landscape.cli.demo import summary
+
+    env = data["environment"]
+    head = (f"Measured {data['date']} on {env['machine']} (torch {env['torch']}, transformers "
+            f"{env['transformers']}, Python {env['python']}, landscape {env['landscape']}): "
+            f"`{' '.join(data['command'])}`; {data['wall_seconds'] / 60:.0f} min wall in all, peak RSS "
+            f"{data['peak_rss_gb']} GB. {data.get('note') or ''} Rendered from "
+            "`benchmarks/results_real_1b_study.json` by `python benchmarks/real_1b_study.py --table-only`.")
+    return head.replace("  ", " ") + "\n\n```\n" + summary(data["result"]) + "\n```"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--from", dest="source", help="a saved `landscape demo --model qwen2.5-coder-1.5b --json` output")
+    ap.add_argument("--wall-seconds", type=float, help="the run's wall time (all its invocations)")
+    ap.add_argument("--peak-rss-gb", type=float, help="the run's peak RSS")
+    ap.add_argument("--note", default="", help="how the run went (interruptions, resumes)")
+    ap.add_argument("--table-only", action="store_true")
+    a = ap.parse_args(argv)
+    if a.table_only:
+        data = json.loads(OUT.read_text())
+    else:
+        if not (a.source and a.wall_seconds and a.peak_rss_gb):
+            ap.error("--from, --wall-seconds and --peak-rss-gb are required (or --table-only)")
+        result = json.loads(Path(a.source).read_text())
+        data = {"date": time.strftime("%Y-%m-%d"), "command": COMMAND, "wall_seconds": a.wall_seconds,
+                "peak_rss_gb": a.peak_rss_gb, "note": a.note, "environment": environment(), "result": slim(result)}
+        OUT.write_text(json.dumps(data, indent=1) + "\n")
+    from benchmarks._readme import replace_block
+
+    replace_block("real-1b-table", table(data))
+    return data
+
+
+if __name__ == "__main__":
+    main()
