@@ -5,7 +5,7 @@ import pytest
 
 from landscape.foundation import checkpoint
 from landscape.foundation.configs import FinetuneConfig, LoadConfig
-from landscape.study.studies import _finetuned
+from landscape.study.studies import _done, _finetuned
 from landscape.training.finetune import finetune
 from tests.conftest import write_jsonl
 
@@ -32,6 +32,8 @@ def test_a_study_continues_an_interrupted_finetune_and_replaces_another_runs_sta
     assert _finetuned(*args(tmp_path / "full")) == "trained"
     want = checkpoint.fingerprint(tmp_path / "full")
     assert _finetuned(*args(tmp_path / "full")) == "reused"
+    bf16 = (llama_dir, fp, tmp_path / "full", train, run, None, "bfloat16", False)
+    assert _done(*bf16[:7]) is False  # trained in float32: not the bf16 study's run
 
     _cut_at_3(llama_dir, train, tmp_path / "cut", run)
     assert _finetuned(*args(tmp_path / "cut")) == "resumed"

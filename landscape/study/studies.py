@@ -116,7 +116,7 @@ def finetune_all(jobs: dict, workers: int, progress: bool, isolated: bool = Fals
 
 def _done(base: Path, base_fp: str, out: Path, data: Path, run: FinetuneConfig, probe, dtype: str = "float32") -> bool:
     """``out`` already holds this exact run (what :func:`_finetuned` would reuse)."""
-    return _reusable(out, base_fp, run) and (probe is None or _trajectory_of(out, probe) is not None)
+    return _reusable(out, base_fp, run, dtype) and (probe is None or _trajectory_of(out, probe) is not None)
 
 
 def _one_thread() -> None:
@@ -129,14 +129,15 @@ def _threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _reusable(out: Path, base_fp: str, run: FinetuneConfig) -> bool:
+def _reusable(out: Path, base_fp: str, run: FinetuneConfig, dtype: str = "float32") -> bool:
     try:
         have = json.loads((out / "finetune_config.json").read_text())
         # the settings that change the weights (not where the eval file lies); a setting added after
-        # that run was written had its default then
+        # that run was written had its default then; and the precision it trained in
         keys = {**run.numbers(), **({"eval_fraction": run.eval_fraction} if run.eval_data is None else {})}
         theirs = {**FinetuneConfig().as_dict(), **have["settings"]}
-        return {k: theirs[k] for k in keys} == keys and have["base_fingerprint"] == base_fp
+        return ({k: theirs[k] for k in keys} == keys and have["base_fingerprint"] == base_fp
+                and have.get("dtype", "float32") == ("float32" if run.lora else dtype))
     except (ValueError, KeyError, OSError):
         return False
 
