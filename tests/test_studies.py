@@ -1,6 +1,8 @@
 """A study's fine-tunes: an interrupted one is continued from its saved state (a 1.5B fine-tune is
 20 minutes of a study), an interrupted run of other settings is replaced, a finished one reused."""
 
+from pathlib import Path
+
 import pytest
 
 from landscape.foundation import checkpoint
@@ -93,3 +95,33 @@ def test_a_trajectory_is_reused_from_another_checkout_of_the_same_data(tmp_path)
     assert _trajectory_of(tmp_path, cfg("/work/main", every=10)) is None
     other = ProbeConfig(**{**cfg("/work/main").as_dict(), "probe_suites": ("/work/main/data/suites",)})
     assert _trajectory_of(tmp_path, other) is None
+
+
+def test_the_manifest_names_the_data_roots_files(tmp_path):
+    """A study's predictors read the general text and the KL's task data from the data root (the
+    1.5B study's first run stopped after 95 minutes of fine-tunes: kl_data was read from the study folder)."""
+    import yaml
+
+    from landscape.foundation.data import real_data_dir
+    from landscape.study.real import QWEN15
+    from landscape.study.studies import expand, study_manifest
+
+    root = real_data_dir()
+    m = yaml.safe_load(study_manifest(QWEN15, tmp_path, root, expand(QWEN15, False), False, tmp_path / "base").read_text())
+    for k in ("data", "kl_data"):
+        assert Path(m["predictors"][k]).is_file(), k
+    assert m["flatness"]["metrics"] == [] and len(m["checkpoints"]) == 4
+
+
+def test_a_study_with_a_missing_data_file_stops_before_any_fine_tune(tmp_path):
+    from dataclasses import replace
+
+    from landscape.foundation.data import real_data_dir
+    from landscape.foundation.errors import UserError
+    from landscape.study.real import QWEN15
+    from landscape.study.studies import run_study
+
+    bad = replace(QWEN15, predictors={**QWEN15.predictors, "kl_data": "tasks/reverse/missing.jsonl"})
+    with pytest.raises(UserError, match="missing.jsonl: no such data file"):
+        run_study(bad, tmp_path / "base", tmp_path, real_data_dir(), {})
+    assert not (tmp_path / "ft").exists()

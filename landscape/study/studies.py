@@ -207,8 +207,9 @@ def study_manifest(spec: StudySpec, out: Path, root: Path, runs: list[dict], fas
                           "seed": r["seed"], "setting": r["setting"]} for r in runs],
          "bootstrap": 2000}
     if spec.predictors:
-        m["predictors"] = {**spec.predictors, **(spec.fast_predictors if fast else {}),
-                           "data": str(root / spec.predictors["data"])}
+        pr = {**spec.predictors, **(spec.fast_predictors if fast else {})}
+        # the data files are the data root's, not the study folder's (where the manifest lies)
+        m["predictors"] = {**pr, **{k: str(root / pr[k]) for k in ("data", "kl_data") if pr.get(k)}}
         m["covariates"] = list(spec.covariates)
     return write_text(out / "manifest.yaml", yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
 
@@ -222,6 +223,7 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
     from landscape.study.runner import run_manifest
 
     t0 = time.perf_counter()
+    _check_data(spec, root)
     runs = expand(spec, fast)
     base_fp = checkpoint.fingerprint(base)  # hashed once, not once per fine-tune
     task, probe = root / spec.task_dir, probe_config(spec, root, fast)
@@ -248,6 +250,18 @@ def run_study(spec: StudySpec, base: Path, out: Path, root: Path, model: dict, f
             "comparisons": comparisons(spec, res), "tradeoff": study_tradeoff(spec, res["checkpoints"]),
             "trajectories": trajectories(spec, out, runs, probe),
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _check_data(spec: StudySpec, root: Path) -> None:
+    """Every data file the study reads exists — checked before hours of fine-tunes, not after."""
+    from landscape.foundation.errors import DataError
+
+    pr = spec.predictors or {}
+    files = [root / spec.task_dir / "train.jsonl", root / spec.task_dir / "eval.jsonl", root / spec.suites,
+             *(root / pr[k] for k in ("data", "kl_data") if pr.get(k))]
+    for f in files:
+        if not f.exists():
+            raise DataError(f"{f}: no such data file (study {spec.name})")
 
 
 PAIRS = (("sam", "adamw"), ("asam", "adamw"), ("adamw-lora", "adamw"), ("sam-lora", "adamw-lora"))
