@@ -4,6 +4,7 @@ with the command, the versions, the machine, its wall time and peak memory.
 
     python benchmarks/real_1b_study.py --from q1b.json --wall-seconds S --peak-rss-gb G [--note TEXT]
     python benchmarks/real_1b_study.py --table-only      # re-render the block from the committed JSON
+    python benchmarks/real_1b_study.py --trajectories runs/qwen2.5-coder-1.5b-study   # the fine-tunes alone
 
 Writes benchmarks/results_real_1b_study.json and the block between the ``real-1b-table`` markers of
 docs/results/real-1b-study.md (tests/test_docs.py checks the block against this rendering).
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.demo_study import environment, slim  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results_real_1b_study.json"
+TRAJECTORIES = ROOT / "benchmarks" / "results_real_1b_trajectories.json"
 COMMAND = ["landscape", "demo", "--model", "qwen2.5-coder-1.5b", "--json"]
 
 
@@ -39,6 +41,25 @@ def table(data: dict) -> str:
     return head.replace("  ", " ") + "\n\n```\n" + summary(data["result"]) + "\n```"
 
 
+def trajectories(study: Path) -> dict:
+    """Each fine-tune of the study folder: its settings, training summary and probe records (what the
+    fine-tunes show before — or without — the checkpoints' measurements)."""
+    runs = {}
+    for d in sorted((study / "ft").iterdir()):
+        if not (d / "training_log.json").is_file():
+            continue
+        log, cfg = (json.loads((d / f).read_text()) for f in ("training_log.json", "finetune_config.json"))
+        traj = json.loads((d / "trajectory.json").read_text()) if (d / "trajectory.json").is_file() else {}
+        keep = ("optimizer", "lr", "rho", "max_steps", "batch_size", "max_length", "lora", "seed")
+        runs[d.name] = {"settings": {k: cfg["settings"][k] for k in keep}, "dtype": cfg.get("dtype"),
+                        "summary": {k: log["summary"].get(k) for k in ("train_loss_first", "train_loss_last",
+                                                                        "eval_loss", "seconds", "update_rounding")},
+                        "records": [{k: v for k, v in r.items() if not k.startswith("forgetting/")}
+                                    for r in traj.get("records", [])]}
+    return {"date": time.strftime("%Y-%m-%d"), "command": ["python", "benchmarks/real_1b_study.py", "--trajectories",
+                                                             str(study)], "environment": environment(), "runs": runs}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--from", dest="source", help="a saved `landscape demo --model qwen2.5-coder-1.5b --json` output")
@@ -46,7 +67,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--peak-rss-gb", type=float, help="the run's peak RSS")
     ap.add_argument("--note", default="", help="how the run went (interruptions, resumes)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--trajectories", type=Path, help="a study folder: write its fine-tunes' records alone")
     a = ap.parse_args(argv)
+    if a.trajectories:
+        data = trajectories(a.trajectories)
+        TRAJECTORIES.write_text(json.dumps(data, indent=1) + "\n")
+        return data
     if a.table_only:
         data = json.loads(OUT.read_text())
     else:
