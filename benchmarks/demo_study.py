@@ -67,14 +67,19 @@ def environment() -> dict:
             "machine": f"{cpu}, {os.cpu_count()} cores", "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
+def measured(data: dict) -> str:
+    """"Measured DATE on MACHINE (versions): `COMMAND`" — the start of a study table's provenance line."""
+    env = data["environment"]
+    return (f"Measured {data['date']} on {env['machine']} (torch {env['torch']}, transformers "
+            f"{env['transformers']}, Python {env['python']}, landscape {env['landscape']}): "
+            f"`{' '.join(data['command'])}`")
+
+
 def table(data: dict) -> str:
     """The block: the provenance line, then the table exactly as `landscape demo` printed it."""
     from landscape.cli.demo import summary
 
-    env = data["environment"]
-    head = (f"Measured {data['date']} on {env['machine']} (torch {env['torch']}, transformers "
-            f"{env['transformers']}, Python {env['python']}, landscape {env['landscape']}): "
-            f"`{' '.join(data['command'])}` on {data['started_from']}; {data['wall_seconds']:.0f} s "
+    head = (f"{measured(data)} on {data['started_from']}; {data['wall_seconds']:.0f} s "
             f"wall, peak RSS {data['peak_rss_gb']} GB. Rendered from `benchmarks/results_demo.json` by "
             "`python benchmarks/demo_study.py --table-only`.")
     return head + "\n\n```\n" + summary(data["result"]) + "\n```"

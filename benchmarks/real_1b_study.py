@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.demo_study import environment, slim  # noqa: E402
+from benchmarks.demo_study import environment, measured, slim  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results_real_1b_study.json"
 TRAJECTORIES = ROOT / "benchmarks" / "results_real_1b_trajectories.json"
@@ -32,10 +32,7 @@ def table(data: dict) -> str:
     """The provenance line, then the summary exactly as `landscape demo` prints it."""
     from landscape.cli.demo import summary
 
-    env = data["environment"]
-    head = (f"Measured {data['date']} on {env['machine']} (torch {env['torch']}, transformers "
-            f"{env['transformers']}, Python {env['python']}, landscape {env['landscape']}): "
-            f"`{' '.join(data['command'])}`; {data['wall_seconds'] / 60:.0f} min wall in all, peak RSS "
+    head = (f"{measured(data)}; {data['wall_seconds'] / 60:.0f} min wall in all, peak RSS "
             f"{data['peak_rss_gb']} GB. {data.get('note') or ''} Rendered from "
             "`benchmarks/results_real_1b_study.json` by `python benchmarks/real_1b_study.py --table-only`.")
     return head.replace("  ", " ") + "\n\n```\n" + summary(data["result"]) + "\n```"
