@@ -76,6 +76,17 @@ def test_shared_context_scoring_equals_scoring_every_pair(tiny_ckpts, arch):
     pairwise = [FG.continuation_logprobs(ck.model, [(ctx, c) for c in conts]) for ctx, conts in groups]
     for a, b in zip(shared, pairwise):
         assert a == pytest.approx(b, abs=1e-5)
+    if arch == "llama":  # the same through a PEFT wrapper (its forward takes **kwargs), with no deprecation warning
+        import warnings
+
+        from peft import LoraConfig, get_peft_model
+
+        lora = get_peft_model(ck.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            wrapped = FG.choice_logprobs(lora, groups, batch_size=2)
+        for a, b in zip(wrapped, pairwise):  # LoRA's B starts at zero: the base's values
+            assert a == pytest.approx(b, abs=1e-5)
 
 
 def test_length_normalisation_changes_the_pick_where_it_should(monkeypatch):

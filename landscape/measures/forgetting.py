@@ -291,7 +291,8 @@ def _shared_context_batch(model, groups) -> list[list[float]]:
         mask[r, Lc - len(ctx):] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    accepts = inspect.signature(model.forward).parameters
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper takes **kwargs
+    accepts = inspect.signature(inner.forward).parameters
     keep = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
     cache_kw = "cache" if "cache" in accepts else "past_key_values"  # transformers renamed it in 5.x
     res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **keep)  # (B, 1, V) logits
