@@ -64,7 +64,16 @@ def environment() -> dict:
                 if ln.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
     return {"landscape": landscape.__version__, "torch": torch.__version__.split("+")[0],
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "machine": f"{cpu}, {os.cpu_count()} cores", "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+            "machine": f"{cpu}, {os.cpu_count()} cores", "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": _cpu_flags()}
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features that decide how bf16 products round (two CPUs gave different bf16 runs)."""
+    info = Path("/proc/cpuinfo")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.read_text().splitlines() if ln.startswith("flags")),
+                 []) if info.exists() else []
+    return sorted(set(flags) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"})
 
 
 def measured(data: dict) -> str:

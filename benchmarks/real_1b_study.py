@@ -4,7 +4,8 @@ with the command, the versions, the machine, its wall time and peak memory.
 
     python benchmarks/real_1b_study.py --from q1b.json --wall-seconds S --peak-rss-gb G [--note TEXT]
     python benchmarks/real_1b_study.py --table-only      # re-render the block from the committed JSON
-    python benchmarks/real_1b_study.py --trajectories runs/qwen2.5-coder-1.5b-study   # the fine-tunes alone
+    python benchmarks/real_1b_study.py --trajectories runs/qwen2.5-coder-1.5b-study [--trajectories-out F]
+        # the fine-tunes alone
 
 Writes benchmarks/results_real_1b_study.json and the block between the ``real-1b-table`` markers of
 docs/results/real-1b-study.md (tests/test_docs.py checks the block against this rendering).
@@ -65,10 +66,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--note", default="", help="how the run went (interruptions, resumes)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--trajectories", type=Path, help="a study folder: write its fine-tunes' records alone")
+    ap.add_argument("--trajectories-out", type=Path, default=TRAJECTORIES, help="where --trajectories writes")
     a = ap.parse_args(argv)
     if a.trajectories:
         data = trajectories(a.trajectories)
-        TRAJECTORIES.write_text(json.dumps(data, indent=1) + "\n")
+        if a.trajectories_out != TRAJECTORIES:
+            data["command"] += ["--trajectories-out", str(a.trajectories_out)]
+        a.trajectories_out.write_text(json.dumps(data, indent=1) + "\n")
         return data
     if a.table_only:
         data = json.loads(OUT.read_text())

@@ -128,7 +128,8 @@ def test_shell_quick_start_runs(page, workspace):
                                                  ("bench-real", "real", "results_real.json"),
                                                  ("probe-cost", "probe", "results_probe.json"),
                                                  ("gpu-plans", "gpu_plans", "results_gpu_plans.json"),
-                                                 ("demo-table", "demo_study", "results_demo.json")])
+                                                 ("demo-table", "demo_study", "results_demo.json"),
+                                                 ("scales-table", "scales", "results_scales.json")])
 def test_result_tables_in_the_manual_are_rendered_from_the_committed_json(name, script, results):
     """A measured figure lives in benchmarks/*.json; the page shows exactly what the script renders from
     it (``--table-only`` rewrites the block), so a table cannot drift from its numbers."""
@@ -140,3 +141,13 @@ def test_result_tables_in_the_manual_are_rendered_from_the_committed_json(name, 
     text = next(p.read_text() for p in PAGES if f"<!-- {name}:start -->" in p.read_text())
     block = text[text.index(f"<!-- {name}:start -->") + len(f"<!-- {name}:start -->"):text.index(f"<!-- {name}:end -->")]
     assert block.strip() == mod.table(data).strip()
+
+
+def test_the_scales_table_gathers_the_studies_committed_results():
+    """benchmarks/results_scales.json is exactly what benchmarks/scales.py gathers from the three studies'
+    committed results (a study rerun without regathering fails here)."""
+    import json
+
+    from benchmarks import scales
+
+    assert json.loads(json.dumps(scales.gather(), ensure_ascii=False)) == json.loads(scales.OUT.read_text())
