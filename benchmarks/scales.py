@@ -62,8 +62,8 @@ def _small_n(result: dict) -> dict:
     from scipy.stats import spearmanr
 
     cks = result["checkpoints"]
-    forget = [c["forgetting"]["average"] for c in cks]
-    metrics = sorted({m for c in cks for m, v in c["flatness"].items() if isinstance(v, (int, float))})
+    forget = [c["forgetting"]["average"]["delta"] for c in cks]
+    metrics = sorted({m for c in cks for m, v in c["flatness"].items() if isinstance(v, (int, float)) and m in COST})
     out = {}
     for m in metrics:
         xs = [c["flatness"].get(m) for c in cks]

@@ -99,7 +99,7 @@ def summary(r: dict) -> str:
     metrics = [m for m in r["metrics"] if info.get(m, {}).get("kind") != "predictor" or m in TABLE_PREDICTORS]
     made = f"{s['steps']} steps, " if "steps" in s else f"from {s.get('quantization')} GGUF, "
     lines = [f"{'demo ' if r.get('study') == 'toy' else ''}base model: {r['base']} ({s['n_params']:,} parameters, {made}"
-             f"{'reused' if s['reused'] else 'built in %s s' % s.get('seconds', '?')})",
+             f"{'reused' if s['reused'] else 'built in %s s' % s['seconds'] if 'seconds' in s else 'built'})",
              f"fine-tunes on '{r['task']}': {sum(v in ('trained', 'resumed') for v in how.values())} trained, "
              f"{sum(v == 'reused' for v in how.values())} reused ({r['finetune_seconds']:.0f} s)", "",
              f"{'checkpoint':<24} {'task EM':>7} {'forget':>7} " + " ".join(f"{m[:12]:>12}" for m in metrics)]

@@ -129,7 +129,8 @@ def test_shell_quick_start_runs(page, workspace):
                                                  ("probe-cost", "probe", "results_probe.json"),
                                                  ("gpu-plans", "gpu_plans", "results_gpu_plans.json"),
                                                  ("demo-table", "demo_study", "results_demo.json"),
-                                                 ("scales-table", "scales", "results_scales.json")])
+                                                 ("scales-table", "scales", "results_scales.json"),
+                                                 ("real-1b-table", "real_1b_study", "results_real_1b_study.json")])
 def test_result_tables_in_the_manual_are_rendered_from_the_committed_json(name, script, results):
     """A measured figure lives in benchmarks/*.json; the page shows exactly what the script renders from
     it (``--table-only`` rewrites the block), so a table cannot drift from its numbers."""
