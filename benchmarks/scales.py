@@ -40,41 +40,17 @@ FLATNESS = {"lambda_max", "trace", "sam", "eps", "avg", "surface_curvature", "av
 
 
 def _where(m: str) -> str:
+    """Where (the library's own label, PREDICTOR_METRICS) and on what data each metric is measured."""
+    from landscape.foundation.configs import PREDICTOR_METRICS
+
     if m in FLATNESS:
         return "tuned, task"
-    if m.endswith("_task"):
-        return "base→tuned, task"
-    if m.endswith("_tuned") and not m.startswith("kl_"):
-        return "tuned, general"
-    return "base→tuned, general" if m.startswith(("kl_", "delta_", "general_")) else "base, general"
+    return f"{PREDICTOR_METRICS[m][0]}, {'task' if m.endswith('_task') else 'general'}"
 
 
 def _rows(ranking: list[dict]) -> dict:
     return {r["metric"]: {"rho": r.get("spearman"), "ci": r.get("ci"), "p": r.get("p"), "n": r.get("n")}
             for r in ranking}
-
-
-def _small_n(result: dict) -> dict:
-    """Spearman ρ of each metric with average forgetting over a study too small for intervals, with its
-    exact permutation p-value (every ordering of n checkpoints; n = 4: 24)."""
-    from itertools import permutations
-
-    from scipy.stats import spearmanr
-
-    cks = result["checkpoints"]
-    forget = [c["forgetting"]["average"]["delta"] for c in cks]
-    metrics = sorted({m for c in cks for m, v in c["flatness"].items() if isinstance(v, (int, float)) and m in COST})
-    out = {}
-    for m in metrics:
-        xs = [c["flatness"].get(m) for c in cks]
-        if any(x is None for x in xs) or len(set(forget)) < 2 or len(set(xs)) < 2:
-            out[m] = {"rho": None, "n": len(xs), "why": "constant or missing"}
-            continue
-        rho = float(spearmanr(xs, forget).statistic)
-        perms = [float(spearmanr(xs, list(p)).statistic) for p in permutations(forget)]
-        p = sum(abs(r) >= abs(rho) - 1e-12 for r in perms) / len(perms)
-        out[m] = {"rho": rho, "ci": None, "p": p, "n": len(xs)}
-    return out
 
 
 def gather() -> dict:
@@ -88,8 +64,8 @@ def gather() -> dict:
                              "rows": _rows(mid["rankings"]["reverse"])},
             "135m-json": {"label": "SmolLM2-135M (JSON)", "date": mid["date"], "rows": _rows(mid["rankings"]["json"])}}
     if big is not None:
-        cols["1.5b"] = {"label": "Qwen2.5-1.5B (reversal, bf16)", "date": big["date"],
-                        "rows": _small_n(big["result"])}
+        cols["1.5b"] = {"label": "Qwen2.5-1.5B (reversal, bf16)", "date": big["date"],  # n = 4: exact p, no interval
+                        "rows": _rows(big["result"]["ranking"])}
     return {"sources": SOURCES, "columns": cols}
 
 
