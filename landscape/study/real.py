@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from landscape.foundation.configs import FinetuneConfig
@@ -111,6 +112,20 @@ QWEN15 = StudySpec(
 )
 
 
+# --lr-sweep: each method one step up the half-decade grid (1e-5, 3e-5, 1e-4 for the full fine-tunes,
+# 3e-4, 1e-3 for LoRA; chosen before any result), toward the rates that forget: AdamW at 1e-5, 3e-5 and
+# 1e-4, SAM and LoRA at two rates each, all measured like the first four (seven checkpoints: the
+# rankings get bootstrap intervals), and a second SAM-vs-AdamW pair at the same rate. About 70 minutes
+# more on 2 cores. Unlike the SmolLM2 sweep it shares the study's store, measurements and ranking.
+QWEN15_SWEEP = replace(
+    QWEN15, name="qwen2.5-coder-1.5b-sweep",
+    runs=QWEN15.runs + (("adamw-lr1e-4", "adamw", 1e-4, QWEN15_STEPS, None),
+                        ("lora-adamw-r8-lr1e-3", "adamw", 1e-3, QWEN15_STEPS, None, 8),
+                        ("sam-rho0.05-lr1e-4", "sam", 1e-4, QWEN15_STEPS, 0.05)),
+    comparisons=QWEN15.comparisons + (("sam-rho0.05-lr1e-4", "adamw-lr1e-4", f"equal steps ({QWEN15_STEPS}), lr 1e-4"),),
+    seeded=QWEN15.seeded + ("adamw-lr1e-4", "lora-adamw-r8-lr1e-3", "sam-rho0.05-lr1e-4"))
+
+
 def cast_base(src: Path, out: Path, dtype: str, model: dict) -> dict:
     """``src``'s weights rounded to ``dtype`` in ``out`` (the study's base: the fine-tunes train in that
     precision, so the base's weights lie on their grid); reused when its record names the same source
@@ -129,17 +144,24 @@ def cast_base(src: Path, out: Path, dtype: str, model: dict) -> dict:
     return {**want, "reused": False}
 
 
-def run_real_1b(out: str | os.PathLike = "runs/qwen2.5-coder-1.5b-study", progress: bool = False) -> dict:
+def run_real_1b(out: str | os.PathLike = "runs/qwen2.5-coder-1.5b-study", progress: bool = False,
+                sweep: bool = False) -> dict:
     """The study on Qwen2.5-Coder-1.5B: the base converted into ``out/base-float32`` (reused), rounded to
     bf16 in ``out/base``, the fine-tunes under ``out/ft``, the report ``out/report.html``. Every stage
     resumes from what it left: finished fine-tunes and measurements are reused, an interrupted
-    fine-tune continues from its last saved step."""
+    fine-tune continues from its last saved step. ``sweep``: the design with each method one rate
+    further (:data:`QWEN15_SWEEP`), read also the Biderman way (``lr_sweep``)."""
     from landscape.foundation.convert import ensure_qwen15
 
     out = Path(out)
     model = ensure_qwen15(out / "base-float32")
     model = {**cast_base(out / "base-float32", out / "base", QWEN15.dtype, model), "model": "Qwen2.5-Coder-1.5B-Instruct"}
-    return run_study(QWEN15, out / "base", out, real_data_dir(), model, progress=progress)
+    r = run_study(QWEN15_SWEEP if sweep else QWEN15, out / "base", out, real_data_dir(), model, progress=progress)
+    if sweep:
+        from landscape.study.sweep import best_per_method
+
+        r["lr_sweep"] = {**best_per_method(r["checkpoints"]), "tradeoff": None, "report": r["report"]}
+    return r
 
 
 def run_real(out: str | os.PathLike = "runs/smollm2-study", fast: bool = False, progress: bool = False,
