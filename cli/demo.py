@@ -71,24 +71,37 @@ def _ci(d: dict | None) -> str:
     return f" [{d['ci'][0]:+.3g}, {d['ci'][1]:+.3g}]" if d and d.get("ci") else ""
 
 
-def _verdict(d: dict | None, yes: str, no: str) -> str:
-    """yes/no by the sign of the difference; 'unclear' when its interval includes 0."""
+def _verdict(d: dict | None, yes: str, no: str, items: dict | None = None) -> str:
+    """yes/no by the sign of the difference; 'unclear' when its interval includes 0 (over seeds, else,
+    given ``items``, over the suites' items)."""
     if not d:
         return "-"
-    if d.get("ci") and d["ci"][0] <= 0 <= d["ci"][1]:
+    ci = d.get("ci") or (items or {}).get("ci")
+    if ci and ci[0] <= 0 <= ci[1]:
         return "unclear: the interval includes 0"
+    if not d.get("ci") and items and items["p_sign"] >= 0.05:  # few changed items: the normal interval is too narrow
+        return "unclear: the sign test's p ≥ 0.05"
     return yes if d["difference"] < 0 else no
+
+
+def _items(it: dict | None) -> str:
+    """' [items lo, hi; lost a, gained b, p]': a forgetting figure's interval over the suites' items."""
+    if not it:
+        return ""
+    span = f"{it['ci'][0]:+.4f}, {it['ci'][1]:+.4f}; " if it.get("ci") else "no item changed; "
+    return f" [items: {span}{it['lost']} lost, {it['gained']} gained, sign test p {it['p_sign']:.2g}]"
 
 
 def comparison_line(c: dict) -> str:
     """"SAM ρ=0.05 vs AdamW at equal steps (150), 3 vs 3 seeds: λ_max … ; forgetting … difference d [CI]"."""
     (ls, la), (fs, fa), (es, ea) = c["lambda_max"], c["forgetting"], c["task_exact_match"]
     lam, fg, em = c.get("lambda_max_difference"), c.get("forgetting_difference"), c.get("task_exact_match_difference")
+    items = c.get("forgetting_difference_items") if not _ci(fg) else None
     n = c.get("n_seeds") or [1, 1]
     return (f"SAM ρ=0.05 vs AdamW at {c['comparison']}, {n[0]} vs {n[1]} seed{'s' if max(n) > 1 else ''}: "
             f"λ_max {_g(ls)} vs {_g(la)}{(', difference %+.3g' % lam['difference'] + _ci(lam)) if lam else ''} "
             f"({_verdict(lam, 'flatter', 'NOT flatter')}); forgetting {fs:.3f} vs {fa:.3f}, difference "
-            f"{fs - fa:+.3f}{_ci(fg)} ({_verdict(fg, 'less forgetting', 'NOT less forgetting')}); task EM "
+            f"{fs - fa:+.3f}{_ci(fg)}{_items(items)} ({_verdict(fg, 'less forgetting', 'NOT less forgetting', items)}); task EM "
             f"{_g(es)} vs {_g(ea)}{(', difference %+.3g' % em['difference'] + _ci(em)) if em else ''}")
 
 
@@ -108,6 +121,7 @@ def summary(r: dict) -> str:
         fg = c["forgetting"]["average"]["delta"]
         lines.append(f"{c['label']:<24} {c.get('task_exact_match', float('nan')):7.2f} {fg:7.3f} "
                      + " ".join(f"{_g(c['flatness'].get(m)):>12}" for m in metrics))
+    lines += _item_lines(r["checkpoints"])
     lines.append("")
     lines += [comparison_line(c) for c in r["comparisons"]]
     trade = (r.get("tradeoff") or {}).get("pairs") or []
@@ -135,6 +149,16 @@ def summary(r: dict) -> str:
     lines += _ranking_lines(r, info)
     lines += ["", f"report: {r['report']}  (json: {Path(r['report']).with_suffix('.json')}); total {r['seconds']:.0f} s"]
     return "\n".join(lines)
+
+
+def _item_lines(checkpoints: list[dict]) -> list[str]:
+    """Each checkpoint's forgetting with its interval over the suites' items (when they were kept)."""
+    rows = [(c["label"], c["forgetting"]["average"]) for c in checkpoints
+            if (c["forgetting"].get("average") or {}).get("items")]
+    if not rows:
+        return []
+    return ["", "forgetting over the suites' items (paired with the base; 95% CI over items, not seeds):"] + [
+        f"  {label:<22} {a['delta']:+.4f}{_items(a['items'])}" for label, a in rows]
 
 
 def _ranking_lines(r: dict, info: dict) -> list[str]:

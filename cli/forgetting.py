@@ -47,4 +47,9 @@ def _table(r: dict) -> list[str]:
         a = r["average"]
         lines.append(f"  {'average':<22} {'accuracy':<12} {a['base']:8.4f} {a['tuned']:8.4f} {a['delta']:8.4f} "
                      f"{a['relative'] or 0:7.1f}")
+        it = a.get("items")
+        if it:
+            span = f"95% CI [{it['ci'][0]:+.4f}, {it['ci'][1]:+.4f}]" if it["ci"] else "no item changed"
+            lines.append(f"  over the items (paired; not seeds): {span}; {it['lost']} lost, {it['gained']} "
+                         f"gained, sign test p {it['p_sign']:.2g}")
     return lines

@@ -23,6 +23,12 @@ def test_demo_fast_end_to_end(tmp_path):
     # the study is meaningful: the task is learned and the suites are clearly hurt
     assert sum(c["task_exact_match"] >= 0.9 for c in cks) >= 6
     assert all(c["forgetting"]["average"]["delta"] > 0.05 for c in cks)
+    for c in cks:  # each figure's interval over the suites' items, from the same scores
+        a = c["forgetting"]["average"]
+        assert a["items"]["delta"] == pytest.approx(a["delta"], abs=1e-9) and a["items"]["lost"] > 0
+        assert a["items"]["ci"][0] < a["delta"] < a["items"]["ci"][1]
+    for comp in out["comparisons"]:  # at one seed a side, the difference's interval is over items
+        assert (comp["forgetting_difference_items"] is not None) == (comp["n_seeds"] == [1, 1])
     assert all(c["flatness"]["lambda_max"] > 0 for c in cks)
     assert [c["comparison"] for c in out["comparisons"]] == ["equal steps (150)", "equal compute (300 passes)"]
     # the claim-carrying settings over three seeds: distinct runs, a Welch interval of the difference

@@ -48,12 +48,12 @@ def test_hand_scored_five_item_suite(llama_dir, suite_dir):
     ck = checkpoint.load_checkpoint(llama_dir)
     suite = FG.load_suite(suite_dir / "colors.jsonl")
     assert suite.kind == "mc" and len(suite.items) == 5
-    right = 0
+    right = []
     for it in suite.items:
         s = [hand_logprob(ck.model, ck.tokenizer, it["context"], c) for c in it["choices"]]
-        right += int(max(range(3), key=s.__getitem__) == it["answer"])
+        right.append(int(max(range(3), key=s.__getitem__) == it["answer"]))
     r = FG.score_suite(ck.model, ck.tokenizer, suite, batch_size=4)  # batched, padded
-    assert r["acc"] == right / 5 and r["n"] == 5
+    assert r["acc"] == sum(right) / 5 and r["n"] == 5 and r["correct"] == right
     pairs = [FG._encode_pair(ck.tokenizer, it["context"], c) for it in suite.items for c in it["choices"]]
     batched = FG.continuation_logprobs(ck.model, pairs, batch_size=4)
     by_hand = [hand_logprob(ck.model, ck.tokenizer, it["context"], c) for it in suite.items for c in it["choices"]]
@@ -123,7 +123,7 @@ def test_generation_exact_match_against_a_manual_greedy_decode(llama_dir, tmp_pa
                                                  {"prompt": prompt, "completion": tok.decode(g[:2])},
                                                  {"prompt": prompt, "completion": "  " + said.replace(" ", "   ")}])
     r = FG.score_suite(ck.model, tok, FG.load_suite(suite), batch_size=3)
-    assert r["exact_match"] == 0.5 and r["n"] == 4  # items 1 and 4 (whitespace-normalised)
+    assert r["exact_match"] == 0.5 and r["n"] == 4 and r["correct"] == [1, 0, 0, 1]  # whitespace-normalised
 
 
 def test_text_suite_is_the_shared_loss(llama_dir, suite_dir):
@@ -223,7 +223,8 @@ def test_cli_json_shape(llama_dir, suite_dir):
     assert [x["tuned"] for x in json.loads(r.stdout)] == [str(llama_dir)] * 2
     assert {"base", "tuned", "suites", "categories", "average"} <= set(out)
     assert set(out["suites"]["colors"]) >= {"metric", "base", "tuned", "delta", "relative"}
-    assert set(out["average"]) == {"metric", "base", "tuned", "delta", "relative"}
+    assert set(out["average"]) == {"metric", "base", "tuned", "delta", "relative", "items"}
+    assert (out["average"]["items"]["lost"], out["average"]["items"]["gained"]) == (0, 0)  # base against itself
 
 
 def test_lm_eval_adapter_agrees_with_our_scorer(llama_dir, suite_dir, tmp_path, monkeypatch):
@@ -260,3 +261,51 @@ def test_average_is_the_mean_of_category_means_and_suite_mean_the_plain_mean():
     # Biderman et al.: 0.3 over four suites → 0.075
     assert r["suite_mean"]["delta"] == pytest.approx(0.075, abs=1e-12)
     assert r["suite_mean"]["base"] == pytest.approx(0.75, abs=1e-12)
+
+
+def _scored(correct: list[int]) -> dict:
+    return {"metric": "acc", "score": sum(correct) / len(correct), "n": len(correct), "correct": correct}
+
+
+def test_item_interval_of_forgetting_by_hand():
+    """The items' interval: two categories (knowledge: a, b; reasoning: c), weights 1/4, 1/4, 1/2. The
+    estimate is the average's delta exactly; the SE is Σ w² var(d)/n written out; lost/gained count the
+    flipped items; the sign test of 14 lost against 0 gained is 2 · 2⁻¹⁴; against itself nothing changed."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    n = {"a": 10, "b": 8, "c": 12}
+    suites = [FG.Suite(k, k, "mc", [], k, category=c) for k, c in (("a", "knowledge"), ("b", "knowledge"), ("c", "reasoning"))]
+    base = {k: [int(x) for x in g.random(m) < 0.8] for k, m in n.items()}
+    tuned = {k: [int(x) for x in g.random(m) < 0.6] for k, m in n.items()}
+    r = FG.compare({k: _scored(v) for k, v in base.items()}, {k: _scored(v) for k, v in tuned.items()}, suites)
+    it = r["average"]["items"]
+    assert it["delta"] == pytest.approx(r["average"]["delta"], abs=1e-12)
+    d = {k: np.array(base[k]) - np.array(tuned[k]) for k in n}
+    w = {"a": 0.25, "b": 0.25, "c": 0.5}
+    se = np.sqrt(sum(w[k] ** 2 * d[k].var(ddof=1) / n[k] for k in n))
+    assert it["se"] == pytest.approx(se, rel=1e-12)
+    assert it["ci"] == pytest.approx([it["delta"] - 1.96 * se, it["delta"] + 1.96 * se], rel=1e-12)
+    assert (it["lost"], it["gained"]) == (sum(int((x > 0).sum()) for x in d.values()),
+                                          sum(int((x < 0).sum()) for x in d.values()))
+    assert r["suite_mean"]["items"]["delta"] == pytest.approx(r["suite_mean"]["delta"], abs=1e-12)
+    # one checkpoint against another (the base cancels): the difference of their forgettings
+    other = {k: [int(x) for x in g.random(m) < 0.7] for k, m in n.items()}
+    r2 = FG.compare({k: _scored(v) for k, v in base.items()}, {k: _scored(v) for k, v in other.items()}, suites)
+    diff = FG.item_uncertainty(r["suites"], r["categories"], other=r2["suites"])
+    assert diff["delta"] == pytest.approx(r["average"]["delta"] - r2["average"]["delta"], abs=1e-12)
+    same = FG.item_uncertainty(r["suites"], r["categories"], other=r["suites"])
+    assert (same["delta"], same["lost"], same["gained"], same["ci"], same["p_sign"]) == (0.0, 0, 0, None, 1.0)
+    # fourteen items lost, none gained
+    lost = {"a": [1] * 10, "b": [1] * 8, "c": [1] * 12}
+    kept = {"a": [0] * 10, "b": [0] * 4 + [1] * 4, "c": [1] * 12}
+    r3 = FG.compare({k: _scored(v) for k, v in lost.items()}, {k: _scored(v) for k, v in kept.items()}, suites)
+    assert (r3["average"]["items"]["lost"], r3["average"]["items"]["gained"]) == (14, 0)
+    assert r3["average"]["items"]["p_sign"] == pytest.approx(2 * 0.5 ** 14, rel=1e-12)
+
+
+def test_items_interval_is_none_without_per_item_scores():
+    """lm-eval tasks and scores cached before items were kept carry no per-item record: no interval."""
+    suites = [FG.Suite("a", "a", "mc", [], "a", category="k")]
+    r = FG.compare({"a": {"metric": "acc", "score": 0.9, "n": 10}}, {"a": {"metric": "acc", "score": 0.5, "n": 10}}, suites)
+    assert r["average"]["items"] is None and r["average"]["delta"] == pytest.approx(0.4)

@@ -232,13 +232,14 @@ def score_mc(model, tok, items: list[dict], batch_size: int = 32) -> dict:
         encoded = [_encode_pair(tok, it["context"], c) for c in it["choices"]]
         groups.append((encoded[0][0], [cont for _, cont in encoded]))
     lps = choice_logprobs(model, groups, batch_size)
-    acc = acc_norm = 0
+    correct, acc_norm = [], 0
     for it, s in zip(items, lps):
         norm = [x / len(c) for x, c in zip(s, it["choices"])]
-        acc += int(max(range(len(s)), key=s.__getitem__) == it["answer"])
+        correct.append(int(max(range(len(s)), key=s.__getitem__) == it["answer"]))
         acc_norm += int(max(range(len(norm)), key=norm.__getitem__) == it["answer"])
     chance = sum(1 / len(it["choices"]) for it in items) / len(items)  # what guessing scores
-    return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "n": len(items), "chance": chance}
+    return {"acc": sum(correct) / len(items), "acc_norm": acc_norm / len(items), "n": len(items), "chance": chance,
+            "correct": correct}
 
 
 @torch.no_grad()
@@ -337,7 +338,7 @@ def score_generation(model, tok, items: list[dict], batch_size: int = 32, max_ne
     device = next(model.parameters()).device
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
-    hits = 0
+    correct = []
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         prompts = [tok(it["prompt"], add_special_tokens=True)["input_ids"] for it in chunk]
@@ -354,8 +355,8 @@ def score_generation(model, tok, items: list[dict], batch_size: int = 32, max_ne
         for it, row in zip(chunk, gen.tolist()):
             if eos is not None and eos in row:
                 row = row[:row.index(eos)]
-            hits += int(_norm_text(tok.decode(row, skip_special_tokens=True)) == _norm_text(it["completion"]))
-    return {"exact_match": hits / len(items), "n": len(items)}
+            correct.append(int(_norm_text(tok.decode(row, skip_special_tokens=True)) == _norm_text(it["completion"])))
+    return {"exact_match": sum(correct) / len(items), "n": len(items), "correct": correct}
 
 
 def score_text(model, tok, items: list[dict], batch_size: int = 16) -> dict:
@@ -393,7 +394,7 @@ def scorer_config(suite: Suite, tokenizer=None) -> dict:
     """What a cached score depends on (not the batch size: it only changes float rounding); a chat
     suite's score also depends on the chat template it is rendered with."""
     out = {"suite": suite.name, "suite_fingerprint": suite.fingerprint, "kind": suite.kind,
-           "version": landscape.__version__}
+           "version": landscape.__version__, "per_item": True}
     if suite.kind == "chat":
         template = getattr(tokenizer, "chat_template", None) or ""
         out["chat_template"] = hashlib.sha256(str(template).encode()).hexdigest()[:16]
@@ -434,7 +435,10 @@ def compare(base_scores: dict, tuned_scores: dict, suites: list[Suite]) -> dict:
     rows, cats = {}, {}
     for s in suites:
         b, t = base_scores[s.name], tuned_scores[s.name]
-        rows[s.name] = {**_row(b["metric"], b["score"], t["score"]), "category": s.category}
+        rows[s.name] = {**_row(b["metric"], b["score"], t["score"]), "category": s.category, "n": b.get("n")}
+        if b.get("correct") is not None and t.get("correct") is not None:
+            rows[s.name]["changed"] = {"lost": [i for i, (x, y) in enumerate(zip(b["correct"], t["correct"])) if x > y],
+                                       "gained": [i for i, (x, y) in enumerate(zip(b["correct"], t["correct"])) if x < y]}
         if "acc_norm" in b:
             rows[s.name]["acc_norm"] = _row("acc_norm", b["acc_norm"], t["acc_norm"])
         if b["metric"] not in LOWER_IS_BETTER:
@@ -452,7 +456,53 @@ def compare(base_scores: dict, tuned_scores: dict, suites: list[Suite]) -> dict:
         acc = [n for names in cats.values() for n in names]
         suite_mean = _row("accuracy", sum(rows[n]["base"] for n in acc) / len(acc),
                           sum(rows[n]["tuned"] for n in acc) / len(acc))
+        average["items"] = item_uncertainty(rows, categories)
+        suite_mean["items"] = item_uncertainty(rows, categories, plain=True)
     return {"suites": rows, "categories": categories, "average": average, "suite_mean": suite_mean}
+
+
+ITEMS_OVER = ("the suites' items, paired (each item scored by both models); normal approximation; the "
+              "variation between fine-tuning seeds is not in it")
+
+
+def _weights(categories: dict, plain: bool) -> dict:
+    """Each accuracy suite's weight in ``average`` (each category 1/K, shared by its suites) or, ``plain``,
+    in ``suite_mean`` (1/S)."""
+    if plain:
+        names = [n for c in categories.values() for n in c["suites"]]
+        return {n: 1 / len(names) for n in names}
+    return {n: 1 / (len(categories) * len(c["suites"])) for c in categories.values() for n in c["suites"]}
+
+
+def item_uncertainty(rows: dict, categories: dict, other: dict | None = None, plain: bool = False) -> dict | None:
+    """How far the suites' items carry a forgetting figure: from each suite's changed items
+    (``rows[suite]["changed"]``, :func:`compare`), the weighted mean of the per-item change d (1 = the
+    item was lost against the base, −1 = gained), its standard error Σ w² var(d)/n over the suites, a
+    95% interval, the items lost and gained, and the exact sign-test (McNemar) p-value of lost vs
+    gained. ``other``: another checkpoint's rows against the same base — then d is this one's change
+    minus the other's (the base cancels) and the figure is the difference in forgetting between them.
+    None when a suite has no per-item scores (lm-eval tasks, scores cached before they were kept)."""
+    import numpy as np
+    from scipy import stats
+
+    est = var = 0.0
+    lost = gained = 0
+    for name, w in _weights(categories, plain).items():
+        ch = [r[name].get("changed") for r in (rows, other) if r is not None]
+        n = rows[name].get("n")
+        if any(c is None for c in ch) or not n:
+            return None
+        d = np.zeros(n)
+        for sign, c in zip((1, -1), ch):
+            np.add.at(d, c["lost"], sign)
+            np.add.at(d, c["gained"], -sign)
+        est += w * d.mean()
+        var += w * w * (d.var(ddof=1) if n > 1 else 0.0) / n
+        lost, gained = lost + int((d > 0).sum()), gained + int((d < 0).sum())
+    se = float(np.sqrt(var))
+    p = float(stats.binomtest(lost, lost + gained, 0.5).pvalue) if lost + gained else 1.0
+    return {"delta": float(est), "se": se, "ci": [float(est - 1.96 * se), float(est + 1.96 * se)] if lost + gained else None,
+            "lost": lost, "gained": gained, "p_sign": p, "over": ITEMS_OVER}
 
 
 def forgetting(base, tuned, config: ForgettingConfig | None = None, *, store=None, load: LoadConfig | None = None,

@@ -333,7 +333,10 @@ def _values(rows: list[dict], get) -> list[float]:
 
 def comparisons(spec: StudySpec, res: dict) -> list[dict]:
     """SAM against AdamW at what each pair matches (equal steps, equal compute = two passes per SAM step):
-    each side's mean over its seeds, the difference with a Welch interval over seeds."""
+    each side's mean over its seeds, the difference with a Welch interval over seeds; at one seed a
+    side, the difference's interval over the suites' items (seed variation not in it)."""
+    from landscape.measures.forgetting import item_uncertainty
+
     by_setting: dict = {}
     for c in res["checkpoints"]:
         by_setting.setdefault(c.get("setting") or c["label"], []).append(c)
@@ -345,7 +348,11 @@ def comparisons(spec: StudySpec, res: dict) -> list[dict]:
         fg, lam, em = ([_values(x, get) for x in sides] for get in (
             lambda r: r["forgetting"]["average"]["delta"], lambda r: r["flatness"].get("lambda_max"),
             lambda r: r.get("task_exact_match")))
+        one = [x[0]["forgetting"] for x in sides if len(x) == 1]  # one seed each: the items' interval
+        items = (item_uncertainty(one[0]["suites"], one[0]["categories"], other=one[1]["suites"])
+                 if len(one) == 2 and one[0].get("categories") else None)
         comps.append({"comparison": kind, "sam": sam, "adamw": adam, "n_seeds": [len(x) for x in sides],
+                      "forgetting_difference_items": items,
                       "lambda_max": [float(np.mean(v)) if v else None for v in lam],
                       "lambda_max_difference": mean_difference(*lam) if all(lam) else None,
                       "forgetting": [float(np.mean(v)) for v in fg], "forgetting_difference": mean_difference(*fg),
