@@ -373,3 +373,18 @@ def test_lanczos_with_a_basis_stops_at_the_products_noise_like_the_basis_free_on
         assert sp.converged, (reorth, sp.residuals)
         assert sp.noise is not None and 0.3 * eta < sp.noise < 3 * eta
         assert abs(sp.lambda_max - 1e-6) < 10 * eta, (reorth, sp.lambda_max)
+
+
+def test_the_bottom_of_the_spectrum_does_not_gate_lambda_max():
+    """The basis-free recurrence accepts a top Ritz value leaning on the noise floor only once it stopped
+    moving — and only the wanted ends count: at the 1.5B base, θ_max = 5228 with residual 7.7 (≤ tol·θ =
+    52) came back unconverged because θ_min (not asked for) still moved."""
+    from landscape.measures.hessian.cullum1985plain import _settled
+
+    res = np.array([300.0, 40.0, 7.7])  # residuals of θ = [-800, 10, 5228]: the top strictly converged
+    assert _settled(res, (5228.0,), None, 1e-2, 7.9)
+    assert not _settled(res, (5228.0, -800.0), None, 1e-2, 7.9)  # λ_min asked for: not yet
+    # within the floor, not within tol: accepted once it stopped moving, whichever ends are wanted
+    loose = np.array([300.0, 40.0, 5.0])
+    assert not _settled(loose, (400.0,), None, 1e-2, 7.9) and _settled(loose, (400.0,), (398.0,), 1e-2, 7.9)
+    assert not _settled(loose, (400.0,), (380.0,), 1e-2, 7.9)
