@@ -125,3 +125,20 @@ def test_a_study_with_a_missing_data_file_stops_before_any_fine_tune(tmp_path):
     with pytest.raises(UserError, match="missing.jsonl: no such data file"):
         run_study(bad, tmp_path / "base", tmp_path, real_data_dir(), {})
     assert not (tmp_path / "ft").exists()
+
+
+def test_the_1b_sweep_extends_the_study_with_its_checkpoints_unchanged(tmp_path):
+    """--lr-sweep on the 1.5B study adds runs to the same study: every first-design fine-tune has the same
+    settings (so its folder, trajectory and measurements are reused), each added setting differs, and the
+    second SAM-vs-AdamW pair is at one rate."""
+    from landscape.study.real import QWEN15, QWEN15_SWEEP
+    from landscape.study.studies import expand
+
+    first, swept = expand(QWEN15, False), expand(QWEN15_SWEEP, False)
+    assert swept[:len(first)] == first and len(swept) == 7
+    added = swept[len(first):]
+    assert {(r["family"], r["lr"]) for r in added} == {("adamw", 1e-4), ("sam", 1e-4), ("adamw-lora", 1e-3)}
+    assert all(r["probed"] and r["steps"] == first[0]["steps"] for r in added)
+    by = {r["label"]: r for r in swept}
+    for sam, adam, _ in QWEN15_SWEEP.comparisons:
+        assert by[sam]["lr"] == by[adam]["lr"] and by[sam]["steps"] == by[adam]["steps"]
