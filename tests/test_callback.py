@@ -267,6 +267,37 @@ def test_a_resumed_probed_finetune_has_the_uninterrupted_trajectory(llama_dir, t
                                                                         if k != "probe_seconds"}
 
 
+def test_a_run_killed_between_its_saved_state_and_that_steps_probe_resumes_with_the_probe(llama_dir, tmp_path,
+                                                                                          probe_data):
+    """The state is saved before the step's probe runs: a kill in between (the 1.5B study's AdamW 1e-4
+    lost its step-10 probe so) must not leave a hole in the trajectory — the resume measures it."""
+    from landscape.foundation.configs import FinetuneConfig, LoadConfig
+    from landscape.training.finetune import finetune
+
+    class KilledAt4(LandscapeCallback):
+        def at_step(self, model, step, max_steps, state=None):
+            if step == 4:
+                raise KeyboardInterrupt
+            super().at_step(model, step, max_steps, state)
+
+    train_f = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in TEXTS])
+    kw = dict(lr=1e-2, max_steps=6, batch_size=2, save_every=2, eval_fraction=0.0)
+    probe = dict(data=probe_data, every=2, metrics=["loss", "forgetting"])
+    load = LoadConfig(device="cpu")
+    finetune(llama_dir, train_f, tmp_path / "full", FinetuneConfig(**kw), load=load, probe=LandscapeCallback(**probe))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(llama_dir, train_f, tmp_path / "cut", FinetuneConfig(**kw), load=load, probe=KilledAt4(**probe))
+    kept = json.loads((tmp_path / "cut.partial" / "trajectory.json").read_text())["records"]
+    assert [r["step"] for r in kept] == [0, 2]  # the state at step 4 is saved, its probe is not
+    finetune(llama_dir, train_f, tmp_path / "cut", FinetuneConfig(**kw, resume=True), load=load,
+             probe=LandscapeCallback(**probe))
+    a, b = (json.loads((tmp_path / k / "trajectory.json").read_text())["records"] for k in ("full", "cut"))
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [0, 2, 4, 6]
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k != "probe_seconds"} == {k: v for k, v in y.items()
+                                                                        if k != "probe_seconds"}
+
+
 def test_settings_come_from_the_config_unless_given():
     cb = LandscapeCallback(config=ProbeConfig(probe_every=7, probe_metrics=("loss",), probe_data="g.jsonl"))
     assert (cb.cfg.probe_every, cb.cfg.probe_metrics, cb.cfg.probe_data) == (7, ("loss",), "g.jsonl")

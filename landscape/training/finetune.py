@@ -373,8 +373,10 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
         _begin_probe(job, probe)
     opt = make_optimizer([p for p in job.ck.model.parameters() if p.requires_grad], job.cfg)
     state = _resume(job, opt) if job.cfg.resume else TrainState()
-    if probe is not None:  # probes after the saved state (a hard kill) are measured again
-        probe.records = [r for r in probe.records if r["step"] <= state.step]
+    if probe is not None:  # probes after the saved state (a hard kill) are measured again, and the one at
+        probe.records = [r for r in probe.records if r["step"] <= state.step]  # it if the kill came before it
+        if state.step and probe.records and probe.records[-1]["step"] < state.step:  # was written (saved first)
+            probe.at_step(job.ck.model, state.step, job.cfg.max_steps)
     start, t0 = state.step, time.perf_counter()
     _run(job, opt, state, progress, _probing(on_step, probe, job))
     traj = probe.end(job.ck.model, state.step, main=dist.is_main()) if probe is not None else None
