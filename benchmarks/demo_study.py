@@ -34,7 +34,7 @@ COMMAND = ["landscape", "demo", "--out", "runs/demo", "--json", "--quiet"]
 ROW_KEYS = ("label", "optimizer", "seed", "setting", "task_exact_match")
 KEYS = ("study", "base", "report", "model", "finetunes", "finetune_seconds", "task", "metrics", "metric_info",
         "comparisons", "base_scores", "lambda_max_base_general", "covariates", "bootstrap_over", "ranking",
-        "seconds")
+        "seconds", "lr_sweep")
 
 
 def slim(r: dict) -> dict:

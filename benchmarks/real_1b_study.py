@@ -2,7 +2,7 @@
 `landscape demo --model qwen2.5-coder-1.5b --json` output (two hours on 2 cores: not rerun here), kept
 with the command, the versions, the machine, its wall time and peak memory.
 
-    python benchmarks/real_1b_study.py --from q1b.json --wall-seconds S --peak-rss-gb G [--note TEXT]
+    python benchmarks/real_1b_study.py --from q1b.json --wall-seconds S --peak-rss-gb G [--note TEXT] [--lr-sweep]
     python benchmarks/real_1b_study.py --table-only      # re-render the block from the committed JSON
     python benchmarks/real_1b_study.py --trajectories runs/qwen2.5-coder-1.5b-study [--trajectories-out F]
         # the fine-tunes alone
@@ -31,12 +31,12 @@ COMMAND = ["landscape", "demo", "--model", "qwen2.5-coder-1.5b", "--json"]
 
 def table(data: dict) -> str:
     """The provenance line, then the summary exactly as `landscape demo` prints it."""
-    from landscape.cli.demo import summary
+    from landscape.cli.demo import summary, sweep_summary
 
     head = (f"{measured(data)}; {data['wall_seconds'] / 60:.0f} min wall in all, peak RSS "
             f"{data['peak_rss_gb']} GB. {data.get('note') or ''} Rendered from "
             "`benchmarks/results_real_1b_study.json` by `python benchmarks/real_1b_study.py --table-only`.")
-    return head.replace("  ", " ") + "\n\n```\n" + summary(data["result"]) + "\n```"
+    return head.replace("  ", " ") + "\n\n```\n" + summary(data["result"]) + sweep_summary(data["result"]) + "\n```"
 
 
 def trajectories(study: Path) -> dict:
@@ -64,6 +64,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--wall-seconds", type=float, help="the run's wall time (all its invocations)")
     ap.add_argument("--peak-rss-gb", type=float, help="the run's peak RSS")
     ap.add_argument("--note", default="", help="how the run went (interruptions, resumes)")
+    ap.add_argument("--lr-sweep", action="store_true", help="the result is of the study run with --lr-sweep")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--trajectories", type=Path, help="a study folder: write its fine-tunes' records alone")
     ap.add_argument("--trajectories-out", type=Path, default=TRAJECTORIES, help="where --trajectories writes")
@@ -80,7 +81,8 @@ def main(argv=None) -> dict:
         if not (a.source and a.wall_seconds and a.peak_rss_gb):
             ap.error("--from, --wall-seconds and --peak-rss-gb are required (or --table-only)")
         result = json.loads(Path(a.source).read_text())
-        data = {"date": time.strftime("%Y-%m-%d"), "command": COMMAND, "wall_seconds": a.wall_seconds,
+        command = COMMAND[:-1] + ["--lr-sweep", "--json"] if a.lr_sweep else COMMAND
+        data = {"date": time.strftime("%Y-%m-%d"), "command": command, "wall_seconds": a.wall_seconds,
                 "peak_rss_gb": a.peak_rss_gb, "note": a.note, "environment": environment(), "result": slim(result)}
         OUT.write_text(json.dumps(data, indent=1) + "\n")
     from benchmarks._readme import replace_block

@@ -54,8 +54,8 @@ def sweep_summary(r: dict) -> str:
 
     s = r["lr_sweep"]
     trade = [f"  {c['line']}" for c in (s.get("tradeoff") or {}).get("pairs") or []]
-    return "\n".join(sweep_lines(s) + (["  over all the rates, at matched task EM:"] + trade if trade else [])
-                     + [f"  report: {s['report']}"])
+    own = [f"  report: {s['report']}"] if s.get("report") not in (None, r.get("report")) else []  # its own study's
+    return "\n".join(sweep_lines(s) + (["  over all the rates, at matched task EM:"] + trade if trade else []) + own)
 
 
 TABLE_PREDICTORS = ("delta_norm", "kappa_base", "quad_pred", "general_loss_increase")
