@@ -64,7 +64,7 @@ def gather() -> dict:
                              "rows": _rows(mid["rankings"]["reverse"])},
             "135m-json": {"label": "SmolLM2-135M (JSON)", "date": mid["date"], "rows": _rows(mid["rankings"]["json"])}}
     if big is not None:
-        cols["1.5b"] = {"label": "Qwen2.5-1.5B (reversal, bf16)", "date": big["date"],  # n = 4: exact p, no interval
+        cols["1.5b"] = {"label": "Qwen2.5-1.5B (reversal, bf16)", "date": big["date"],  # below n = 6: exact p, no interval
                         "rows": _rows(big["result"]["ranking"])}
     return {"sources": SOURCES, "columns": cols}
 

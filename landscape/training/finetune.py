@@ -373,9 +373,11 @@ def finetune(base, data, out, config: FinetuneConfig | None = None, *, load: Loa
         _begin_probe(job, probe)
     opt = make_optimizer([p for p in job.ck.model.parameters() if p.requires_grad], job.cfg)
     state = _resume(job, opt) if job.cfg.resume else TrainState()
-    if probe is not None:  # probes after the saved state (a hard kill) are measured again, and the one at
-        probe.records = [r for r in probe.records if r["step"] <= state.step]  # it if the kill came before it
-        if state.step and probe.records and probe.records[-1]["step"] < state.step:  # was written (saved first)
+    if probe is not None:
+        # probes after the saved state (a hard kill) are measured again; so is the one at the saved step
+        # when the kill came between the save and that probe (the state is saved first)
+        probe.records = [r for r in probe.records if r["step"] <= state.step]
+        if state.step and probe.records and probe.records[-1]["step"] < state.step:
             probe.at_step(job.ck.model, state.step, job.cfg.max_steps)
     start, t0 = state.step, time.perf_counter()
     _run(job, opt, state, progress, _probing(on_step, probe, job))
